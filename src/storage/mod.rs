@@ -1,0 +1,106 @@
+//! Positioned I/O under every format: a file, or memory. Formats never seek; they say
+//! where. Nothing here knows about images.
+
+mod file;
+mod memory;
+
+pub use file::FileStorage;
+pub use memory::MemoryStorage;
+
+use std::io;
+
+/// Byte storage with positioned reads and writes. Shared references suffice, so one
+/// backend can serve several readers at once.
+pub trait Storage: Send + Sync {
+    /// Reads into `buf` from `offset`; returns how many bytes were read, fewer than
+    /// asked only at the end of the storage.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Writes all of `buf` at `offset`, growing the storage if needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Grows (with zeros) or shrinks the storage.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+
+    /// True when the storage holds no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Fills `buf` from `offset`, failing with `UnexpectedEof` if the storage ends first.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let n = self.read_full(buf, offset)?;
+        if n < buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} bytes at offset {offset} run past the end of the file", buf.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`, with zeros past the end of the storage (as QEMU's
+    /// protocol layer pads short reads). Returns how many bytes came from storage.
+    fn read_zero_padded(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = self.read_full(buf, offset)?;
+        buf[n..].fill(0);
+        Ok(n)
+    }
+
+    /// Reads until `buf` is full or the storage ends; returns the count.
+    fn read_full(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(at) = offset.checked_add(done as u64) else { break };
+            match self.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
