@@ -62,7 +62,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a message and no location.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), location: None, source: None }
+        Error {
+            kind,
+            message: message.into(),
+            location: None,
+            source: None,
+        }
     }
 
     /// An error blamed on one field of one on-disk structure.
@@ -77,14 +82,24 @@ impl Error {
         Error {
             kind,
             message: message.into(),
-            location: Some(Location { structure, field, offset, value }),
+            location: Some(Location {
+                structure,
+                field,
+                offset,
+                value,
+            }),
             source: None,
         }
     }
 
     /// An I/O failure, with what was being done.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error { kind: ErrorKind::Io, message: context.into(), location: None, source: Some(source) }
+        Error {
+            kind: ErrorKind::Io,
+            message: context.into(),
+            location: None,
+            source: Some(source),
+        }
     }
 
     pub fn kind(&self) -> ErrorKind {

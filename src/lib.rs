@@ -2,10 +2,16 @@
 //! qcow (version 1), qcow2 (versions 2 and 3) and raw.
 //!
 //! Data flows one way: bytes ([`storage`]) → typed views ([`format`], generated from
-//! `spec/`) → each format's runtime, which knows clusters → the caller.
+//! `spec/`) → each format's runtime ([`qcow2`], [`qcow`], [`cow`]), which knows
+//! clusters → the caller.
 
+pub mod cow;
 pub mod error;
 pub mod format;
+pub mod probe;
+pub mod qcow;
+pub mod qcow2;
 pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
+pub use probe::{probe, Format};

@@ -32,7 +32,10 @@ pub fn generate(root: &Path) -> Result<Vec<(PathBuf, String)>, String> {
         PathBuf::from("src/format/generated/mod.rs"),
         rustfmt(&rust::module_index(&families))?,
     ));
-    out.push((PathBuf::from("docs/format/README.md"), docs::index(&families)));
+    out.push((
+        PathBuf::from("docs/format/README.md"),
+        docs::index(&families),
+    ));
     Ok(out)
 }
 
@@ -61,7 +64,9 @@ fn rustfmt(code: &str) -> Result<String, String> {
         .expect("stdin was piped")
         .write_all(code.as_bytes())
         .map_err(|e| format!("writing to rustfmt: {e}"))?;
-    let output = child.wait_with_output().map_err(|e| format!("rustfmt: {e}"))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("rustfmt: {e}"))?;
     if !output.status.success() {
         return Err(format!(
             "rustfmt rejected the generated code:\n{}\n--- code ---\n{code}",

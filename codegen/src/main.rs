@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("codegen/ sits in the repository root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("codegen/ sits in the repository root");
     let files = match cowimg_codegen::generate(root) {
         Ok(files) => files,
         Err(e) => {

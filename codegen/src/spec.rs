@@ -160,12 +160,30 @@ pub enum FieldType {
 impl FieldType {
     pub fn parse(text: &str) -> Result<Self, String> {
         Ok(match text {
-            "u8" => FieldType::Int { bytes: 1, signed: false },
-            "u16" => FieldType::Int { bytes: 2, signed: false },
-            "u32" => FieldType::Int { bytes: 4, signed: false },
-            "u64" => FieldType::Int { bytes: 8, signed: false },
-            "i32" => FieldType::Int { bytes: 4, signed: true },
-            "i64" => FieldType::Int { bytes: 8, signed: true },
+            "u8" => FieldType::Int {
+                bytes: 1,
+                signed: false,
+            },
+            "u16" => FieldType::Int {
+                bytes: 2,
+                signed: false,
+            },
+            "u32" => FieldType::Int {
+                bytes: 4,
+                signed: false,
+            },
+            "u64" => FieldType::Int {
+                bytes: 8,
+                signed: false,
+            },
+            "i32" => FieldType::Int {
+                bytes: 4,
+                signed: true,
+            },
+            "i64" => FieldType::Int {
+                bytes: 8,
+                signed: true,
+            },
             _ => match text.strip_prefix("bytes ").map(str::parse::<usize>) {
                 Some(Ok(n)) if n > 0 => FieldType::Bytes(n),
                 _ => return Err(format!("unknown field type `{text}`")),
@@ -187,7 +205,8 @@ impl Struct {
         let mut offset = 0;
         let mut out = Vec::new();
         for field in &self.fields {
-            let ty = FieldType::parse(&field.ty).map_err(|e| format!("{}.{}: {e}", self.name, field.name))?;
+            let ty = FieldType::parse(&field.ty)
+                .map_err(|e| format!("{}.{}: {e}", self.name, field.name))?;
             out.push((field, ty, offset));
             offset += ty.size();
         }
@@ -208,9 +227,13 @@ pub fn load_all(dir: &Path) -> Result<Vec<Family>, String> {
     paths.sort();
     let mut families = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let family: Family = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        family.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let family: Family =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        family
+            .check()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         families.push(family);
     }
     Ok(families)
@@ -222,33 +245,56 @@ impl Family {
             let layout = s.layout()?;
             for (field, ty, _) in &layout {
                 for check in &field.checks {
-                    let n = [check.equals.is_some(), check.one_of.is_some(), check.range.is_some(), check.zero.is_some(), check.expr.is_some()]
-                        .iter()
-                        .filter(|b| **b)
-                        .count();
+                    let n = [
+                        check.equals.is_some(),
+                        check.one_of.is_some(),
+                        check.range.is_some(),
+                        check.zero.is_some(),
+                        check.expr.is_some(),
+                    ]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
                     if n != 1 {
-                        return Err(format!("{}.{}: a check needs exactly one of equals/one_of/range/zero/expr", s.name, field.name));
+                        return Err(format!(
+                            "{}.{}: a check needs exactly one of equals/one_of/range/zero/expr",
+                            s.name, field.name
+                        ));
                     }
                     if matches!(ty, FieldType::Bytes(_)) && check.zero.is_none() {
-                        return Err(format!("{}.{}: byte arrays take only `zero` checks", s.name, field.name));
+                        return Err(format!(
+                            "{}.{}: byte arrays take only `zero` checks",
+                            s.name, field.name
+                        ));
                     }
                 }
             }
             for check in &s.checks {
                 match layout.iter().find(|(f, _, _)| f.name == check.field) {
                     Some((_, FieldType::Int { .. }, _)) => {}
-                    _ => return Err(format!("{}: check names unknown integer field `{}`", s.name, check.field)),
+                    _ => {
+                        return Err(format!(
+                            "{}: check names unknown integer field `{}`",
+                            s.name, check.field
+                        ))
+                    }
                 }
             }
         }
         for b in &self.bitfields {
             let total: u32 = b.fields.iter().map(|f| f.bits).sum();
             if total != 64 {
-                return Err(format!("bitfield {}: fields add up to {total} bits, not 64", b.name));
+                return Err(format!(
+                    "bitfield {}: fields add up to {total} bits, not 64",
+                    b.name
+                ));
             }
             for f in &b.fields {
                 if f.shift.is_some_and(|s| s + f.bits > 64) {
-                    return Err(format!("bitfield {}.{}: shift + bits exceeds 64", b.name, f.name));
+                    return Err(format!(
+                        "bitfield {}.{}: shift + bits exceeds 64",
+                        b.name, f.name
+                    ));
                 }
             }
         }

@@ -36,7 +36,12 @@ pub trait Layout: Sized + for<'a> BinRead<Args<'a> = ()> + for<'a> BinWrite<Args
         let Some(bytes) = bytes.get(..Self::SIZE) else {
             return Err(Error::new(
                 ErrorKind::InvalidFormat,
-                format!("{} truncated: {} bytes, {} needed", Self::NAME, bytes.len(), Self::SIZE),
+                format!(
+                    "{} truncated: {} bytes, {} needed",
+                    Self::NAME,
+                    bytes.len(),
+                    Self::SIZE
+                ),
             ));
         };
         Self::read_options(&mut Cursor::new(bytes), endian, ()).map_err(|e| from_binrw::<Self>(e))
@@ -51,13 +56,17 @@ pub trait Layout: Sized + for<'a> BinRead<Args<'a> = ()> + for<'a> BinWrite<Args
     fn to_bytes_endian(&self, endian: Endian) -> Vec<u8> {
         let mut out = Cursor::new(Vec::with_capacity(Self::SIZE));
         // Writing plain integers and byte arrays into a Vec cannot fail.
-        self.write_options(&mut out, endian, ()).expect("serialising into memory");
+        self.write_options(&mut out, endian, ())
+            .expect("serialising into memory");
         out.into_inner()
     }
 
     /// Byte offset of a field within the structure (0 for an unknown name).
     fn offset_of(field: &str) -> u64 {
-        Self::FIELD_OFFSETS.iter().find(|(name, _)| *name == field).map_or(0, |(_, off)| *off)
+        Self::FIELD_OFFSETS
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map_or(0, |(_, off)| *off)
     }
 }
 
@@ -69,7 +78,11 @@ fn from_binrw<T: Layout>(e: binrw::Error) -> Error {
         binrw::Error::Io(io) => Error::io(format!("reading {}", T::NAME), io),
         other => Error::new(
             ErrorKind::InvalidFormat,
-            format!("{} could not be parsed at byte {}", T::NAME, binrw_position(&other)),
+            format!(
+                "{} could not be parsed at byte {}",
+                T::NAME,
+                binrw_position(&other)
+            ),
         ),
     }
 }

@@ -22,7 +22,11 @@ pub fn bits_at(raw: u64, lsb: i64, width: i64) -> u64 {
         return 0;
     }
     let width = width.min(64 - lsb) as u32;
-    let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+    let mask = if width == 64 {
+        u64::MAX
+    } else {
+        (1u64 << width) - 1
+    };
     (raw >> lsb) & mask
 }
 

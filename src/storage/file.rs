@@ -21,8 +21,16 @@ impl FileStorage {
 
     /// Creates (or truncates) a file for writing.
     pub fn create(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        Ok(FileStorage { file, writable: true })
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(FileStorage {
+            file,
+            writable: true,
+        })
     }
 
     pub fn is_writable(&self) -> bool {
@@ -31,7 +39,10 @@ impl FileStorage {
 }
 
 fn read_only() -> io::Error {
-    io::Error::new(io::ErrorKind::PermissionDenied, "the image was opened read-only")
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "the image was opened read-only",
+    )
 }
 
 impl Storage for FileStorage {

@@ -10,7 +10,9 @@ pub struct MemoryStorage {
 
 impl MemoryStorage {
     pub fn new(bytes: Vec<u8>) -> Self {
-        MemoryStorage { bytes: RwLock::new(bytes) }
+        MemoryStorage {
+            bytes: RwLock::new(bytes),
+        }
     }
 
     /// A copy of the current contents.
@@ -20,14 +22,23 @@ impl MemoryStorage {
 }
 
 fn index(offset: u64) -> io::Result<usize> {
-    usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset beyond addressable memory"))
+    usize::try_from(offset).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "offset beyond addressable memory",
+        )
+    })
 }
 
 impl Storage for MemoryStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
-        let Ok(start) = usize::try_from(offset) else { return Ok(0) };
-        let Some(src) = bytes.get(start..) else { return Ok(0) };
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(src) = bytes.get(start..) else {
+            return Ok(0);
+        };
         let n = src.len().min(buf.len());
         buf[..n].copy_from_slice(&src[..n]);
         Ok(n)
@@ -35,9 +46,9 @@ impl Storage for MemoryStorage {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let start = index(offset)?;
-        let end = start
-            .checked_add(buf.len())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past addressable memory"))?;
+        let end = start.checked_add(buf.len()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "write past addressable memory")
+        })?;
         let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
         if bytes.len() < end {
             bytes.resize(end, 0);
@@ -52,7 +63,10 @@ impl Storage for MemoryStorage {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = index(len)?;
-        self.bytes.write().unwrap_or_else(|e| e.into_inner()).resize(len, 0);
+        self.bytes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(len, 0);
         Ok(())
     }
 

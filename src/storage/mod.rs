@@ -39,7 +39,10 @@ pub trait Storage: Send + Sync {
         if n < buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} bytes at offset {offset} run past the end of the file", buf.len()),
+                format!(
+                    "{} bytes at offset {offset} run past the end of the file",
+                    buf.len()
+                ),
             ));
         }
         Ok(())
@@ -57,7 +60,9 @@ pub trait Storage: Send + Sync {
     fn read_full(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {
-            let Some(at) = offset.checked_add(done as u64) else { break };
+            let Some(at) = offset.checked_add(done as u64) else {
+                break;
+            };
             match self.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,

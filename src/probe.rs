@@ -1,0 +1,63 @@
+//! Which format a file holds, from its first bytes, as QEMU's probes decide.
+
+use crate::storage::Storage;
+use std::fmt;
+use std::io;
+
+/// The formats cowimg knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    Qcow2,
+    Qcow,
+    Cow,
+    Raw,
+}
+
+impl Format {
+    /// The name qemu-img uses (`-f` values and the `format` key of its JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Qcow => "qcow",
+            Format::Cow => "cow",
+            Format::Raw => "raw",
+        }
+    }
+
+    /// The format named `name`, as `-f` takes it.
+    pub fn from_name(name: &str) -> Option<Format> {
+        [Format::Qcow2, Format::Qcow, Format::Cow, Format::Raw]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Guesses the format: "QFI\xfb" with version 1 is qcow and with a higher version
+/// qcow2; the cow magic in either byte order is cow; anything else is raw. A guess is
+/// for reading only: writing needs the format stated.
+pub fn probe(storage: &dyn Storage) -> io::Result<Format> {
+    let mut head = [0u8; 8];
+    let got = storage.read_full(&mut head, 0)?;
+    if got < 8 {
+        return Ok(Format::Raw);
+    }
+    let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    Ok(match magic {
+        0x5146_49fb if version == 1 => Format::Qcow,
+        0x5146_49fb if version >= 2 => Format::Qcow2,
+        crate::cow::header::MAGIC => Format::Cow,
+        _ if u32::from_le_bytes([head[0], head[1], head[2], head[3]])
+            == crate::cow::header::MAGIC =>
+        {
+            Format::Cow
+        }
+        _ => Format::Raw,
+    })
+}

@@ -1,0 +1,5 @@
+//! qcow, version 1.
+
+pub mod header;
+
+pub use header::Header;

@@ -1,0 +1,326 @@
+//! Cluster 0 of a qcow2 image: the header in its version 2 and 3 parts, the header
+//! extensions between `header_length` and the backing file name, and that name.
+//!
+//! Reading is bounded by the cluster size (at most 2 MiB) and the file size before any
+//! buffer is made; every length found on disk is checked against the room it has.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{
+    BitmapsExtension, CryptoExtension, ExtensionHeader, ExtensionMagic, FeatureNameEntry,
+    Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
+};
+use crate::format::Layout;
+use crate::storage::Storage;
+
+/// Incompatible feature bits.
+pub mod incompat {
+    pub const DIRTY: u64 = 1 << 0;
+    pub const CORRUPT: u64 = 1 << 1;
+    pub const DATA_FILE: u64 = 1 << 2;
+    pub const COMPRESSION: u64 = 1 << 3;
+    pub const EXTENDED_L2: u64 = 1 << 4;
+    /// Every bit cowimg knows.
+    pub const KNOWN: u64 = 0x1f;
+}
+
+/// Compatible feature bits.
+pub mod compat {
+    pub const LAZY_REFCOUNTS: u64 = 1 << 0;
+}
+
+/// Autoclear feature bits.
+pub mod autoclear {
+    pub const BITMAPS: u64 = 1 << 0;
+    pub const DATA_FILE_RAW: u64 = 1 << 1;
+    pub const KNOWN: u64 = 0x3;
+}
+
+/// Length of a version 2 header, where its extensions start.
+pub const V2_HEADER_LENGTH: u32 = 72;
+
+/// One header extension as found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extension {
+    /// The extension's magic.
+    pub magic: u32,
+    /// Byte offset of its data in the file.
+    pub offset: u64,
+    /// Its data, without padding.
+    pub data: Vec<u8>,
+}
+
+impl Extension {
+    /// The known extension this is, if any.
+    pub fn kind(&self) -> Option<ExtensionMagic> {
+        ExtensionMagic::from_value(self.magic)
+    }
+}
+
+/// The parsed contents of cluster 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub common: Qcow2Header,
+    /// Present for version 3 only.
+    pub v3: Option<Qcow2HeaderV3>,
+    /// Present when version 3 and header_length > 104.
+    pub compression: Option<Qcow2HeaderCompression>,
+    /// Header bytes past the fields cowimg knows, up to header_length; kept for rewrites.
+    pub unknown_fields: Vec<u8>,
+    /// Every extension, in file order, the end marker excluded.
+    pub extensions: Vec<Extension>,
+    /// The backing file name as stored (not NUL-terminated, not necessarily UTF-8).
+    pub backing_file: Option<Vec<u8>>,
+}
+
+impl Header {
+    /// Reads and validates cluster 0. Checks follow QEMU's open: the header fields, then
+    /// the extension area, then the extensions themselves.
+    pub fn read(storage: &dyn Storage) -> Result<Header> {
+        let mut first = [0u8; Qcow2Header::SIZE];
+        let got = storage
+            .read_full(&mut first, 0)
+            .map_err(|e| Error::io("reading the qcow2 header", e))?;
+        let common = Qcow2Header::parse(&first[..got])?;
+        common.validate(0)?;
+        let cluster_size = 1u64 << common.cluster_bits;
+
+        // Cluster 0 as QEMU sees it: at most 2 MiB, zeros past the end of the file.
+        let mut cluster0 = vec![0u8; cluster_size as usize];
+        storage
+            .read_zero_padded(&mut cluster0, 0)
+            .map_err(|e| Error::io("reading cluster 0 of the qcow2 image", e))?;
+
+        let (v3, compression, header_length) = if common.version >= 3 {
+            let v3 = Qcow2HeaderV3::parse(&cluster0[Qcow2Header::SIZE..])?;
+            v3.validate(Qcow2Header::SIZE as u64, common.cluster_bits)?;
+            let compression = if v3.header_length > 104 {
+                let c = Qcow2HeaderCompression::parse(cluster0.get(104..).unwrap_or_default())?;
+                c.validate(104)?;
+                Some(c)
+            } else {
+                None
+            };
+            let len = v3.header_length;
+            (Some(v3), compression, len)
+        } else {
+            (None, None, V2_HEADER_LENGTH)
+        };
+        let known_end = match (&v3, &compression) {
+            (Some(_), Some(_)) => 112,
+            (Some(_), None) => 104,
+            _ => V2_HEADER_LENGTH as usize,
+        };
+        let header_end = header_length as usize;
+        let unknown_fields = cluster0
+            .get(known_end..header_end)
+            .unwrap_or_default()
+            .to_vec();
+
+        let area_end = if common.backing_file_offset != 0 {
+            common.backing_file_offset
+        } else {
+            cluster_size
+        };
+        let extensions = read_extensions(&cluster0, header_length as u64, area_end)?;
+
+        let backing_file = if common.backing_file_offset != 0 && common.backing_file_size != 0 {
+            // validate() bounded offset + size by the cluster size.
+            let start = common.backing_file_offset as usize;
+            Some(cluster0[start..start + common.backing_file_size as usize].to_vec())
+        } else {
+            None
+        };
+
+        let header = Header {
+            common,
+            v3,
+            compression,
+            unknown_fields,
+            extensions,
+            backing_file,
+        };
+        header.check_extensions()?;
+        Ok(header)
+    }
+
+    pub fn version(&self) -> u32 {
+        self.common.version
+    }
+
+    pub fn cluster_bits(&self) -> u32 {
+        self.common.cluster_bits
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.common.cluster_bits
+    }
+
+    pub fn incompatible_features(&self) -> u64 {
+        self.v3.as_ref().map_or(0, |v| v.incompatible_features)
+    }
+
+    pub fn compatible_features(&self) -> u64 {
+        self.v3.as_ref().map_or(0, |v| v.compatible_features)
+    }
+
+    pub fn autoclear_features(&self) -> u64 {
+        self.v3.as_ref().map_or(0, |v| v.autoclear_features)
+    }
+
+    /// Refcount width is 2^refcount_order bits; version 2 means 16.
+    pub fn refcount_order(&self) -> u32 {
+        self.v3.as_ref().map_or(4, |v| v.refcount_order)
+    }
+
+    pub fn header_length(&self) -> u32 {
+        self.v3
+            .as_ref()
+            .map_or(V2_HEADER_LENGTH, |v| v.header_length)
+    }
+
+    /// 0 zlib, 1 zstd.
+    pub fn compression_type(&self) -> u8 {
+        self.compression.as_ref().map_or(0, |c| c.compression_type)
+    }
+
+    /// The payload of the first extension of a known type.
+    pub fn extension(&self, kind: ExtensionMagic) -> Option<&Extension> {
+        self.extensions.iter().find(|e| e.magic == kind.value())
+    }
+
+    /// The backing file format named by its extension.
+    pub fn backing_format(&self) -> Option<&[u8]> {
+        self.extension(ExtensionMagic::BackingFormat)
+            .map(|e| e.data.as_slice())
+    }
+
+    /// The external data file name from its extension.
+    pub fn data_file(&self) -> Option<&[u8]> {
+        self.extension(ExtensionMagic::DataFile)
+            .map(|e| e.data.as_slice())
+    }
+
+    /// The feature name table's entries (empty when the image has none).
+    pub fn feature_table(&self) -> Vec<FeatureNameEntry> {
+        self.extension(ExtensionMagic::FeatureTable)
+            .map(|e| {
+                e.data
+                    .chunks_exact(FeatureNameEntry::SIZE)
+                    .filter_map(|c| FeatureNameEntry::parse(c).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The bitmaps extension, if present (its consistency bit is a separate question).
+    pub fn bitmaps(&self) -> Result<Option<BitmapsExtension>> {
+        let Some(ext) = self.extension(ExtensionMagic::Bitmaps) else {
+            return Ok(None);
+        };
+        let b = BitmapsExtension::parse(&ext.data)?;
+        b.validate(ext.offset, self.cluster_bits())?;
+        Ok(Some(b))
+    }
+
+    /// The full disk encryption (LUKS) header pointer, if present.
+    pub fn crypto(&self) -> Result<Option<CryptoExtension>> {
+        let Some(ext) = self.extension(ExtensionMagic::FullDiskEncryption) else {
+            return Ok(None);
+        };
+        let c = CryptoExtension::parse(&ext.data)?;
+        c.validate(ext.offset, self.cluster_bits())?;
+        Ok(Some(c))
+    }
+
+    /// Checks of individual extensions that QEMU makes at open.
+    fn check_extensions(&self) -> Result<()> {
+        for ext in &self.extensions {
+            let Some(kind) = ext.kind() else { continue };
+            let len = ext.data.len() as u64;
+            let bad = |message: String| {
+                Error::field(
+                    ErrorKind::InvalidFormat,
+                    ExtensionHeader::NAME,
+                    "length",
+                    ext.offset - 4,
+                    len,
+                    message,
+                )
+            };
+            match kind {
+                ExtensionMagic::BackingFormat if len > 15 => {
+                    return Err(bad(format!(
+                        "ERROR: ext_backing_format: len={len} too large (>=16)"
+                    )))
+                }
+                ExtensionMagic::Bitmaps if len != BitmapsExtension::SIZE as u64 => {
+                    return Err(bad("bitmaps_ext: Invalid extension length".into()))
+                }
+                ExtensionMagic::Bitmaps => {
+                    self.bitmaps()?;
+                }
+                ExtensionMagic::FullDiskEncryption if self.common.crypt_method != 2 => {
+                    return Err(bad(
+                        "CRYPTO header extension only expected with LUKS encryption method".into(),
+                    ))
+                }
+                ExtensionMagic::FullDiskEncryption if len != CryptoExtension::SIZE as u64 => {
+                    return Err(bad("CRYPTO header extension size mismatch".into()))
+                }
+                ExtensionMagic::FullDiskEncryption => {
+                    self.crypto()?;
+                }
+                ExtensionMagic::DataFile if len > 4095 => {
+                    return Err(bad(format!("data file name of {len} bytes is too long")))
+                }
+                _ => {}
+            }
+        }
+        if self.common.crypt_method == 2 && self.crypto()?.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                "Missing CRYPTO header for crypt method 2",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Walks the extension area `[start, end)` of cluster 0 (`end` ≤ its length). Bounds come first, as in QEMU:
+/// an extension that does not fit is an error even if it is the end marker.
+fn read_extensions(cluster0: &[u8], start: u64, end: u64) -> Result<Vec<Extension>> {
+    let too_large = |at: u64, len: u64| {
+        Error::field(
+            ErrorKind::InvalidFormat,
+            ExtensionHeader::NAME,
+            "length",
+            at + 4,
+            len,
+            "Header extension too large",
+        )
+    };
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        if end - at < ExtensionHeader::SIZE as u64 {
+            return Err(too_large(at, end - at));
+        }
+        let ext = ExtensionHeader::parse(&cluster0[at as usize..])?;
+        let data_at = at + ExtensionHeader::SIZE as u64;
+        let len = u64::from(ext.length);
+        if len > end - data_at {
+            return Err(too_large(at, len));
+        }
+        if ext.magic == ExtensionMagic::End.value() {
+            break;
+        }
+        let data = cluster0[data_at as usize..(data_at + len) as usize].to_vec();
+        out.push(Extension {
+            magic: ext.magic,
+            offset: data_at,
+            data,
+        });
+        at = data_at + len.next_multiple_of(8);
+    }
+    Ok(out)
+}
