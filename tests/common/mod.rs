@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: golden files, qemu-img as the oracle, and
+//! scratch paths.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The path of a golden file in tests/data.
+pub fn data_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// The bytes of a golden file in tests/data.
+pub fn data(name: &str) -> Vec<u8> {
+    std::fs::read(data_path(name)).unwrap_or_else(|e| panic!("tests/data/{name}: {e}"))
+}
+
+/// Runs qemu-img and returns its standard output; panics with its stderr on failure.
+pub fn qemu_img(args: &[&str]) -> String {
+    run("qemu-img", args)
+}
+
+/// Runs qemu-io and returns its standard output; panics with its stderr on failure.
+pub fn qemu_io(args: &[&str]) -> String {
+    run("qemu-io", args)
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (install qemu-utils): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A fresh scratch directory for one test, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cowimg-test-{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn str(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One range of `qemu-img map --output=json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub length: u64,
+    pub depth: u64,
+    pub present: bool,
+    pub zero: bool,
+    pub data: bool,
+    pub compressed: bool,
+    pub offset: Option<u64>,
+}
+
+/// qemu-img's map of an image.
+pub fn qemu_map(path: &Path, format: &str) -> Vec<MapEntry> {
+    let text = qemu_img(&["map", "--output=json", "-f", format, path.to_str().unwrap()]);
+    text.split('{')
+        .skip(1)
+        .map(|obj| {
+            let num = |key: &str| -> Option<u64> {
+                let at = obj.find(&format!("\"{key}\": "))? + key.len() + 4;
+                obj[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            let flag = |key: &str| obj.contains(&format!("\"{key}\": true"));
+            MapEntry {
+                start: num("start").unwrap(),
+                length: num("length").unwrap(),
+                depth: num("depth").unwrap(),
+                present: flag("present"),
+                zero: flag("zero"),
+                data: flag("data"),
+                compressed: flag("compressed"),
+                offset: num("offset"),
+            }
+        })
+        .collect()
+}
+
+pub fn be64(bytes: &[u8], at: u64) -> u64 {
+    u64::from_be_bytes(bytes[at as usize..at as usize + 8].try_into().unwrap())
+}
+
+pub fn be32(bytes: &[u8], at: u64) -> u32 {
+    u32::from_be_bytes(bytes[at as usize..at as usize + 4].try_into().unwrap())
+}
