@@ -359,7 +359,8 @@ fn qcow2_crypto_extension_from_qemu_luks() {
     );
     assert!(c.length >= 592);
     let header = cowimg::qcow2::Header::read(&MemoryStorage::new(bytes)).unwrap();
-    assert_eq!(header.crypto().unwrap(), Some(c));
+    assert_eq!(header.crypto().unwrap(), Some(c.clone()));
+    insta::assert_debug_snapshot!("qcow2_crypto_extension", c);
 }
 
 #[test]
@@ -530,6 +531,7 @@ fn cow_v3_and_its_broken_64_bit_layout() {
     h.validate(0).unwrap();
     let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
     assert_eq!(header.layout_name(), "v3 (64-bit broken layout)");
+    insta::assert_debug_snapshot!("cow_v3_broken", h);
     assert_eq!((header.bitmap_offset, header.data_offset), (8192, 12288));
     assert_eq!(header.backing_file, b"/images/root_fs");
 }
