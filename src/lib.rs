@@ -5,13 +5,18 @@
 //! `spec/`) → each format's runtime ([`qcow2`], [`qcow`], [`cow`]), which knows
 //! clusters → the caller.
 
+pub mod codec;
 pub mod cow;
 pub mod error;
 pub mod format;
+pub mod image;
+pub mod mapping;
 pub mod probe;
 pub mod qcow;
 pub mod qcow2;
+pub mod raw;
 pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};
+pub use image::{Backing, BlockStatus, Image, OpenOptions};
 pub use probe::{probe, Format};

@@ -1,5 +1,10 @@
 //! qcow2, versions 2 and 3.
 
 pub mod header;
+pub mod l2cache;
+pub mod layer;
+pub mod snapshot;
 
 pub use header::Header;
+pub use layer::{Qcow2, Qcow2Options, SnapshotRef};
+pub use snapshot::Snapshot;

@@ -11,7 +11,7 @@ use std::io;
 
 /// Byte storage with positioned reads and writes. Shared references suffice, so one
 /// backend can serve several readers at once.
-pub trait Storage: Send + Sync {
+pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Reads into `buf` from `offset`; returns how many bytes were read, fewer than
     /// asked only at the end of the storage.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

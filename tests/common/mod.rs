@@ -29,7 +29,10 @@ pub fn qemu_io(args: &[&str]) -> String {
 }
 
 fn run(program: &str, args: &[&str]) -> String {
+    // Relative names inside golden images (data files) resolve against tests/data, as
+    // QEMU resolves them against its working directory.
     let out = Command::new(program)
+        .current_dir(data_path(""))
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program} (install qemu-utils): {e}"));

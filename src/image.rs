@@ -1,0 +1,472 @@
+//! The format-independent image: a chain of layers (the image, its backing file, that
+//! file's backing file…), read as one virtual disk.
+
+use crate::codec::LegacyAes;
+use crate::error::{Error, ErrorKind, Result};
+use crate::mapping::{Extent, Mapping};
+use crate::probe::{probe, Format};
+use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
+use crate::raw::Raw;
+use crate::storage::{FileStorage, Storage};
+use std::collections::HashSet;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What to do about backing files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Backing {
+    /// Open the chain as the images name it.
+    #[default]
+    Follow,
+    /// Open no backing file: unallocated ranges read as zeros.
+    Ignore,
+    /// Use this file (and format, else probed) as the top image's backing file.
+    Override {
+        path: PathBuf,
+        format: Option<Format>,
+    },
+}
+
+/// How to open an image. Read-only always, for now: opening never writes a byte.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// The top image's format; probed when None (reading only).
+    pub format: Option<Format>,
+    pub backing: Backing,
+    /// Passphrase for legacy AES images, anywhere in the chain.
+    pub passphrase: Option<Vec<u8>>,
+    /// The top image's external data file, instead of the one its header names.
+    pub data_file: Option<PathBuf>,
+    /// Read this internal snapshot of the top image instead of its current state.
+    pub snapshot: Option<SnapshotRef>,
+    /// Bytes of L2 tables each qcow2 layer keeps in memory.
+    pub l2_cache_bytes: u64,
+    /// The longest chain accepted, the top image included.
+    pub max_chain_length: usize,
+    /// Open for metadata only (what `info` needs): no key or data file required.
+    pub metadata_only: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            format: None,
+            backing: Backing::Follow,
+            passphrase: None,
+            data_file: None,
+            snapshot: None,
+            l2_cache_bytes: 4 << 20,
+            max_chain_length: 64,
+            metadata_only: false,
+        }
+    }
+}
+
+/// One opened file of a chain.
+#[derive(Debug)]
+pub enum Layer {
+    Qcow2(Qcow2),
+    Raw(Raw),
+}
+
+impl Layer {
+    pub fn format(&self) -> Format {
+        match self {
+            Layer::Qcow2(_) => Format::Qcow2,
+            Layer::Raw(_) => Format::Raw,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Layer::Qcow2(l) => l.size(),
+            Layer::Raw(l) => l.size(),
+        }
+    }
+
+    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
+        match self {
+            Layer::Qcow2(l) => l.map(offset, len),
+            Layer::Raw(l) => l.map(offset, len),
+        }
+    }
+
+    fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Layer::Qcow2(l) => l.read_mapped(extent, guest, buf),
+            Layer::Raw(l) => l.read_mapped(extent, guest, buf),
+        }
+    }
+
+    /// Host offsets of encrypted data are not reported (as QEMU).
+    fn is_encrypted(&self) -> bool {
+        matches!(self, Layer::Qcow2(l) if l.is_encrypted())
+    }
+
+    /// The backing file as the header names it, and its format if named.
+    pub fn backing_name(&self) -> Option<(String, Option<String>)> {
+        match self {
+            Layer::Qcow2(l) => l.header().backing_file.as_ref().map(|name| {
+                let format = l
+                    .header()
+                    .backing_format()
+                    .map(|f| String::from_utf8_lossy(f).into_owned());
+                (String::from_utf8_lossy(name).into_owned(), format)
+            }),
+            Layer::Raw(_) => None,
+        }
+    }
+}
+
+/// A layer and where it came from.
+#[derive(Debug)]
+pub struct ChainEntry {
+    pub layer: Layer,
+    /// The path it was opened at (relative names resolved against the image's folder).
+    pub path: PathBuf,
+    /// True when its format was guessed rather than stated.
+    pub probed: bool,
+}
+
+/// What a range is, as `qemu-img map` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStatus {
+    pub start: u64,
+    pub len: u64,
+    /// Which layer decided: 0 the top image, 1 its backing file…
+    pub depth: usize,
+    /// That layer supplies the bytes (false: unallocated down to the bottom).
+    pub present: bool,
+    /// Known to read as zeros.
+    pub zero: bool,
+    /// Read from a file (not zeros, not unallocated).
+    pub data: bool,
+    pub compressed: bool,
+    /// Host offset in that layer's file, where meaningful.
+    pub offset: Option<u64>,
+}
+
+impl BlockStatus {
+    /// qemu-img map's rule for joining `next` onto `self`.
+    fn mergeable(&self, next: &BlockStatus) -> bool {
+        self.start + self.len == next.start
+            && (
+                self.depth,
+                self.present,
+                self.zero,
+                self.data,
+                self.compressed,
+            ) == (
+                next.depth,
+                next.present,
+                next.zero,
+                next.data,
+                next.compressed,
+            )
+            && match (self.offset, next.offset) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a + self.len == b,
+                _ => false,
+            }
+    }
+}
+
+/// A virtual disk: the top image and its backing chain.
+#[derive(Debug)]
+pub struct Image {
+    chain: Vec<ChainEntry>,
+}
+
+impl Image {
+    /// Opens `path` and, by `options.backing`, its backing chain.
+    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
+        let path = path.as_ref();
+        let mut chain: Vec<ChainEntry> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = Some((path.to_path_buf(), options.format, true));
+        while let Some((path, format, top)) = next.take() {
+            if chain.len() >= options.max_chain_length {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!(
+                        "backing chain longer than {} images",
+                        options.max_chain_length
+                    ),
+                ));
+            }
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if !seen.insert(canonical) {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("backing chain loops back to '{}'", path.display()),
+                ));
+            }
+            let entry = open_layer(&path, format, top, options).map_err(|e| {
+                if top {
+                    e
+                } else {
+                    e.context(format_args!(
+                        "Could not open backing file '{}'",
+                        path.display()
+                    ))
+                }
+            })?;
+            next = match (&options.backing, top) {
+                (Backing::Ignore, _) => None,
+                (Backing::Override { path, format }, true) => Some((path.clone(), *format, false)),
+                _ => match entry.layer.backing_name() {
+                    None => None,
+                    Some((name, format_name)) => {
+                        let format = match format_name {
+                            None => None,
+                            Some(f) => Some(Format::from_name(&f).ok_or_else(|| {
+                                Error::new(ErrorKind::Unsupported, format!("Unknown driver '{f}'"))
+                            })?),
+                        };
+                        Some((resolve_backing(&path, &name), format, false))
+                    }
+                },
+            };
+            chain.push(entry);
+        }
+        Ok(Image { chain })
+    }
+
+    /// The images of the chain, top first.
+    pub fn chain(&self) -> &[ChainEntry] {
+        &self.chain
+    }
+
+    pub fn top(&self) -> &Layer {
+        &self.chain[0].layer
+    }
+
+    /// Virtual size in bytes.
+    pub fn size(&self) -> u64 {
+        self.top().size()
+    }
+
+    /// Fills `buf` with the guest bytes at `offset`, the chain resolved.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.size()) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!(
+                    "read of {} bytes at {offset} is past the end of the image ({})",
+                    buf.len(),
+                    self.size()
+                ),
+            ));
+        }
+        self.read_layer(0, offset, buf)
+    }
+
+    fn read_layer(&self, depth: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let Some(entry) = self.chain.get(depth) else {
+            buf.fill(0);
+            return Ok(());
+        };
+        let layer = &entry.layer;
+        // A backing file shorter than the image reads as zeros past its end.
+        let inside = layer.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+        buf[inside..].fill(0);
+        let mut done = 0;
+        while done < inside {
+            let at = offset + done as u64;
+            let extent = layer.map(at, (inside - done) as u64)?;
+            let part = &mut buf[done..done + extent.len as usize];
+            match extent.mapping {
+                Mapping::Zero { .. } => part.fill(0),
+                Mapping::Unallocated { .. } => self.read_layer(depth + 1, at, part)?,
+                Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                    layer.read_mapped(&extent, at, part)?
+                }
+            }
+            done += extent.len as usize;
+        }
+        Ok(())
+    }
+
+    /// What the range from `offset` (at most `len` bytes) is, as far as one answer
+    /// covers it: QEMU's block status, descending the chain through unallocated ranges.
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
+        let mut len = len.min(self.size().saturating_sub(offset));
+        if len == 0 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset {offset} is past the end of the image"),
+            ));
+        }
+        let mut depth = 0;
+        loop {
+            let layer = &self.chain[depth].layer;
+            let extent = layer.map(offset, len)?;
+            let hide = layer.is_encrypted();
+            let host = extent.mapping.host().filter(|_| !hide).map(|h| h.0);
+            let status = |present, zero, data, compressed, offset| BlockStatus {
+                start: extent.start,
+                len: extent.len,
+                depth,
+                present,
+                zero,
+                data,
+                compressed,
+                offset,
+            };
+            return Ok(match extent.mapping {
+                Mapping::Data { .. } => status(true, false, true, false, host),
+                Mapping::Compressed { .. } => status(true, false, true, true, None),
+                Mapping::Zero { .. } => status(true, true, false, false, host),
+                Mapping::Unallocated { .. } => match self.chain.get(depth + 1) {
+                    Some(below) if offset < below.layer.size() => {
+                        len = extent.len.min(below.layer.size() - offset);
+                        depth += 1;
+                        continue;
+                    }
+                    _ => status(false, true, false, false, host),
+                },
+            });
+        }
+    }
+
+    /// The whole disk as `qemu-img map` lists it: block status from start to end,
+    /// adjacent ranges merged when every attribute agrees and host offsets continue.
+    pub fn map(&self) -> Result<Vec<BlockStatus>> {
+        let mut out: Vec<BlockStatus> = Vec::new();
+        let mut offset = 0;
+        while offset < self.size() {
+            let s = self.block_status(offset, self.size() - offset)?;
+            offset += s.len;
+            if let Some(last) = out.last_mut() {
+                if last.mergeable(&s) {
+                    last.len += s.len;
+                    continue;
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// A `Read + Seek` view of the virtual disk.
+    pub fn reader(&self) -> ImageReader<'_> {
+        ImageReader {
+            image: self,
+            pos: 0,
+        }
+    }
+}
+
+/// Where a backing file named `name` by the image at `image` is: relative names are
+/// relative to the image's folder.
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new("")).join(name)
+    }
+}
+
+fn open_layer(
+    path: &Path,
+    format: Option<Format>,
+    top: bool,
+    options: &OpenOptions,
+) -> Result<ChainEntry> {
+    let storage = FileStorage::open(path, false)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let (format, probed) = match format {
+        Some(f) => (f, false),
+        None => (
+            probe(storage.as_ref()).map_err(|e| Error::io("probing the image format", e))?,
+            true,
+        ),
+    };
+    let layer = match format {
+        Format::Raw => Layer::Raw(Raw::open(storage)?),
+        Format::Qcow2 => {
+            let header = qcow2::Header::read(storage.as_ref())?;
+            let data_file =
+                if header.incompatible_features() & qcow2::header::incompat::DATA_FILE != 0 {
+                    let named = header
+                        .data_file()
+                        .map(|n| resolve_backing(path, &String::from_utf8_lossy(n)));
+                    let chosen = if top {
+                        options.data_file.clone().or(named)
+                    } else {
+                        named
+                    };
+                    match chosen {
+                        Some(p) if !options.metadata_only => {
+                            let s = FileStorage::open(&p, false).map_err(|e| {
+                                Error::io(format!("Could not open data file '{}'", p.display()), e)
+                            })?;
+                            Some(Arc::new(s) as Arc<dyn Storage>)
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+            let qopts = Qcow2Options {
+                key: options
+                    .passphrase
+                    .as_deref()
+                    .map(LegacyAes::from_passphrase),
+                data_file,
+                l2_cache_bytes: options.l2_cache_bytes,
+                snapshot: if top { options.snapshot.clone() } else { None },
+                io: !options.metadata_only,
+            };
+            Layer::Qcow2(Qcow2::open(storage, header, qopts)?)
+        }
+        Format::Qcow | Format::Cow => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("reading {format} images is not implemented yet"),
+            ))
+        }
+    };
+    Ok(ChainEntry {
+        layer,
+        path: path.to_path_buf(),
+        probed,
+    })
+}
+
+/// `Read + Seek` over an [`Image`].
+pub struct ImageReader<'a> {
+    image: &'a Image,
+    pos: u64,
+}
+
+impl Read for ImageReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.image.size().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.image
+            .read_at(&mut buf[..n], self.pos)
+            .map_err(io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ImageReader<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.image.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
+    }
+}

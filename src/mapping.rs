@@ -1,0 +1,78 @@
+//! Where a guest range lives in one layer of a chain: the answer every format's
+//! runtime gives and every I/O path matches on.
+
+/// A byte offset in a layer's file (or its external data file), as opposed to a guest
+/// offset in the virtual disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostOffset(pub u64);
+
+impl HostOffset {
+    pub fn add(self, n: u64) -> HostOffset {
+        HostOffset(self.0 + n)
+    }
+}
+
+/// How one layer stores a guest range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// The bytes are stored at `host`, plainly or (legacy AES) encrypted.
+    Data { host: HostOffset },
+    /// The range lies in a compressed cluster starting at guest offset `cluster`; its
+    /// compressed bytes are `len` bytes at `host`.
+    Compressed {
+        cluster: u64,
+        host: HostOffset,
+        len: u64,
+    },
+    /// The range reads as zeros here, whatever the backing file says. `host` is the
+    /// cluster preallocated for it, if any.
+    Zero { host: Option<HostOffset> },
+    /// This layer does not have the range: the backing file supplies it, or zeros.
+    /// `host` is space this layer has already allocated for it, if any.
+    Unallocated { host: Option<HostOffset> },
+}
+
+impl Mapping {
+    /// The host offset of the range's first byte, where the layer has one.
+    pub fn host(&self) -> Option<HostOffset> {
+        match *self {
+            Mapping::Data { host } => Some(host),
+            Mapping::Zero { host } | Mapping::Unallocated { host } => host,
+            Mapping::Compressed { .. } => None,
+        }
+    }
+
+    /// The mapping `n` bytes further on, for extending a run.
+    pub fn advanced(&self, n: u64) -> Mapping {
+        match *self {
+            Mapping::Data { host } => Mapping::Data { host: host.add(n) },
+            Mapping::Zero { host } => Mapping::Zero {
+                host: host.map(|h| h.add(n)),
+            },
+            Mapping::Unallocated { host } => Mapping::Unallocated {
+                host: host.map(|h| h.add(n)),
+            },
+            m @ Mapping::Compressed { .. } => m,
+        }
+    }
+
+    /// Whether a run mapped as `self` and `len` bytes long continues with `next`.
+    pub fn continues(&self, len: u64, next: &Mapping) -> bool {
+        match (self, next) {
+            (Mapping::Compressed { .. }, _) | (_, Mapping::Compressed { .. }) => false,
+            _ => {
+                std::mem::discriminant(self) == std::mem::discriminant(next)
+                    && self.advanced(len) == *next
+            }
+        }
+    }
+}
+
+/// A run of guest bytes with one mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Guest offset of the first byte.
+    pub start: u64,
+    pub len: u64,
+    pub mapping: Mapping,
+}

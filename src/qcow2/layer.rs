@@ -1,0 +1,547 @@
+//! One qcow2 file opened for reading: open-time checks, guest-to-host mapping through
+//! L1 and L2, and reads of what the mapping finds.
+
+use super::header::{autoclear, incompat, Header};
+use super::l2cache::{L2Cache, Table};
+use super::snapshot::{self, Snapshot};
+use crate::codec::{Compression, LegacyAes};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap};
+use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::storage::Storage;
+use std::sync::{Arc, Mutex};
+
+/// QEMU's cap on an L1 table: 32 MiB.
+pub const MAX_L1_BYTES: u64 = 32 << 20;
+
+/// Which L1 table a layer reads through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+}
+
+/// What opening a qcow2 layer needs besides its file.
+#[derive(Clone, Debug)]
+pub struct Qcow2Options {
+    /// The legacy AES key, for crypt_method 1.
+    pub key: Option<LegacyAes>,
+    /// The external data file, for images that have one.
+    pub data_file: Option<Arc<dyn Storage>>,
+    /// Bytes of L2 tables to keep in memory.
+    pub l2_cache_bytes: u64,
+    /// Read a snapshot instead of the active state.
+    pub snapshot: Option<SnapshotRef>,
+    /// False to open for metadata only (info): no key or data file is needed.
+    pub io: bool,
+}
+
+impl Default for Qcow2Options {
+    fn default() -> Self {
+        Qcow2Options {
+            key: None,
+            data_file: None,
+            l2_cache_bytes: 4 << 20,
+            snapshot: None,
+            io: true,
+        }
+    }
+}
+
+/// A qcow2 layer open for reading.
+pub struct Qcow2 {
+    header: Header,
+    storage: Arc<dyn Storage>,
+    data_file: Option<Arc<dyn Storage>>,
+    cluster_bits: u32,
+    /// log2 of the entries in an L2 table.
+    l2_bits: u32,
+    extended_l2: bool,
+    size: u64,
+    /// The L1 table in use: entries past the end of the file are left out (they read as 0).
+    l1: Vec<u64>,
+    l2_cache: Mutex<L2Cache>,
+    compression: Compression,
+    key: Option<LegacyAes>,
+    /// The last cluster decompressed, by host offset of its compressed bytes.
+    decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
+    snapshots: Vec<Snapshot>,
+    warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Qcow2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qcow2")
+            .field("header", &self.header)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(message: String) -> Error {
+    Error::new(ErrorKind::Corrupt, message)
+}
+
+impl Qcow2 {
+    /// Opens a layer whose header was read already, making QEMU's open-time checks.
+    pub fn open(storage: Arc<dyn Storage>, header: Header, options: Qcow2Options) -> Result<Qcow2> {
+        let cluster_bits = header.cluster_bits();
+        let cluster_size = 1u64 << cluster_bits;
+        let incompatible = header.incompatible_features();
+
+        let unknown = incompatible & !incompat::KNOWN;
+        if unknown != 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "Unsupported qcow2 feature(s): {}",
+                    feature_names(&header, unknown)
+                ),
+            ));
+        }
+        if header.common.refcount_table_clusters == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                "Image does not contain a reference count table",
+            ));
+        }
+        let compression_bit = incompatible & incompat::COMPRESSION != 0;
+        match (header.compression_type(), compression_bit) {
+            (0, true) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    "qcow2: Compression type incompatible feature bit must not be set",
+                ))
+            }
+            (t, false) if t != 0 => {
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    "qcow2: Compression type incompatible feature bit must be set",
+                ))
+            }
+            _ => {}
+        }
+        let compression =
+            Compression::from_header(header.compression_type()).expect("validated by the header");
+        let extended_l2 = incompatible & incompat::EXTENDED_L2 != 0;
+        if extended_l2 && cluster_bits < 14 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("Unsupported subcluster size: {}", cluster_size / 32),
+            ));
+        }
+        let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
+
+        // Every guest byte must have an L1 entry.
+        let l1_needed = header
+            .common
+            .size
+            .div_ceil(1u64 << (cluster_bits + l2_bits));
+        if l1_needed > i32::MAX as u64 {
+            return Err(Error::new(ErrorKind::InvalidFormat, "Image is too big"));
+        }
+        if u64::from(header.common.l1_size) < l1_needed {
+            return Err(Error::field(
+                ErrorKind::InvalidFormat,
+                "qcow2 header",
+                "l1_size",
+                36,
+                u64::from(header.common.l1_size),
+                "L1 table is too small",
+            ));
+        }
+
+        let has_data_file = incompatible & incompat::DATA_FILE != 0;
+        if options.io {
+            if has_data_file && options.data_file.is_none() {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "'data-file' is required for this image",
+                ));
+            }
+            if !has_data_file && header.autoclear_features() & autoclear::DATA_FILE_RAW != 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidFormat,
+                    "data-file-raw requires a data file",
+                ));
+            }
+            match header.common.crypt_method {
+                1 if options.key.is_none() => {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        "Parameter 'encrypt.key-secret' is required for cipher",
+                    ))
+                }
+                2 => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "LUKS encryption (crypt_method 2) is not supported; only legacy AES is",
+                    ))
+                }
+                _ => {}
+            }
+        }
+
+        let mut warnings = Vec::new();
+        if header.bitmaps()?.is_some() && header.autoclear_features() & autoclear::BITMAPS == 0 {
+            warnings.push(
+                "a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent"
+                    .to_string(),
+            );
+        }
+
+        let snapshots = snapshot::read_table(
+            storage.as_ref(),
+            header.common.snapshots_offset,
+            header.common.nb_snapshots,
+            header.common.size,
+        )?;
+
+        let (l1_offset, l1_size, size) = match &options.snapshot {
+            None => (
+                header.common.l1_table_offset,
+                u64::from(header.common.l1_size),
+                header.common.size,
+            ),
+            Some(want) => {
+                let s = snapshots
+                    .iter()
+                    .find(|s| match want {
+                        SnapshotRef::Id(id) => &s.id == id,
+                        SnapshotRef::Name(name) => &s.name == name,
+                    })
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            match want {
+                                SnapshotRef::Id(id) => {
+                                    format!("Can't find snapshot with id '{id}'")
+                                }
+                                SnapshotRef::Name(n) => {
+                                    format!("Can't find snapshot with name '{n}'")
+                                }
+                            },
+                        )
+                    })?;
+                if s.header.l1_table_offset % cluster_size != 0 {
+                    return Err(corrupt("Snapshot L1 table offset invalid".into()));
+                }
+                if u64::from(s.header.l1_size) * 8 > MAX_L1_BYTES {
+                    return Err(corrupt("Snapshot L1 table too large".into()));
+                }
+                (
+                    s.header.l1_table_offset,
+                    u64::from(s.header.l1_size),
+                    s.disk_size,
+                )
+            }
+        };
+        let l1 = read_l1(storage.as_ref(), l1_offset, l1_size)?;
+
+        let key = if header.common.crypt_method == 1 {
+            options.key
+        } else {
+            None
+        };
+        let tables = (options.l2_cache_bytes / cluster_size).max(2) as usize;
+        Ok(Qcow2 {
+            storage,
+            data_file: if has_data_file {
+                options.data_file
+            } else {
+                None
+            },
+            cluster_bits,
+            l2_bits,
+            extended_l2,
+            size,
+            l1,
+            l2_cache: Mutex::new(L2Cache::new(tables)),
+            compression,
+            key,
+            decompressed: Mutex::new(None),
+            snapshots,
+            warnings,
+            header,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Virtual size in bytes (of the snapshot, when one was opened).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    pub fn snapshots(&self) -> &[Snapshot] {
+        &self.snapshots
+    }
+
+    /// Things QEMU would warn about at open.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// True when data clusters are encrypted (their host offsets mean nothing to a reader).
+    pub fn is_encrypted(&self) -> bool {
+        self.header.common.crypt_method != 0
+    }
+
+    /// The L2 table at `offset`, from the cache or the file.
+    fn l2_table(&self, offset: u64) -> Result<Table> {
+        if let Some(t) = self
+            .l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(offset)
+        {
+            return Ok(t);
+        }
+        let mut bytes = vec![0u8; 1 << self.cluster_bits];
+        self.storage
+            .read_zero_padded(&mut bytes, offset)
+            .map_err(|e| Error::io(format!("reading the L2 table at {offset:#x}"), e))?;
+        let table: Table = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(offset, table.clone());
+        Ok(table)
+    }
+
+    /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
+    /// (sub)cluster ends.
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        let cluster_size = 1u64 << self.cluster_bits;
+        let cluster_start = guest & !(cluster_size - 1);
+        let cluster_end = cluster_start + cluster_size;
+        let l1_index = guest >> (self.cluster_bits + self.l2_bits);
+        let l2_index = (guest >> self.cluster_bits) & ((1 << self.l2_bits) - 1);
+        let Some(&raw_l1) = self.l1.get(l1_index as usize) else {
+            return Ok((Mapping::Unallocated { host: None }, cluster_end));
+        };
+        let l2_offset = L1Entry::from_raw(raw_l1).l2_offset();
+        if l2_offset == 0 {
+            // The whole L2 range is unallocated.
+            let end = (l1_index + 1) << (self.cluster_bits + self.l2_bits);
+            return Ok((Mapping::Unallocated { host: None }, end));
+        }
+        if l2_offset % cluster_size != 0 {
+            return Err(corrupt(format!(
+                "L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index:#x})"
+            )));
+        }
+        let table = self.l2_table(l2_offset)?;
+        let words = if self.extended_l2 { 2 } else { 1 };
+        let raw = table[(l2_index * words) as usize];
+        let entry = L2Entry::from_raw(raw);
+        let in_cluster = guest - cluster_start;
+
+        if entry.compressed() {
+            if self.data_file.is_some() {
+                return Err(corrupt(
+                    "Compressed cluster entry found in image with external data file".into(),
+                ));
+            }
+            let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), self.cluster_bits);
+            let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
+            let mapping = Mapping::Compressed {
+                cluster: cluster_start,
+                host: HostOffset(d.host_offset),
+                len,
+            };
+            return Ok((mapping, cluster_end));
+        }
+
+        let host = entry.host_offset();
+        // Offset 0 with COPIED set is host offset 0 of an external data file.
+        let allocated = host != 0 || (self.data_file.is_some() && entry.copied());
+        if allocated && host % cluster_size != 0 {
+            return Err(corrupt(format!(
+                "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+            )));
+        }
+        if allocated && self.data_file.is_some() && host != cluster_start {
+            return Err(corrupt(format!(
+                "External data file host cluster offset {host:#x} does not match guest cluster offset {cluster_start:#x}"
+            )));
+        }
+
+        if !self.extended_l2 {
+            if entry.zero() {
+                if self.header.version() < 3 {
+                    return Err(corrupt(format!(
+                        "Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+                    )));
+                }
+                let mapping = Mapping::Zero {
+                    host: allocated.then(|| HostOffset(host + in_cluster)),
+                };
+                return Ok((mapping, cluster_end));
+            }
+            let mapping = if allocated {
+                Mapping::Data {
+                    host: HostOffset(host + in_cluster),
+                }
+            } else {
+                Mapping::Unallocated { host: None }
+            };
+            return Ok((mapping, cluster_end));
+        }
+
+        let bitmap = SubclusterBitmap::from_raw(table[(l2_index * 2 + 1) as usize]);
+        let (alloc, zero) = (bitmap.allocated(), bitmap.zero());
+        if alloc & zero != 0 || (!allocated && alloc != 0) {
+            return Err(corrupt(format!(
+                "Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+            )));
+        }
+        let sub_bits = self.cluster_bits - 5;
+        let sub = (in_cluster >> sub_bits) as u32;
+        let sub_end = cluster_start + (u64::from(sub + 1) << sub_bits);
+        let host_here = allocated.then(|| HostOffset(host + in_cluster));
+        let mapping = if zero & (1 << sub) != 0 {
+            Mapping::Zero { host: host_here }
+        } else if alloc & (1 << sub) != 0 {
+            Mapping::Data {
+                host: host_here.expect("an allocated bit implies an allocated cluster"),
+            }
+        } else {
+            Mapping::Unallocated { host: host_here }
+        };
+        Ok((mapping, sub_end))
+    }
+
+    /// The longest run from `offset`, at most `len` bytes, that one mapping covers.
+    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset {offset} is past the end of the image"),
+            ));
+        }
+        let (mapping, mut run_end) = self.classify(offset)?;
+        while run_end < end && !matches!(mapping, Mapping::Compressed { .. }) {
+            let (next, next_end) = self.classify(run_end)?;
+            if !mapping.continues(run_end - offset, &next) {
+                break;
+            }
+            run_end = next_end;
+        }
+        Ok(Extent {
+            start: offset,
+            len: run_end.min(end) - offset,
+            mapping,
+        })
+    }
+
+    /// Reads `buf.len()` guest bytes at `guest`, all inside `extent` (which this layer
+    /// returned, mapped as data or compressed).
+    pub fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+        let skip = guest - extent.start;
+        match extent.mapping {
+            Mapping::Data { host } => {
+                let at = host.0 + skip;
+                let storage = self.data_file.as_ref().unwrap_or(&self.storage);
+                match &self.key {
+                    None => {
+                        storage
+                            .read_zero_padded(buf, at)
+                            .map_err(|e| Error::io(format!("reading data at {at:#x}"), e))?;
+                    }
+                    Some(key) => {
+                        // Whole sectors around the range, decrypted with guest sector numbers.
+                        let lead = guest % 512;
+                        let span = (lead + buf.len() as u64).next_multiple_of(512);
+                        let mut sectors = vec![0u8; span as usize];
+                        storage
+                            .read_zero_padded(&mut sectors, at - lead)
+                            .map_err(|e| Error::io(format!("reading data at {at:#x}"), e))?;
+                        key.decrypt((guest - lead) / 512, &mut sectors);
+                        buf.copy_from_slice(&sectors[lead as usize..lead as usize + buf.len()]);
+                    }
+                }
+                Ok(())
+            }
+            Mapping::Compressed { cluster, host, len } => {
+                let data = self.decompress(host.0, len)?;
+                let from = (guest - cluster) as usize;
+                buf.copy_from_slice(&data[from..from + buf.len()]);
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::BadArgument,
+                "read_mapped takes data or compressed extents",
+            )),
+        }
+    }
+
+    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+        if let Some((at, data)) = &*self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *at == host {
+                return Ok(data.clone());
+            }
+        }
+        // len ≤ 2 × cluster size: the descriptor's sector count has cluster_bits − 8 bits.
+        let mut input = vec![0u8; len as usize];
+        self.storage
+            .read_zero_padded(&mut input, host)
+            .map_err(|e| Error::io(format!("reading the compressed cluster at {host:#x}"), e))?;
+        let mut out = vec![0u8; 1 << self.cluster_bits];
+        self.compression
+            .decompress(&input, &mut out)
+            .map_err(|e| e.context(format_args!("compressed cluster at host offset {host:#x}")))?;
+        let data: Arc<[u8]> = out.into();
+        *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = Some((host, data.clone()));
+        Ok(data)
+    }
+}
+
+/// QEMU's wording for unknown incompatible bits: names from the image's own feature
+/// table, then any bits it does not name.
+fn feature_names(header: &Header, mut mask: u64) -> String {
+    let mut names = Vec::new();
+    for entry in header.feature_table() {
+        if entry.feature_type == 0 && entry.bit < 64 && mask & (1 << entry.bit) != 0 {
+            names.push(String::from_utf8_lossy(entry.name.until_nul()).into_owned());
+            mask &= !(1 << entry.bit);
+        }
+    }
+    if mask != 0 {
+        names.push(format!("Unknown incompatible feature: {mask:x}"));
+    }
+    names.join(", ")
+}
+
+/// Reads an L1 table of `entries` entries, leaving out what lies past the end of the file
+/// (those entries read as 0). `entries` × 8 must be at most 32 MiB.
+fn read_l1(storage: &dyn Storage, offset: u64, entries: u64) -> Result<Vec<u64>> {
+    if entries * 8 > MAX_L1_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            "Active L1 table too large",
+        ));
+    }
+    let file_len = storage
+        .len()
+        .map_err(|e| Error::io("reading the file size", e))?;
+    let in_file = file_len.saturating_sub(offset) / 8;
+    let mut bytes = vec![0u8; (entries.min(in_file) * 8) as usize];
+    storage
+        .read_zero_padded(&mut bytes, offset)
+        .map_err(|e| Error::io(format!("reading the L1 table at {offset:#x}"), e))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}

@@ -1,0 +1,51 @@
+//! Raw images: guest offset = host offset.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::storage::Storage;
+use std::sync::Arc;
+
+/// A raw file as a layer.
+#[derive(Debug)]
+pub struct Raw {
+    storage: Arc<dyn Storage>,
+    size: u64,
+}
+
+impl Raw {
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Raw> {
+        let size = storage
+            .len()
+            .map_err(|e| Error::io("reading the size of the raw image", e))?;
+        Ok(Raw { storage, size })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every byte is data at its own offset.
+    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset {offset} is past the end of the image"),
+            ));
+        }
+        Ok(Extent {
+            start: offset,
+            len: end - offset,
+            mapping: Mapping::Data {
+                host: HostOffset(offset),
+            },
+        })
+    }
+
+    pub fn read_mapped(&self, _extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+        self.storage
+            .read_zero_padded(buf, guest)
+            .map_err(|e| Error::io(format!("reading at {guest:#x}"), e))?;
+        Ok(())
+    }
+}
