@@ -66,7 +66,7 @@ impl Default for OpenOptions {
 /// One opened file of a chain.
 #[derive(Debug)]
 pub enum Layer {
-    Qcow2(Qcow2),
+    Qcow2(Box<Qcow2>),
     Raw(Raw),
 }
 
@@ -422,7 +422,7 @@ fn open_layer(
                 snapshot: if top { options.snapshot.clone() } else { None },
                 io: !options.metadata_only,
             };
-            Layer::Qcow2(Qcow2::open(storage, header, qopts)?)
+            Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
         }
         Format::Qcow | Format::Cow => {
             return Err(Error::new(

@@ -6,8 +6,10 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostOffset(pub u64);
 
-impl HostOffset {
-    pub fn add(self, n: u64) -> HostOffset {
+impl std::ops::Add<u64> for HostOffset {
+    type Output = HostOffset;
+
+    fn add(self, n: u64) -> HostOffset {
         HostOffset(self.0 + n)
     }
 }
@@ -45,12 +47,12 @@ impl Mapping {
     /// The mapping `n` bytes further on, for extending a run.
     pub fn advanced(&self, n: u64) -> Mapping {
         match *self {
-            Mapping::Data { host } => Mapping::Data { host: host.add(n) },
+            Mapping::Data { host } => Mapping::Data { host: host + n },
             Mapping::Zero { host } => Mapping::Zero {
-                host: host.map(|h| h.add(n)),
+                host: host.map(|h| h + n),
             },
             Mapping::Unallocated { host } => Mapping::Unallocated {
-                host: host.map(|h| h.add(n)),
+                host: host.map(|h| h + n),
             },
             m @ Mapping::Compressed { .. } => m,
         }
