@@ -270,6 +270,11 @@ impl Qcow2 {
         &self.header
     }
 
+    /// The file this layer reads its metadata from.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
     /// Virtual size in bytes (of the snapshot, when one was opened).
     pub fn size(&self) -> u64 {
         self.size

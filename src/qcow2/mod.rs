@@ -1,5 +1,6 @@
 //! qcow2, versions 2 and 3.
 
+pub mod bitmaps;
 pub mod header;
 pub mod l2cache;
 pub mod layer;

@@ -1,9 +1,14 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
+mod convert;
 mod human;
 mod info;
+mod json;
+mod map;
+mod source;
 
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -19,14 +24,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what an image is: format, sizes, backing file and its header.
+    /// Show what an image is: format, sizes, backing file, snapshots.
     Info(info::Args),
+    /// Show where each range of the virtual disk is stored.
+    Map(map::Args),
+    /// Copy the virtual disk into a new image.
+    Convert(convert::Args),
+}
+
+/// Prints to standard output; a reader that went away (`| head`) ends the program
+/// quietly, as it would for qemu-img.
+pub fn print_out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(0);
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Map(args) => map::run(&args),
+        Command::Convert(args) => convert::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,77 @@
+//! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
+
+use crate::json::Json;
+use crate::source::SourceArgs;
+use cowimg::{Error, ErrorKind, Image};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format: human or json.
+    #[arg(long = "output", default_value = "human", value_parser = ["human", "json"])]
+    output: String,
+    /// The image file.
+    filename: String,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let (path, options) = args.source.resolve(&args.filename)?;
+    let image = Image::open(&path, &options)?;
+    let ranges = image.map()?;
+    let mut out = String::new();
+    if args.output == "json" {
+        for (i, r) in ranges.iter().enumerate() {
+            let mut fields = vec![
+                ("start", Json::int(r.start)),
+                ("length", Json::int(r.len)),
+                ("depth", Json::int(r.depth as u64)),
+                ("present", Json::Bool(r.present)),
+                ("zero", Json::Bool(r.zero)),
+                ("data", Json::Bool(r.data)),
+                ("compressed", Json::Bool(r.compressed)),
+            ];
+            if let Some(offset) = r.offset {
+                fields.push(("offset", Json::int(offset)));
+            }
+            out.push_str(if i == 0 { "[" } else { ",\n" });
+            Json::Object(fields).write_compact(&mut out);
+        }
+        out.push_str("]\n");
+    } else {
+        // Only ranges stored as plain data are listed; anything else cannot be.
+        out.push_str(&format!(
+            "{:<16}{:<16}{:<16}{}\n",
+            "Offset", "Length", "Mapped to", "File"
+        ));
+        for r in ranges.iter().filter(|r| r.data) {
+            let Some(offset) = r.offset.filter(|_| !r.compressed) else {
+                crate::print_out(&out);
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "File contains external, encrypted or compressed clusters.",
+                ));
+            };
+            let file = &image.chain()[r.depth].path;
+            out.push_str(&format!(
+                "{:<16}{:<16}{:<16}{}\n",
+                hex(r.start),
+                hex(r.len),
+                hex(offset),
+                file.display()
+            ));
+        }
+    }
+    crate::print_out(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// printf's `%#x`: "0" for zero, "0x…" otherwise.
+fn hex(n: u64) -> String {
+    if n == 0 {
+        "0".into()
+    } else {
+        format!("{n:#x}")
+    }
+}

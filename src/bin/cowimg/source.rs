@@ -1,0 +1,162 @@
+//! How a command names its input image: qemu-img's `-f`, `--object secret,…`,
+//! `--image-opts` and `-U`, plus the COWIMG_PASSPHRASE environment variable, so that a
+//! passphrase never has to appear on the command line.
+
+use cowimg::{Error, ErrorKind, Format, OpenOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The environment variable that may hold the legacy AES passphrase.
+pub const PASSPHRASE_ENV: &str = "COWIMG_PASSPHRASE";
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SourceArgs {
+    /// Image format (qcow2, qcow, cow, raw); probed when absent.
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// A secret: secret,id=ID,data=TEXT or secret,id=ID,file=PATH.
+    #[arg(long = "object", value_name = "OBJECTDEF")]
+    pub objects: Vec<String>,
+    /// The filename is an option list: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID.
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
+    /// Accepted for compatibility; cowimg takes no locks.
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
+}
+
+/// Splits a QEMU option string at commas, where ",," stands for a comma.
+pub fn split_options(text: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                parts.last_mut().expect("never empty").push(',');
+            } else {
+                parts.push(String::new());
+            }
+        } else {
+            parts.last_mut().expect("never empty").push(c);
+        }
+    }
+    parts
+}
+
+/// `key=value` pairs of an option string (a bare word maps to "").
+pub fn parse_options(text: &str) -> Vec<(String, String)> {
+    split_options(text)
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (p, String::new()),
+        })
+        .collect()
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::BadArgument, message)
+}
+
+pub fn format_named(name: &str) -> Result<Format, Error> {
+    Format::from_name(name).ok_or_else(|| bad(format!("Unknown file format '{name}'")))
+}
+
+impl SourceArgs {
+    /// The secrets defined with --object, by id.
+    pub fn secrets(&self) -> Result<HashMap<String, Vec<u8>>, Error> {
+        let mut out = HashMap::new();
+        for object in &self.objects {
+            let opts = parse_options(object);
+            let Some((kind, _)) = opts.first() else {
+                continue;
+            };
+            if kind != "secret" {
+                return Err(bad(format!(
+                    "Object type '{kind}' is not supported; only 'secret' is"
+                )));
+            }
+            let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            let id = get("id").ok_or_else(|| bad("Parameter 'id' is missing"))?;
+            if get("format").is_some_and(|f| f != "raw") {
+                return Err(bad("only format=raw secrets are supported"));
+            }
+            let value = match (get("data"), get("file")) {
+                (Some(data), None) => data.into_bytes(),
+                (None, Some(file)) => std::fs::read(&file)
+                    .map_err(|e| Error::io(format!("Unable to read secret file '{file}'"), e))?,
+                _ => {
+                    return Err(bad(format!(
+                        "secret '{id}' needs exactly one of data= or file="
+                    )))
+                }
+            };
+            out.insert(id, value);
+        }
+        Ok(out)
+    }
+
+    /// The path to open and the options to open it with.
+    pub fn resolve(&self, filename: &str) -> Result<(PathBuf, OpenOptions), Error> {
+        let secrets = self.secrets()?;
+        let mut options = OpenOptions::default();
+        let mut path = PathBuf::from(filename);
+        let mut key_secret = None;
+        if let Some(f) = &self.format {
+            options.format = Some(format_named(f)?);
+        }
+        if self.image_opts {
+            let mut file = None;
+            for (key, value) in parse_options(filename) {
+                match key.as_str() {
+                    "driver" => options.format = Some(format_named(&value)?),
+                    "file.filename" | "file" | "filename" => file = Some(value),
+                    "file.driver" if value == "file" => {}
+                    "encrypt.key-secret" => key_secret = Some(value),
+                    "encrypt.format" => {}
+                    "data-file" | "data-file.filename" => {
+                        options.data_file = Some(PathBuf::from(value))
+                    }
+                    _ => return Err(bad(format!("Invalid parameter '{key}'"))),
+                }
+            }
+            path = PathBuf::from(file.ok_or_else(|| bad("Parameter 'file.filename' is required"))?);
+        }
+        options.passphrase = match key_secret {
+            Some(id) => Some(
+                secrets
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| bad(format!("No secret with id '{id}' found")))?,
+            ),
+            None => std::env::var_os(PASSPHRASE_ENV).map(|v| v.into_encoded_bytes()),
+        };
+        Ok((path, options))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_option_strings() {
+        assert_eq!(split_options("a=1,b=x,,y,c"), vec!["a=1", "b=x,y", "c"]);
+        let args = SourceArgs {
+            objects: vec!["secret,id=s0,data=pa,,ss".into()],
+            image_opts: true,
+            ..Default::default()
+        };
+        let (path, opts) = args
+            .resolve("driver=qcow2,file.filename=/x/y.qcow2,encrypt.key-secret=s0")
+            .unwrap();
+        assert_eq!(path, PathBuf::from("/x/y.qcow2"));
+        assert_eq!(opts.format, Some(Format::Qcow2));
+        assert_eq!(opts.passphrase.as_deref(), Some(&b"pa,ss"[..]));
+        assert!(args
+            .resolve("driver=qcow2,file.filename=a,encrypt.key-secret=nope")
+            .is_err());
+    }
+}
