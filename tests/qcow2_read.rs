@@ -102,3 +102,401 @@ fn backing_can_be_ignored_or_overridden() {
     // 4 KiB from the shorter backing file, zeros after it.
     assert!(data[..4096].iter().all(|b| *b == 0x77) && data[4096..].iter().all(|b| *b == 0));
 }
+
+// ---- Images QEMU makes at test time, one feature or anchor failure each.
+
+/// `qemu-img create -q ARGS… PATH SIZE`, where the last of `args` is the size.
+fn create(dir: &Scratch, name: &str, args: &[&str]) -> String {
+    let path = dir.str(name);
+    let (size, opts) = args.split_last().expect("a size");
+    let mut all = vec!["create", "-q"];
+    all.extend_from_slice(opts);
+    all.push(&path);
+    all.push(size);
+    qemu_img(&all);
+    path
+}
+
+fn io(path: &str, fmt: &str, commands: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in commands {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(path);
+    qemu_io(&args);
+}
+
+#[test]
+fn v3_zero_flag_hides_stale_data() {
+    // Data written, then zeroed without unmapping: the cluster keeps its stale bytes
+    // and the L2 entry its offset, with the zero flag set. Reads must give zeros.
+    let dir = Scratch::new("zero");
+    let img = create(
+        &dir,
+        "z.qcow2",
+        &["-f", "qcow2", "-o", "cluster_size=4096", "1M"],
+    );
+    io(&img, "qcow2", &["write -P 0x55 0 64K", "write -z 0 64K"]);
+    let map = qemu_map(Path::new(&img), "qcow2");
+    let zeroed = &map[0];
+    assert!(
+        zeroed.zero && zeroed.present && zeroed.offset.is_some(),
+        "preallocated zero: {map:?}"
+    );
+    let file = std::fs::read(&img).unwrap();
+    let host = zeroed.offset.unwrap() as usize;
+    assert_eq!(
+        file[host..host + 4096],
+        [0x55; 4096],
+        "the stale data is still there"
+    );
+    assert_reads_like_qemu(Path::new(&img), &OpenOptions::default(), &[]);
+    let image = Image::open(&img, &OpenOptions::default()).unwrap();
+    assert!(our_raw(&image)[..65536].iter().all(|b| *b == 0));
+    assert_eq!(our_map(&image), map);
+}
+
+#[test]
+fn legacy_aes_reads_plaintext() {
+    let dir = Scratch::new("aes");
+    let img = dir.str("aes.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=hunter2",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=s0,cluster_size=4096",
+        &img,
+        "256K",
+    ]);
+    let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
+    qemu_io(&[
+        "--object",
+        "secret,id=s0,data=hunter2",
+        "--image-opts",
+        "-c",
+        "write -P 0x61 4K 12K",
+        "-c",
+        "write -P 0x62 100000 3000",
+        &opts,
+    ]);
+    let theirs = {
+        let out = dir.str("plain.raw");
+        qemu_img(&[
+            "convert",
+            "--object",
+            "secret,id=s0,data=hunter2",
+            "--image-opts",
+            &opts,
+            "-O",
+            "raw",
+            &out,
+        ]);
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(theirs[4096..16384], [0x61; 12288]);
+    let file = std::fs::read(&img).unwrap();
+    assert!(
+        !file.windows(64).any(|w| w == [0x61; 64]),
+        "the file holds ciphertext only"
+    );
+
+    let keyed = OpenOptions {
+        passphrase: Some(b"hunter2".to_vec()),
+        ..Default::default()
+    };
+    let image = Image::open(&img, &keyed).unwrap();
+    assert_eq!(our_raw(&image), theirs);
+    // Unaligned reads inside encrypted sectors.
+    let mut part = vec![0u8; 777];
+    image.read_at(&mut part, 99_999).unwrap();
+    assert_eq!(part, theirs[99_999..99_999 + 777]);
+
+    let e = Image::open(&img, &OpenOptions::default()).unwrap_err();
+    assert_eq!(
+        e.message(),
+        "Parameter 'encrypt.key-secret' is required for cipher"
+    );
+    let meta = OpenOptions {
+        metadata_only: true,
+        ..Default::default()
+    };
+    assert!(Image::open(&img, &meta).is_ok(), "info needs no key");
+}
+
+#[test]
+fn long_reads_through_a_three_level_chain() {
+    // raw base ← qcow2 mid ← qcow2 top, each layer owning interleaved ranges, and the
+    // mid layer shorter than the top. One read of the whole disk must match QEMU's.
+    let dir = Scratch::new("chain");
+    let base = dir.str("base.raw");
+    std::fs::write(&base, vec![0xb0u8; 192 << 10]).unwrap();
+    let mid = create(
+        &dir,
+        "mid.qcow2",
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "256K",
+        ],
+    );
+    io(
+        &mid,
+        "qcow2",
+        &[
+            "write -P 0x4d 8K 16K",
+            "write -z 40K 8K",
+            "write -P 0x4e 128K 64K",
+        ],
+    );
+    let top = create(
+        &dir,
+        "top.qcow2",
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=65536",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "1M",
+        ],
+    );
+    io(
+        &top,
+        "qcow2",
+        &[
+            "write -P 0x70 12K 2K",
+            "write -P 0x71 300K 100K",
+            "write -c -P 0x72 640K 64K",
+        ],
+    );
+    assert_reads_like_qemu(Path::new(&top), &OpenOptions::default(), &[]);
+    let image = Image::open(&top, &OpenOptions::default()).unwrap();
+    assert_eq!(image.chain().len(), 3);
+    assert_eq!(our_map(&image), qemu_map(Path::new(&top), "qcow2"));
+    // Through Read + Seek as well.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = image.reader();
+    reader.seek(SeekFrom::Start(10 << 10)).unwrap();
+    let mut buf = vec![0u8; 8192];
+    reader.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, our_raw(&image)[10 << 10..18 << 10]);
+}
+
+#[test]
+fn extended_l2_subclusters_over_a_backing_file() {
+    let dir = Scratch::new("extl2");
+    let base = dir.str("base.raw");
+    std::fs::write(
+        &base,
+        (0..(128u32 << 10))
+            .map(|i| (i / 512) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let top = create(
+        &dir,
+        "top.qcow2",
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=32768,extended_l2=on",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "128K",
+        ],
+    );
+    io(
+        &top,
+        "qcow2",
+        &[
+            "write -P 0x11 1K 1K",
+            "write -z 3K 2K",
+            "write -P 0x12 40K 3K",
+            "write -z -u 64K 32K",
+        ],
+    );
+    assert_reads_like_qemu(Path::new(&top), &OpenOptions::default(), &[]);
+    let image = Image::open(&top, &OpenOptions::default()).unwrap();
+    assert_eq!(our_map(&image), qemu_map(Path::new(&top), "qcow2"));
+}
+
+#[test]
+fn snapshots_read_as_they_were() {
+    let path = data_path("snapshots.qcow2");
+    for (spec, snapshot) in [
+        (
+            "snapshot.name=first",
+            cowimg::qcow2::SnapshotRef::Name("first".into()),
+        ),
+        ("snapshot.id=2", cowimg::qcow2::SnapshotRef::Id("2".into())),
+    ] {
+        let opts = OpenOptions {
+            snapshot: Some(snapshot),
+            ..Default::default()
+        };
+        assert_reads_like_qemu(&path, &opts, &["-l", spec]);
+    }
+    let opts = OpenOptions {
+        snapshot: Some(cowimg::qcow2::SnapshotRef::Name("nope".into())),
+        ..Default::default()
+    };
+    assert_eq!(
+        Image::open(&path, &opts).unwrap_err().message(),
+        "Can't find snapshot with name 'nope'"
+    );
+    // The current state differs from the first snapshot: the read is not of the wrong L1.
+    let first = Image::open(
+        &path,
+        &OpenOptions {
+            snapshot: Some(cowimg::qcow2::SnapshotRef::Id("1".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let now = Image::open(&path, &OpenOptions::default()).unwrap();
+    assert_ne!(our_raw(&first), our_raw(&now));
+    let Some(cowimg::image::Layer::Qcow2(q)) = now.chain().first().map(|e| &e.layer) else {
+        panic!()
+    };
+    let list: Vec<_> = q
+        .snapshots()
+        .iter()
+        .map(|s| (s.id.as_str(), s.name.as_str(), s.disk_size, s.icount))
+        .collect();
+    assert_eq!(
+        list,
+        [
+            ("1", "first", 1 << 20, Some(0)),
+            ("2", "second", 1 << 20, Some(0))
+        ]
+    );
+}
+
+#[test]
+fn chains_have_a_length_limit_and_no_loops() {
+    let dir = Scratch::new("loops");
+    let a = create(&dir, "a.qcow2", &["-f", "qcow2", "64K"]);
+    let b = create(
+        &dir,
+        "b.qcow2",
+        &["-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "64K"],
+    );
+    let c = create(
+        &dir,
+        "c.qcow2",
+        &["-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "64K"],
+    );
+    // a's backing file becomes b: a loop (qemu-img itself hangs on it).
+    qemu_img(&[
+        "rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", &a,
+    ]);
+    let e = Image::open(&b, &OpenOptions::default()).unwrap_err();
+    assert!(e.message().contains("loops back"), "{e}");
+    let short = OpenOptions {
+        max_chain_length: 2,
+        backing: cowimg::Backing::Follow,
+        ..Default::default()
+    };
+    let e = Image::open(&c, &short).unwrap_err();
+    assert!(e.message().contains("longer than 2"), "{e}");
+}
+
+/// The message QEMU gives when it refuses to read an image.
+fn qemu_refusal(path: &str) -> String {
+    let sink = format!("{path}.out");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-U", "-O", "raw", path, &sink])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn unknown_features_and_damage_are_refused_in_qemus_words() {
+    let dir = Scratch::new("refuse");
+    // An unknown incompatible bit that the image's own feature table names.
+    let mut bytes = data("zstd-extl2.qcow2");
+    let incompat = be64(&bytes, 72) | 1 << 5;
+    bytes[72..80].copy_from_slice(&incompat.to_be_bytes());
+    let table = bytes
+        .windows(19)
+        .position(|w| w == b"extended L2 entries")
+        .unwrap()
+        - 2;
+    bytes[table + 1] = 5;
+    bytes[72..80].copy_from_slice(&(incompat & !(1 << 4) | 1 << 5 | 1 << 63).to_be_bytes());
+    let path = dir.str("unknown.qcow2");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Image::open(&path, &OpenOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), cowimg::ErrorKind::Unsupported);
+    assert_eq!(
+        e.message(),
+        "Unsupported qcow2 feature(s): extended L2 entries, Unknown incompatible feature: 8000000000000000"
+    );
+    assert!(
+        qemu_refusal(&path).contains(e.message()),
+        "{}",
+        qemu_refusal(&path)
+    );
+
+    // A version 2 image whose L2 entry has the zero flag.
+    let img = create(
+        &dir,
+        "v2.qcow2",
+        &["-f", "qcow2", "-o", "compat=0.10,cluster_size=4096", "64K"],
+    );
+    io(&img, "qcow2", &["write -P 0x33 0 4K"]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let l2 = L1(&bytes);
+    let entry = be64(&bytes, l2) | 1;
+    bytes[l2 as usize..l2 as usize + 8].copy_from_slice(&entry.to_be_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let image = Image::open(&img, &OpenOptions::default()).unwrap();
+    let e = image.read_at(&mut [0u8; 512], 0).unwrap_err();
+    assert_eq!(e.kind(), cowimg::ErrorKind::Corrupt);
+    assert!(
+        e.message()
+            .starts_with("Zero cluster entry found in pre-v3 image"),
+        "{e}"
+    );
+    assert!(
+        qemu_refusal(&img).contains("Input/output error")
+            || qemu_refusal(&img).contains("Zero cluster")
+    );
+
+    // Dirty and corrupt bits: a read-only open still reads.
+    let img = create(
+        &dir,
+        "flags.qcow2",
+        &["-f", "qcow2", "-o", "cluster_size=4096", "64K"],
+    );
+    io(&img, "qcow2", &["write -P 0x44 0 4K"]);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[79] |= 0b11;
+    std::fs::write(&img, &bytes).unwrap();
+    assert_reads_like_qemu(Path::new(&img), &OpenOptions::default(), &["-U"]);
+}
+
+/// The L2 table offset of L1 entry 0.
+#[allow(non_snake_case)]
+fn L1(bytes: &[u8]) -> u64 {
+    be64(bytes, be64(bytes, 40)) & 0x00ff_ffff_ffff_fe00
+}
