@@ -168,23 +168,55 @@ fn convert_writes_what_qemu_img_convert_writes() {
         let out_ours = dir.str("ours.raw");
         let out_theirs = dir.str("theirs.raw");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cowimg"));
-        cmd.current_dir(data_path("")).arg("convert").args(ours).arg(&out_ours);
+        cmd.current_dir(data_path(""))
+            .arg("convert")
+            .args(ours)
+            .arg(&out_ours);
         if let Some((k, v)) = env {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{ours:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{ours:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut args = vec!["convert"];
         args.extend_from_slice(theirs);
         args.push(&out_theirs);
         qemu_img(&args);
-        assert_eq!(std::fs::read(&out_ours).unwrap(), std::fs::read(&out_theirs).unwrap(), "{ours:?}");
+        assert_eq!(
+            std::fs::read(&out_ours).unwrap(),
+            std::fs::read(&out_theirs).unwrap(),
+            "{ours:?}"
+        );
     };
-    for name in ["sample.qcow2", "v2-backing.qcow2", "zstd-extl2.qcow2", "datafile.qcow2"] {
+    for name in [
+        "sample.qcow2",
+        "v2-backing.qcow2",
+        "zstd-extl2.qcow2",
+        "datafile.qcow2",
+    ] {
         same(&["-O", "raw", name], &["-O", "raw", name], None);
     }
-    same(&["-l", "snapshot.name=first", "-O", "raw", "snapshots.qcow2"], &["-l", "snapshot.name=first", "-O", "raw", "snapshots.qcow2"], None);
-    same(&["-f", "qcow2", "-l", "snapshot.id=2", "-O", "raw", "snapshots.qcow2"], &["-l", "snapshot.id=2", "-O", "raw", "snapshots.qcow2"], None);
+    same(
+        &["-l", "snapshot.name=first", "-O", "raw", "snapshots.qcow2"],
+        &["-l", "snapshot.name=first", "-O", "raw", "snapshots.qcow2"],
+        None,
+    );
+    same(
+        &[
+            "-f",
+            "qcow2",
+            "-l",
+            "snapshot.id=2",
+            "-O",
+            "raw",
+            "snapshots.qcow2",
+        ],
+        &["-l", "snapshot.id=2", "-O", "raw", "snapshots.qcow2"],
+        None,
+    );
 
     // Legacy AES: the secret from a file via --object and --image-opts, or from the
     // environment; never on the command line.
@@ -192,13 +224,48 @@ fn convert_writes_what_qemu_img_convert_writes() {
     let secret = dir.str("secret.txt");
     std::fs::write(&secret, "hunter2").unwrap();
     let object = format!("secret,id=s0,file={secret}");
-    qemu_img(&["create", "-q", "-f", "qcow2", "--object", &object, "-o", "encrypt.format=aes,encrypt.key-secret=s0", &img, "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        &object,
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=s0",
+        &img,
+        "1M",
+    ]);
     let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
-    qemu_io(&["--object", &object, "--image-opts", "-c", "write -P 0x5a 64K 64K", &opts]);
-    let theirs = ["--object", object.as_str(), "--image-opts", opts.as_str(), "-O", "raw"];
+    qemu_io(&[
+        "--object",
+        &object,
+        "--image-opts",
+        "-c",
+        "write -P 0x5a 64K 64K",
+        &opts,
+    ]);
+    let theirs = [
+        "--object",
+        object.as_str(),
+        "--image-opts",
+        opts.as_str(),
+        "-O",
+        "raw",
+    ];
     same(&theirs, &theirs, None);
-    same(&["-O", "raw", &img], &theirs, Some(("COWIMG_PASSPHRASE", "hunter2")));
-    let out = Command::new(env!("CARGO_BIN_EXE_cowimg")).args(["convert", "-O", "raw", &img, &dir.str("x.raw")]).output().unwrap();
+    same(
+        &["-O", "raw", &img],
+        &theirs,
+        Some(("COWIMG_PASSPHRASE", "hunter2")),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["convert", "-O", "raw", &img, &dir.str("x.raw")])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "cowimg: Parameter 'encrypt.key-secret' is required for cipher\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "cowimg: Parameter 'encrypt.key-secret' is required for cipher\n"
+    );
 }

@@ -500,3 +500,111 @@ fn unknown_features_and_damage_are_refused_in_qemus_words() {
 fn L1(bytes: &[u8]) -> u64 {
     be64(bytes, be64(bytes, 40)) & 0x00ff_ffff_ffff_fe00
 }
+
+#[test]
+fn external_data_file_that_is_not_raw() {
+    let dir = Scratch::new("datafile");
+    let data_file = dir.str("img.data");
+    let img = create(
+        &dir,
+        "img.qcow2",
+        &[
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("cluster_size=4096,data_file={data_file}"),
+            "128K",
+        ],
+    );
+    io(
+        &img,
+        "qcow2",
+        &[
+            "write -P 0x31 4K 8K",
+            "write -z 32K 4K",
+            "write -P 0x32 100K 1K",
+        ],
+    );
+    assert_reads_like_qemu(Path::new(&img), &OpenOptions::default(), &[]);
+    let image = Image::open(&img, &OpenOptions::default()).unwrap();
+    assert_eq!(our_map(&image), qemu_map(Path::new(&img), "qcow2"));
+    // Without its data file the image can be described but not read.
+    std::fs::rename(&data_file, dir.path("moved.data")).unwrap();
+    let e = Image::open(&img, &OpenOptions::default()).unwrap_err();
+    assert!(e.message().starts_with("Could not open data file"), "{e}");
+    let moved = OpenOptions {
+        data_file: Some(dir.path("moved.data")),
+        ..Default::default()
+    };
+    assert_eq!(
+        our_raw(&Image::open(&img, &moved).unwrap())[4096..12288],
+        [0x31; 8192]
+    );
+    assert!(Image::open(
+        &img,
+        &OpenOptions {
+            metadata_only: true,
+            ..Default::default()
+        }
+    )
+    .is_ok());
+}
+
+#[test]
+fn luks_is_refused_by_name_but_described() {
+    let dir = Scratch::new("luks");
+    let img = dir.str("luks.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=s0,data=x",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        &img,
+        "1M",
+    ]);
+    let e = Image::open(
+        &img,
+        &OpenOptions {
+            passphrase: Some(b"x".to_vec()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), cowimg::ErrorKind::Unsupported);
+    assert!(e.message().contains("LUKS"), "{e}");
+    assert!(Image::open(
+        &img,
+        &OpenOptions {
+            metadata_only: true,
+            ..Default::default()
+        }
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_read_only_open_changes_nothing() {
+    let dir = Scratch::new("ro");
+    let img = create(
+        &dir,
+        "ro.qcow2",
+        &["-f", "qcow2", "-o", "cluster_size=4096", "1M"],
+    );
+    io(&img, "qcow2", &["write -P 0x21 0 128K"]);
+    // Dirty bit and an unknown autoclear bit: a writer would clear or repair them.
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[79] |= 1;
+    bytes[88] |= 0x80;
+    std::fs::write(&img, &bytes).unwrap();
+    let before = std::fs::metadata(&img).unwrap().modified().unwrap();
+    let image = Image::open(&img, &OpenOptions::default()).unwrap();
+    our_raw(&image);
+    image.map().unwrap();
+    drop(image);
+    assert_eq!(std::fs::read(&img).unwrap(), bytes);
+    assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), before);
+}

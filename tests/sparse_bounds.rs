@@ -20,7 +20,12 @@ fn four_tib_sparse_image_converts_in_bounded_memory() {
     let dir = Scratch::new("4tib");
     let img = dir.str("big.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &img, "4T"]);
-    let spots = [(0u64, 0x11u8), (1 << 40, 0x22), ((4u64 << 40) - (64 << 10), 0x33), (3 << 40, 0x44)];
+    let spots = [
+        (0u64, 0x11u8),
+        (1 << 40, 0x22),
+        ((4u64 << 40) - (64 << 10), 0x33),
+        (3 << 40, 0x44),
+    ];
     let mut args = vec!["-f".to_string(), "qcow2".to_string()];
     for (off, pat) in spots {
         args.push("-c".into());
@@ -30,16 +35,26 @@ fn four_tib_sparse_image_converts_in_bounded_memory() {
     qemu_io(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     let out = dir.str("big.raw");
-    let status = Command::new(env!("CARGO_BIN_EXE_cowimg")).args(["convert", "-O", "raw", &img, &out]).status().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["convert", "-O", "raw", &img, &out])
+        .status()
+        .unwrap();
     assert!(status.success());
     let peak = children_peak_rss_bytes();
-    eprintln!("peak RSS of qemu-img and cowimg children: {} KiB", peak / 1024);
+    eprintln!(
+        "peak RSS of qemu-img and cowimg children: {} KiB",
+        peak / 1024
+    );
     assert!(peak < 64 << 20, "peak RSS {peak} bytes");
 
     let meta = std::fs::metadata(&out).unwrap();
     assert_eq!(meta.len(), 4 << 40);
     use std::os::unix::fs::{FileExt, MetadataExt};
-    assert!(meta.blocks() * 512 < 16 << 20, "holes were skipped: {} bytes allocated", meta.blocks() * 512);
+    assert!(
+        meta.blocks() * 512 < 16 << 20,
+        "holes were skipped: {} bytes allocated",
+        meta.blocks() * 512
+    );
     let file = std::fs::File::open(&out).unwrap();
     for (off, pat) in spots {
         let mut buf = vec![0u8; 64 << 10];
