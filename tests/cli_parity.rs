@@ -269,3 +269,23 @@ fn convert_writes_what_qemu_img_convert_writes() {
         "cowimg: Parameter 'encrypt.key-secret' is required for cipher\n"
     );
 }
+
+/// A longer header (header_length 120, an unknown non-zero field at 112): extensions
+/// start at header_length, and both tools still see the bitmaps extension.
+#[test]
+fn extensions_start_at_header_length() {
+    let dir = Scratch::new("hdrlen");
+    let mut bytes = data("bitmaps.qcow2");
+    let area: Vec<u8> = bytes[112..4096 - 8].to_vec();
+    bytes[120..4096].copy_from_slice(&area);
+    bytes[112..120].copy_from_slice(b"\x01\x02\x03\x04\x05\x06\x07\x08");
+    bytes[100..104].copy_from_slice(&120u32.to_be_bytes());
+    let path = dir.str("long-header.qcow2");
+    std::fs::write(&path, &bytes).unwrap();
+    let (ok, ours, err) = cowimg(&["info", "--output=json", &path]);
+    assert!(ok, "{err}");
+    assert!(ours.contains("\"name\": \"bitmap0\""), "{ours}");
+    assert_eq!(ours, qemu_img(&["info", "--output=json", &path]));
+    let header = cowimg::qcow2::Header::read(&cowimg::storage::MemoryStorage::new(bytes)).unwrap();
+    assert_eq!(header.unknown_fields, b"\x01\x02\x03\x04\x05\x06\x07\x08");
+}
