@@ -1,9 +1,11 @@
 //! qcow2, versions 2 and 3.
 
 pub mod bitmaps;
+pub mod create;
 pub mod header;
 pub mod l2cache;
 pub mod layer;
+pub mod refcount;
 pub mod snapshot;
 
 pub use header::Header;

@@ -1,6 +1,7 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
 mod convert;
+mod create;
 mod human;
 mod info;
 mod json;
@@ -30,6 +31,8 @@ enum Command {
     Map(map::Args),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
+    /// Create a new image.
+    Create(create::Args),
 }
 
 /// Prints to standard output; a reader that went away (`| head`) ends the program
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Map(args) => map::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Create(args) => create::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,223 @@
+//! `cowimg create`: a new image, with qemu-img's options.
+
+use crate::source::{format_named, parse_options};
+use cowimg::codec::Compression;
+use cowimg::qcow2::create::{create, CreateOptions, Preallocation};
+use cowimg::storage::{FileStorage, Storage};
+use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image format.
+    #[arg(short = 'f', value_name = "FMT", default_value = "raw")]
+    format: String,
+    /// Format options, as qemu-img: cluster_size=65536,compat=1.1,…
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Backing file.
+    #[arg(short = 'b', value_name = "BACKING_FILE")]
+    backing: Option<String>,
+    /// Backing file format.
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    backing_format: Option<String>,
+    /// Do not open the backing file (the size must then be given).
+    #[arg(short = 'u')]
+    unsafe_backing: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// A secret: secret,id=ID,data=TEXT or secret,id=ID,file=PATH.
+    #[arg(long = "object", value_name = "OBJECTDEF")]
+    objects: Vec<String>,
+    /// The new image.
+    filename: String,
+    /// Virtual size, with an optional k, M, G, T, P or E suffix.
+    size: Option<String>,
+}
+
+/// A size with qemu's suffixes: k/K, M, G, T, P, E (powers of 1024), b or none for bytes.
+pub fn parse_size(text: &str) -> Result<u64, Error> {
+    let bad = || {
+        Error::new(
+            ErrorKind::BadArgument,
+            format!("Invalid image size specified: '{text}'"),
+        )
+    };
+    let (digits, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" | "b" | "B" => 0,
+        "k" | "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        "E" => 60,
+        _ => return Err(bad()),
+    };
+    if let Ok(n) = digits.parse::<u64>() {
+        return n.checked_mul(1 << shift).ok_or_else(bad);
+    }
+    let f: f64 = digits.parse().map_err(|_| bad())?;
+    let v = f * (1u64 << shift) as f64;
+    if !(0.0..1.8e19).contains(&v) {
+        return Err(bad());
+    }
+    Ok(v as u64)
+}
+
+fn flag(value: &str) -> Result<bool, Error> {
+    match value {
+        "on" | "true" | "yes" | "" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Parameter expects 'on' or 'off', got '{value}'"),
+        )),
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let format = format_named(&args.format)?;
+    let mut opts = CreateOptions {
+        backing_file: args.backing.clone(),
+        backing_format: args.backing_format.clone(),
+        ..Default::default()
+    };
+    let mut size = args.size.as_deref().map(parse_size).transpose()?;
+    for text in &args.options {
+        for (key, value) in parse_options(text) {
+            match key.as_str() {
+                "size" => size = Some(parse_size(&value)?),
+                "compat" => {
+                    opts.version = match value.as_str() {
+                        "0.10" | "v2" => 2,
+                        "1.1" | "v3" => 3,
+                        _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid compatibility level: '{value}'"))),
+                    }
+                }
+                "cluster_size" => opts.cluster_size = parse_size(&value)?,
+                "refcount_bits" => {
+                    opts.refcount_bits = value.parse().map_err(|_| Error::new(ErrorKind::BadArgument, "Invalid refcount_bits"))?
+                }
+                "backing_file" => opts.backing_file = Some(value),
+                "backing_fmt" => opts.backing_format = Some(value),
+                "encrypt.format" | "encryption" => match value.as_str() {
+                    "aes" | "on" => opts.encrypt_aes = true,
+                    "off" => opts.encrypt_aes = false,
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("encrypt.format={other} is not supported; cowimg creates legacy aes only"),
+                        ))
+                    }
+                },
+                "encrypt.key-secret" => {}
+                "preallocation" => {
+                    opts.preallocation = Preallocation::from_name(&value).ok_or_else(|| {
+                        Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))
+                    })?
+                }
+                "lazy_refcounts" => opts.lazy_refcounts = flag(&value)?,
+                "extended_l2" => opts.extended_l2 = flag(&value)?,
+                "compression_type" => {
+                    opts.compression = match value.as_str() {
+                        "zlib" => Compression::Deflate,
+                        "zstd" => Compression::Zstd,
+                        _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))),
+                    }
+                }
+                "data_file" => opts.data_file = Some(value),
+                "data_file_raw" => opts.data_file_raw = flag(&value)?,
+                _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{key}'"))),
+            }
+        }
+    }
+    if let Some(backing) = &opts.backing_file {
+        let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
+        let backing_format = opts
+            .backing_format
+            .as_deref()
+            .map(format_named)
+            .transpose()?;
+        if !args.unsafe_backing || size.is_none() {
+            let image = Image::open(
+                &path,
+                &OpenOptions {
+                    format: backing_format,
+                    backing: Backing::Ignore,
+                    metadata_only: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| {
+                e.context(format_args!(
+                    "Could not open backing image '{}'",
+                    path.display()
+                ))
+            })?;
+            if opts.backing_format.is_none() {
+                opts.backing_format = Some(image.top().format().name().to_string());
+            }
+            size.get_or_insert(image.size());
+        }
+    }
+    opts.size = size.ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadArgument,
+            "Image creation needs a size parameter",
+        )
+    })?;
+    let path = Path::new(&args.filename);
+    match format {
+        Format::Qcow2 => {
+            let storage = FileStorage::create(path)
+                .map_err(|e| Error::io(format!("Could not create '{}'", args.filename), e))?;
+            let data = match &opts.data_file {
+                Some(name) => Some(
+                    FileStorage::create(&cowimg::image::resolve_backing(path, name)).map_err(
+                        |e| Error::io(format!("Could not create data file '{name}'"), e),
+                    )?,
+                ),
+                None => None,
+            };
+            create(&storage, data.as_ref().map(|d| d as &dyn Storage), &opts)?;
+        }
+        Format::Raw => {
+            let storage = FileStorage::create(path)
+                .map_err(|e| Error::io(format!("Could not create '{}'", args.filename), e))?;
+            storage
+                .set_len(opts.size)
+                .map_err(|e| Error::io("sizing the image", e))?;
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("creating {other} images is not implemented yet"),
+            ))
+        }
+    }
+    if !args.quiet {
+        crate::print_out(&format!(
+            "Formatting '{}', fmt={} size={}\n",
+            args.filename, format, opts.size
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_with_suffixes() {
+        assert_eq!(super::parse_size("512").unwrap(), 512);
+        assert_eq!(super::parse_size("64K").unwrap(), 65536);
+        assert_eq!(super::parse_size("1.5M").unwrap(), 1536 << 10);
+        assert_eq!(super::parse_size("4T").unwrap(), 4 << 40);
+        assert!(super::parse_size("4X").is_err());
+    }
+}

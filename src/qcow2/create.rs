@@ -1,0 +1,375 @@
+//! Creating a qcow2 image with qemu-img's options and checks.
+
+use super::header::{autoclear, compat, incompat};
+use super::refcount::Refcounts;
+use crate::codec::Compression;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{
+    ExtensionMagic, FeatureNameEntry, L1Entry, L2Entry, Qcow2Header, Qcow2HeaderCompression,
+    Qcow2HeaderV3,
+};
+use crate::format::{ByteArray, Layout};
+use crate::storage::Storage;
+
+/// qemu-img's `preallocation` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preallocation {
+    #[default]
+    Off,
+    /// L2 tables and data clusters allocated; the data reads as zeros (sparse file).
+    Metadata,
+    /// As metadata, with the file's length covering everything.
+    Falloc,
+    /// As metadata, with zeros written to every data cluster.
+    Full,
+}
+
+impl Preallocation {
+    pub fn from_name(name: &str) -> Option<Preallocation> {
+        Some(match name {
+            "off" => Preallocation::Off,
+            "metadata" => Preallocation::Metadata,
+            "falloc" => Preallocation::Falloc,
+            "full" => Preallocation::Full,
+            _ => return None,
+        })
+    }
+}
+
+/// What a new qcow2 image is to be.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Virtual size in bytes (rounded up to 512).
+    pub size: u64,
+    /// 2 ("0.10") or 3 ("1.1").
+    pub version: u32,
+    pub cluster_size: u64,
+    pub refcount_bits: u32,
+    pub backing_file: Option<String>,
+    pub backing_format: Option<String>,
+    /// Legacy AES (crypt_method 1); the passphrase is needed only for writing data.
+    pub encrypt_aes: bool,
+    pub preallocation: Preallocation,
+    pub lazy_refcounts: bool,
+    pub extended_l2: bool,
+    pub compression: Compression,
+    /// External data file name, stored in the header.
+    pub data_file: Option<String>,
+    pub data_file_raw: bool,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 0,
+            version: 3,
+            cluster_size: 65536,
+            refcount_bits: 16,
+            backing_file: None,
+            backing_format: None,
+            encrypt_aes: false,
+            preallocation: Preallocation::Off,
+            lazy_refcounts: false,
+            extended_l2: false,
+            compression: Compression::Deflate,
+            data_file: None,
+            data_file_raw: false,
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::BadArgument, message)
+}
+
+impl CreateOptions {
+    /// qemu-img's refusals, in its words.
+    pub fn check(&self) -> Result<()> {
+        let cs = self.cluster_size;
+        if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+            return Err(bad(
+                "Cluster size must be a power of two between 512 and 2048k",
+            ));
+        }
+        if !self.refcount_bits.is_power_of_two() || self.refcount_bits > 64 {
+            return Err(bad(
+                "Refcount width must be a power of two and may not exceed 64 bits",
+            ));
+        }
+        if self.version == 2 {
+            if self.refcount_bits != 16 {
+                return Err(bad(
+                    "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+                ));
+            }
+            if self.lazy_refcounts {
+                return Err(bad("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            }
+            if self.extended_l2 {
+                return Err(bad("Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            }
+            if self.compression != Compression::Deflate {
+                return Err(bad("Compression type selection is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+            }
+            if self.data_file.is_some() {
+                return Err(bad(
+                    "External data files are only supported with compatibility level 1.1 and above",
+                ));
+            }
+        } else if self.version != 3 {
+            return Err(bad(format!(
+                "Invalid compatibility level: qcow2 version {}",
+                self.version
+            )));
+        }
+        if self.extended_l2 && cs < 16384 {
+            return Err(bad(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+            ));
+        }
+        if self.backing_format.is_some() && self.backing_file.is_none() {
+            return Err(bad("Backing format cannot be used without backing file"));
+        }
+        if self.data_file_raw && self.data_file.is_none() {
+            return Err(bad("data-file-raw requires data-file"));
+        }
+        if self.data_file.is_some() && self.backing_file.is_some() && self.data_file_raw {
+            return Err(bad("Backing file and preallocation can only be used at the same time if data-file-raw is off"));
+        }
+        if self.backing_file.is_some() && self.preallocation != Preallocation::Off {
+            return Err(bad("Backing file and preallocation can only be used at the same time if data-file-raw is off"));
+        }
+        if self.encrypt_aes && self.data_file.is_some() {
+            return Err(bad(
+                "Encryption is not supported with an external data file",
+            ));
+        }
+        if let Some(f) = &self.backing_format {
+            if f.len() > 15 {
+                return Err(bad(format!("Backing format name '{f}' is too long")));
+            }
+        }
+        if self.backing_file.as_ref().is_some_and(|b| b.len() > 1023) {
+            return Err(bad("Backing file name too long"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes a new, empty qcow2 image into `storage` (which should be empty).
+/// `data_storage` is the external data file, when there is one and it is to be sized.
+pub fn create(
+    storage: &dyn Storage,
+    data_storage: Option<&dyn Storage>,
+    opts: &CreateOptions,
+) -> Result<()> {
+    opts.check()?;
+    let io = |what: &'static str| move |e| Error::io(what, e);
+    let size = opts.size.next_multiple_of(512);
+    let cluster_bits = opts.cluster_size.trailing_zeros();
+    let cs = opts.cluster_size;
+    let l2_bits = cluster_bits - if opts.extended_l2 { 4 } else { 3 };
+    let l1_size = size.div_ceil(1 << (cluster_bits + l2_bits));
+    if l1_size * 8 > 32 << 20 {
+        return Err(bad("Image size is too big for this cluster size"));
+    }
+    let order = opts.refcount_bits.trailing_zeros();
+
+    // Cluster 0: header, extensions, backing name. Cluster 1: refcount table.
+    // Cluster 2: the first refcount block. Then the L1 table.
+    let mut incompatible = 0;
+    let mut autoclear_bits = 0;
+    if opts.compression == Compression::Zstd {
+        incompatible |= incompat::COMPRESSION;
+    }
+    if opts.extended_l2 {
+        incompatible |= incompat::EXTENDED_L2;
+    }
+    if opts.data_file.is_some() {
+        incompatible |= incompat::DATA_FILE;
+    }
+    if opts.data_file_raw {
+        autoclear_bits |= autoclear::DATA_FILE_RAW;
+    }
+    let header_length: u32 = if opts.version >= 3 { 112 } else { 72 };
+    let mut ext = Vec::new();
+    let mut push_ext = |magic: ExtensionMagic, data: &[u8]| {
+        ext.extend_from_slice(&magic.value().to_be_bytes());
+        ext.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        ext.extend_from_slice(data);
+        ext.resize(ext.len().next_multiple_of(8), 0);
+    };
+    if let Some(f) = &opts.backing_format {
+        push_ext(ExtensionMagic::BackingFormat, f.as_bytes());
+    }
+    if let Some(d) = &opts.data_file {
+        push_ext(ExtensionMagic::DataFile, d.as_bytes());
+    }
+    if opts.version >= 3 {
+        let names: [(u8, u8, &str); 8] = [
+            (0, 0, "dirty bit"),
+            (0, 1, "corrupt bit"),
+            (0, 2, "external data file"),
+            (0, 3, "compression type"),
+            (0, 4, "extended L2 entries"),
+            (1, 0, "lazy refcounts"),
+            (2, 0, "bitmaps"),
+            (2, 1, "raw external data"),
+        ];
+        let table: Vec<u8> = names
+            .iter()
+            .flat_map(|(t, bit, name)| {
+                FeatureNameEntry {
+                    feature_type: *t,
+                    bit: *bit,
+                    name: ByteArray::from_slice(name.as_bytes()).expect("short"),
+                }
+                .to_bytes()
+            })
+            .collect();
+        push_ext(ExtensionMagic::FeatureTable, &table);
+    }
+    ext.extend_from_slice(&[0u8; 8]); // end of the area
+    let backing_offset = u64::from(header_length) + ext.len() as u64;
+    let backing = opts.backing_file.as_deref().unwrap_or("");
+    if backing_offset + backing.len() as u64 > cs {
+        return Err(bad(
+            "Header and backing file name do not fit in one cluster",
+        ));
+    }
+
+    let common = Qcow2Header {
+        magic: 0x514649fb,
+        version: opts.version,
+        backing_file_offset: if backing.is_empty() {
+            0
+        } else {
+            backing_offset
+        },
+        backing_file_size: backing.len() as u32,
+        cluster_bits,
+        size,
+        crypt_method: u32::from(opts.encrypt_aes),
+        l1_size: l1_size as u32,
+        l1_table_offset: 0,
+        refcount_table_offset: cs,
+        refcount_table_clusters: 1,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+    };
+    let mut cluster0 = common.to_bytes();
+    if opts.version >= 3 {
+        let v3 = Qcow2HeaderV3 {
+            incompatible_features: incompatible,
+            compatible_features: if opts.lazy_refcounts {
+                compat::LAZY_REFCOUNTS
+            } else {
+                0
+            },
+            autoclear_features: autoclear_bits,
+            refcount_order: order,
+            header_length,
+        };
+        cluster0.extend(v3.to_bytes());
+        let c = Qcow2HeaderCompression {
+            compression_type: if opts.compression == Compression::Zstd {
+                1
+            } else {
+                0
+            },
+            padding: ByteArray::zeroed(),
+        };
+        cluster0.extend(c.to_bytes());
+    }
+    cluster0.extend(ext);
+    cluster0.extend_from_slice(backing.as_bytes());
+    cluster0.resize(cs as usize, 0);
+    storage
+        .write_at(&cluster0, 0)
+        .map_err(io("writing the header"))?;
+    let mut reftable = vec![0u8; cs as usize];
+    reftable[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+    storage
+        .write_at(&reftable, cs)
+        .map_err(io("writing the refcount table"))?;
+    storage
+        .write_at(&vec![0u8; cs as usize], 2 * cs)
+        .map_err(io("writing the refcount block"))?;
+
+    let mut refcounts = Refcounts::load(storage, cluster_bits, order, cs, 1)?;
+    for c in 0..3 {
+        refcounts.set(storage, c, 1)?;
+    }
+    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
+    let l1_at = refcounts.alloc(storage, l1_clusters)?;
+    let mut l1 = vec![0u64; l1_size as usize];
+
+    // Preallocation: every L2 table, and every data cluster (in the data file, at the
+    // guest offset, when there is one). `end` tracks the highest byte allocated.
+    let mut end = l1_at + l1_clusters * cs;
+    if opts.preallocation != Preallocation::Off {
+        let entries = 1u64 << l2_bits;
+        let clusters = size.div_ceil(cs);
+        let zeros = vec![0u8; cs as usize];
+        let width = if opts.extended_l2 { 16 } else { 8 };
+        for (l1_index, l1_entry) in l1.iter_mut().enumerate() {
+            let l2_at = refcounts.alloc(storage, 1)?;
+            end = end.max(l2_at + cs);
+            let first = l1_index as u64 * entries;
+            let n = entries.min(clusters - first);
+            let mut table = vec![0u8; cs as usize];
+            for i in 0..n {
+                let host = match opts.data_file {
+                    Some(_) => (first + i) * cs,
+                    None => {
+                        let host = refcounts.alloc(storage, 1)?;
+                        end = end.max(host + cs);
+                        host
+                    }
+                };
+                if opts.preallocation == Preallocation::Full {
+                    data_storage
+                        .unwrap_or(storage)
+                        .write_at(&zeros, host)
+                        .map_err(io("preallocating"))?;
+                }
+                let entry = L2Entry::new().with_host_offset(host).with_copied(true);
+                let at = (i * width) as usize;
+                table[at..at + 8].copy_from_slice(&entry.raw().to_be_bytes());
+                if opts.extended_l2 {
+                    table[at + 8..at + 16].copy_from_slice(&0xffff_ffffu64.to_be_bytes());
+                }
+            }
+            storage
+                .write_at(&table, l2_at)
+                .map_err(io("writing an L2 table"))?;
+            *l1_entry = L1Entry::new().with_l2_offset(l2_at).with_copied(true).raw();
+        }
+    }
+    let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+    let mut l1_area = l1_bytes;
+    l1_area.resize((l1_clusters * cs) as usize, 0);
+    storage
+        .write_at(&l1_area, l1_at)
+        .map_err(io("writing the L1 table"))?;
+    // Every allocated cluster lies inside the file (data clusters read as zeros).
+    if storage.len().map_err(io("reading the file size"))? < end {
+        storage.set_len(end).map_err(io("sizing the image"))?;
+    }
+    if let Some(d) = data_storage {
+        let want = if opts.data_file_raw || opts.preallocation != Preallocation::Off {
+            size
+        } else {
+            0
+        };
+        if d.len().map_err(io("reading the data file size"))? < want {
+            d.set_len(want).map_err(io("sizing the data file"))?;
+        }
+    }
+    // The L1 offset goes in last: until then the image has no L1 table.
+    storage
+        .write_at(&l1_at.to_be_bytes(), 40)
+        .map_err(io("writing the header"))?;
+    storage.flush().map_err(io("flushing the new image"))?;
+    Ok(())
+}
