@@ -46,6 +46,12 @@ pub struct OpenOptions {
     pub max_chain_length: usize,
     /// Open for metadata only (what `info` needs): no key or data file required.
     pub metadata_only: bool,
+    /// Open the top image for writing. Its format must be stated: a probed format is
+    /// never trusted for writing.
+    pub writable: bool,
+    /// Flush between dependent metadata updates. Only a brand-new image that nobody
+    /// relies on yet (a convert target) may go without.
+    pub barriers: bool,
 }
 
 impl Default for OpenOptions {
@@ -59,6 +65,8 @@ impl Default for OpenOptions {
             l2_cache_bytes: 4 << 20,
             max_chain_length: 64,
             metadata_only: false,
+            writable: false,
+            barriers: true,
         }
     }
 }
@@ -264,29 +272,85 @@ impl Image {
     }
 
     fn read_layer(&self, depth: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let Some(entry) = self.chain.get(depth) else {
-            buf.fill(0);
-            return Ok(());
-        };
-        let layer = &entry.layer;
-        // A backing file shorter than the image reads as zeros past its end.
-        let inside = layer.size().saturating_sub(offset).min(buf.len() as u64) as usize;
-        buf[inside..].fill(0);
-        let mut done = 0;
-        while done < inside {
-            let at = offset + done as u64;
-            let extent = layer.map(at, (inside - done) as u64)?;
-            let part = &mut buf[done..done + extent.len as usize];
-            match extent.mapping {
-                Mapping::Zero { .. } => part.fill(0),
-                Mapping::Unallocated { .. } => self.read_layer(depth + 1, at, part)?,
-                Mapping::Data { .. } | Mapping::Compressed { .. } => {
-                    layer.read_mapped(&extent, at, part)?
-                }
-            }
-            done += extent.len as usize;
+        read_chain(self.chain.get(depth..).unwrap_or_default(), offset, buf)
+    }
+
+    /// The top layer for writing, and the layers below it for copy-on-write reads.
+    fn split_top(&mut self) -> (&mut Layer, &[ChainEntry]) {
+        let (top, below) = self
+            .chain
+            .split_first_mut()
+            .expect("an image has a top layer");
+        (&mut top.layer, below)
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!(
+                    "request of {len} bytes at {offset} is past the end of the image ({})",
+                    self.size()
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Writes `buf` at guest offset `offset` of the top image.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_at(offset, buf, &below),
+            Layer::Raw(r) => r.write_at(offset, buf),
+        }
+    }
+
+    /// Makes a range read as zeros; `unmap` lets the image release its space.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, &below),
+            Layer::Raw(r) => r.write_zeroes(offset, len),
+        }
+    }
+
+    /// Discards a range: whole clusters stop holding data (what they then read as
+    /// depends on the format, as in QEMU).
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.discard(offset, len, &below),
+            Layer::Raw(r) => r.write_zeroes(offset, len),
+        }
+    }
+
+    /// Writes whole clusters compressed.
+    pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
+            Layer::Raw(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "raw images cannot hold compressed data",
+            )),
+        }
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.split_top().0 {
+            Layer::Qcow2(q) => q.flush(),
+            Layer::Raw(r) => r.flush(),
+        }
     }
 
     /// What the range from `offset` (at most `len` bytes) is, as far as one answer
@@ -350,6 +414,16 @@ impl Image {
         Ok(out)
     }
 
+    /// Whether the top image itself holds the range from `offset` (data, zeros or
+    /// compressed, as opposed to deferring to its backing file), and for how many bytes.
+    pub fn top_status(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
+        let extent = self.top().map(offset, len)?;
+        Ok((
+            !matches!(extent.mapping, Mapping::Unallocated { .. }),
+            extent.len,
+        ))
+    }
+
     /// A `Read + Seek` view of the virtual disk.
     pub fn reader(&self) -> ImageReader<'_> {
         ImageReader {
@@ -357,6 +431,33 @@ impl Image {
             pos: 0,
         }
     }
+}
+
+/// Reads guest bytes from `chain[0]`, falling through unallocated ranges to the layers
+/// below it; zeros past the end of a layer and below the last one.
+fn read_chain(chain: &[ChainEntry], offset: u64, buf: &mut [u8]) -> Result<()> {
+    let Some((entry, below)) = chain.split_first() else {
+        buf.fill(0);
+        return Ok(());
+    };
+    let layer = &entry.layer;
+    let inside = layer.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    buf[inside..].fill(0);
+    let mut done = 0;
+    while done < inside {
+        let at = offset + done as u64;
+        let extent = layer.map(at, (inside - done) as u64)?;
+        let part = &mut buf[done..done + extent.len as usize];
+        match extent.mapping {
+            Mapping::Zero { .. } => part.fill(0),
+            Mapping::Unallocated { .. } => read_chain(below, at, part)?,
+            Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                layer.read_mapped(&extent, at, part)?
+            }
+        }
+        done += extent.len as usize;
+    }
+    Ok(())
 }
 
 /// Where a backing file named `name` by the image at `image` is: relative names are
@@ -376,7 +477,14 @@ fn open_layer(
     top: bool,
     options: &OpenOptions,
 ) -> Result<ChainEntry> {
-    let storage = FileStorage::open(path, false)
+    let writable = top && options.writable;
+    if writable && format.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "a format must be given to open an image for writing (a probed format is never trusted for writing)",
+        ));
+    }
+    let storage = FileStorage::open(path, writable)
         .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     let (format, probed) = match format {
@@ -402,7 +510,7 @@ fn open_layer(
                     };
                     match chosen {
                         Some(p) if !options.metadata_only => {
-                            let s = FileStorage::open(&p, false).map_err(|e| {
+                            let s = FileStorage::open(&p, writable).map_err(|e| {
                                 Error::io(format!("Could not open data file '{}'", p.display()), e)
                             })?;
                             Some(Arc::new(s) as Arc<dyn Storage>)
@@ -421,6 +529,8 @@ fn open_layer(
                 l2_cache_bytes: options.l2_cache_bytes,
                 snapshot: if top { options.snapshot.clone() } else { None },
                 io: !options.metadata_only,
+                writable: top && options.writable,
+                barriers: options.barriers,
             };
             Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
         }

@@ -42,6 +42,31 @@ impl Raw {
         })
     }
 
+    /// Writes at `guest` (the image does not grow).
+    pub fn write_at(&mut self, guest: u64, buf: &[u8]) -> Result<()> {
+        self.storage
+            .write_at(buf, guest)
+            .map_err(|e| Error::io(format!("writing at {guest:#x}"), e))
+    }
+
+    /// Writes zeros over a range.
+    pub fn write_zeroes(&mut self, guest: u64, len: u64) -> Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = guest;
+        while at < guest + len {
+            let n = (guest + len - at).min(zeros.len() as u64) as usize;
+            self.write_at(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing the image", e))
+    }
+
     pub fn read_mapped(&self, _extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
         self.storage
             .read_zero_padded(buf, guest)

@@ -60,6 +60,33 @@ impl Compression {
     }
 }
 
+impl Compression {
+    /// Compresses one cluster as QEMU does (raw deflate with a 4 KiB window, or one zstd
+    /// frame). None when the result would not be shorter than `limit` bytes: such a
+    /// cluster is stored uncompressed.
+    pub fn compress(self, input: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
+        match self {
+            Compression::Deflate => {
+                let mut out = Vec::with_capacity(limit);
+                let mut z = flate2::Compress::new_with_window_bits(
+                    flate2::Compression::default(),
+                    false,
+                    12,
+                );
+                let status = z
+                    .compress_vec(input, &mut out, flate2::FlushCompress::Finish)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("deflate failed: {e}")))?;
+                Ok((status == flate2::Status::StreamEnd && out.len() < limit).then_some(out))
+            }
+            Compression::Zstd => {
+                let out = zstd::bulk::compress(input, 0)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("zstd failed: {e}")))?;
+                Ok((out.len() < limit).then_some(out))
+            }
+        }
+    }
+}
+
 fn read_up_to(reader: &mut impl Read, out: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0;
     while done < out.len() {
@@ -103,6 +130,32 @@ mod tests {
                 .unwrap_err()
                 .kind(),
             ErrorKind::Corrupt
+        );
+        // Our own output inflates with QEMU's 4 KiB window.
+        let ours = Compression::Deflate
+            .compress(&cluster, 4095)
+            .unwrap()
+            .unwrap();
+        let mut z = flate2::Decompress::new_with_window_bits(false, 12);
+        let mut back = Vec::with_capacity(4096);
+        z.decompress_vec(&ours, &mut back, flate2::FlushDecompress::Finish)
+            .unwrap();
+        assert_eq!(back, cluster);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        assert!(
+            Compression::Deflate
+                .compress(&noise, 4095)
+                .unwrap()
+                .is_none(),
+            "incompressible"
         );
         let mut big = vec![0u8; 8192];
         assert_eq!(

@@ -34,6 +34,11 @@ pub struct Qcow2Options {
     pub snapshot: Option<SnapshotRef>,
     /// False to open for metadata only (info): no key or data file is needed.
     pub io: bool,
+    /// Open for writing (the storage must be writable).
+    pub writable: bool,
+    /// Flush between dependent metadata updates (off only for new images, as qemu-img
+    /// convert's targets).
+    pub barriers: bool,
 }
 
 impl Default for Qcow2Options {
@@ -44,29 +49,36 @@ impl Default for Qcow2Options {
             l2_cache_bytes: 4 << 20,
             snapshot: None,
             io: true,
+            writable: false,
+            barriers: true,
         }
     }
 }
 
-/// A qcow2 layer open for reading.
+/// A qcow2 layer: read through `&self`, written through `&mut self` (see `write.rs`).
 pub struct Qcow2 {
-    header: Header,
-    storage: Arc<dyn Storage>,
-    data_file: Option<Arc<dyn Storage>>,
-    cluster_bits: u32,
+    pub(super) header: Header,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) data_file: Option<Arc<dyn Storage>>,
+    pub(super) cluster_bits: u32,
     /// log2 of the entries in an L2 table.
-    l2_bits: u32,
-    extended_l2: bool,
-    size: u64,
+    pub(super) l2_bits: u32,
+    pub(super) extended_l2: bool,
+    pub(super) size: u64,
     /// The L1 table in use: entries past the end of the file are left out (they read as 0).
-    l1: Vec<u64>,
-    l2_cache: Mutex<L2Cache>,
-    compression: Compression,
-    key: Option<LegacyAes>,
+    pub(super) l1: Vec<u64>,
+    pub(super) l2_cache: Mutex<L2Cache>,
+    pub(super) compression: Compression,
+    pub(super) key: Option<LegacyAes>,
     /// The last cluster decompressed, by host offset of its compressed bytes.
-    decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
-    snapshots: Vec<Snapshot>,
-    warnings: Vec<String>,
+    pub(super) decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
+    pub(super) snapshots: Vec<Snapshot>,
+    pub(super) warnings: Vec<String>,
+    /// Host offset of the L1 table in use.
+    pub(super) l1_offset: u64,
+    /// Present when open for writing.
+    pub(super) refcounts: Option<super::refcount::Refcounts>,
+    pub(super) barriers: bool,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -238,6 +250,45 @@ impl Qcow2 {
         };
         let l1 = read_l1(storage.as_ref(), l1_offset, l1_size)?;
 
+        let refcounts = if options.writable {
+            if incompatible & incompat::CORRUPT != 0 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "qcow2: Image is corrupt; cannot be opened read/write",
+                ));
+            }
+            if incompatible & incompat::DIRTY != 0 {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "qcow2: Image is dirty (refcounts may be stale); repair it with 'check -r all' first",
+                ));
+            }
+            if options.snapshot.is_some() {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "a snapshot can only be opened read-only",
+                ));
+            }
+            // Bits of features a writer must keep up to date: cowimg keeps none but the
+            // raw data file, so the rest are cleared before anything is written.
+            let autoclear_now = header.autoclear_features();
+            let keep = autoclear_now & autoclear::DATA_FILE_RAW;
+            if autoclear_now != keep {
+                storage
+                    .write_at(&keep.to_be_bytes(), 88)
+                    .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
+            }
+            Some(super::refcount::Refcounts::load(
+                storage.as_ref(),
+                cluster_bits,
+                header.refcount_order(),
+                header.common.refcount_table_offset,
+                header.common.refcount_table_clusters,
+            )?)
+        } else {
+            None
+        };
+
         let key = if header.common.crypt_method == 1 {
             options.key
         } else {
@@ -262,6 +313,9 @@ impl Qcow2 {
             decompressed: Mutex::new(None),
             snapshots,
             warnings,
+            l1_offset,
+            refcounts,
+            barriers: options.barriers,
             header,
         })
     }
@@ -299,7 +353,7 @@ impl Qcow2 {
     }
 
     /// The L2 table at `offset`, from the cache or the file.
-    fn l2_table(&self, offset: u64) -> Result<Table> {
+    pub(super) fn l2_table(&self, offset: u64) -> Result<Table> {
         if let Some(t) = self
             .l2_cache
             .lock()
@@ -491,7 +545,7 @@ impl Qcow2 {
         }
     }
 
-    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+    pub(super) fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
         if let Some((at, data)) = &*self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) {
             if *at == host {
                 return Ok(data.clone());

@@ -7,6 +7,7 @@ pub mod l2cache;
 pub mod layer;
 pub mod refcount;
 pub mod snapshot;
+pub mod write;
 
 pub use header::Header;
 pub use layer::{Qcow2, Qcow2Options, SnapshotRef};

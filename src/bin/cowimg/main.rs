@@ -4,6 +4,7 @@ mod convert;
 mod create;
 mod human;
 mod info;
+mod io;
 mod json;
 mod map;
 mod source;
@@ -33,6 +34,8 @@ enum Command {
     Convert(convert::Args),
     /// Create a new image.
     Create(create::Args),
+    /// Run qemu-io commands (read, write, discard, flush, map, length, abort…).
+    Io(io::Args),
 }
 
 /// Prints to standard output; a reader that went away (`| head`) ends the program
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Map(args) => map::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
+        Command::Io(args) => io::run(&args),
     };
     match result {
         Ok(code) => code,

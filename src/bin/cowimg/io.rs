@@ -1,0 +1,323 @@
+//! `cowimg io`: qemu-io's command language (`-c 'write -P 0x55 0 64k'`…), with its
+//! output strings, so one script can drive either tool.
+
+use crate::create::parse_size;
+use crate::source::SourceArgs;
+use cowimg::{Error, ErrorKind, Image};
+use std::fmt::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// A command to run (repeatable), in qemu-io's language.
+    #[arg(short = 'c', long = "cmd", value_name = "COMMAND")]
+    commands: Vec<String>,
+    /// Open read-only.
+    #[arg(short = 'r', long = "read-only")]
+    read_only: bool,
+    /// The image file.
+    filename: String,
+}
+
+/// qemu-io's `cvtstr`: "4 KiB", "1.500 MiB", "512 bytes".
+fn cvtstr(value: u64) -> String {
+    const UNITS: [(u64, &str); 6] = [
+        (60, "EiB"),
+        (50, "PiB"),
+        (40, "TiB"),
+        (30, "GiB"),
+        (20, "MiB"),
+        (10, "KiB"),
+    ];
+    let (v, suffix) = UNITS
+        .iter()
+        .find(|(shift, _)| value >= 1 << shift)
+        .map_or((value as f64, "bytes"), |(shift, s)| {
+            (value as f64 / (1u64 << shift) as f64, s)
+        });
+    let text = format!("{v:.3}");
+    format!("{} {suffix}", text.strip_suffix(".000").unwrap_or(&text))
+}
+
+fn stats(out: &mut String, bytes: u64, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        out,
+        "{}, 1 ops; {:05.2} sec ({:.3} MiB/sec and {:.4} ops/sec)",
+        cvtstr(bytes),
+        secs,
+        bytes as f64 / secs / 1048576.0,
+        1.0 / secs
+    );
+}
+
+fn number(text: &str) -> Result<u64, Error> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("non-numeric value '{text}'"),
+            )
+        });
+    }
+    parse_size(text).map_err(|_| {
+        Error::new(
+            ErrorKind::BadArgument,
+            format!("non-numeric length argument -- {text}"),
+        )
+    })
+}
+
+/// Flags (each `-x`, with a value for those in `with_value`) and positional words.
+fn split_args<'a>(
+    words: &[&'a str],
+    with_value: &str,
+) -> Result<(Vec<(char, Option<&'a str>)>, Vec<&'a str>), Error> {
+    let mut flags = Vec::new();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        if w.len() >= 2 && w.starts_with('-') && !w[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            for (j, c) in w[1..].char_indices() {
+                if with_value.contains(c) {
+                    let value = if j + 2 < w.len() {
+                        &w[j + 2..]
+                    } else {
+                        i += 1;
+                        *words.get(i).ok_or_else(|| {
+                            Error::new(ErrorKind::BadArgument, format!("option -{c} needs a value"))
+                        })?
+                    };
+                    flags.push((c, Some(value)));
+                    break;
+                }
+                flags.push((c, None));
+            }
+        } else {
+            rest.push(w);
+        }
+        i += 1;
+    }
+    Ok((flags, rest))
+}
+
+fn offset_len(rest: &[&str]) -> Result<(u64, u64), Error> {
+    match rest {
+        [off, len] => Ok((number(off)?, number(len)?)),
+        _ => Err(Error::new(
+            ErrorKind::BadArgument,
+            "expected an offset and a length",
+        )),
+    }
+}
+
+fn hexdump(out: &mut String, offset: u64, data: &[u8]) {
+    for (i, line) in data.chunks(16).enumerate() {
+        let _ = write!(out, "{:08x}:  ", offset + i as u64 * 16);
+        for b in line {
+            let _ = write!(out, "{b:02x} ");
+        }
+        for _ in line.len()..16 {
+            out.push_str("   ");
+        }
+        out.push(' ');
+        for b in line {
+            out.push(if b.is_ascii_graphic() || *b == b' ' {
+                *b as char
+            } else {
+                '.'
+            });
+        }
+        out.push('\n');
+    }
+}
+
+/// Runs one command; its output goes to `out`. Errors are the command's failure.
+fn run_command(image: &mut Image, line: &str, out: &mut String) -> Result<(), Error> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let Some((&name, args)) = words.split_first() else {
+        return Ok(());
+    };
+    match name {
+        "read" | "r" => {
+            let (flags, rest) = split_args(args, "P")?;
+            let (off, len) = offset_len(&rest)?;
+            let quiet = flags.iter().any(|(c, _)| *c == 'q');
+            let started = Instant::now();
+            let mut buf = vec![0u8; len as usize];
+            image
+                .read_at(&mut buf, off)
+                .map_err(|e| e.context("read failed"))?;
+            if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
+                let pattern = number(p)? as u8;
+                if let Some(i) = buf.iter().position(|b| *b != pattern) {
+                    let _ = writeln!(
+                        out,
+                        "Pattern verification failed at offset {}, {} bytes",
+                        off + i as u64,
+                        len - i as u64
+                    );
+                }
+            }
+            if flags.iter().any(|(c, _)| *c == 'v') {
+                hexdump(out, off, &buf);
+            }
+            if !quiet {
+                let _ = writeln!(out, "read {len}/{len} bytes at offset {off}");
+                stats(out, len, started);
+            }
+            Ok(())
+        }
+        "write" | "w" => {
+            let (flags, rest) = split_args(args, "Ps")?;
+            let (off, len) = offset_len(&rest)?;
+            let has = |f: char| flags.iter().any(|(c, _)| *c == f);
+            let started = Instant::now();
+            let result = if has('z') {
+                if has('P') || has('c') {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        "-z supports neither -P nor -c",
+                    ));
+                }
+                image.write_zeroes(off, len, has('u'))
+            } else {
+                let buf = match flags.iter().find(|(c, _)| *c == 's') {
+                    Some((_, Some(file))) => {
+                        let data = std::fs::read(file)
+                            .map_err(|e| Error::io(format!("reading '{file}'"), e))?;
+                        if (data.len() as u64) < len {
+                            return Err(Error::new(
+                                ErrorKind::BadArgument,
+                                format!("'{file}' is shorter than {len} bytes"),
+                            ));
+                        }
+                        data[..len as usize].to_vec()
+                    }
+                    _ => {
+                        let pattern = match flags.iter().find(|(c, _)| *c == 'P') {
+                            Some((_, Some(p))) => number(p)? as u8,
+                            _ => 0xcd,
+                        };
+                        vec![pattern; len as usize]
+                    }
+                };
+                if has('c') {
+                    image.write_compressed(&buf, off)
+                } else {
+                    image.write_at(&buf, off)
+                }
+            };
+            result.map_err(|e| e.context("write failed"))?;
+            if !has('q') {
+                let _ = writeln!(out, "wrote {len}/{len} bytes at offset {off}");
+                stats(out, len, started);
+            }
+            Ok(())
+        }
+        "discard" | "d" => {
+            let (flags, rest) = split_args(args, "")?;
+            let (off, len) = offset_len(&rest)?;
+            let started = Instant::now();
+            image
+                .discard(off, len)
+                .map_err(|e| e.context("discard failed"))?;
+            if !flags.iter().any(|(c, _)| *c == 'q') {
+                let _ = writeln!(out, "discard {len}/{len} bytes at offset {off}");
+                stats(out, len, started);
+            }
+            Ok(())
+        }
+        "flush" | "f" => image.flush().map_err(|e| e.context("flush failed")),
+        "length" | "l" => {
+            let _ = writeln!(out, "{}", cvtstr(image.size()));
+            Ok(())
+        }
+        "map" => {
+            // Allocation in the top image alone, as qemu-io reports it.
+            let size = image.size();
+            let mut at = 0;
+            while at < size {
+                let mut end = at;
+                let mut allocated = None;
+                while end < size {
+                    let s = image.top_status(end, size - end)?;
+                    match allocated {
+                        None => allocated = Some(s.0),
+                        Some(a) if a != s.0 => break,
+                        _ => {}
+                    }
+                    end += s.1;
+                }
+                let _ = writeln!(
+                    out,
+                    "{} ({:#x}) bytes {} at offset {} ({:#x})",
+                    cvtstr(end - at),
+                    end - at,
+                    if allocated == Some(true) {
+                        "    allocated"
+                    } else {
+                        "not allocated"
+                    },
+                    cvtstr(at),
+                    at
+                );
+                at = end;
+            }
+            Ok(())
+        }
+        "abort" => {
+            crate::print_out(out);
+            std::process::abort();
+        }
+        other => Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("command \"{other}\" not found"),
+        )),
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let (path, mut options) = args.source.resolve(&args.filename)?;
+    // Writing needs a stated format; without one the image is only read.
+    options.writable = !args.read_only && options.format.is_some();
+    let mut image = Image::open(&path, &options)?;
+    let mut failed = false;
+    for command in &args.commands {
+        let mut out = String::new();
+        let result = run_command(&mut image, command, &mut out);
+        crate::print_out(&out);
+        if let Err(e) = result {
+            failed = true;
+            eprintln!("{e}");
+        }
+    }
+    image.flush()?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_io_number_forms() {
+        assert_eq!(cvtstr(4096), "4 KiB");
+        assert_eq!(cvtstr(512), "512 bytes");
+        assert_eq!(cvtstr(1536), "1.500 KiB");
+        assert_eq!(cvtstr(0), "0 bytes");
+        assert_eq!(number("0x10").unwrap(), 16);
+        assert_eq!(number("64k").unwrap(), 65536);
+        let (flags, rest) = split_args(&["-P", "0x55", "-q", "0", "4k"], "P").unwrap();
+        assert_eq!(flags, vec![('P', Some("0x55")), ('q', None)]);
+        assert_eq!(rest, vec!["0", "4k"]);
+    }
+}

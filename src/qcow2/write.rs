@@ -1,0 +1,816 @@
+//! Writing a qcow2 layer: data, zeros, discards and compressed clusters.
+//!
+//! Every request keeps one order, so that a crash at any point leaves an image whose
+//! only possible fault is a leak:
+//! 1. new clusters get their refcount (raised and written by the allocator);
+//! 2. data goes into them (never in place into a cluster someone else shares);
+//! 3. barrier; the L2 entries (or L1 entry) that point at them are written;
+//! 4. barrier; the refcounts of the clusters they replaced are lowered.
+//! Shared L2 tables are copied before they are changed, and every newly allocated
+//! cluster is checked against the image's metadata before anything is written to it.
+
+use super::header::incompat;
+use super::layer::Qcow2;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
+use crate::storage::Storage;
+use std::sync::Arc;
+
+/// Reads guest bytes from the layers below this one (zeros where there are none).
+pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+
+/// What an L2 entry says about its cluster, for a writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Old {
+    Unallocated,
+    ZeroPlain,
+    ZeroAlloc { host: u64, copied: bool },
+    Normal { host: u64, copied: bool },
+    Compressed { host: u64, len: u64 },
+}
+
+const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
+
+/// The subclusters `[first, end)` as a bitmap mask.
+fn sub_mask(first: u64, end: u64) -> u64 {
+    let n = end - first;
+    let ones = if n >= 32 {
+        ALL_SUBCLUSTERS
+    } else {
+        (1u64 << n) - 1
+    };
+    ones << first
+}
+
+/// One cluster of a request, as `for_each_cluster` hands it out.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    /// Guest offset of the cluster.
+    gc: u64,
+    /// The bytes `[a, b)` of the cluster the request covers.
+    a: u64,
+    b: u64,
+    /// Its L2 entry and (extended L2) subcluster bitmap.
+    raw: u64,
+    bitmap: u64,
+    /// Where the entry is: L2 table and index.
+    l2_at: u64,
+    index: u64,
+}
+
+/// Changes to one L2 table, published together.
+#[derive(Default)]
+struct Pending {
+    /// (entry index, entry, subcluster bitmap for extended L2)
+    entries: Vec<(u64, u64, u64)>,
+    /// Host ranges whose refcounts drop once the entries are published.
+    frees: Vec<(u64, u64)>,
+}
+
+impl Qcow2 {
+    fn cs(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    fn entry_words(&self) -> u64 {
+        if self.extended_l2 {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn is_writable(&self) -> Result<()> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        Ok(())
+    }
+
+    fn data_storage(&self) -> &Arc<dyn Storage> {
+        self.data_file.as_ref().unwrap_or(&self.storage)
+    }
+
+    /// Makes everything written so far durable before what follows depends on it.
+    fn barrier(&self) -> Result<()> {
+        if self.barriers {
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flushing the image", e))?;
+            if let Some(d) = &self.data_file {
+                d.flush()
+                    .map_err(|e| Error::io("flushing the data file", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the corrupt bit (as QEMU does for metadata damage found while writing) and
+    /// returns the error to give.
+    fn mark_corrupt(&mut self, message: String) -> Error {
+        let bits = self.header.incompatible_features() | incompat::CORRUPT;
+        if self.header.version() >= 3 && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok() {
+            let _ = self.storage.flush();
+            if let Some(v3) = self.header.v3.as_mut() {
+                v3.incompatible_features = bits;
+            }
+            // No more writes through this handle.
+            self.refcounts = None;
+        }
+        Error::new(
+            ErrorKind::Corrupt,
+            format!("qcow2: Marking image as corrupt: {message}"),
+        )
+    }
+
+    fn alloc(&mut self, n: u64) -> Result<u64> {
+        let storage = self.storage.clone();
+        let at = self
+            .refcounts
+            .as_mut()
+            .expect("writable")
+            .alloc(storage.as_ref(), n)?;
+        self.check_overlap(at, n << self.cluster_bits)?;
+        Ok(at)
+    }
+
+    fn release(&mut self, host: u64, len: u64) -> Result<()> {
+        let storage = self.storage.clone();
+        self.refcounts
+            .as_mut()
+            .expect("writable")
+            .update_range(storage.as_ref(), host, len, -1)
+    }
+
+    /// Refuses (and marks the image corrupt) when `[at, at + len)` holds metadata.
+    fn check_overlap(&mut self, at: u64, len: u64) -> Result<()> {
+        let cs = self.cs();
+        let mut regions: Vec<(u64, u64, &'static str)> = vec![
+            (0, cs, "qcow2_header"),
+            (self.l1_offset, self.l1.len() as u64 * 8, "active L1 table"),
+        ];
+        if let Some(r) = &self.refcounts {
+            regions.push((
+                r.table_offset(),
+                r.table().len() as u64 * 8,
+                "refcount table",
+            ));
+            for e in r.table() {
+                let block = e & !0x1ff;
+                if block != 0 {
+                    regions.push((block, cs, "refcount block"));
+                }
+            }
+        }
+        for e in &self.l1 {
+            let l2 = L1Entry::from_raw(*e).l2_offset();
+            if l2 != 0 {
+                regions.push((l2, cs, "active L2 table"));
+            }
+        }
+        for s in &self.snapshots {
+            regions.push((
+                s.header.l1_table_offset,
+                u64::from(s.header.l1_size) * 8,
+                "inactive L1 table",
+            ));
+        }
+        if let Some(last) = self.snapshots.last() {
+            let end = last.offset + 40 + u64::from(last.header.extra_data_size);
+            regions.push((
+                self.header.common.snapshots_offset,
+                end - self.header.common.snapshots_offset + 2048,
+                "snapshot table",
+            ));
+        }
+        for (start, size, what) in regions {
+            if size > 0 && at < start + size && start < at + len {
+                return Err(self.mark_corrupt(format!(
+                    "Preventing invalid write on metadata (overlaps with {what}) at {at:#x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn classify_for_write(&mut self, slot: Slot) -> Result<Old> {
+        let Slot {
+            raw, l2_at, index, ..
+        } = slot;
+        let e = L2Entry::from_raw(raw);
+        let cs = self.cs();
+        if e.compressed() {
+            let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), self.cluster_bits);
+            let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
+            return Ok(Old::Compressed {
+                host: d.host_offset,
+                len,
+            });
+        }
+        let host = e.host_offset();
+        let allocated = host != 0 || (self.data_file.is_some() && e.copied());
+        if allocated && host % cs != 0 {
+            return Err(self.mark_corrupt(format!(
+                "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2_at:#x}, L2 index: {index:#x})"
+            )));
+        }
+        // An external data file has no refcounts: its clusters are always writable in place.
+        let copied = e.copied() || self.data_file.is_some();
+        Ok(match (allocated, e.zero() && !self.extended_l2) {
+            (false, true) => Old::ZeroPlain,
+            (false, false) => Old::Unallocated,
+            (true, true) => Old::ZeroAlloc { host, copied },
+            (true, false) => Old::Normal { host, copied },
+        })
+    }
+
+    /// Writes guest bytes `data` at `off` of the cluster at guest `gc`, stored at host
+    /// `host`, encrypting whole sectors (read, changed and rewritten where `data` covers
+    /// only part of one).
+    fn store(&self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
+        let storage = self.data_storage();
+        let io = |e| Error::io(format!("writing data at {:#x}", host + off), e);
+        match &self.key {
+            None => storage.write_at(data, host + off).map_err(io),
+            Some(key) => {
+                let start = off / 512 * 512;
+                let end = (off + data.len() as u64).next_multiple_of(512);
+                let mut buf = vec![0u8; (end - start) as usize];
+                if start != off || end != off + data.len() as u64 {
+                    storage
+                        .read_zero_padded(&mut buf, host + start)
+                        .map_err(io)?;
+                    key.decrypt((gc + start) / 512, &mut buf);
+                }
+                buf[(off - start) as usize..(off - start) as usize + data.len()]
+                    .copy_from_slice(data);
+                key.encrypt((gc + start) / 512, &mut buf);
+                storage.write_at(&buf, host + start).map_err(io)
+            }
+        }
+    }
+
+    /// Reads guest bytes at `off` of the cluster at guest `gc` stored at host `host`.
+    fn fetch(&self, host: u64, gc: u64, off: u64, buf: &mut [u8]) -> Result<()> {
+        let storage = self.data_storage();
+        let io = |e| Error::io(format!("reading data at {:#x}", host + off), e);
+        match &self.key {
+            None => storage
+                .read_zero_padded(buf, host + off)
+                .map(|_| ())
+                .map_err(io),
+            Some(key) => {
+                let start = off / 512 * 512;
+                let end = (off + buf.len() as u64).next_multiple_of(512);
+                let mut sectors = vec![0u8; (end - start) as usize];
+                storage
+                    .read_zero_padded(&mut sectors, host + start)
+                    .map_err(io)?;
+                key.decrypt((gc + start) / 512, &mut sectors);
+                let from = (off - start) as usize;
+                buf.copy_from_slice(&sectors[from..from + buf.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// The current content of the cluster at guest `gc` as `old` describes it.
+    fn old_content(&mut self, old: Old, gc: u64, below: &Below) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.cs() as usize];
+        match old {
+            Old::Unallocated => below(gc, &mut buf)?,
+            Old::ZeroPlain | Old::ZeroAlloc { .. } => {}
+            Old::Normal { host, .. } => self.fetch(host, gc, 0, &mut buf)?,
+            Old::Compressed { host, len } => {
+                let data = self.decompress(host, len)?;
+                buf.copy_from_slice(&data);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// The L2 table for L1 entry `l1_index`, made writable: allocated when absent,
+    /// copied when shared with a snapshot. Returns its host offset.
+    fn writable_l2(&mut self, l1_index: u64) -> Result<u64> {
+        let Some(&raw) = self.l1.get(l1_index as usize) else {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("L1 index {l1_index} is past the L1 table"),
+            ));
+        };
+        let e = L1Entry::from_raw(raw);
+        let old = e.l2_offset();
+        if old % self.cs() != 0 {
+            return Err(self.mark_corrupt(format!(
+                "L2 table offset {old:#x} unaligned (L1 index: {l1_index:#x})"
+            )));
+        }
+        if old != 0 && e.copied() {
+            return Ok(old);
+        }
+        let new = self.alloc(1)?;
+        let mut table = vec![0u8; self.cs() as usize];
+        if old != 0 {
+            self.storage
+                .read_zero_padded(&mut table, old)
+                .map_err(|e| Error::io("reading an L2 table", e))?;
+        }
+        self.storage
+            .write_at(&table, new)
+            .map_err(|e| Error::io("writing an L2 table", e))?;
+        self.barrier()?;
+        let entry = L1Entry::new().with_l2_offset(new).with_copied(true).raw();
+        self.storage
+            .write_at(&entry.to_be_bytes(), self.l1_offset + l1_index * 8)
+            .map_err(|e| Error::io("writing the L1 table", e))?;
+        self.l1[l1_index as usize] = entry;
+        if old != 0 {
+            self.barrier()?;
+            self.release(old, self.cs())?;
+        }
+        Ok(new)
+    }
+
+    /// Writes the entries of `pending` into the L2 table at `l2_at` (barrier before),
+    /// then lowers the refcounts of what they replaced (barrier before).
+    fn publish(&mut self, l2_at: u64, pending: Pending) -> Result<()> {
+        if pending.entries.is_empty() {
+            return Ok(());
+        }
+        self.barrier()?;
+        let mut table: Vec<u64> = self.l2_table(l2_at)?.to_vec();
+        let words = self.entry_words();
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        for &(index, entry, bitmap) in &pending.entries {
+            table[(index * words) as usize] = entry;
+            if words == 2 {
+                table[(index * 2 + 1) as usize] = bitmap;
+            }
+            lo = lo.min(index * words);
+            hi = hi.max(index * words + words);
+        }
+        let bytes: Vec<u8> = table[lo as usize..hi as usize]
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect();
+        self.storage
+            .write_at(&bytes, l2_at + lo * 8)
+            .map_err(|e| Error::io("writing an L2 table", e))?;
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(l2_at, table.into());
+        if !pending.frees.is_empty() {
+            self.barrier()?;
+            for (host, len) in pending.frees {
+                self.release(host, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `per_cluster` over every cluster of `[guest, guest + len)`, one L2 table at a
+    /// time, publishing each table's changes together.
+    fn for_each_cluster(
+        &mut self,
+        guest: u64,
+        len: u64,
+        mut per_cluster: impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
+    ) -> Result<()> {
+        self.is_writable()?;
+        let end = guest
+            .checked_add(len)
+            .filter(|e| *e <= self.size)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    format!("write of {len} bytes at {guest} is past the end of the image"),
+                )
+            })?;
+        let cs = self.cs();
+        let table_span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let mut at = guest;
+        while at < end {
+            let l1_index = at / table_span;
+            let span_end = end.min((l1_index + 1) * table_span);
+            let l2_at = self.writable_l2(l1_index)?;
+            let mut pending = Pending::default();
+            while at < span_end {
+                let gc = at & !(cs - 1);
+                let stop = span_end.min(gc + cs);
+                let index = (at >> self.cluster_bits) & ((1 << self.l2_bits) - 1);
+                let table = self.l2_table(l2_at)?;
+                let words = self.entry_words();
+                let raw = table[(index * words) as usize];
+                let bitmap = if words == 2 {
+                    table[(index * 2 + 1) as usize]
+                } else {
+                    0
+                };
+                let slot = Slot {
+                    gc,
+                    a: at - gc,
+                    b: stop - gc,
+                    raw,
+                    bitmap,
+                    l2_at,
+                    index,
+                };
+                per_cluster(self, slot, &mut pending)?;
+                at = stop;
+            }
+            self.publish(l2_at, pending)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at guest offset `guest`. `below` supplies backing data for the
+    /// parts of newly allocated clusters that `data` does not cover.
+    pub fn write_at(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
+        let cs = self.cs();
+        let size = self.size;
+        self.for_each_cluster(guest, data.len() as u64, |this, slot, pending| {
+            let Slot {
+                gc, a, b, index, ..
+            } = slot;
+            let src = &data[(gc + a - guest) as usize..(gc + b - guest) as usize];
+            let old = this.classify_for_write(slot)?;
+            if this.extended_l2 {
+                return this.write_subclusters(slot, src, old, pending, below);
+            }
+            match old {
+                Old::Normal { host, copied: true } => this.store(host, gc, a, src),
+                Old::ZeroAlloc { host, copied: true } => {
+                    let mut buf = vec![0u8; cs as usize];
+                    buf[a as usize..b as usize].copy_from_slice(src);
+                    this.store(host, gc, 0, &buf)?;
+                    pending.entries.push((
+                        index,
+                        L2Entry::new()
+                            .with_host_offset(host)
+                            .with_copied(true)
+                            .raw(),
+                        0,
+                    ));
+                    Ok(())
+                }
+                _ => {
+                    // The whole cluster is new: what `data` does not cover keeps its old content.
+                    let covers_all = a == 0 && (b == cs || gc + b >= size);
+                    let mut buf = if covers_all {
+                        vec![0u8; cs as usize]
+                    } else {
+                        this.old_content(old, gc, below)?
+                    };
+                    buf[a as usize..b as usize].copy_from_slice(src);
+                    let host = if this.data_file.is_some() {
+                        gc
+                    } else {
+                        this.alloc(1)?
+                    };
+                    this.store(host, gc, 0, &buf)?;
+                    pending.entries.push((
+                        index,
+                        L2Entry::new()
+                            .with_host_offset(host)
+                            .with_copied(true)
+                            .raw(),
+                        0,
+                    ));
+                    match old {
+                        Old::Normal { host, .. } | Old::ZeroAlloc { host, .. }
+                            if this.data_file.is_none() =>
+                        {
+                            pending.frees.push((host, cs))
+                        }
+                        Old::Compressed { host, len } => pending.frees.push((host, len)),
+                        _ => {}
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// The extended-L2 case of a write: only the touched subclusters are written; a
+    /// subcluster partly covered keeps the rest of its old content.
+    fn write_subclusters(
+        &mut self,
+        slot: Slot,
+        src: &[u8],
+        old: Old,
+        pending: &mut Pending,
+        below: &Below,
+    ) -> Result<()> {
+        let Slot {
+            gc,
+            a,
+            b,
+            bitmap,
+            index,
+            ..
+        } = slot;
+        let cs = self.cs();
+        let ss = cs / 32;
+        let (s0, s1) = (a / ss, b.div_ceil(ss));
+        let mask = sub_mask(s0, s1);
+        let (alloc, zero) = (bitmap & ALL_SUBCLUSTERS, bitmap >> 32);
+        // The span of whole subclusters, with the old content at its partial ends.
+        let mut span = vec![0u8; ((s1 - s0) * ss) as usize];
+        for k in [s0, s1 - 1] {
+            let (lo, hi) = (k * ss, (k + 1) * ss);
+            if a <= lo && b >= hi {
+                continue;
+            }
+            let part = &mut span[((k - s0) * ss) as usize..((k - s0 + 1) * ss) as usize];
+            match old {
+                Old::Normal { host, .. } if alloc & (1 << k) != 0 => {
+                    self.fetch(host, gc, lo, part)?
+                }
+                Old::Compressed { .. } => {}
+                _ if zero & (1 << k) != 0 => part.fill(0),
+                _ => below(gc + lo, part)?,
+            }
+        }
+        span[(a - s0 * ss) as usize..(b - s0 * ss) as usize].copy_from_slice(src);
+        let new_bitmap = |alloc: u64, zero: u64| (alloc | mask) | ((zero & !mask) << 32);
+        match old {
+            Old::Normal { host, copied: true } => {
+                self.store(host, gc, s0 * ss, &span)?;
+                if alloc & mask != mask || zero & mask != 0 {
+                    pending.entries.push((
+                        index,
+                        L2Entry::new()
+                            .with_host_offset(host)
+                            .with_copied(true)
+                            .raw(),
+                        new_bitmap(alloc, zero),
+                    ));
+                }
+            }
+            Old::Unallocated | Old::ZeroPlain | Old::ZeroAlloc { .. } => {
+                let host = if self.data_file.is_some() {
+                    gc
+                } else {
+                    self.alloc(1)?
+                };
+                self.store(host, gc, s0 * ss, &span)?;
+                pending.entries.push((
+                    index,
+                    L2Entry::new()
+                        .with_host_offset(host)
+                        .with_copied(true)
+                        .raw(),
+                    new_bitmap(0, zero),
+                ));
+            }
+            Old::Normal {
+                host: old_host,
+                copied: false,
+            } => {
+                let mut whole = vec![0u8; cs as usize];
+                self.fetch(old_host, gc, 0, &mut whole)?;
+                whole[(s0 * ss) as usize..(s1 * ss) as usize].copy_from_slice(&span);
+                let host = self.alloc(1)?;
+                self.store(host, gc, 0, &whole)?;
+                pending.entries.push((
+                    index,
+                    L2Entry::new()
+                        .with_host_offset(host)
+                        .with_copied(true)
+                        .raw(),
+                    new_bitmap(alloc, zero),
+                ));
+                pending.frees.push((old_host, cs));
+            }
+            Old::Compressed {
+                host: old_host,
+                len,
+            } => {
+                let mut whole = self.old_content(old, gc, below)?;
+                whole[a as usize..b as usize].copy_from_slice(src);
+                let host = self.alloc(1)?;
+                self.store(host, gc, 0, &whole)?;
+                pending.entries.push((
+                    index,
+                    L2Entry::new()
+                        .with_host_offset(host)
+                        .with_copied(true)
+                        .raw(),
+                    ALL_SUBCLUSTERS,
+                ));
+                pending.frees.push((old_host, len));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `[guest, guest + len)` read as zeros. Whole clusters (or, with extended L2,
+    /// whole subclusters) are marked zero in version 3 images; with `unmap` their space
+    /// is released. Everything else is written as explicit zeros.
+    pub fn write_zeroes(&mut self, guest: u64, len: u64, unmap: bool, below: &Below) -> Result<()> {
+        self.is_writable()?;
+        let cs = self.cs();
+        let unit = if self.extended_l2 { cs / 32 } else { cs };
+        let explicit = self.header.version() < 3 || self.data_file.is_some();
+        let end = guest + len;
+        // The image's last cluster may be partial: ending at the image's end is whole.
+        let last = if end == self.size {
+            end
+        } else {
+            end / unit * unit
+        };
+        let first = guest.next_multiple_of(unit);
+        if explicit || first >= last {
+            return self.write_explicit_zeroes(guest, len, below);
+        }
+        self.write_explicit_zeroes(guest, first - guest, below)?;
+        self.write_explicit_zeroes(last, end - last, below)?;
+        let mut fallback = Vec::new();
+        self.for_each_cluster(first, last - first, |this, slot, pending| {
+            let Slot {
+                gc,
+                a,
+                b,
+                raw,
+                bitmap,
+                index,
+                ..
+            } = slot;
+            let old = this.classify_for_write(slot)?;
+            if this.extended_l2 {
+                let ss = cs / 32;
+                let mask = sub_mask(a / ss, b.div_ceil(ss));
+                let (alloc, zero) = (bitmap & ALL_SUBCLUSTERS, bitmap >> 32);
+                match old {
+                    Old::Normal { copied: true, .. } => {
+                        pending
+                            .entries
+                            .push((index, raw, (alloc & !mask) | ((zero | mask) << 32)));
+                    }
+                    Old::Unallocated | Old::ZeroPlain => {
+                        pending.entries.push((index, 0, (zero | mask) << 32))
+                    }
+                    _ => fallback.push((gc + a, b - a)),
+                }
+                return Ok(());
+            }
+            let zero_entry = L2Entry::new().with_zero(true);
+            match old {
+                Old::Normal { host, copied: true } | Old::ZeroAlloc { host, copied: true }
+                    if !unmap =>
+                {
+                    pending.entries.push((
+                        index,
+                        zero_entry.with_host_offset(host).with_copied(true).raw(),
+                        0,
+                    ));
+                }
+                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
+                    pending.entries.push((index, zero_entry.raw(), 0));
+                    pending.frees.push((host, cs));
+                }
+                Old::Compressed { host, len } => {
+                    pending.entries.push((index, zero_entry.raw(), 0));
+                    pending.frees.push((host, len));
+                }
+                Old::Unallocated => pending.entries.push((index, zero_entry.raw(), 0)),
+                Old::ZeroPlain => {}
+            }
+            Ok(())
+        })?;
+        for (at, n) in fallback {
+            self.write_explicit_zeroes(at, n, below)?;
+        }
+        Ok(())
+    }
+
+    fn write_explicit_zeroes(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
+        let chunk = 1u64 << 20;
+        let zeros = vec![0u8; chunk.min(len) as usize];
+        let mut at = guest;
+        while at < guest + len {
+            let n = chunk.min(guest + len - at);
+            self.write_at(at, &zeros[..n as usize], below)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Discards the whole clusters inside `[guest, guest + len)`, as QEMU does: in a
+    /// version 3 image they then read as zeros, in a version 2 image as the backing file.
+    pub fn discard(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
+        self.is_writable()?;
+        let cs = self.cs();
+        let end = guest + len;
+        let last = if end == self.size { end } else { end / cs * cs };
+        let first = guest.next_multiple_of(cs);
+        if first >= last {
+            return Ok(());
+        }
+        if self.data_file.is_some() {
+            // A raw data file must keep reading as the image: zeros are written there.
+            return self.write_explicit_zeroes(first, last - first, below);
+        }
+        let has_backing = self.header.backing_file.is_some();
+        let v3 = self.header.version() >= 3;
+        self.for_each_cluster(first, last - first, |this, slot, pending| {
+            let Slot { raw, index, .. } = slot;
+            let old = this.classify_for_write(slot)?;
+            let allocated = !matches!(old, Old::Unallocated | Old::ZeroPlain);
+            if !(has_backing || allocated) {
+                return Ok(());
+            }
+            let (entry, bitmap) = match (this.extended_l2, v3) {
+                (true, _) => (0, ALL_SUBCLUSTERS << 32),
+                (false, true) => (L2Entry::new().with_zero(true).raw(), 0),
+                (false, false) => (0, 0),
+            };
+            if raw == entry && !allocated {
+                return Ok(());
+            }
+            pending.entries.push((index, entry, bitmap));
+            match old {
+                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
+                    pending.frees.push((host, cs))
+                }
+                Old::Compressed { host, len } => pending.frees.push((host, len)),
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes whole clusters compressed (the last one may end at the end of the image).
+    /// A cluster that does not shrink is written normally, as QEMU does.
+    pub fn write_compressed(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
+        self.is_writable()?;
+        let cs = self.cs();
+        if guest % cs != 0
+            || (data.len() as u64 % cs != 0 && guest + data.len() as u64 != self.size)
+        {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "compressed writes must cover whole clusters",
+            ));
+        }
+        if self.key.is_some() || self.data_file.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "compressed clusters are not possible in encrypted images or images with a data file",
+            ));
+        }
+        for (i, chunk) in data.chunks(cs as usize).enumerate() {
+            let gc = guest + i as u64 * cs;
+            let mut cluster = chunk.to_vec();
+            cluster.resize(cs as usize, 0);
+            let compressed = self.compression.compress(&cluster, cs as usize - 1)?;
+            let Some(compressed) = compressed else {
+                self.write_at(gc, chunk, below)?;
+                continue;
+            };
+            let clen = compressed.len() as u64;
+            let host = self.alloc(clen.div_ceil(cs))?;
+            let descriptor = Qcow2CompressedDescriptor {
+                host_offset: host,
+                additional_sectors: (host + clen - 1) / 512 - host / 512,
+            };
+            let Some(bits) = descriptor.encode(self.cluster_bits) else {
+                self.release(host, clen)?;
+                self.write_at(gc, chunk, below)?;
+                continue;
+            };
+            self.storage
+                .write_at(&compressed, host)
+                .map_err(|e| Error::io("writing a compressed cluster", e))?;
+            let entry = bits | 1 << 62;
+            self.for_each_cluster(gc, chunk.len() as u64, |this, slot, pending| {
+                pending.entries.push((slot.index, entry, 0));
+                match this.classify_for_write(slot)? {
+                    Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
+                        pending.frees.push((host, cs))
+                    }
+                    Old::Compressed { host, len } => pending.frees.push((host, len)),
+                    _ => {}
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&mut self) -> Result<()> {
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing the image", e))?;
+        if let Some(d) = &self.data_file {
+            d.flush()
+                .map_err(|e| Error::io("flushing the data file", e))?;
+        }
+        Ok(())
+    }
+}
