@@ -6,6 +6,7 @@
 //! 2. data goes into them (never in place into a cluster someone else shares);
 //! 3. barrier; the L2 entries (or L1 entry) that point at them are written;
 //! 4. barrier; the refcounts of the clusters they replaced are lowered.
+//!
 //! Shared L2 tables are copied before they are changed, and every newly allocated
 //! cluster is checked against the image's metadata before anything is written to it.
 
