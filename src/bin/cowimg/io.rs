@@ -71,11 +71,14 @@ fn number(text: &str) -> Result<u64, Error> {
     })
 }
 
+/// A command's flags: each letter, with its value for those that take one.
+type Flags<'a> = Vec<(char, Option<&'a str>)>;
+
 /// Flags (each `-x`, with a value for those in `with_value`) and positional words.
 fn split_args<'a>(
     words: &[&'a str],
     with_value: &str,
-) -> Result<(Vec<(char, Option<&'a str>)>, Vec<&'a str>), Error> {
+) -> Result<(Flags<'a>, Vec<&'a str>), Error> {
     let mut flags = Vec::new();
     let mut rest = Vec::new();
     let mut i = 0;
