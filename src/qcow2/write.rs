@@ -702,7 +702,8 @@ impl Qcow2 {
     }
 
     /// Discards the whole clusters inside `[guest, guest + len)`, as QEMU does: in a
-    /// version 3 image they then read as zeros, in a version 2 image as the backing file.
+    /// version 3 image they then read as zeros; a version 2 image unallocates them when
+    /// it has no backing file and keeps them when it has one.
     pub fn discard(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
         self.is_writable()?;
         let cs = self.cs();
@@ -718,8 +719,18 @@ impl Qcow2 {
         }
         let has_backing = self.header.backing_file.is_some();
         let v3 = self.header.version() >= 3;
+        if !v3 && has_backing {
+            // A version 2 image cannot say "zeros", and unallocating would expose the
+            // backing file: QEMU leaves the clusters as they are.
+            return Ok(());
+        }
         self.for_each_cluster(first, last - first, |this, slot, pending| {
-            let Slot { raw, index, .. } = slot;
+            let Slot {
+                raw,
+                bitmap: old_bitmap,
+                index,
+                ..
+            } = slot;
             let old = this.classify_for_write(slot)?;
             let allocated = !matches!(old, Old::Unallocated | Old::ZeroPlain);
             if !(has_backing || allocated) {
@@ -730,7 +741,7 @@ impl Qcow2 {
                 (false, true) => (L2Entry::new().with_zero(true).raw(), 0),
                 (false, false) => (0, 0),
             };
-            if raw == entry && !allocated {
+            if (raw, old_bitmap) == (entry, bitmap) {
                 return Ok(());
             }
             pending.entries.push((index, entry, bitmap));

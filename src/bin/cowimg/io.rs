@@ -75,10 +75,7 @@ fn number(text: &str) -> Result<u64, Error> {
 type Flags<'a> = Vec<(char, Option<&'a str>)>;
 
 /// Flags (each `-x`, with a value for those in `with_value`) and positional words.
-fn split_args<'a>(
-    words: &[&'a str],
-    with_value: &str,
-) -> Result<(Flags<'a>, Vec<&'a str>), Error> {
+fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec<&'a str>), Error> {
     let mut flags = Vec::new();
     let mut rest = Vec::new();
     let mut i = 0;
