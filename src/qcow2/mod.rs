@@ -1,6 +1,7 @@
 //! qcow2, versions 2 and 3.
 
 pub mod bitmaps;
+pub mod check;
 pub mod create;
 pub mod header;
 pub mod l2cache;

@@ -1,5 +1,6 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
+mod check;
 mod convert;
 mod create;
 mod human;
@@ -30,6 +31,8 @@ enum Command {
     Info(info::Args),
     /// Show where each range of the virtual disk is stored.
     Map(map::Args),
+    /// Check an image's metadata, and repair it with -r.
+    Check(check::Args),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
     /// Create a new image.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Map(args) => map::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),

@@ -1,0 +1,171 @@
+//! `cowimg check`: qemu-img check's findings, output, JSON and exit codes.
+
+use crate::json::Json;
+use crate::source::SourceArgs;
+use cowimg::qcow2::check::{check, CheckResult, Repair};
+use cowimg::qcow2::header::incompat;
+use cowimg::storage::FileStorage;
+use cowimg::{Error, Format};
+use std::fmt::Write;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output format: human or json.
+    #[arg(long = "output", default_value = "human", value_parser = ["human", "json"])]
+    output: String,
+    /// Repair: leaks, or all.
+    #[arg(short = 'r', value_name = "leaks|all", value_parser = ["leaks", "all"])]
+    repair: Option<String>,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The image file.
+    filename: String,
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let (path, options) = args.source.resolve(&args.filename)?;
+    let repair = match args.repair.as_deref() {
+        Some("leaks") => Repair::Leaks,
+        Some("all") => Repair::All,
+        _ => Repair::None,
+    };
+    let storage = FileStorage::open(&path, repair != Repair::None)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let format = match options.format {
+        Some(f) => f,
+        None => cowimg::probe(&storage).map_err(|e| Error::io("probing the image format", e))?,
+    };
+    if format != Format::Qcow2 {
+        eprintln!("qemu-img: This image format does not support checks");
+        return Ok(ExitCode::from(63));
+    }
+    let header = cowimg::qcow2::Header::read(&storage);
+    let has_data_file = header
+        .as_ref()
+        .is_ok_and(|h| h.incompatible_features() & incompat::DATA_FILE != 0);
+    let result = match check(&storage, has_data_file, repair) {
+        Ok(r) => r,
+        Err(e) => {
+            // qemu-img: the check could not be completed (exit 1).
+            eprintln!("cowimg: Check failed: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for line in &result.messages {
+        eprintln!("{line}");
+    }
+    if let Some(why) = &result.failed {
+        eprintln!("cowimg: Check failed: {why}");
+        return Ok(ExitCode::from(1));
+    }
+    let out = if args.output == "json" {
+        json(&result, &args.filename)
+    } else {
+        human(&result)
+    };
+    if !args.quiet {
+        crate::print_out(&out);
+    }
+    Ok(ExitCode::from(if result.check_errors > 0 {
+        1
+    } else if result.corruptions > 0 {
+        2
+    } else if result.leaks > 0 {
+        3
+    } else {
+        0
+    }))
+}
+
+fn human(r: &CheckResult) -> String {
+    let mut out = String::new();
+    if r.repaired || r.leaks_fixed + r.corruptions_fixed > 0 {
+        let _ = write!(
+            out,
+            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+            r.leaks_fixed, r.corruptions_fixed
+        );
+    }
+    if r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0 {
+        out.push_str("No errors were found on the image.\n");
+    } else {
+        if r.corruptions > 0 {
+            let _ = write!(
+                out,
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                r.corruptions
+            );
+        }
+        if r.leaks > 0 {
+            let _ = write!(
+                out,
+                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                r.leaks
+            );
+        }
+        if r.check_errors > 0 {
+            let _ = write!(
+                out,
+                "\n{} internal errors have occurred during the check.\n",
+                r.check_errors
+            );
+        }
+    }
+    if r.total_clusters > 0 && r.allocated_clusters > 0 {
+        let _ = writeln!(
+            out,
+            "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+            r.allocated_clusters,
+            r.total_clusters,
+            percent(r.allocated_clusters, r.total_clusters),
+            percent(r.fragmented_clusters, r.allocated_clusters),
+            percent(r.compressed_clusters, r.allocated_clusters)
+        );
+    }
+    if r.image_end_offset > 0 {
+        let _ = writeln!(out, "Image end offset: {}", r.image_end_offset);
+    }
+    out
+}
+
+/// qemu-img's `ImageCheck` JSON: zero counters are left out, in qemu's key order.
+fn json(r: &CheckResult, filename: &str) -> String {
+    let mut fields = Vec::new();
+    let mut opt = |key: &'static str, v: u64| {
+        if v != 0 {
+            fields.push((key, Json::int(v)));
+        }
+    };
+    opt("image-end-offset", r.image_end_offset);
+    opt("compressed-clusters", r.compressed_clusters);
+    opt("total-clusters", r.total_clusters);
+    opt("corruptions", r.corruptions);
+    opt("corruptions-fixed", r.corruptions_fixed);
+    fields.push(("check-errors", Json::int(r.check_errors)));
+    let mut opt = |key: &'static str, v: u64| {
+        if v != 0 {
+            fields.push((key, Json::int(v)));
+        }
+    };
+    opt("leaks", r.leaks);
+    opt("leaks-fixed", r.leaks_fixed);
+    opt("allocated-clusters", r.allocated_clusters);
+    fields.push(("filename", Json::str(filename)));
+    fields.push(("format", Json::str("qcow2")));
+    if r.fragmented_clusters != 0 {
+        fields.push(("fragmented-clusters", Json::int(r.fragmented_clusters)));
+    }
+    Json::Object(fields).pretty() + "\n"
+}

@@ -1,0 +1,663 @@
+//! `check` and repair: every cluster's references counted from the metadata and
+//! compared with its refcount, COPIED flags checked, with QEMU's classification
+//! (corruptions, leaks, check errors) and messages.
+
+use super::header::{autoclear, incompat, Header};
+use super::refcount::Refcounts;
+use super::snapshot;
+use crate::error::{Error, Result};
+use crate::format::qcow2::{
+    BitmapTableEntry, L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap,
+};
+use crate::storage::Storage;
+
+/// What `-r` asks to repair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repair {
+    None,
+    Leaks,
+    All,
+}
+
+/// The outcome of a check, as qemu-img reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckResult {
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub check_errors: u64,
+    pub corruptions_fixed: u64,
+    pub leaks_fixed: u64,
+    pub image_end_offset: u64,
+    pub total_clusters: u64,
+    pub allocated_clusters: u64,
+    pub fragmented_clusters: u64,
+    pub compressed_clusters: u64,
+    /// The lines QEMU prints on standard error, in its order.
+    pub messages: Vec<String>,
+    /// Repairs were made (the image was re-checked afterwards).
+    pub repaired: bool,
+    /// The check could not be completed (qemu-img: "Check failed", exit 1).
+    pub failed: Option<String>,
+}
+
+/// Per-pass state: reference counts of every cluster inside the file.
+struct Pass<'a> {
+    storage: &'a dyn Storage,
+    header: &'a Header,
+    cs: u64,
+    refs: Vec<u64>,
+    res: CheckResult,
+    /// The refcount structures need rebuilding.
+    rebuild: bool,
+    /// (L1 index, L2 offset) of the active tables, for the COPIED check.
+    active_l2: Vec<(u64, u64)>,
+    data_file: bool,
+}
+
+impl Pass<'_> {
+    fn error(&mut self, message: String) {
+        self.res.messages.push(message);
+        self.res.corruptions += 1;
+    }
+
+    /// Counts one reference to every cluster `[offset, offset + len)` touches.
+    fn reference(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = offset / self.cs;
+        let last = (offset + len - 1) / self.cs;
+        if last >= self.refs.len() as u64 {
+            self.error(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {len:#x}"
+            ));
+            return;
+        }
+        for c in first..=last {
+            self.refs[c as usize] += 1;
+        }
+    }
+
+    fn read_u64s(&mut self, offset: u64, count: u64) -> Option<Vec<u64>> {
+        let mut bytes = vec![0u8; (count * 8) as usize];
+        if self.storage.read_zero_padded(&mut bytes, offset).is_err() {
+            self.res
+                .messages
+                .push(format!("ERROR: I/O error reading the table at {offset:#x}"));
+            self.res.check_errors += 1;
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        )
+    }
+
+    /// Counts an L1 table's L2 tables and their clusters. Block-fragmentation figures
+    /// come from the active table only.
+    fn l1(&mut self, l1_offset: u64, l1_size: u64, active: bool) {
+        let Some(l1) = self.read_u64s(l1_offset, l1_size) else {
+            return;
+        };
+        let cluster_bits = self.header.cluster_bits();
+        let extended = self.header.incompatible_features() & incompat::EXTENDED_L2 != 0;
+        let words = if extended { 2 } else { 1 };
+        let entries = self.cs / 8 / words;
+        for (i, raw) in l1.iter().enumerate() {
+            let e = L1Entry::from_raw(*raw);
+            if e.reserved_bits() != 0 {
+                self.error(format!(
+                    "ERROR found L1 entry with reserved bits set: {raw:x}"
+                ));
+            }
+            let l2 = e.l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            if l2 % self.cs != 0 {
+                self.error(format!(
+                    "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+                continue;
+            }
+            self.reference(l2, self.cs);
+            if active {
+                self.active_l2.push((i as u64, l2));
+            }
+            let Some(table) = self.read_u64s(l2, entries * words) else {
+                continue;
+            };
+            let mut next_contiguous = 0;
+            for j in 0..entries {
+                let raw = table[(j * words) as usize];
+                let bitmap = if extended {
+                    table[(j * words + 1) as usize]
+                } else {
+                    0
+                };
+                let e = L2Entry::from_raw(raw);
+                if e.compressed() {
+                    if e.copied() {
+                        let d =
+                            Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
+                        self.error(format!(
+                            "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
+                            d.host_offset
+                        ));
+                    }
+                    if bitmap != 0 {
+                        self.error(format!(
+                            "ERROR compressed cluster {} with non-zero subcluster allocation bitmap, entry=0x{raw:x}",
+                            i as u64 * entries + j
+                        ));
+                    }
+                    let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
+                    let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
+                    self.reference(d.host_offset, len);
+                    if active {
+                        self.res.allocated_clusters += 1;
+                        self.res.compressed_clusters += 1;
+                        self.res.fragmented_clusters += 1;
+                    }
+                    continue;
+                }
+                if e.reserved_bits() != 0 {
+                    self.error(format!(
+                        "ERROR found l2 entry with reserved bits set: {raw:x}"
+                    ));
+                }
+                let host = e.host_offset();
+                let allocated = host != 0 || (self.data_file && e.copied());
+                if extended {
+                    let b = SubclusterBitmap::from_raw(bitmap);
+                    if !allocated && b.allocated() != 0 {
+                        self.error(
+                            "ERROR: Unallocated cluster has non-zero subcluster allocation map"
+                                .into(),
+                        );
+                    } else if allocated && b.allocated() & b.zero() != 0 {
+                        self.error(format!("ERROR offset={host:x}: Allocated cluster has corrupted subcluster allocation bitmap"));
+                    }
+                }
+                if !allocated {
+                    continue;
+                }
+                if host % self.cs != 0 {
+                    self.error(format!("ERROR offset={host:x}: Cluster is not properly aligned; L2 entry corrupted."));
+                    continue;
+                }
+                if active {
+                    self.res.allocated_clusters += 1;
+                    if next_contiguous != 0 && host != next_contiguous {
+                        self.res.fragmented_clusters += 1;
+                    }
+                    next_contiguous = host + self.cs;
+                }
+                if !self.data_file {
+                    self.reference(host, self.cs);
+                }
+            }
+        }
+    }
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(what.to_string(), e)
+}
+
+/// Checks the image in `storage` (re-reading its header), repairing as asked. With
+/// repairs, the image is checked again afterwards and that second result returned
+/// with the repair counts.
+pub fn check(storage: &dyn Storage, has_data_file: bool, repair: Repair) -> Result<CheckResult> {
+    let first = check_once(storage, has_data_file, repair)?;
+    if repair == Repair::None
+        || first.failed.is_some()
+        || (first.leaks_fixed == 0 && first.corruptions_fixed == 0 && !first.repaired)
+    {
+        return Ok(first);
+    }
+    let mut second = check_once(storage, has_data_file, Repair::None)?;
+    second.leaks_fixed = first.leaks_fixed;
+    second.corruptions_fixed = first.corruptions_fixed;
+    second.repaired = true;
+    let mut messages = first.messages;
+    messages.append(&mut second.messages);
+    second.messages = messages;
+    if repair == Repair::All && second.corruptions == 0 && second.check_errors == 0 {
+        clear_flags(storage)?;
+    }
+    Ok(second)
+}
+
+/// Clears the dirty and corrupt bits once an image is clean.
+fn clear_flags(storage: &dyn Storage) -> Result<()> {
+    let header = Header::read(storage)?;
+    let bits = header.incompatible_features();
+    if header.version() >= 3 && bits & (incompat::DIRTY | incompat::CORRUPT) != 0 {
+        let cleared = bits & !(incompat::DIRTY | incompat::CORRUPT);
+        storage
+            .write_at(&cleared.to_be_bytes(), 72)
+            .map_err(io("clearing the dirty and corrupt bits"))?;
+        storage.flush().map_err(io("flushing the header"))?;
+    }
+    Ok(())
+}
+
+fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<CheckResult> {
+    let header = Header::read(storage)?;
+    let cs = header.cluster_size();
+    let file_len = storage.len().map_err(io("reading the file size"))?;
+    let nb = file_len.div_ceil(cs);
+    let mut p = Pass {
+        storage,
+        header: &header,
+        cs,
+        refs: vec![0; nb as usize],
+        res: CheckResult::default(),
+        rebuild: false,
+        active_l2: Vec::new(),
+        data_file,
+    };
+    p.res.total_clusters = header.common.size.div_ceil(cs);
+
+    p.reference(0, cs);
+    let l1_bytes = u64::from(header.common.l1_size) * 8;
+    p.reference(header.common.l1_table_offset, l1_bytes);
+    p.l1(
+        header.common.l1_table_offset,
+        u64::from(header.common.l1_size),
+        true,
+    );
+
+    let snapshots = snapshot::read_table(
+        storage,
+        header.common.snapshots_offset,
+        header.common.nb_snapshots,
+        header.common.size,
+    )?;
+    if let Some(last) = snapshots.last() {
+        let end = last.offset
+            + 40
+            + u64::from(last.header.extra_data_size)
+            + u64::from(last.header.id_str_size)
+            + u64::from(last.header.name_size);
+        p.reference(
+            header.common.snapshots_offset,
+            end - header.common.snapshots_offset,
+        );
+    }
+    for (i, s) in snapshots.iter().enumerate() {
+        if header.version() >= 3 && s.header.extra_data_size < 16 {
+            p.error(format!("ERROR snapshot table entry {i} is incomplete"));
+        }
+        let (offset, size) = (s.header.l1_table_offset, u64::from(s.header.l1_size));
+        if offset % cs != 0 {
+            p.error(format!(
+                "ERROR snapshot {} ({}) l1_offset={offset:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
+                s.id, s.name
+            ));
+            continue;
+        }
+        if size * 8 > 32 << 20 {
+            p.error(format!(
+                "ERROR snapshot {} ({}) l1_size={size:#x}: L1 table is too large; snapshot table entry corrupted",
+                s.id, s.name
+            ));
+            continue;
+        }
+        p.reference(offset, size * 8);
+        p.l1(offset, size, false);
+    }
+
+    // Refcount structures.
+    let table_bytes = u64::from(header.common.refcount_table_clusters) * cs;
+    p.reference(header.common.refcount_table_offset, table_bytes);
+    let mut refcounts = Refcounts::load(
+        storage,
+        header.cluster_bits(),
+        header.refcount_order(),
+        header.common.refcount_table_offset,
+        header.common.refcount_table_clusters,
+    )?;
+    for (i, raw) in refcounts.table().to_vec().into_iter().enumerate() {
+        let block = raw & !0x1ff;
+        if block == 0 {
+            continue;
+        }
+        if block % cs != 0 {
+            p.error(format!(
+                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            ));
+            p.rebuild = true;
+            continue;
+        }
+        if block / cs >= nb {
+            p.error(format!("ERROR refcount block {i} is outside image"));
+            p.rebuild = true;
+            continue;
+        }
+        p.reference(block, cs);
+    }
+
+    // Bitmaps, when consistent.
+    if let (Ok(Some(ext)), true) = (
+        header.bitmaps(),
+        header.autoclear_features() & autoclear::BITMAPS != 0,
+    ) {
+        p.reference(ext.bitmap_directory_offset, ext.bitmap_directory_size);
+        if let Ok(bitmaps) = super::bitmaps::read_directory(storage, &header) {
+            for b in bitmaps {
+                let (table, n) = (
+                    b.entry.bitmap_table_offset,
+                    u64::from(b.entry.bitmap_table_size),
+                );
+                p.reference(table, n * 8);
+                if let Some(entries) = p.read_u64s(table, n.min(1 << 20)) {
+                    for e in entries {
+                        let data = BitmapTableEntry::from_raw(e).data_offset();
+                        if data != 0 {
+                            p.reference(data, cs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(Some(c)) = header.crypto() {
+        p.reference(c.offset, c.length);
+    }
+
+    // Compare, as QEMU: first only to report; then, when repairing, either rebuild the
+    // refcount structures (a referenced cluster has refcount 0) or compare again, fixing.
+    let refs = std::mem::take(&mut p.refs);
+    let before = p.res.clone();
+    let mut highest = compare(&mut p, storage, &mut refcounts, &refs, Repair::None)?;
+    if p.rebuild && repair == Repair::All {
+        p.res.messages.push("Rebuilding refcount structure".into());
+        let (old_table, old_clusters) = (
+            header.common.refcount_table_offset,
+            header.common.refcount_table_clusters,
+        );
+        let old_blocks: Vec<u64> = refcounts
+            .table()
+            .iter()
+            .map(|e| e & !0x1ff)
+            .filter(|b| *b != 0 && b % cs == 0)
+            .collect();
+        let end = rebuild(storage, &header, &refs)?;
+        p.res.repaired = true;
+        p.res.corruptions_fixed += p.res.corruptions;
+        p.res.leaks_fixed += p.res.leaks;
+        p.res.corruptions = 0;
+        p.res.leaks = 0;
+        let new_header = Header::read(storage)?;
+        refcounts = Refcounts::load(
+            storage,
+            header.cluster_bits(),
+            header.refcount_order(),
+            new_header.common.refcount_table_offset,
+            new_header.common.refcount_table_clusters,
+        )?;
+        // The old structures are now leaked: free them. These repairs are the
+        // rebuild's own and are not counted.
+        let mut now = refs.clone();
+        now.resize((end / cs) as usize, 0);
+        for c in (refs.len() as u64)..end / cs {
+            now[c as usize] = 1;
+        }
+        let old = (old_table..old_table + u64::from(old_clusters) * cs)
+            .step_by(cs as usize)
+            .chain(old_blocks);
+        for at in old {
+            if let Some(r) = now.get_mut((at / cs) as usize) {
+                *r = r.saturating_sub(1);
+            }
+        }
+        let saved = p.res.clone();
+        highest = compare(&mut p, storage, &mut refcounts, &now, Repair::Leaks)?;
+        let messages = std::mem::take(&mut p.res.messages);
+        p.res = saved;
+        p.res.messages = messages;
+    } else if repair != Repair::None {
+        if p.rebuild {
+            p.res
+                .messages
+                .push("ERROR need to rebuild refcount structures".into());
+            p.res.check_errors += 1;
+            p.res.failed = Some("Input/output error".into());
+            return Ok(p.res);
+        }
+        if p.res.leaks > 0 || p.res.corruptions > 0 {
+            let messages = std::mem::take(&mut p.res.messages);
+            p.res = before;
+            p.res.messages = messages;
+            highest = compare(&mut p, storage, &mut refcounts, &refs, repair)?;
+        }
+    }
+
+    // COPIED flags of the active tables.
+    {
+        let l1 = p
+            .read_u64s(
+                header.common.l1_table_offset,
+                u64::from(header.common.l1_size),
+            )
+            .unwrap_or_default();
+        let extended = header.incompatible_features() & incompat::EXTENDED_L2 != 0;
+        let words = if extended { 2 } else { 1 };
+        let active = std::mem::take(&mut p.active_l2);
+        // With -r leaks, QEMU repairs COPIED flags too, but only on an otherwise
+        // healthy image (a wrong flag with refcount > 1 is not a leak).
+        let fix = match repair {
+            Repair::All => true,
+            Repair::Leaks => p.res.check_errors == 0 && p.res.corruptions == 0 && p.res.leaks == 0,
+            Repair::None => false,
+        };
+        for (index, l2) in active {
+            let raw = l1[index as usize];
+            let rc = refcounts.get(storage, l2 / cs)?;
+            let copied = L1Entry::from_raw(raw).copied();
+            if (rc == 1) != copied {
+                p.res.messages.push(format!(
+                    "{} OFLAG_COPIED L2 cluster: l1_index={index} l1_entry={raw:x} refcount={rc}",
+                    if fix { "Repairing" } else { "ERROR" }
+                ));
+                if fix {
+                    let fixed = L1Entry::from_raw(raw).with_copied(rc == 1).raw();
+                    storage
+                        .write_at(
+                            &fixed.to_be_bytes(),
+                            header.common.l1_table_offset + index * 8,
+                        )
+                        .map_err(io("repairing the L1 table"))?;
+                    p.res.corruptions_fixed += 1;
+                } else {
+                    p.res.corruptions += 1;
+                }
+            }
+            if p.data_file {
+                continue;
+            }
+            let Some(table) = p.read_u64s(l2, cs / 8) else {
+                continue;
+            };
+            for j in 0..(cs / 8 / words) {
+                let raw = table[(j * words) as usize];
+                let e = L2Entry::from_raw(raw);
+                let host = e.host_offset();
+                if e.compressed() || host == 0 || host % cs != 0 {
+                    continue;
+                }
+                let rc = refcounts.get(storage, host / cs)?;
+                if (rc == 1) != e.copied() {
+                    p.res.messages.push(format!(
+                        "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",
+                        if fix { "Repairing" } else { "ERROR" }
+                    ));
+                    if fix {
+                        let fixed = e.with_copied(rc == 1).raw();
+                        storage
+                            .write_at(&fixed.to_be_bytes(), l2 + j * words * 8)
+                            .map_err(io("repairing an L2 table"))?;
+                        p.res.corruptions_fixed += 1;
+                    } else {
+                        p.res.corruptions += 1;
+                    }
+                }
+            }
+        }
+    }
+    if p.res.leaks_fixed + p.res.corruptions_fixed > 0 {
+        storage.flush().map_err(io("flushing repairs"))?;
+    }
+    p.res.image_end_offset = highest * cs;
+    Ok(p.res)
+}
+
+/// Compares every cluster's refcount with its references, reporting each mismatch
+/// and fixing what `fix` allows; returns the end of the last cluster in use (in
+/// clusters). A referenced cluster with refcount 0 means the structures need a rebuild.
+fn compare(
+    p: &mut Pass,
+    storage: &dyn Storage,
+    refcounts: &mut Refcounts,
+    refs: &[u64],
+    fix: Repair,
+) -> Result<u64> {
+    let max = refcounts.max();
+    let mut highest = 0;
+    for (i, &refs) in refs.iter().enumerate() {
+        let i = i as u64;
+        let rc = match refcounts.get(storage, i) {
+            Ok(v) => v,
+            Err(e) => {
+                p.res
+                    .messages
+                    .push(format!("Can't get refcount for cluster {i}: {e}"));
+                p.res.check_errors += 1;
+                continue;
+            }
+        };
+        if refs > max {
+            p.error(format!("ERROR: overflow cluster offset={:#x}", i * p.cs));
+        }
+        if rc > 0 || refs > 0 {
+            highest = i + 1;
+        }
+        if rc == refs {
+            continue;
+        }
+        let fixing = if rc == 0 {
+            p.rebuild = true;
+            false
+        } else if rc > refs {
+            fix != Repair::None
+        } else {
+            fix == Repair::All
+        };
+        let label = if fixing {
+            "Repairing"
+        } else if rc < refs {
+            "ERROR"
+        } else {
+            "Leaked"
+        };
+        p.res.messages.push(format!(
+            "{label} cluster {i} refcount={rc} reference={refs}"
+        ));
+        if fixing {
+            refcounts.set(storage, i, refs.min(max))?;
+            if rc > refs {
+                p.res.leaks_fixed += 1;
+            } else {
+                p.res.corruptions_fixed += 1;
+            }
+            if refs == 0 && highest == i + 1 {
+                highest = i;
+            }
+            continue;
+        }
+        if rc < refs {
+            p.res.corruptions += 1;
+        } else {
+            p.res.leaks += 1;
+        }
+    }
+    Ok(highest)
+}
+
+/// Writes new refcount structures computed from `refs` after the end of the file and
+/// switches the header to them. Returns the new end of the image.
+fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<u64> {
+    let cs = header.cluster_size();
+    let order = header.refcount_order();
+    let entries_per_block = cs * 8 >> order;
+    let used = refs
+        .iter()
+        .rposition(|r| *r > 0)
+        .map_or(1, |i| i as u64 + 1);
+    // Blocks and table go after everything in use; they must count themselves too.
+    let (mut blocks, mut table_clusters);
+    let mut total = used;
+    loop {
+        blocks = total.div_ceil(entries_per_block);
+        table_clusters = (blocks * 8).div_ceil(cs);
+        let need = used + blocks + table_clusters;
+        if need <= total {
+            break;
+        }
+        total = need;
+    }
+    let start = used;
+    let mut counts = refs.to_vec();
+    counts.resize(total as usize, 0);
+    for c in start..start + blocks + table_clusters {
+        counts[c as usize] = 1;
+    }
+    let mut table = vec![0u8; (table_clusters * cs) as usize];
+    for b in 0..blocks {
+        let block_at = (start + b) * cs;
+        table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&block_at.to_be_bytes());
+        let mut block = vec![0u8; cs as usize];
+        let bits = 1u64 << order;
+        for k in 0..entries_per_block {
+            let c = b * entries_per_block + k;
+            let Some(&v) = counts.get(c as usize) else {
+                break;
+            };
+            if v == 0 {
+                continue;
+            }
+            if bits >= 8 {
+                let len = (bits / 8) as usize;
+                let at = k as usize * len;
+                for (i, byte) in block[at..at + len].iter_mut().enumerate() {
+                    *byte = (v >> (8 * (len - 1 - i))) as u8;
+                }
+            } else {
+                let bit = k * bits;
+                block[(bit / 8) as usize] |= (v << (bit % 8)) as u8;
+            }
+        }
+        storage
+            .write_at(&block, block_at)
+            .map_err(io("writing a rebuilt refcount block"))?;
+    }
+    let table_at = (start + blocks) * cs;
+    storage
+        .write_at(&table, table_at)
+        .map_err(io("writing the rebuilt refcount table"))?;
+    storage
+        .flush()
+        .map_err(io("flushing the rebuilt refcount structures"))?;
+    let mut switch = [0u8; 12];
+    switch[..8].copy_from_slice(&table_at.to_be_bytes());
+    switch[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
+    storage
+        .write_at(&switch, 48)
+        .map_err(io("switching to the rebuilt refcount table"))?;
+    storage.flush().map_err(io("flushing the header"))?;
+    Ok((start + blocks + table_clusters) * cs)
+}
