@@ -593,7 +593,7 @@ fn compare(
 fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<u64> {
     let cs = header.cluster_size();
     let order = header.refcount_order();
-    let entries_per_block = cs * 8 >> order;
+    let entries_per_block = (cs * 8) >> order;
     let used = refs
         .iter()
         .rposition(|r| *r > 0)
