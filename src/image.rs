@@ -241,6 +241,55 @@ impl Image {
         Ok(Image { chain })
     }
 
+    /// Opens a single image held by `storage` (memory, a test backend…) in the stated
+    /// format. Backing files named by the image are not opened; `options.backing` may
+    /// name one explicitly.
+    pub fn open_storage(
+        storage: Arc<dyn Storage>,
+        format: Format,
+        options: &OpenOptions,
+    ) -> Result<Image> {
+        let layer = match format {
+            Format::Raw => Layer::Raw(Raw::open(storage)?),
+            Format::Qcow2 => {
+                let header = qcow2::Header::read(storage.as_ref())?;
+                let qopts = Qcow2Options {
+                    key: options
+                        .passphrase
+                        .as_deref()
+                        .map(LegacyAes::from_passphrase),
+                    data_file: None,
+                    l2_cache_bytes: options.l2_cache_bytes,
+                    snapshot: options.snapshot.clone(),
+                    io: !options.metadata_only,
+                    writable: options.writable,
+                    barriers: options.barriers,
+                };
+                Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("reading {other} images is not implemented yet"),
+                ))
+            }
+        };
+        let mut chain = vec![ChainEntry {
+            layer,
+            path: PathBuf::new(),
+            probed: false,
+        }];
+        if let Backing::Override { path, format } = &options.backing {
+            let below = OpenOptions {
+                writable: false,
+                backing: Backing::Ignore,
+                ..options.clone()
+            };
+            chain.push(open_layer(path, *format, false, &below)?);
+        }
+        Ok(Image { chain })
+    }
+
     /// The images of the chain, top first.
     pub fn chain(&self) -> &[ChainEntry] {
         &self.chain

@@ -1,9 +1,11 @@
 //! Positioned I/O under every format: a file, or memory. Formats never seek; they say
 //! where. Nothing here knows about images.
 
+mod fault;
 mod file;
 mod memory;
 
+pub use fault::{Fault, FaultStorage};
 pub use file::FileStorage;
 pub use memory::MemoryStorage;
 

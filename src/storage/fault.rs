@@ -1,0 +1,136 @@
+use super::Storage;
+use std::io;
+use std::sync::Mutex;
+
+/// What happens at the chosen write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// That write and every later one fail with an I/O error.
+    Fail,
+    /// The machine "crashes": everything since the last flush is lost and every later
+    /// request fails. `durable()` is what survived.
+    Drop,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Vec<u8>,
+    durable: Vec<u8>,
+    writes: u64,
+    at: Option<(u64, Fault)>,
+    tripped: bool,
+}
+
+/// Memory that fails on purpose, for crash-safety tests: it counts writes and, at the
+/// chosen one, starts failing or drops everything not yet flushed.
+#[derive(Debug)]
+pub struct FaultStorage {
+    state: Mutex<State>,
+}
+
+impl FaultStorage {
+    /// `bytes` as already flushed; the fault (if any) strikes at write number `at`
+    /// (counting from 0).
+    pub fn new(bytes: Vec<u8>, at: Option<(u64, Fault)>) -> FaultStorage {
+        FaultStorage {
+            state: Mutex::new(State {
+                durable: bytes.clone(),
+                current: bytes,
+                writes: 0,
+                at,
+                tripped: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many writes were attempted.
+    pub fn writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    /// Whether the fault struck.
+    pub fn tripped(&self) -> bool {
+        self.lock().tripped
+    }
+
+    /// The bytes that would survive a crash now: as of the last flush.
+    pub fn durable(&self) -> Vec<u8> {
+        self.lock().durable.clone()
+    }
+
+    /// The bytes as the writer sees them.
+    pub fn current(&self) -> Vec<u8> {
+        self.lock().current.clone()
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::other("injected fault")
+}
+
+impl Storage for FaultStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let s = self.lock();
+        if s.tripped && matches!(s.at, Some((_, Fault::Drop))) {
+            return Err(failed());
+        }
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        let Some(src) = s.current.get(start..) else {
+            return Ok(0);
+        };
+        let n = src.len().min(buf.len());
+        buf[..n].copy_from_slice(&src[..n]);
+        Ok(n)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        let n = s.writes;
+        s.writes += 1;
+        if let Some((at, fault)) = s.at {
+            if n >= at {
+                if !s.tripped && fault == Fault::Drop {
+                    s.current = s.durable.clone();
+                }
+                s.tripped = true;
+                return Err(failed());
+            }
+        }
+        let start = usize::try_from(offset).map_err(|_| failed())?;
+        let end = start + buf.len();
+        if s.current.len() < end {
+            s.current.resize(end, 0);
+        }
+        s.current[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().current.len() as u64)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.tripped {
+            return Err(failed());
+        }
+        s.current
+            .resize(usize::try_from(len).map_err(|_| failed())?, 0);
+        Ok(())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.tripped {
+            return Err(failed());
+        }
+        s.durable = s.current.clone();
+        Ok(())
+    }
+}

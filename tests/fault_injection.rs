@@ -1,0 +1,262 @@
+//! Crash safety: a workload runs on a storage backend that, at one write, starts
+//! failing (the image must stay readable) or crashes, losing everything not flushed.
+//! This is repeated for every write point of the workload. Each surviving image must
+//! show no corruption under qemu-img check and cowimg check (leaks are allowed), and
+//! every byte acknowledged by a flush and not written since must read back.
+
+mod common;
+
+use common::*;
+use cowimg::qcow2::create::{create, CreateOptions};
+use cowimg::storage::{Fault, FaultStorage, MemoryStorage, Storage};
+use cowimg::{Format, Image, OpenOptions};
+use std::process::Command;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(u64, u64, u8),
+    Zero(u64, u64, bool),
+    Discard(u64, u64),
+    Compressed(u64, u8),
+    Flush,
+}
+
+fn workload(seed: u64, size: u64, cs: u64, big: bool) -> Vec<Op> {
+    let mut x = seed | 1;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    let mut ops = Vec::new();
+    let mut compressed_done = std::collections::HashSet::new();
+    for i in 0..24 {
+        let off = next(size);
+        let len = 1 + next((size - off).min(if big { 256 * cs } else { 3 * cs }));
+        let op = match next(8) {
+            0 => Op::Zero(off, len, next(2) == 0),
+            1 => Op::Discard(off, len),
+            2 if compressed_done.insert(off / cs) => {
+                Op::Compressed(off / cs * cs, next(255) as u8 + 1)
+            }
+            _ => Op::Write(off, len, next(255) as u8 + 1),
+        };
+        ops.push(op);
+        if i % 4 == 3 {
+            ops.push(Op::Flush);
+        }
+    }
+    ops
+}
+
+/// Applies `op` to the image, and if it succeeds, to the model of the guest content.
+fn apply(
+    image: &mut Image,
+    model: &mut [u8],
+    touched: &mut [bool],
+    op: &Op,
+    cs: u64,
+) -> cowimg::Result<()> {
+    let mark = |touched: &mut [bool], off: u64, len: u64| {
+        for s in off / 512..(off + len).div_ceil(512) {
+            touched[s as usize] = true;
+        }
+    };
+    match *op {
+        Op::Write(off, len, p) => {
+            mark(touched, off, len);
+            image.write_at(&vec![p; len as usize], off)?;
+            model[off as usize..(off + len) as usize].fill(p);
+        }
+        Op::Zero(off, len, unmap) => {
+            mark(touched, off, len);
+            image.write_zeroes(off, len, unmap)?;
+            model[off as usize..(off + len) as usize].fill(0);
+        }
+        Op::Discard(off, len) => {
+            mark(touched, off, len);
+            image.discard(off, len)?;
+            // Version 3 without a backing file: whole clusters read as zeros.
+            let (first, last) = (off.next_multiple_of(cs), (off + len) / cs * cs);
+            if first < last {
+                model[first as usize..last as usize].fill(0);
+            }
+        }
+        Op::Compressed(off, p) => {
+            let len = cs.min(model.len() as u64 - off);
+            mark(touched, off, len);
+            // Refused when the cluster already has space: the model is unchanged then.
+            if image.write_compressed(&vec![p; len as usize], off).is_ok() {
+                model[off as usize..(off + len) as usize].fill(p);
+            }
+        }
+        Op::Flush => image.flush()?,
+    }
+    Ok(())
+}
+
+struct Outcome {
+    bytes: Vec<u8>,
+    acked: Vec<u8>,
+    touched: Vec<bool>,
+    writes: u64,
+}
+
+fn run(base: &[u8], size: u64, cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
+    let storage = Arc::new(FaultStorage::new(base.to_vec(), fault));
+    let options = OpenOptions {
+        writable: true,
+        ..Default::default()
+    };
+    let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &options).expect("open");
+    let mut model = vec![0u8; size as usize];
+    let mut acked = model.clone();
+    let mut touched = vec![false; (size / 512) as usize];
+    for op in ops {
+        if apply(&mut image, &mut model, &mut touched, op, cs).is_err() {
+            break;
+        }
+        if matches!(op, Op::Flush) {
+            acked.copy_from_slice(&model);
+            touched.fill(false);
+        }
+    }
+    drop(image);
+    let bytes = match fault {
+        Some((_, Fault::Drop)) => storage.durable(),
+        _ => storage.current(),
+    };
+    Outcome {
+        bytes,
+        acked,
+        touched,
+        writes: storage.writes(),
+    }
+}
+
+fn verify(outcome: &Outcome, dir: &Scratch, context: &str) {
+    let path = dir.str("crashed.qcow2");
+    std::fs::write(&path, &outcome.bytes).unwrap();
+    let theirs = Command::new("qemu-img")
+        .args(["check", "--output=json", "-f", "qcow2", &path])
+        .output()
+        .unwrap();
+    let code = theirs.status.code();
+    assert!(
+        code == Some(0) || code == Some(3),
+        "{context}: qemu-img check found corruption:\n{}{}",
+        String::from_utf8_lossy(&theirs.stdout),
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    let ours = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["check", "--output=json", "-f", "qcow2", &path])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ours.stdout),
+        String::from_utf8_lossy(&theirs.stdout),
+        "{context}: checks disagree"
+    );
+    assert_eq!(ours.status.code(), code, "{context}");
+    let image = Image::open_storage(
+        Arc::new(MemoryStorage::new(outcome.bytes.clone())),
+        Format::Qcow2,
+        &OpenOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{context}: the image no longer opens: {e}"));
+    let mut content = vec![0u8; outcome.acked.len()];
+    image
+        .read_at(&mut content, 0)
+        .unwrap_or_else(|e| panic!("{context}: unreadable: {e}"));
+    for (s, touched) in outcome.touched.iter().enumerate() {
+        let range = s * 512..(s + 1) * 512;
+        if !touched && content[range.clone()] != outcome.acked[range.clone()] {
+            panic!(
+                "{context}: acknowledged data at {:#x} was lost",
+                range.start
+            );
+        }
+    }
+}
+
+fn fresh(opts: &CreateOptions) -> Vec<u8> {
+    let m = MemoryStorage::new(Vec::new());
+    create(&m, None, opts).unwrap();
+    m.to_vec()
+}
+
+fn every_write_point(opts: CreateOptions, seed: u64, big: bool, points: u64) {
+    let base = fresh(&opts);
+    let ops = workload(seed, opts.size, opts.cluster_size, big);
+    let total = run(&base, opts.size, opts.cluster_size, &ops, None).writes;
+    assert!(total > 20, "the workload writes ({total})");
+    let step = (total / points).max(1);
+    let dir = Scratch::new("fault");
+    for fault in [Fault::Drop, Fault::Fail] {
+        for at in (0..total).step_by(step as usize) {
+            let outcome = run(&base, opts.size, opts.cluster_size, &ops, Some((at, fault)));
+            verify(
+                &outcome,
+                &dir,
+                &format!("{fault:?} at write {at} of {total}, {opts:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn crash_or_failure_at_every_write_point() {
+    let opts = CreateOptions {
+        size: 256 << 10,
+        cluster_size: 4096,
+        ..Default::default()
+    };
+    every_write_point(opts, 11, false, u64::MAX);
+    let opts = CreateOptions {
+        size: 256 << 10,
+        cluster_size: 512,
+        refcount_bits: 1,
+        ..Default::default()
+    };
+    every_write_point(opts, 12, false, u64::MAX);
+}
+
+/// Enough allocation to create refcount blocks and grow the refcount table (64-bit
+/// refcounts and 512-byte clusters: a block covers 32 KiB, the first table 2 MiB).
+#[test]
+fn crash_during_refcount_table_growth() {
+    let opts = CreateOptions {
+        size: 6 << 20,
+        cluster_size: 512,
+        refcount_bits: 64,
+        ..Default::default()
+    };
+    let base = fresh(&opts);
+    let ops = vec![
+        Op::Write(0, 3 << 20, 0x61),
+        Op::Flush,
+        Op::Write(3 << 20, 3 << 20, 0x62),
+        Op::Flush,
+    ];
+    let total = run(&base, opts.size, opts.cluster_size, &ops, None);
+    let mut after = fresh(&opts);
+    after.clear();
+    after.extend_from_slice(&total.bytes);
+    let table_clusters = u32::from_be_bytes(after[56..60].try_into().unwrap());
+    assert!(table_clusters > 1, "the workload grows the refcount table");
+    let dir = Scratch::new("growth");
+    verify(&total, &dir, "no fault");
+    let step = (total.writes / 80).max(1);
+    for fault in [Fault::Drop, Fault::Fail] {
+        for at in (0..total.writes).step_by(step as usize) {
+            let outcome = run(&base, opts.size, opts.cluster_size, &ops, Some((at, fault)));
+            verify(
+                &outcome,
+                &dir,
+                &format!("{fault:?} at write {at} of {}", total.writes),
+            );
+        }
+    }
+}
