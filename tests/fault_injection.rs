@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use cowimg::qcow2::create::{create, CreateOptions};
-use cowimg::storage::{Fault, FaultStorage, MemoryStorage, Storage};
+use cowimg::storage::{Fault, FaultStorage, MemoryStorage};
 use cowimg::{Format, Image, OpenOptions};
 use std::process::Command;
 use std::sync::Arc;
@@ -241,10 +241,7 @@ fn crash_during_refcount_table_growth() {
         Op::Flush,
     ];
     let total = run(&base, opts.size, opts.cluster_size, &ops, None);
-    let mut after = fresh(&opts);
-    after.clear();
-    after.extend_from_slice(&total.bytes);
-    let table_clusters = u32::from_be_bytes(after[56..60].try_into().unwrap());
+    let table_clusters = u32::from_be_bytes(total.bytes[56..60].try_into().unwrap());
     assert!(table_clusters > 1, "the workload grows the refcount table");
     let dir = Scratch::new("growth");
     verify(&total, &dir, "no fault");
