@@ -394,6 +394,39 @@ impl Image {
         }
     }
 
+    /// The top image's internal snapshots (none for formats without them).
+    pub fn snapshots(&self) -> &[qcow2::Snapshot] {
+        match self.top() {
+            Layer::Qcow2(q) => q.snapshots(),
+            Layer::Raw(_) => &[],
+        }
+    }
+
+    fn top_qcow2(&mut self, what: &str) -> Result<&mut Qcow2> {
+        match self.split_top().0 {
+            Layer::Qcow2(q) => Ok(q),
+            other => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{what} needs a qcow2 image, not {}", other.format()),
+            )),
+        }
+    }
+
+    /// Takes an internal snapshot of the top image; returns its id.
+    pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
+        self.top_qcow2("a snapshot")?.snapshot_create(name)
+    }
+
+    /// Makes the snapshot with this id (or name) the current state.
+    pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
+        self.top_qcow2("a snapshot")?.snapshot_apply(id_or_name)
+    }
+
+    /// Deletes the snapshot with this id (or name).
+    pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
+        self.top_qcow2("a snapshot")?.snapshot_delete(id_or_name)
+    }
+
     /// Makes every completed write durable.
     pub fn flush(&mut self) -> Result<()> {
         match self.split_top().0 {

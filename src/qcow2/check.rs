@@ -277,17 +277,10 @@ fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<
         header.common.nb_snapshots,
         header.common.size,
     )?;
-    if let Some(last) = snapshots.last() {
-        let end = last.offset
-            + 40
-            + u64::from(last.header.extra_data_size)
-            + u64::from(last.header.id_str_size)
-            + u64::from(last.header.name_size);
-        p.reference(
-            header.common.snapshots_offset,
-            end - header.common.snapshots_offset,
-        );
-    }
+    p.reference(
+        header.common.snapshots_offset,
+        snapshot::table_len(&snapshots),
+    );
     for (i, s) in snapshots.iter().enumerate() {
         if header.version() >= 3 && s.header.extra_data_size < 16 {
             p.error(format!("ERROR snapshot table entry {i} is incomplete"));

@@ -40,6 +40,19 @@ impl Snapshot {
     }
 }
 
+/// Bytes the snapshot table occupies on disk: every entry, each padded to 8.
+pub fn table_len(snapshots: &[Snapshot]) -> u64 {
+    snapshots
+        .iter()
+        .map(|s| {
+            (40 + u64::from(s.header.extra_data_size)
+                + u64::from(s.header.id_str_size)
+                + u64::from(s.header.name_size))
+            .next_multiple_of(8)
+        })
+        .sum()
+}
+
 /// Reads the `count` entries at `offset`. `image_size` is the default disk size.
 pub fn read_table(
     storage: &dyn Storage,
@@ -119,4 +132,381 @@ pub fn read_table(
         at = (strings_at + strings.len() as u64).next_multiple_of(8);
     }
     Ok(out)
+}
+
+// ---- Taking, applying and deleting snapshots (read-write images).
+
+use super::layer::Qcow2;
+use crate::format::qcow2::{L1Entry, L2Entry};
+
+/// Serialises one snapshot table entry (padded to 8 bytes).
+fn entry_bytes(s: &Snapshot) -> Vec<u8> {
+    let mut header = s.header.clone();
+    header.id_str_size = s.id.len() as u16;
+    header.name_size = s.name.len() as u16;
+    header.extra_data_size = (SnapshotExtraData::SIZE + s.unknown_extra.len()) as u32;
+    header.vm_state_size = u32::try_from(s.vm_state_size).unwrap_or(0);
+    let mut out = header.to_bytes();
+    let extra = SnapshotExtraData {
+        vm_state_size_large: s.vm_state_size,
+        disk_size: s.disk_size,
+        icount: s.icount.unwrap_or(u64::MAX),
+    };
+    out.extend(extra.to_bytes());
+    out.extend_from_slice(&s.unknown_extra);
+    out.extend_from_slice(s.id.as_bytes());
+    out.extend_from_slice(s.name.as_bytes());
+    out.resize(out.len().next_multiple_of(8), 0);
+    out
+}
+
+impl Qcow2 {
+    fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+        move |e| Error::io(what, e)
+    }
+
+    /// Adds `delta` to the refcount of every L2 table and data cluster an L1 table
+    /// reaches (QEMU's update_snapshot_refcount).
+    fn tree_refcounts(&mut self, l1: &[u64], delta: i64) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let storage = self.storage.clone();
+        let words = if self.extended_l2 { 2 } else { 1 };
+        for raw in l1 {
+            let l2 = L1Entry::from_raw(*raw).l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            let table = self.l2_table(l2)?;
+            let refcounts = self.refcounts.as_mut().ok_or_else(|| {
+                Error::new(ErrorKind::BadArgument, "the image was opened read-only")
+            })?;
+            refcounts.update_range(storage.as_ref(), l2, cs, delta)?;
+            for i in (0..table.len()).step_by(words) {
+                let e = L2Entry::from_raw(table[i]);
+                if e.compressed() {
+                    let d = crate::format::qcow2::Qcow2CompressedDescriptor::decode(
+                        table[i] & ((1 << 62) - 1),
+                        self.cluster_bits,
+                    );
+                    let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
+                    refcounts.update_range(storage.as_ref(), d.host_offset, len, delta)?;
+                } else if e.host_offset() != 0 && self.data_file.is_none() {
+                    refcounts.update_range(storage.as_ref(), e.host_offset(), cs, delta)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every COPIED flag of the active L1 table and its L2 tables: to "refcount is
+    /// 1" when `exact`, else cleared (the harmless direction, used before refcounts rise).
+    fn set_copied_flags(&mut self, exact: bool) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let storage = self.storage.clone();
+        let words = if self.extended_l2 { 2 } else { 1 };
+        for index in 0..self.l1.len() {
+            let e = L1Entry::from_raw(self.l1[index]);
+            let l2 = e.l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            let mut table: Vec<u64> = self.l2_table(l2)?.to_vec();
+            let mut changed = false;
+            for i in (0..table.len()).step_by(words) {
+                let entry = L2Entry::from_raw(table[i]);
+                if entry.compressed() || (entry.host_offset() == 0 && self.data_file.is_none()) {
+                    continue;
+                }
+                let want = exact
+                    && (self.data_file.is_some()
+                        || self
+                            .refcounts
+                            .as_mut()
+                            .expect("writable")
+                            .get(storage.as_ref(), entry.host_offset() / cs)?
+                            == 1);
+                if entry.copied() != want {
+                    table[i] = entry.with_copied(want).raw();
+                    changed = true;
+                }
+            }
+            if changed {
+                let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_be_bytes()).collect();
+                storage
+                    .write_at(&bytes, l2)
+                    .map_err(Self::io_err("writing an L2 table"))?;
+                self.l2_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(l2, table.into());
+            }
+            let want = exact
+                && self
+                    .refcounts
+                    .as_mut()
+                    .expect("writable")
+                    .get(storage.as_ref(), l2 / cs)?
+                    == 1;
+            if e.copied() != want {
+                let raw = e.with_copied(want).raw();
+                storage
+                    .write_at(&raw.to_be_bytes(), self.l1_offset + index as u64 * 8)
+                    .map_err(Self::io_err("writing the L1 table"))?;
+                self.l1[index] = raw;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        if self.barriers {
+            self.storage
+                .flush()
+                .map_err(Self::io_err("flushing the image"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `snapshots` as the new snapshot table in fresh clusters, switches the
+    /// header to it in one write, then frees the old table.
+    fn write_snapshot_table(&mut self, snapshots: Vec<Snapshot>) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let bytes: Vec<u8> = snapshots.iter().flat_map(entry_bytes).collect();
+        let old_offset = self.header.common.snapshots_offset;
+        let old_len = table_len(&self.snapshots);
+        let new_offset = if bytes.is_empty() {
+            0
+        } else {
+            let clusters = (bytes.len() as u64).div_ceil(cs);
+            let storage = self.storage.clone();
+            let at = self
+                .refcounts
+                .as_mut()
+                .expect("writable")
+                .alloc(storage.as_ref(), clusters)?;
+            self.storage
+                .write_at(&bytes, at)
+                .map_err(Self::io_err("writing the snapshot table"))?;
+            self.sync()?;
+            at
+        };
+        let mut header = [0u8; 12];
+        header[..4].copy_from_slice(&(snapshots.len() as u32).to_be_bytes());
+        header[4..].copy_from_slice(&new_offset.to_be_bytes());
+        self.storage
+            .write_at(&header, 60)
+            .map_err(Self::io_err("switching the snapshot table"))?;
+        self.sync()?;
+        self.header.common.nb_snapshots = snapshots.len() as u32;
+        self.header.common.snapshots_offset = new_offset;
+        if old_offset != 0 && old_len > 0 {
+            let storage = self.storage.clone();
+            self.refcounts.as_mut().expect("writable").update_range(
+                storage.as_ref(),
+                old_offset,
+                old_len,
+                -1,
+            )?;
+        }
+        // Re-read so that offsets and extra data are exactly what is on disk.
+        self.snapshots = read_table(
+            self.storage.as_ref(),
+            new_offset,
+            snapshots.len() as u32,
+            self.size,
+        )?;
+        Ok(())
+    }
+
+    /// Takes an internal snapshot of the current state, named `name`; returns its id.
+    pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        if self.data_file.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "Internal snapshots are not supported with an external data file",
+            ));
+        }
+        if self.snapshots.len() as u32 >= MAX_SNAPSHOTS {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Snapshot table too large",
+            ));
+        }
+        if name.len() > u16::MAX as usize {
+            return Err(Error::new(ErrorKind::BadArgument, "snapshot name too long"));
+        }
+        let cs = 1u64 << self.cluster_bits;
+        let id = self
+            .snapshots
+            .iter()
+            .filter_map(|s| s.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let id = id.to_string();
+
+        // 1. The snapshot's own copy of the L1 table (unreferenced until published).
+        let l1_bytes: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let l1_len = (self.header.common.l1_size as u64 * 8).max(8);
+        let storage = self.storage.clone();
+        let l1_at = self
+            .refcounts
+            .as_mut()
+            .expect("writable")
+            .alloc(storage.as_ref(), l1_len.div_ceil(cs))?;
+        let mut padded = l1_bytes.clone();
+        padded.resize((self.header.common.l1_size as u64 * 8) as usize, 0);
+        self.storage
+            .write_at(&padded, l1_at)
+            .map_err(Self::io_err("writing the snapshot's L1 table"))?;
+        // 2. COPIED cleared everywhere (harmless: at worst an extra copy), 3. then the
+        // refcounts raised (leaks until published), 4. then the table and header.
+        self.set_copied_flags(false)?;
+        self.sync()?;
+        let l1 = self.l1.clone();
+        self.tree_refcounts(&l1, 1)?;
+        self.sync()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut snapshots = self.snapshots.clone();
+        snapshots.push(Snapshot {
+            header: SnapshotHeader {
+                l1_table_offset: l1_at,
+                l1_size: self.header.common.l1_size,
+                id_str_size: 0,
+                name_size: 0,
+                date_sec: now.as_secs() as u32,
+                date_nsec: now.subsec_nanos(),
+                vm_clock_nsec: 0,
+                vm_state_size: 0,
+                extra_data_size: 0,
+            },
+            vm_state_size: 0,
+            disk_size: self.size,
+            icount: Some(0),
+            id: id.clone(),
+            name: name.to_string(),
+            unknown_extra: Vec::new(),
+            offset: 0,
+        });
+        self.write_snapshot_table(snapshots)?;
+        Ok(id)
+    }
+
+    /// Finds a snapshot by id, else by name (as qemu-img does).
+    pub fn find_snapshot(&self, id_or_name: &str) -> Option<usize> {
+        self.snapshots
+            .iter()
+            .position(|s| s.id == id_or_name)
+            .or_else(|| self.snapshots.iter().position(|s| s.name == id_or_name))
+    }
+
+    fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+        let cs = 1u64 << self.cluster_bits;
+        if s.header.l1_table_offset % cs != 0 {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "Snapshot L1 table offset invalid",
+            ));
+        }
+        if u64::from(s.header.l1_size) * 8 > super::layer::MAX_L1_BYTES {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "Snapshot L1 table too large",
+            ));
+        }
+        let mut bytes = vec![0u8; s.header.l1_size as usize * 8];
+        self.storage
+            .read_zero_padded(&mut bytes, s.header.l1_table_offset)
+            .map_err(Self::io_err("reading a snapshot's L1 table"))?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect())
+    }
+
+    /// Deletes a snapshot: first from the table (so it is gone even after a crash), then
+    /// its references; finally COPIED flags are set where clusters are no longer shared.
+    pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        let index = self.find_snapshot(id_or_name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("Could not delete snapshot '{id_or_name}': snapshot not found"),
+            )
+        })?;
+        let victim = self.snapshots[index].clone();
+        let l1 = self.read_snapshot_l1(&victim)?;
+        let mut snapshots = self.snapshots.clone();
+        snapshots.remove(index);
+        self.write_snapshot_table(snapshots)?;
+        self.tree_refcounts(&l1, -1)?;
+        let storage = self.storage.clone();
+        let l1_len = (u64::from(victim.header.l1_size) * 8).max(8);
+        self.refcounts.as_mut().expect("writable").update_range(
+            storage.as_ref(),
+            victim.header.l1_table_offset,
+            l1_len,
+            -1,
+        )?;
+        self.sync()?;
+        self.set_copied_flags(true)?;
+        self.sync()
+    }
+
+    /// Makes a snapshot the current state: its tree gains a reference, the active L1
+    /// table takes its entries (COPIED cleared), the old tree loses one, and COPIED
+    /// flags are recomputed.
+    pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        let index = self.find_snapshot(id_or_name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("Could not apply snapshot '{id_or_name}': snapshot not found"),
+            )
+        })?;
+        let target = self.snapshots[index].clone();
+        let l1 = self.read_snapshot_l1(&target)?;
+        if l1.len() > self.l1.len() || target.disk_size != self.size {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "applying a snapshot taken at another disk size is not supported yet",
+            ));
+        }
+        self.tree_refcounts(&l1, 1)?;
+        self.sync()?;
+        let old = self.l1.clone();
+        let mut new = l1
+            .iter()
+            .map(|e| L1Entry::from_raw(*e).with_copied(false).raw())
+            .collect::<Vec<_>>();
+        new.resize(self.l1.len(), 0);
+        let bytes: Vec<u8> = new.iter().flat_map(|e| e.to_be_bytes()).collect();
+        self.storage
+            .write_at(&bytes, self.l1_offset)
+            .map_err(Self::io_err("writing the L1 table"))?;
+        self.l1 = new;
+        self.sync()?;
+        self.tree_refcounts(&old, -1)?;
+        self.sync()?;
+        self.set_copied_flags(true)?;
+        self.sync()
+    }
 }

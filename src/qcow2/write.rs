@@ -179,14 +179,11 @@ impl Qcow2 {
                 "inactive L1 table",
             ));
         }
-        if let Some(last) = self.snapshots.last() {
-            let end = last.offset + 40 + u64::from(last.header.extra_data_size);
-            regions.push((
-                self.header.common.snapshots_offset,
-                end - self.header.common.snapshots_offset + 2048,
-                "snapshot table",
-            ));
-        }
+        regions.push((
+            self.header.common.snapshots_offset,
+            super::snapshot::table_len(&self.snapshots),
+            "snapshot table",
+        ));
         for (start, size, what) in regions {
             if size > 0 && at < start + size && start < at + len {
                 return Err(self.mark_corrupt(format!(

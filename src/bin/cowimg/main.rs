@@ -8,6 +8,7 @@ mod info;
 mod io;
 mod json;
 mod map;
+mod snapshot;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Info(info::Args),
     /// Show where each range of the virtual disk is stored.
     Map(map::Args),
+    /// List, create, apply or delete internal snapshots.
+    Snapshot(snapshot::Args),
     /// Check an image's metadata, and repair it with -r.
     Check(check::Args),
     /// Copy the virtual disk into a new image.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Map(args) => map::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
