@@ -394,6 +394,17 @@ impl Image {
         }
     }
 
+    /// Changes the virtual size of the top image (growing reads as zeros; shrinking
+    /// drops everything past the new end).
+    pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.resize(new_size, &below),
+            Layer::Raw(r) => r.resize(new_size),
+        }
+    }
+
     /// The top image's internal snapshots (none for formats without them).
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {

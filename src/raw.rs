@@ -61,6 +61,15 @@ impl Raw {
         Ok(())
     }
 
+    /// Sets the file's length.
+    pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.storage
+            .set_len(new_size)
+            .map_err(|e| Error::io("resizing the image", e))?;
+        self.size = new_size.next_multiple_of(512);
+        Ok(())
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         self.storage
             .flush()

@@ -233,6 +233,18 @@ fn run_command(image: &mut Image, line: &str, out: &mut String) -> Result<(), Er
             Ok(())
         }
         "flush" | "f" => image.flush().map_err(|e| e.context("flush failed")),
+        "truncate" | "t" => {
+            let (_, rest) = split_args(args, "m")?;
+            let [size] = rest.as_slice() else {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "truncate takes one size",
+                ));
+            };
+            image
+                .resize(number(size)?)
+                .map_err(|e| e.context("truncate failed"))
+        }
         "length" | "l" => {
             let _ = writeln!(out, "{}", cvtstr(image.size()));
             Ok(())

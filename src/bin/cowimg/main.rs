@@ -8,6 +8,7 @@ mod info;
 mod io;
 mod json;
 mod map;
+mod resize;
 mod snapshot;
 mod source;
 
@@ -32,6 +33,8 @@ enum Command {
     Info(info::Args),
     /// Show where each range of the virtual disk is stored.
     Map(map::Args),
+    /// Change an image's virtual size.
+    Resize(resize::Args),
     /// List, create, apply or delete internal snapshots.
     Snapshot(snapshot::Args),
     /// Check an image's metadata, and repair it with -r.
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Map(args) => map::run(&args),
+        Command::Resize(args) => resize::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Convert(args) => convert::run(&args),

@@ -1,0 +1,74 @@
+//! `cowimg resize`: change an image's virtual size.
+
+use crate::create::parse_size;
+use crate::source::SourceArgs;
+use cowimg::{Backing, Error, ErrorKind, Format, Image};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Allow making the image smaller (everything past the new end is lost).
+    #[arg(long)]
+    shrink: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The image file.
+    filename: String,
+    /// New size, or +SIZE / -SIZE relative to the current one.
+    #[arg(allow_hyphen_values = true)]
+    size: String,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let (path, mut options) = args.source.resolve(&args.filename)?;
+    options.backing = Backing::Ignore;
+    if options.format.is_none() {
+        let storage = cowimg::storage::FileStorage::open(&path, false)
+            .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+        let probed = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
+        // A qcow2 header identifies itself; a raw file must be named as such.
+        if probed != Format::Qcow2 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "give the image format with -f to resize it",
+            ));
+        }
+        options.format = Some(probed);
+    }
+    options.writable = true;
+    let mut image = Image::open(&path, &options)?;
+    let current = image.size();
+    let (sign, number) = match args.size.as_bytes().first() {
+        Some(b'+') => (1i8, &args.size[1..]),
+        Some(b'-') => (-1, &args.size[1..]),
+        _ => (0, args.size.as_str()),
+    };
+    let n = parse_size(number)?;
+    let new_size = match sign {
+        1 => current.checked_add(n),
+        -1 => current.checked_sub(n),
+        _ => Some(n),
+    }
+    .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Invalid image size specified"))?
+    .next_multiple_of(512);
+    if new_size < current {
+        if !args.shrink {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Use the --shrink option to perform a shrink operation.",
+            ));
+        }
+        eprintln!(
+            "cowimg: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
+        );
+    }
+    image.resize(new_size)?;
+    image.flush()?;
+    if !args.quiet {
+        crate::print_out("Image resized.\n");
+    }
+    Ok(ExitCode::SUCCESS)
+}
