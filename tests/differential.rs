@@ -25,12 +25,7 @@ impl Rng {
     }
 }
 
-/// A random qemu-io command sequence for an image of `size` bytes and `cs`-byte clusters.
-fn operations(seed: u64, size: u64, cs: u64, compress: bool) -> Vec<String> {
-    operations_with(seed, size, cs, compress, true)
-}
-
-/// As `operations`, with or without resizes. Resizes are to whole clusters: after an
+/// A random qemu-io command sequence for an image of `size` bytes and `cs`-byte clusters, Resizes are to whole clusters: after an
 /// unaligned shrink and a regrow, qemu 10.0.2 shows the bytes the shrink dropped again
 /// (cowimg reads zeros there; see `shrink_then_grow_reads_zeros`).
 fn operations_with(seed: u64, size: u64, cs: u64, compress: bool, resize: bool) -> Vec<String> {
