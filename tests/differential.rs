@@ -25,9 +25,10 @@ impl Rng {
     }
 }
 
-/// A random qemu-io command sequence for an image of `size` bytes and `cs`-byte clusters, Resizes are to whole clusters: after an
-/// unaligned shrink and a regrow, qemu 10.0.2 shows the bytes the shrink dropped again
-/// (cowimg reads zeros there; see `shrink_then_grow_reads_zeros`).
+/// A random qemu-io command sequence for an image of `size` bytes and `cs`-byte clusters,
+/// with resizes when `resize`. Resizes are to whole clusters: after an unaligned shrink
+/// and a regrow, qemu 10.0.2 shows the bytes the shrink dropped again (cowimg reads
+/// zeros there; see `shrink_then_grow_reads_zeros`).
 fn operations_with(seed: u64, size: u64, cs: u64, compress: bool, resize: bool) -> Vec<String> {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let count = 8 + rng.below(10);
