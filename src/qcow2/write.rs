@@ -440,8 +440,17 @@ impl Qcow2 {
                 return this.write_subclusters(slot, src, old, pending, below);
             }
             match old {
-                Old::Normal { host, copied: true } => this.store(host, gc, a, src),
+                Old::Normal { host, copied: true } => {
+                    // In place: a damaged entry must not turn this into a metadata write.
+                    if this.data_file.is_none() {
+                        this.check_overlap(host, cs)?;
+                    }
+                    this.store(host, gc, a, src)
+                }
                 Old::ZeroAlloc { host, copied: true } => {
+                    if this.data_file.is_none() {
+                        this.check_overlap(host, cs)?;
+                    }
                     let mut buf = vec![0u8; cs as usize];
                     buf[a as usize..b as usize].copy_from_slice(src);
                     this.store(host, gc, 0, &buf)?;
@@ -537,6 +546,9 @@ impl Qcow2 {
         let new_bitmap = |alloc: u64, zero: u64| (alloc | mask) | ((zero & !mask) << 32);
         match old {
             Old::Normal { host, copied: true } => {
+                if self.data_file.is_none() {
+                    self.check_overlap(host, cs)?;
+                }
                 self.store(host, gc, s0 * ss, &span)?;
                 if alloc & mask != mask || zero & mask != 0 {
                     pending.entries.push((
