@@ -81,18 +81,16 @@ fn flag(value: &str) -> Result<bool, Error> {
     }
 }
 
-pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let format = format_named(&args.format)?;
-    let mut opts = CreateOptions {
-        backing_file: args.backing.clone(),
-        backing_format: args.backing_format.clone(),
-        ..Default::default()
-    };
-    let mut size = args.size.as_deref().map(parse_size).transpose()?;
-    for text in &args.options {
+/// Applies qemu-img `-o` option strings to `opts` (and `size`, for `-o size=`).
+pub fn apply_options(
+    texts: &[String],
+    opts: &mut CreateOptions,
+    size: &mut Option<u64>,
+) -> Result<(), Error> {
+    for text in texts {
         for (key, value) in parse_options(text) {
             match key.as_str() {
-                "size" => size = Some(parse_size(&value)?),
+                "size" => *size = Some(parse_size(&value)?),
                 "compat" => {
                     opts.version = match value.as_str() {
                         "0.10" | "v2" => 2,
@@ -118,9 +116,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 },
                 "encrypt.key-secret" => {}
                 "preallocation" => {
-                    opts.preallocation = Preallocation::from_name(&value).ok_or_else(|| {
-                        Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))
-                    })?
+                    opts.preallocation = Preallocation::from_name(&value)
+                        .ok_or_else(|| Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'")))?
                 }
                 "lazy_refcounts" => opts.lazy_refcounts = flag(&value)?,
                 "extended_l2" => opts.extended_l2 = flag(&value)?,
@@ -137,6 +134,53 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             }
         }
     }
+    Ok(())
+}
+
+/// The `encrypt.key-secret` id among `-o` option strings, if any.
+pub fn key_secret(texts: &[String]) -> Option<String> {
+    texts
+        .iter()
+        .flat_map(|t| parse_options(t))
+        .find(|(k, _)| k == "encrypt.key-secret")
+        .map(|(_, v)| v)
+}
+
+/// Creates the image file (and its data file) at `path`.
+pub fn create_file(format: Format, path: &Path, opts: &CreateOptions) -> Result<(), Error> {
+    let storage = FileStorage::create(path)
+        .map_err(|e| Error::io(format!("Could not create '{}'", path.display()), e))?;
+    match format {
+        Format::Qcow2 => {
+            let data = match &opts.data_file {
+                Some(name) => Some(
+                    FileStorage::create(&cowimg::image::resolve_backing(path, name)).map_err(
+                        |e| Error::io(format!("Could not create data file '{name}'"), e),
+                    )?,
+                ),
+                None => None,
+            };
+            create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
+        }
+        Format::Raw => storage
+            .set_len(opts.size)
+            .map_err(|e| Error::io("sizing the image", e)),
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("creating {other} images is not implemented yet"),
+        )),
+    }
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let format = format_named(&args.format)?;
+    let mut opts = CreateOptions {
+        backing_file: args.backing.clone(),
+        backing_format: args.backing_format.clone(),
+        ..Default::default()
+    };
+    let mut size = args.size.as_deref().map(parse_size).transpose()?;
+    apply_options(&args.options, &mut opts, &mut size)?;
     if let Some(backing) = &opts.backing_file {
         let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
         let backing_format = opts
@@ -172,35 +216,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             "Image creation needs a size parameter",
         )
     })?;
-    let path = Path::new(&args.filename);
-    match format {
-        Format::Qcow2 => {
-            let storage = FileStorage::create(path)
-                .map_err(|e| Error::io(format!("Could not create '{}'", args.filename), e))?;
-            let data = match &opts.data_file {
-                Some(name) => Some(
-                    FileStorage::create(&cowimg::image::resolve_backing(path, name)).map_err(
-                        |e| Error::io(format!("Could not create data file '{name}'"), e),
-                    )?,
-                ),
-                None => None,
-            };
-            create(&storage, data.as_ref().map(|d| d as &dyn Storage), &opts)?;
-        }
-        Format::Raw => {
-            let storage = FileStorage::create(path)
-                .map_err(|e| Error::io(format!("Could not create '{}'", args.filename), e))?;
-            storage
-                .set_len(opts.size)
-                .map_err(|e| Error::io("sizing the image", e))?;
-        }
-        other => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("creating {other} images is not implemented yet"),
-            ))
-        }
-    }
+    create_file(format, Path::new(&args.filename), &opts)?;
     if !args.quiet {
         crate::print_out(&format!(
             "Formatting '{}', fmt={} size={}\n",
