@@ -1,14 +1,13 @@
 //! Creating a qcow2 image with qemu-img's options and checks.
 
-use super::header::{autoclear, compat, incompat};
+use super::header::{autoclear, compat, incompat, Extension, Header};
 use super::refcount::Refcounts;
 use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{
-    ExtensionMagic, FeatureNameEntry, L1Entry, L2Entry, Qcow2Header, Qcow2HeaderCompression,
-    Qcow2HeaderV3,
+    ExtensionMagic, L1Entry, L2Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
 };
-use crate::format::{ByteArray, Layout};
+use crate::format::ByteArray;
 use crate::storage::Storage;
 
 /// qemu-img's `preallocation` option.
@@ -191,75 +190,36 @@ pub fn create(
     if opts.data_file_raw {
         autoclear_bits |= autoclear::DATA_FILE_RAW;
     }
-    let header_length: u32 = if opts.version >= 3 { 112 } else { 72 };
-    let mut ext = Vec::new();
-    let mut push_ext = |magic: ExtensionMagic, data: &[u8]| {
-        ext.extend_from_slice(&magic.value().to_be_bytes());
-        ext.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        ext.extend_from_slice(data);
-        ext.resize(ext.len().next_multiple_of(8), 0);
+    let mut extensions = Vec::new();
+    let ext = |magic: ExtensionMagic, data: &[u8]| Extension {
+        magic: magic.value(),
+        offset: 0,
+        data: data.to_vec(),
     };
     if let Some(f) = &opts.backing_format {
-        push_ext(ExtensionMagic::BackingFormat, f.as_bytes());
+        extensions.push(ext(ExtensionMagic::BackingFormat, f.as_bytes()));
     }
     if let Some(d) = &opts.data_file {
-        push_ext(ExtensionMagic::DataFile, d.as_bytes());
+        extensions.push(ext(ExtensionMagic::DataFile, d.as_bytes()));
     }
-    if opts.version >= 3 {
-        let names: [(u8, u8, &str); 8] = [
-            (0, 0, "dirty bit"),
-            (0, 1, "corrupt bit"),
-            (0, 2, "external data file"),
-            (0, 3, "compression type"),
-            (0, 4, "extended L2 entries"),
-            (1, 0, "lazy refcounts"),
-            (2, 0, "bitmaps"),
-            (2, 1, "raw external data"),
-        ];
-        let table: Vec<u8> = names
-            .iter()
-            .flat_map(|(t, bit, name)| {
-                FeatureNameEntry {
-                    feature_type: *t,
-                    bit: *bit,
-                    name: ByteArray::from_slice(name.as_bytes()).expect("short"),
-                }
-                .to_bytes()
-            })
-            .collect();
-        push_ext(ExtensionMagic::FeatureTable, &table);
-    }
-    ext.extend_from_slice(&[0u8; 8]); // end of the area
-    let backing_offset = u64::from(header_length) + ext.len() as u64;
-    let backing = opts.backing_file.as_deref().unwrap_or("");
-    if backing_offset + backing.len() as u64 > cs {
-        return Err(bad(
-            "Header and backing file name do not fit in one cluster",
-        ));
-    }
-
-    let common = Qcow2Header {
-        magic: 0x514649fb,
-        version: opts.version,
-        backing_file_offset: if backing.is_empty() {
-            0
-        } else {
-            backing_offset
+    // Like qemu-img, no feature name table: it only names bits for error messages.
+    let header = Header {
+        common: Qcow2Header {
+            magic: 0x514649fb,
+            version: opts.version,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits,
+            size,
+            crypt_method: u32::from(opts.encrypt_aes),
+            l1_size: l1_size as u32,
+            l1_table_offset: 0,
+            refcount_table_offset: cs,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
         },
-        backing_file_size: backing.len() as u32,
-        cluster_bits,
-        size,
-        crypt_method: u32::from(opts.encrypt_aes),
-        l1_size: l1_size as u32,
-        l1_table_offset: 0,
-        refcount_table_offset: cs,
-        refcount_table_clusters: 1,
-        nb_snapshots: 0,
-        snapshots_offset: 0,
-    };
-    let mut cluster0 = common.to_bytes();
-    if opts.version >= 3 {
-        let v3 = Qcow2HeaderV3 {
+        v3: (opts.version >= 3).then(|| Qcow2HeaderV3 {
             incompatible_features: incompatible,
             compatible_features: if opts.lazy_refcounts {
                 compat::LAZY_REFCOUNTS
@@ -268,22 +228,21 @@ pub fn create(
             },
             autoclear_features: autoclear_bits,
             refcount_order: order,
-            header_length,
-        };
-        cluster0.extend(v3.to_bytes());
-        let c = Qcow2HeaderCompression {
+            header_length: 112,
+        }),
+        compression: (opts.version >= 3).then(|| Qcow2HeaderCompression {
             compression_type: if opts.compression == Compression::Zstd {
                 1
             } else {
                 0
             },
             padding: ByteArray::zeroed(),
-        };
-        cluster0.extend(c.to_bytes());
-    }
-    cluster0.extend(ext);
-    cluster0.extend_from_slice(backing.as_bytes());
-    cluster0.resize(cs as usize, 0);
+        }),
+        unknown_fields: Vec::new(),
+        extensions,
+        backing_file: opts.backing_file.as_ref().map(|b| b.as_bytes().to_vec()),
+    };
+    let cluster0 = header.to_cluster()?;
     storage
         .write_at(&cluster0, 0)
         .map_err(io("writing the header"))?;

@@ -324,3 +324,81 @@ fn read_extensions(cluster0: &[u8], start: u64, end: u64) -> Result<Vec<Extensio
     }
     Ok(out)
 }
+
+impl Header {
+    /// Names a new backing file (or none) and its format (or none), replacing the
+    /// backing-format extension as needed. Other extensions are kept as they are.
+    pub fn set_backing(&mut self, name: Option<&str>, format: Option<&str>) {
+        self.backing_file = name.map(|n| n.as_bytes().to_vec());
+        let magic = ExtensionMagic::BackingFormat.value();
+        let at = self.extensions.iter().position(|e| e.magic == magic);
+        match (format, at) {
+            (Some(f), Some(i)) => self.extensions[i].data = f.as_bytes().to_vec(),
+            (Some(f), None) => self.extensions.insert(
+                0,
+                Extension {
+                    magic,
+                    offset: 0,
+                    data: f.as_bytes().to_vec(),
+                },
+            ),
+            (None, Some(i)) => {
+                self.extensions.remove(i);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Cluster 0 as this header describes it: the fixed fields (version 2 or 3), the
+    /// header bytes cowimg does not know, every extension (unknown ones included), the
+    /// end marker, then the backing file name.
+    pub fn to_cluster(&self) -> Result<Vec<u8>> {
+        let cs = self.cluster_size() as usize;
+        let mut common = self.common.clone();
+        let mut out = Vec::with_capacity(cs);
+        let mut tail = Vec::new();
+        if let Some(v3) = &self.v3 {
+            let mut v3 = v3.clone();
+            let known = match &self.compression {
+                Some(_) => 112,
+                None => 104,
+            };
+            v3.header_length = (known + self.unknown_fields.len()) as u32;
+            tail.extend(v3.to_bytes());
+            if let Some(c) = &self.compression {
+                tail.extend(c.to_bytes());
+            }
+            tail.extend_from_slice(&self.unknown_fields);
+        }
+        for e in &self.extensions {
+            // The feature table describes version 3 features only.
+            if self.v3.is_none() && e.magic == ExtensionMagic::FeatureTable.value() {
+                continue;
+            }
+            tail.extend_from_slice(&e.magic.to_be_bytes());
+            tail.extend_from_slice(&(e.data.len() as u32).to_be_bytes());
+            tail.extend_from_slice(&e.data);
+            tail.resize(tail.len().next_multiple_of(8), 0);
+        }
+        tail.extend_from_slice(&[0u8; 8]);
+        let backing = self.backing_file.as_deref().unwrap_or_default();
+        let backing_at = Qcow2Header::SIZE + tail.len();
+        common.backing_file_offset = if backing.is_empty() {
+            0
+        } else {
+            backing_at as u64
+        };
+        common.backing_file_size = backing.len() as u32;
+        out.extend(common.to_bytes());
+        out.extend(tail);
+        out.extend_from_slice(backing);
+        if out.len() > cs || backing.len() > 1023 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the header, its extensions and the backing file name do not fit in cluster 0",
+            ));
+        }
+        out.resize(cs, 0);
+        Ok(out)
+    }
+}
