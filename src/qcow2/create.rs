@@ -219,7 +219,7 @@ pub fn create(
             nb_snapshots: 0,
             snapshots_offset: 0,
         },
-        v3: (opts.version >= 3).then(|| Qcow2HeaderV3 {
+        v3: (opts.version >= 3).then_some(Qcow2HeaderV3 {
             incompatible_features: incompatible,
             compatible_features: if opts.lazy_refcounts {
                 compat::LAZY_REFCOUNTS
