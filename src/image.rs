@@ -405,6 +405,128 @@ impl Image {
         }
     }
 
+    /// Names another backing file in the header, touching no data (`rebase -u`).
+    pub fn set_backing(&mut self, name: Option<&str>, format: Option<Format>) -> Result<()> {
+        self.top_qcow2("a backing file")?
+            .set_backing(name, format.map(Format::name))
+    }
+
+    /// Safe rebase: every range the top image does not hold itself and whose content
+    /// differs between the current backing chain and `new` (or zeros, for none) is
+    /// copied into the top image first; then the header names `new`.
+    pub fn rebase(&mut self, name: Option<&str>, new: Option<&Image>) -> Result<()> {
+        let size = self.size();
+        // Compare and copy by the top image's clusters, so no more is copied than needed.
+        let unit = match self.top() {
+            Layer::Qcow2(q) => q.cluster_size(),
+            Layer::Raw(_) => 64 << 10,
+        };
+        let mut old_buf = vec![0u8; unit as usize];
+        let mut new_buf = vec![0u8; unit as usize];
+        let mut offset = 0;
+        while offset < size {
+            let (held, len) = self.top_status(offset, size - offset)?;
+            if held {
+                offset += len;
+                continue;
+            }
+            let end = offset + len;
+            while offset < end {
+                let n = unit.min(end - offset) as usize;
+                read_chain(&self.chain[1..], offset, &mut old_buf[..n])?;
+                match new {
+                    Some(image) => read_chain(&image.chain, offset, &mut new_buf[..n])?,
+                    None => new_buf[..n].fill(0),
+                }
+                if old_buf[..n] != new_buf[..n] {
+                    let data = old_buf[..n].to_vec();
+                    self.write_at(&data, offset)?;
+                }
+                offset += n as u64;
+            }
+        }
+        self.flush()?;
+        let format = new.map(|i| i.top().format());
+        self.set_backing(name, format)
+    }
+
+    /// Writes everything the top image holds into its backing file, then (unless
+    /// `keep`) empties the top image so that it reads through to it (`commit`).
+    pub fn commit(&mut self, keep: bool) -> Result<()> {
+        let Some(below) = self.chain.get(1) else {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Image does not have a backing file",
+            ));
+        };
+        if below.probed {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the backing file's format was probed, not stated; a probed format is never trusted for writing",
+            ));
+        }
+        let options = OpenOptions {
+            format: Some(below.layer.format()),
+            backing: Backing::Ignore,
+            writable: true,
+            ..OpenOptions::default()
+        };
+        let mut base = Image::open(&below.path, &options)?;
+        let size = self.size();
+        if base.size() < size {
+            base.resize(size)?;
+        }
+        let unit = 1u64 << 20;
+        let mut buf = vec![0u8; unit as usize];
+        let mut offset = 0;
+        while offset < size {
+            let (held, len) = self.top_status(offset, size - offset)?;
+            if held {
+                let mut at = offset;
+                while at < offset + len {
+                    let n = unit.min(offset + len - at) as usize;
+                    self.read_at(&mut buf[..n], at)?;
+                    base.write_at(&buf[..n], at)?;
+                    at += n as u64;
+                }
+            }
+            offset += len;
+        }
+        base.flush()?;
+        if !keep {
+            self.top_qcow2("commit")?.make_empty()?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
+    pub fn amend(&mut self, compat: Option<&str>, lazy_refcounts: Option<bool>) -> Result<()> {
+        let (top, below) = self.split_top();
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        let Layer::Qcow2(q) = top else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "amend needs a qcow2 image",
+            ));
+        };
+        match compat {
+            Some("0.10") | Some("v2") => q.downgrade_to_v2(&below)?,
+            Some("1.1") | Some("v3") => q.upgrade_to_v3()?,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Invalid compatibility level: '{other}'"),
+                ))
+            }
+            None => {}
+        }
+        if let Some(on) = lazy_refcounts {
+            q.set_lazy_refcounts(on)?;
+        }
+        q.flush()
+    }
+
     /// The top image's internal snapshots (none for formats without them).
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {

@@ -3,6 +3,7 @@
 pub mod bitmaps;
 pub mod check;
 pub mod create;
+pub mod edit;
 pub mod header;
 pub mod l2cache;
 pub mod layer;

@@ -837,6 +837,28 @@ impl Qcow2 {
 }
 
 impl Qcow2 {
+    /// Clears the entries of `[first, first + len)` (whole clusters) and releases their
+    /// space: afterwards they are unallocated.
+    pub(super) fn clear_entries(&mut self, first: u64, len: u64) -> Result<()> {
+        let cs = self.cs();
+        let data_file = self.data_file.is_some();
+        self.for_each_cluster(first, len, |this, slot, pending| {
+            if slot.raw == 0 && slot.bitmap == 0 {
+                return Ok(());
+            }
+            let old = this.classify_for_write(slot)?;
+            pending.entries.push((slot.index, 0, 0));
+            match old {
+                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } if !data_file => {
+                    pending.frees.push((host, cs))
+                }
+                Old::Compressed { host, len } => pending.frees.push((host, len)),
+                _ => {}
+            }
+            Ok(())
+        })
+    }
+
     /// Replaces the active L1 table by one with `entries` entries: written in fresh
     /// clusters, switched with one header write (size and offset are adjacent), then
     /// the old table freed.
@@ -931,50 +953,12 @@ impl Qcow2 {
         }
         // Shrinking: size first (the clusters past it become unreachable leaks), then
         // every entry past the end cleared and its space released.
-        let first = new_size.next_multiple_of(cs);
         self.write_size(new_size)?;
         let saved = self.size;
         self.size = old;
-        if first < old {
-            let data_file = self.data_file.is_some();
-            let result = self.for_each_cluster(first, old - first, |this, slot, pending| {
-                let old_mapping = this.classify_for_write(slot)?;
-                if slot.raw == 0 && slot.bitmap == 0 {
-                    return Ok(());
-                }
-                pending.entries.push((slot.index, 0, 0));
-                match old_mapping {
-                    Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } if !data_file => {
-                        pending.frees.push((host, cs))
-                    }
-                    Old::Compressed { host, len } => pending.frees.push((host, len)),
-                    _ => {}
-                }
-                Ok(())
-            });
-            self.size = saved;
-            result?;
-        } else {
-            self.size = saved;
-        }
-        // L2 tables wholly past the end go too.
-        let keep = new_size.div_ceil(span) as usize;
-        for index in keep..self.l1.len() {
-            let l2 = L1Entry::from_raw(self.l1[index]).l2_offset();
-            if l2 == 0 {
-                continue;
-            }
-            self.storage
-                .write_at(&0u64.to_be_bytes(), self.l1_offset + index as u64 * 8)
-                .map_err(|e| Error::io("writing the L1 table", e))?;
-            self.l1[index] = 0;
-            self.l2_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(l2);
-            self.barrier()?;
-            self.release(l2, cs)?;
-        }
+        let result = self.drop_from(new_size);
+        self.size = saved;
+        result?;
         Ok(())
     }
 }

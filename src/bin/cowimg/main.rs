@@ -3,6 +3,7 @@
 mod check;
 mod convert;
 mod create;
+mod edit;
 mod human;
 mod info;
 mod io;
@@ -33,12 +34,18 @@ enum Command {
     Info(info::Args),
     /// Show where each range of the virtual disk is stored.
     Map(map::Args),
+    /// Give an image another backing file (-u: just rename it).
+    Rebase(edit::RebaseArgs),
     /// Change an image's virtual size.
     Resize(resize::Args),
     /// List, create, apply or delete internal snapshots.
     Snapshot(snapshot::Args),
+    /// Change qcow2 options of an existing image: compat, lazy_refcounts.
+    Amend(edit::AmendArgs),
     /// Check an image's metadata, and repair it with -r.
     Check(check::Args),
+    /// Write an image's data into its backing file.
+    Commit(edit::CommitArgs),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
     /// Create a new image.
@@ -67,7 +74,10 @@ fn main() -> ExitCode {
         Command::Map(args) => map::run(&args),
         Command::Resize(args) => resize::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
+        Command::Amend(args) => edit::amend(&args),
         Command::Check(args) => check::run(&args),
+        Command::Commit(args) => edit::commit(&args),
+        Command::Rebase(args) => edit::rebase(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),

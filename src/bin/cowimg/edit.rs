@@ -1,0 +1,157 @@
+//! `cowimg rebase`, `commit` and `amend`: edits to an image's chain and header.
+
+use crate::source::{format_named, parse_options, SourceArgs};
+use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Opens the image for writing. A qcow2 header identifies itself; anything else must
+/// be named with -f, since a probed format is never trusted for writing.
+fn open_writable(source: &SourceArgs, filename: &str, backing: Backing) -> Result<Image, Error> {
+    let (path, mut options) = source.resolve(filename)?;
+    if options.format.is_none() {
+        let storage = cowimg::storage::FileStorage::open(&path, false)
+            .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+        match cowimg::probe(&storage).map_err(|e| Error::io("probing", e))? {
+            Format::Qcow2 => options.format = Some(Format::Qcow2),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "give the image format with -f",
+                ))
+            }
+        }
+    }
+    options.writable = true;
+    options.backing = backing;
+    Image::open(&path, &options)
+}
+
+#[derive(clap::Args)]
+pub struct RebaseArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Only rewrite the backing file name (no data is compared or copied).
+    #[arg(short = 'u')]
+    unsafe_rebase: bool,
+    /// The new backing file ("" for none).
+    #[arg(short = 'b', value_name = "BACKING_FILE")]
+    backing: String,
+    /// The new backing file's format.
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    backing_format: Option<String>,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The image file.
+    filename: String,
+}
+
+pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
+    let name = (!args.backing.is_empty()).then_some(args.backing.as_str());
+    let format = args
+        .backing_format
+        .as_deref()
+        .map(format_named)
+        .transpose()?;
+    if args.unsafe_rebase {
+        let mut image = open_writable(&args.source, &args.filename, Backing::Ignore)?;
+        image.set_backing(name, format)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    let new = match name {
+        Some(n) => {
+            let path = cowimg::image::resolve_backing(Path::new(&args.filename), n);
+            Some(
+                Image::open(
+                    &path,
+                    &OpenOptions {
+                        format,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| {
+                    e.context(format_args!(
+                        "Could not open new backing file '{}'",
+                        path.display()
+                    ))
+                })?,
+            )
+        }
+        None => None,
+    };
+    image.rebase(name, new.as_ref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct CommitArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Keep the image's data after committing it (do not empty it).
+    #[arg(short = 'd')]
+    keep: bool,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The image file.
+    filename: String,
+}
+
+pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
+    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    image.commit(args.keep)?;
+    if !args.quiet {
+        crate::print_out("Image committed.\n");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct AmendArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Options to change: compat=0.10|1.1, lazy_refcounts=on|off.
+    #[arg(short = 'o', value_name = "OPTIONS", required = true)]
+    options: Vec<String>,
+    /// Quiet.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The image file.
+    filename: String,
+}
+
+pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
+    let mut compat = None;
+    let mut lazy = None;
+    for text in &args.options {
+        for (key, value) in parse_options(text) {
+            match key.as_str() {
+                "compat" => compat = Some(value),
+                "lazy_refcounts" => lazy = Some(matches!(value.as_str(), "on" | "true" | "yes")),
+                "cluster_size" => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "Changing the cluster size is not supported",
+                    ))
+                }
+                "refcount_bits" => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "Changing the refcount width is not supported by cowimg",
+                    ))
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("Changing '{other}' is not supported"),
+                    ))
+                }
+            }
+        }
+    }
+    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    image.amend(compat.as_deref(), lazy)?;
+    Ok(ExitCode::SUCCESS)
+}

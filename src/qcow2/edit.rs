@@ -1,0 +1,265 @@
+//! Edits of a qcow2 image beyond writing data: header rewrites (backing file, compat
+//! level, lazy refcounts) and emptying the image (for commit).
+
+use super::header::{compat, incompat, Header};
+use super::layer::Qcow2;
+use super::write::Below;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{L1Entry, L2Entry, Qcow2HeaderCompression, Qcow2HeaderV3};
+use crate::format::ByteArray;
+
+impl Qcow2 {
+    /// Rewrites cluster 0 from what is on disk now, changed by `change`. Unknown header
+    /// fields, unknown extensions and the compression type are kept.
+    pub fn rewrite_header(&mut self, change: impl FnOnce(&mut Header) -> Result<()>) -> Result<()> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        let mut header = Header::read(self.storage.as_ref())?;
+        change(&mut header)?;
+        let bytes = header.to_cluster()?;
+        self.storage
+            .write_at(&bytes, 0)
+            .map_err(|e| Error::io("rewriting the header", e))?;
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing the header", e))?;
+        self.header = Header::read(self.storage.as_ref())?;
+        Ok(())
+    }
+
+    /// Names a different backing file (or none) without touching data (`rebase -u`).
+    pub fn set_backing(&mut self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        if format.is_some_and(|f| f.len() > 15) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "backing format name too long",
+            ));
+        }
+        self.rewrite_header(|h| {
+            h.set_backing(name, format);
+            Ok(())
+        })
+    }
+
+    /// Releases every cluster from guest offset `first` to the end of the image (entries
+    /// cleared, data and wholly covered L2 tables freed). The size is unchanged.
+    pub(super) fn drop_from(&mut self, first: u64) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let size = self.size;
+        let span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let first = first.next_multiple_of(cs);
+        if first < size {
+            self.clear_entries(first, size - first)?;
+        }
+        let keep = first.div_ceil(span) as usize;
+        let storage = self.storage.clone();
+        for index in keep..self.l1.len() {
+            let l2 = L1Entry::from_raw(self.l1[index]).l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            storage
+                .write_at(&0u64.to_be_bytes(), self.l1_offset + index as u64 * 8)
+                .map_err(|e| Error::io("writing the L1 table", e))?;
+            self.l1[index] = 0;
+            self.l2_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(l2);
+            if self.barriers {
+                storage.flush().map_err(|e| Error::io("flushing", e))?;
+            }
+            self.refcounts.as_mut().expect("writable").update_range(
+                storage.as_ref(),
+                l2,
+                cs,
+                -1,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Empties the image: every range reads from the backing file again (`commit`).
+    pub fn make_empty(&mut self) -> Result<()> {
+        if self.refcounts.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        self.drop_from(0)
+    }
+
+    /// `amend -o lazy_refcounts=…`.
+    pub fn set_lazy_refcounts(&mut self, on: bool) -> Result<()> {
+        if self.header.version() < 3 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)",
+            ));
+        }
+        self.rewrite_header(|h| {
+            let v3 = h.v3.as_mut().expect("version 3");
+            if on {
+                v3.compatible_features |= compat::LAZY_REFCOUNTS;
+            } else {
+                v3.compatible_features &= !compat::LAZY_REFCOUNTS;
+            }
+            Ok(())
+        })
+    }
+
+    /// `amend -o compat=1.1`: a version 2 image becomes version 3.
+    pub fn upgrade_to_v3(&mut self) -> Result<()> {
+        if self.header.version() >= 3 {
+            return Ok(());
+        }
+        self.rewrite_header(|h| {
+            h.common.version = 3;
+            h.v3 = Some(Qcow2HeaderV3 {
+                incompatible_features: 0,
+                compatible_features: 0,
+                autoclear_features: 0,
+                refcount_order: 4,
+                header_length: 112,
+            });
+            h.compression = Some(Qcow2HeaderCompression {
+                compression_type: 0,
+                padding: ByteArray::zeroed(),
+            });
+            Ok(())
+        })
+    }
+
+    /// `amend -o compat=0.10`: zero clusters are expanded (version 2 has no zero flag),
+    /// then the header is rewritten as version 2. Refused for what version 2 cannot
+    /// express.
+    pub fn downgrade_to_v2(&mut self, below: &Below) -> Result<()> {
+        if self.header.version() < 3 {
+            return Ok(());
+        }
+        let refuse = |what: &str| {
+            Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("Cannot downgrade an image with {what}"),
+            ))
+        };
+        if self.header.refcount_order() != 4 {
+            return refuse("refcount_bits other than 16");
+        }
+        if self.extended_l2 {
+            return refuse("extended L2 entries");
+        }
+        if self.header.compression_type() != 0 {
+            return refuse("a compression type other than zlib");
+        }
+        if self.data_file.is_some() {
+            return refuse("an external data file");
+        }
+        if self.header.incompatible_features() & !(incompat::DIRTY | incompat::CORRUPT) != 0 {
+            return refuse("incompatible features set");
+        }
+        self.expand_zero_clusters(below)?;
+        self.rewrite_header(|h| {
+            h.common.version = 2;
+            h.v3 = None;
+            h.compression = None;
+            h.unknown_fields.clear();
+            Ok(())
+        })
+    }
+
+    /// Replaces every zero flag, in the active state and in snapshots: a preallocated
+    /// zero cluster gets zeros written into it; a plain one becomes unallocated, or,
+    /// over a backing file, a freshly allocated cluster of zeros.
+    fn expand_zero_clusters(&mut self, _below: &Below) -> Result<()> {
+        let cs = 1u64 << self.cluster_bits;
+        let has_backing = self.header.backing_file.is_some();
+        let storage = self.storage.clone();
+        let mut tables: Vec<u64> = Vec::new();
+        let mut l1s = vec![self.l1.clone()];
+        for s in self.snapshots.clone() {
+            let mut bytes = vec![0u8; s.header.l1_size as usize * 8];
+            storage
+                .read_zero_padded(&mut bytes, s.header.l1_table_offset)
+                .map_err(|e| Error::io("reading a snapshot L1 table", e))?;
+            l1s.push(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
+                    .collect(),
+            );
+        }
+        for l1 in l1s {
+            for e in l1 {
+                let l2 = L1Entry::from_raw(e).l2_offset();
+                if l2 != 0 && !tables.contains(&l2) {
+                    tables.push(l2);
+                }
+            }
+        }
+        let zeros = vec![0u8; cs as usize];
+        for l2 in tables {
+            let mut table: Vec<u64> = self.l2_table(l2)?.to_vec();
+            // A table shared by several L1 tables: its new clusters are shared as much.
+            let shared = self
+                .refcounts
+                .as_mut()
+                .expect("writable")
+                .get(storage.as_ref(), l2 / cs)?;
+            let mut changed = false;
+            for entry in table.iter_mut() {
+                let e = L2Entry::from_raw(*entry);
+                if e.compressed() || !e.zero() {
+                    continue;
+                }
+                let host = e.host_offset();
+                if host != 0 {
+                    storage
+                        .write_at(&zeros, host)
+                        .map_err(|err| Error::io("expanding a zero cluster", err))?;
+                    *entry = e.with_zero(false).raw();
+                } else if has_backing {
+                    let at = self
+                        .refcounts
+                        .as_mut()
+                        .expect("writable")
+                        .alloc(storage.as_ref(), 1)?;
+                    self.refcounts.as_mut().expect("writable").set(
+                        storage.as_ref(),
+                        at / cs,
+                        shared,
+                    )?;
+                    storage
+                        .write_at(&zeros, at)
+                        .map_err(|err| Error::io("expanding a zero cluster", err))?;
+                    *entry = L2Entry::new()
+                        .with_host_offset(at)
+                        .with_copied(shared == 1)
+                        .raw();
+                } else {
+                    *entry = 0;
+                }
+                changed = true;
+            }
+            if changed {
+                if self.barriers {
+                    storage.flush().map_err(|e| Error::io("flushing", e))?;
+                }
+                let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_be_bytes()).collect();
+                storage
+                    .write_at(&bytes, l2)
+                    .map_err(|e| Error::io("writing an L2 table", e))?;
+                self.l2_cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(l2, table.into());
+            }
+        }
+        Ok(())
+    }
+}
