@@ -307,33 +307,6 @@ fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<
     // Refcount structures.
     let table_bytes = u64::from(header.common.refcount_table_clusters) * cs;
     p.reference(header.common.refcount_table_offset, table_bytes);
-    let mut refcounts = Refcounts::load(
-        storage,
-        header.cluster_bits(),
-        header.refcount_order(),
-        header.common.refcount_table_offset,
-        header.common.refcount_table_clusters,
-    )?;
-    for (i, raw) in refcounts.table().to_vec().into_iter().enumerate() {
-        let block = raw & !0x1ff;
-        if block == 0 {
-            continue;
-        }
-        if block % cs != 0 {
-            p.error(format!(
-                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
-            ));
-            p.rebuild = true;
-            continue;
-        }
-        if block / cs >= nb {
-            p.error(format!("ERROR refcount block {i} is outside image"));
-            p.rebuild = true;
-            continue;
-        }
-        p.reference(block, cs);
-    }
-
     // Bitmaps, when consistent.
     if let (Ok(Some(ext)), true) = (
         header.bitmaps(),
@@ -360,6 +333,39 @@ fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<
     }
     if let Ok(Some(c)) = header.crypto() {
         p.reference(c.offset, c.length);
+    }
+
+    // The refcount blocks, last (as QEMU): each must be referenced exactly once.
+    let mut refcounts = Refcounts::load(
+        storage,
+        header.cluster_bits(),
+        header.refcount_order(),
+        header.common.refcount_table_offset,
+        header.common.refcount_table_clusters,
+    )?;
+    for (i, raw) in refcounts.table().to_vec().into_iter().enumerate() {
+        let block = raw & !0x1ff;
+        if block == 0 {
+            continue;
+        }
+        if block % cs != 0 {
+            p.error(format!(
+                "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+            ));
+            p.rebuild = true;
+            continue;
+        }
+        if block / cs >= nb {
+            p.error(format!("ERROR refcount block {i} is outside image"));
+            p.rebuild = true;
+            continue;
+        }
+        p.reference(block, cs);
+        let refs = p.refs[(block / cs) as usize];
+        if refs != 1 {
+            p.error(format!("ERROR refcount block {i} refcount={refs}"));
+            p.rebuild = true;
+        }
     }
 
     // Compare, as QEMU: first only to report; then, when repairing, either rebuild the
