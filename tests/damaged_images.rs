@@ -246,3 +246,25 @@ fn iotest_214_compressed_clusters_with_wrong_sizes() {
         same_check(&dir, &copy, &[], &format!("214 {name}"));
     }
 }
+
+/// iotest 138: a data cluster at 32 PB. The check must not size anything by that
+/// offset: the reference is reported as past the end of the file, as qemu-img does.
+#[test]
+fn iotest_138_data_cluster_at_32_pib() {
+    let dir = Scratch::new("138");
+    let img = dir.str("img.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        &img,
+        "512",
+    ]);
+    qemu_io(&["-f", "qcow2", "-c", "write 0 512", &img]);
+    poke(&img, 2048, b"\x80\x80\x00\x00\x00\x00\x00\x00");
+    same_check(&dir, &img, &[], "138");
+    same_check(&dir, &img, &["--output=json"], "138");
+}
