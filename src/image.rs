@@ -252,6 +252,9 @@ impl Image {
         let layer = match format {
             Format::Raw => Layer::Raw(Raw::open(storage)?),
             Format::Qcow2 => {
+                if options.writable {
+                    repair_if_dirty(storage.as_ref())?;
+                }
                 let header = qcow2::Header::read(storage.as_ref())?;
                 let qopts = Qcow2Options {
                     key: options
@@ -648,6 +651,32 @@ impl Image {
     }
 }
 
+/// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
+/// stale, so it is checked and repaired (which clears the bit) first.
+fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
+    use qcow2::header::incompat;
+    let header = qcow2::Header::read(storage)?;
+    let bits = header.incompatible_features();
+    if bits & incompat::DIRTY == 0 {
+        return Ok(());
+    }
+    let result = qcow2::check::check(
+        storage,
+        bits & incompat::DATA_FILE != 0,
+        qcow2::check::Repair::All,
+    )?;
+    if result.corruptions > 0 || result.check_errors > 0 || result.failed.is_some() {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "Could not repair dirty image: {} errors remain",
+                result.corruptions + result.check_errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads guest bytes from `chain[0]`, falling through unallocated ranges to the layers
 /// below it; zeros past the end of a layer and below the last one.
 fn read_chain(chain: &[ChainEntry], offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -712,6 +741,9 @@ fn open_layer(
     let layer = match format {
         Format::Raw => Layer::Raw(Raw::open(storage)?),
         Format::Qcow2 => {
+            if writable {
+                repair_if_dirty(storage.as_ref())?;
+            }
             let header = qcow2::Header::read(storage.as_ref())?;
             let data_file =
                 if header.incompatible_features() & qcow2::header::incompat::DATA_FILE != 0 {

@@ -67,3 +67,185 @@ fn writes_through_damaged_entries_never_touch_metadata() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn cowimg_io(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .arg("io")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lazy refcounts, as QEMU: the dirty bit is set while the image is written and cleared
+/// on a clean close; after an abort it stays, and the next read-write open repairs.
+#[test]
+fn lazy_refcounts_mark_the_image_dirty_until_a_clean_close() {
+    let dir = Scratch::new("lazy");
+    let img = dir.str("lazy.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "lazy_refcounts=on",
+        &img,
+        "1M",
+    ]);
+    let dirty = || be(&std::fs::read(&img).unwrap(), 72) & 1 != 0;
+    assert_eq!(
+        cowimg_io(&["-f", "qcow2", "-c", "write -P 1 0 64k", &img]).0,
+        0
+    );
+    assert!(!dirty(), "a clean close clears the dirty bit");
+    let (code, _) = cowimg_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 2 64k 64k",
+        "-c",
+        "abort",
+        &img,
+    ]);
+    assert_ne!(code, 0);
+    assert!(dirty(), "abort leaves it set");
+    qemu_img(&["check", &img]);
+    assert_eq!(
+        cowimg_io(&["-f", "qcow2", "-c", "write -P 3 128k 4k", &img]).0,
+        0
+    );
+    assert!(
+        !dirty(),
+        "the read-write open repaired and the close cleared"
+    );
+    let out = qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "read -P 1 0 64k",
+        "-c",
+        "read -P 2 64k 64k",
+        "-c",
+        "read -P 3 128k 4k",
+        &img,
+    ]);
+    assert!(!out.contains("verification failed"), "{out}");
+    // A dirty image QEMU left behind is repaired the same way.
+    let mut b = std::fs::read(&img).unwrap();
+    b[79] |= 1;
+    std::fs::write(&img, &b).unwrap();
+    assert_eq!(
+        cowimg_io(&["-f", "qcow2", "-c", "write -P 4 0 4k", &img]).0,
+        0
+    );
+    assert!(!dirty());
+    qemu_img(&["check", &img]);
+}
+
+/// Snapshots qemu-img made, applied and deleted by cowimg: the same result as qemu-img
+/// doing it to a twin.
+#[test]
+fn cowimg_handles_snapshots_qemu_made() {
+    let dir = Scratch::new("theirs");
+    for name in ["ours.qcow2", "twin.qcow2"] {
+        let p = dir.str(name);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            &p,
+            "1M",
+        ]);
+        qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 256k", &p]);
+        qemu_img(&["snapshot", "-c", "one", &p]);
+        qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 2 64k 64k",
+            "-c",
+            "write -c -P 3 512k 4k",
+            &p,
+        ]);
+        qemu_img(&["snapshot", "-c", "two", &p]);
+        qemu_io(&["-f", "qcow2", "-c", "write -z 0 128k", &p]);
+    }
+    let (ours, twin) = (dir.str("ours.qcow2"), dir.str("twin.qcow2"));
+    for (flag, name) in [("-a", "one"), ("-d", "two"), ("-a", "one"), ("-d", "one")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+            .args(["snapshot", flag, name, &ours])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{flag} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        qemu_img(&["snapshot", flag, name, &twin]);
+        qemu_img(&["check", &ours]);
+        qemu_img(&["compare", &ours, &twin]);
+    }
+    assert!(qemu_img(&["snapshot", "-l", &ours]).is_empty());
+}
+
+/// A header rewrite keeps header fields and extensions cowimg does not know.
+#[test]
+fn header_rewrites_keep_unknown_fields_and_extensions() {
+    let dir = Scratch::new("unknown");
+    let img = dir.str("img.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096,compression_type=zstd",
+        &img,
+        "1M",
+    ]);
+    // header_length 120 with 8 unknown bytes, then an unknown extension.
+    let mut b = std::fs::read(&img).unwrap();
+    b[100..104].copy_from_slice(&120u32.to_be_bytes());
+    b[112..120].copy_from_slice(b"UNKNOWN!");
+    b[120..124].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    b[124..128].copy_from_slice(&5u32.to_be_bytes());
+    b[128..133].copy_from_slice(b"hello");
+    b[136..144].fill(0);
+    std::fs::write(&img, &b).unwrap();
+    std::fs::write(dir.path("base.raw"), vec![7u8; 1 << 20]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .current_dir(dir.path(""))
+        .args(["rebase", "-u", "-b", "base.raw", "-F", "raw", "img.qcow2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let h = cowimg::qcow2::Header::read(
+        &cowimg::storage::FileStorage::open(&dir.path("img.qcow2"), false).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.unknown_fields, b"UNKNOWN!");
+    assert_eq!(h.header_length(), 120);
+    assert!(h
+        .extensions
+        .iter()
+        .any(|e| e.magic == 0x1234_5678 && e.data == b"hello"));
+    assert_eq!(h.compression_type(), 1);
+    assert_eq!(h.backing_format(), Some(&b"raw"[..]));
+    qemu_img(&["check", &img]);
+    let info = qemu_img(&["info", &img]);
+    assert!(
+        info.contains("backing file: base.raw") && info.contains("compression type: zstd"),
+        "{info}"
+    );
+}

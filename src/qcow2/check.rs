@@ -212,23 +212,29 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 /// with the repair counts.
 pub fn check(storage: &dyn Storage, has_data_file: bool, repair: Repair) -> Result<CheckResult> {
     let first = check_once(storage, has_data_file, repair)?;
-    if repair == Repair::None
-        || first.failed.is_some()
-        || (first.leaks_fixed == 0 && first.corruptions_fixed == 0 && !first.repaired)
+    let repaired = first.leaks_fixed > 0 || first.corruptions_fixed > 0 || first.repaired;
+    let result = if repair == Repair::None || first.failed.is_some() || !repaired {
+        first
+    } else {
+        let mut second = check_once(storage, has_data_file, Repair::None)?;
+        second.leaks_fixed = first.leaks_fixed;
+        second.corruptions_fixed = first.corruptions_fixed;
+        second.repaired = true;
+        let mut messages = first.messages;
+        messages.append(&mut second.messages);
+        second.messages = messages;
+        second
+    };
+    // As QEMU: any repair that leaves the image without errors marks it clean and
+    // consistent.
+    if repair != Repair::None
+        && result.failed.is_none()
+        && result.corruptions == 0
+        && result.check_errors == 0
     {
-        return Ok(first);
-    }
-    let mut second = check_once(storage, has_data_file, Repair::None)?;
-    second.leaks_fixed = first.leaks_fixed;
-    second.corruptions_fixed = first.corruptions_fixed;
-    second.repaired = true;
-    let mut messages = first.messages;
-    messages.append(&mut second.messages);
-    second.messages = messages;
-    if repair == Repair::All && second.corruptions == 0 && second.check_errors == 0 {
         clear_flags(storage)?;
     }
-    Ok(second)
+    Ok(result)
 }
 
 /// Clears the dirty and corrupt bits once an image is clean.

@@ -79,6 +79,23 @@ pub struct Qcow2 {
     /// Present when open for writing.
     pub(super) refcounts: Option<super::refcount::Refcounts>,
     pub(super) barriers: bool,
+    /// The dirty bit was set by this handle (lazy refcounts) and is cleared on close.
+    pub(super) marked_dirty: bool,
+}
+
+impl Drop for Qcow2 {
+    /// A clean close: what a lazy-refcounts writer marked dirty is marked clean again
+    /// (refcounts are always kept exact, so nothing needs rebuilding).
+    fn drop(&mut self) {
+        if self.marked_dirty && self.refcounts.is_some() {
+            let bits = self.header.incompatible_features() & !incompat::DIRTY;
+            if self.storage.flush().is_ok()
+                && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok()
+            {
+                let _ = self.storage.flush();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -258,6 +275,7 @@ impl Qcow2 {
                 ));
             }
             if incompatible & incompat::DIRTY != 0 {
+                // Opened for writing by `Image::open`, which repairs dirty images first.
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     "qcow2: Image is dirty (refcounts may be stale); repair it with 'check -r all' first",
@@ -316,6 +334,7 @@ impl Qcow2 {
             l1_offset,
             refcounts,
             barriers: options.barriers,
+            marked_dirty: false,
             header,
         })
     }

@@ -320,12 +320,7 @@ impl Qcow2 {
 
     /// Takes an internal snapshot of the current state, named `name`; returns its id.
     pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.is_writable()?;
         if self.data_file.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -435,12 +430,7 @@ impl Qcow2 {
     /// Deletes a snapshot: first from the table (so it is gone even after a crash), then
     /// its references; finally COPIED flags are set where clusters are no longer shared.
     pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.is_writable()?;
         let index = self.find_snapshot(id_or_name).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadArgument,
@@ -470,12 +460,7 @@ impl Qcow2 {
     /// table takes its entries (COPIED cleared), the old tree loses one, and COPIED
     /// flags are recomputed.
     pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.is_writable()?;
         let index = self.find_snapshot(id_or_name).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadArgument,

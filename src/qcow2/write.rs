@@ -81,12 +81,27 @@ impl Qcow2 {
         }
     }
 
-    fn is_writable(&self) -> Result<()> {
+    pub(super) fn is_writable(&mut self) -> Result<()> {
         if self.refcounts.is_none() {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "the image was opened read-only",
             ));
+        }
+        // With lazy refcounts, as QEMU: the dirty bit first (cleared on a clean close).
+        let lazy = self.header.compatible_features() & super::header::compat::LAZY_REFCOUNTS != 0;
+        if lazy && !self.marked_dirty && self.header.version() >= 3 {
+            let bits = self.header.incompatible_features() | incompat::DIRTY;
+            self.storage
+                .write_at(&bits.to_be_bytes(), 72)
+                .map_err(|e| Error::io("setting the dirty bit", e))?;
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flushing the dirty bit", e))?;
+            if let Some(v3) = self.header.v3.as_mut() {
+                v3.incompatible_features = bits;
+            }
+            self.marked_dirty = true;
         }
         Ok(())
     }
