@@ -15,7 +15,9 @@ pub mod probe;
 pub mod qcow;
 pub mod qcow2;
 pub mod raw;
+pub mod sector_io;
 pub mod storage;
+pub mod tables;
 
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Backing, BlockStatus, Image, OpenOptions};

@@ -78,3 +78,25 @@ pub struct Extent {
     pub len: u64,
     pub mapping: Mapping,
 }
+
+/// The longest run from `offset` (below `end`) with one mapping, given a classifier that
+/// maps the (sub)cluster holding a guest offset and says where that unit ends.
+pub fn extent_from(
+    offset: u64,
+    end: u64,
+    mut classify: impl FnMut(u64) -> crate::Result<(Mapping, u64)>,
+) -> crate::Result<Extent> {
+    let (mapping, mut run_end) = classify(offset)?;
+    while run_end < end && !matches!(mapping, Mapping::Compressed { .. }) {
+        let (next, next_end) = classify(run_end)?;
+        if !mapping.continues(run_end - offset, &next) {
+            break;
+        }
+        run_end = next_end;
+    }
+    Ok(Extent {
+        start: offset,
+        len: run_end.min(end) - offset,
+        mapping,
+    })
+}

@@ -508,19 +508,7 @@ impl Qcow2 {
                 format!("offset {offset} is past the end of the image"),
             ));
         }
-        let (mapping, mut run_end) = self.classify(offset)?;
-        while run_end < end && !matches!(mapping, Mapping::Compressed { .. }) {
-            let (next, next_end) = self.classify(run_end)?;
-            if !mapping.continues(run_end - offset, &next) {
-                break;
-            }
-            run_end = next_end;
-        }
-        Ok(Extent {
-            start: offset,
-            len: run_end.min(end) - offset,
-            mapping,
-        })
+        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
     }
 
     /// Reads `buf.len()` guest bytes at `guest`, all inside `extent` (which this layer
@@ -529,27 +517,14 @@ impl Qcow2 {
         let skip = guest - extent.start;
         match extent.mapping {
             Mapping::Data { host } => {
-                let at = host.0 + skip;
                 let storage = self.data_file.as_ref().unwrap_or(&self.storage);
-                match &self.key {
-                    None => {
-                        storage
-                            .read_zero_padded(buf, at)
-                            .map_err(|e| Error::io(format!("reading data at {at:#x}"), e))?;
-                    }
-                    Some(key) => {
-                        // Whole sectors around the range, decrypted with guest sector numbers.
-                        let lead = guest % 512;
-                        let span = (lead + buf.len() as u64).next_multiple_of(512);
-                        let mut sectors = vec![0u8; span as usize];
-                        storage
-                            .read_zero_padded(&mut sectors, at - lead)
-                            .map_err(|e| Error::io(format!("reading data at {at:#x}"), e))?;
-                        key.decrypt((guest - lead) / 512, &mut sectors);
-                        buf.copy_from_slice(&sectors[lead as usize..lead as usize + buf.len()]);
-                    }
-                }
-                Ok(())
+                crate::sector_io::read(
+                    storage.as_ref(),
+                    self.key.as_ref(),
+                    host.0 + skip,
+                    guest,
+                    buf,
+                )
             }
             Mapping::Compressed { cluster, host, len } => {
                 let data = self.decompress(host.0, len)?;
@@ -610,16 +585,5 @@ fn read_l1(storage: &dyn Storage, offset: u64, entries: u64) -> Result<Vec<u64>>
             "Active L1 table too large",
         ));
     }
-    let file_len = storage
-        .len()
-        .map_err(|e| Error::io("reading the file size", e))?;
-    let in_file = file_len.saturating_sub(offset) / 8;
-    let mut bytes = vec![0u8; (entries.min(in_file) * 8) as usize];
-    storage
-        .read_zero_padded(&mut bytes, offset)
-        .map_err(|e| Error::io(format!("reading the L1 table at {offset:#x}"), e))?;
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect())
+    crate::tables::read_be64(storage, offset, entries, "L1 table")
 }

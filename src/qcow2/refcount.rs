@@ -42,17 +42,8 @@ impl Refcounts {
         table_clusters: u32,
     ) -> Result<Refcounts> {
         let bytes = u64::from(table_clusters) << cluster_bits;
-        let file_len = storage.len().map_err(io("reading the file size"))?;
-        // Entries past the end of the file read as 0; do not allocate for them.
-        let in_file = bytes.min(file_len.saturating_sub(table_offset));
-        let mut raw = vec![0u8; in_file as usize];
-        storage
-            .read_zero_padded(&mut raw, table_offset)
-            .map_err(io("reading the refcount table"))?;
-        let mut table: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let mut table =
+            crate::tables::read_be64(storage, table_offset, bytes / 8, "refcount table")?;
         table.resize((bytes / 8) as usize, 0);
         Ok(Refcounts {
             cluster_bits,

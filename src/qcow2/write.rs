@@ -244,50 +244,24 @@ impl Qcow2 {
     /// `host`, encrypting whole sectors (read, changed and rewritten where `data` covers
     /// only part of one).
     fn store(&self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
-        let storage = self.data_storage();
-        let io = |e| Error::io(format!("writing data at {:#x}", host + off), e);
-        match &self.key {
-            None => storage.write_at(data, host + off).map_err(io),
-            Some(key) => {
-                let start = off / 512 * 512;
-                let end = (off + data.len() as u64).next_multiple_of(512);
-                let mut buf = vec![0u8; (end - start) as usize];
-                if start != off || end != off + data.len() as u64 {
-                    storage
-                        .read_zero_padded(&mut buf, host + start)
-                        .map_err(io)?;
-                    key.decrypt((gc + start) / 512, &mut buf);
-                }
-                buf[(off - start) as usize..(off - start) as usize + data.len()]
-                    .copy_from_slice(data);
-                key.encrypt((gc + start) / 512, &mut buf);
-                storage.write_at(&buf, host + start).map_err(io)
-            }
-        }
+        crate::sector_io::write(
+            self.data_storage().as_ref(),
+            self.key.as_ref(),
+            host + off,
+            gc + off,
+            data,
+        )
     }
 
     /// Reads guest bytes at `off` of the cluster at guest `gc` stored at host `host`.
     fn fetch(&self, host: u64, gc: u64, off: u64, buf: &mut [u8]) -> Result<()> {
-        let storage = self.data_storage();
-        let io = |e| Error::io(format!("reading data at {:#x}", host + off), e);
-        match &self.key {
-            None => storage
-                .read_zero_padded(buf, host + off)
-                .map(|_| ())
-                .map_err(io),
-            Some(key) => {
-                let start = off / 512 * 512;
-                let end = (off + buf.len() as u64).next_multiple_of(512);
-                let mut sectors = vec![0u8; (end - start) as usize];
-                storage
-                    .read_zero_padded(&mut sectors, host + start)
-                    .map_err(io)?;
-                key.decrypt((gc + start) / 512, &mut sectors);
-                let from = (off - start) as usize;
-                buf.copy_from_slice(&sectors[from..from + buf.len()]);
-                Ok(())
-            }
-        }
+        crate::sector_io::read(
+            self.data_storage().as_ref(),
+            self.key.as_ref(),
+            host + off,
+            gc + off,
+            buf,
+        )
     }
 
     /// The current content of the cluster at guest `gc` as `old` describes it.
