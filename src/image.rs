@@ -5,6 +5,7 @@ use crate::codec::LegacyAes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mapping::{Extent, Mapping};
 use crate::probe::{probe, Format};
+use crate::qcow::{self, Qcow};
 use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
 use crate::raw::Raw;
 use crate::storage::{FileStorage, Storage};
@@ -75,6 +76,7 @@ impl Default for OpenOptions {
 #[derive(Debug)]
 pub enum Layer {
     Qcow2(Box<Qcow2>),
+    Qcow(Box<Qcow>),
     Raw(Raw),
 }
 
@@ -82,6 +84,7 @@ impl Layer {
     pub fn format(&self) -> Format {
         match self {
             Layer::Qcow2(_) => Format::Qcow2,
+            Layer::Qcow(_) => Format::Qcow,
             Layer::Raw(_) => Format::Raw,
         }
     }
@@ -89,6 +92,7 @@ impl Layer {
     pub fn size(&self) -> u64 {
         match self {
             Layer::Qcow2(l) => l.size(),
+            Layer::Qcow(l) => l.size(),
             Layer::Raw(l) => l.size(),
         }
     }
@@ -96,6 +100,7 @@ impl Layer {
     pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
         match self {
             Layer::Qcow2(l) => l.map(offset, len),
+            Layer::Qcow(l) => l.map(offset, len),
             Layer::Raw(l) => l.map(offset, len),
         }
     }
@@ -103,13 +108,18 @@ impl Layer {
     fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
         match self {
             Layer::Qcow2(l) => l.read_mapped(extent, guest, buf),
+            Layer::Qcow(l) => l.read_mapped(extent, guest, buf),
             Layer::Raw(l) => l.read_mapped(extent, guest, buf),
         }
     }
 
     /// Host offsets of encrypted data are not reported (as QEMU).
     fn is_encrypted(&self) -> bool {
-        matches!(self, Layer::Qcow2(l) if l.is_encrypted())
+        match self {
+            Layer::Qcow2(l) => l.is_encrypted(),
+            Layer::Qcow(l) => l.is_encrypted(),
+            Layer::Raw(_) => false,
+        }
     }
 
     /// The backing file as the header names it, and its format if named.
@@ -122,6 +132,12 @@ impl Layer {
                     .map(|f| String::from_utf8_lossy(f).into_owned());
                 (String::from_utf8_lossy(name).into_owned(), format)
             }),
+            // qcow names no backing format: it is probed, as QEMU does.
+            Layer::Qcow(l) => l
+                .header()
+                .backing_file
+                .as_ref()
+                .map(|n| (String::from_utf8_lossy(n).into_owned(), None)),
             Layer::Raw(_) => None,
         }
     }
@@ -356,6 +372,7 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, &below),
+            Layer::Qcow(q) => q.write_at(offset, buf, &below),
             Layer::Raw(r) => r.write_at(offset, buf),
         }
     }
@@ -367,6 +384,10 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, &below),
+            // qcow has no zero flag: zeros are written (as QEMU's generic fallback does).
+            Layer::Qcow(q) => {
+                write_zero_buffers(offset, len, |at, zeros| q.write_at(at, zeros, &below))
+            }
             Layer::Raw(r) => r.write_zeroes(offset, len),
         }
     }
@@ -379,6 +400,8 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.discard(offset, len, &below),
+            // qcow cannot discard; QEMU ignores the request and so does cowimg.
+            Layer::Qcow(_) => Ok(()),
             Layer::Raw(r) => r.write_zeroes(offset, len),
         }
     }
@@ -390,6 +413,7 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
+            Layer::Qcow(q) => q.write_compressed(offset, buf, &below),
             Layer::Raw(_) => Err(Error::new(
                 ErrorKind::Unsupported,
                 "raw images cannot hold compressed data",
@@ -404,6 +428,10 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.resize(new_size, &below),
+            Layer::Qcow(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "Image format driver does not support resize",
+            )),
             Layer::Raw(r) => r.resize(new_size),
         }
     }
@@ -422,6 +450,7 @@ impl Image {
         // Compare and copy by the top image's clusters, so no more is copied than needed.
         let unit = match self.top() {
             Layer::Qcow2(q) => q.cluster_size(),
+            Layer::Qcow(q) => q.cluster_size(),
             Layer::Raw(_) => 64 << 10,
         };
         let mut old_buf = vec![0u8; unit as usize];
@@ -534,7 +563,7 @@ impl Image {
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {
             Layer::Qcow2(q) => q.snapshots(),
-            Layer::Raw(_) => &[],
+            Layer::Qcow(_) | Layer::Raw(_) => &[],
         }
     }
 
@@ -567,6 +596,7 @@ impl Image {
     pub fn flush(&mut self) -> Result<()> {
         match self.split_top().0 {
             Layer::Qcow2(q) => q.flush(),
+            Layer::Qcow(q) => q.flush(),
             Layer::Raw(r) => r.flush(),
         }
     }
@@ -677,6 +707,22 @@ fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
     Ok(())
 }
 
+/// Writes zeros over a range a megabyte at a time through `write`.
+fn write_zero_buffers(
+    offset: u64,
+    len: u64,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(zeros.len() as u64) as usize;
+        write(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Reads guest bytes from `chain[0]`, falling through unallocated ranges to the layers
 /// below it; zeros past the end of a layer and below the last one.
 fn read_chain(chain: &[ChainEntry], offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -781,7 +827,21 @@ fn open_layer(
             };
             Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
         }
-        Format::Qcow | Format::Cow => {
+        Format::Qcow => {
+            let header = qcow::Header::read(storage.as_ref())?;
+            let key = options
+                .passphrase
+                .as_deref()
+                .map(LegacyAes::from_passphrase);
+            Layer::Qcow(Box::new(Qcow::open(
+                storage,
+                header,
+                key,
+                !options.metadata_only,
+                writable,
+            )?))
+        }
+        Format::Cow => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("reading {format} images is not implemented yet"),

@@ -52,7 +52,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let image = Image::open(&path, &options)?;
     match target {
         Format::Raw if !args.compress => to_raw(args, &image),
-        Format::Qcow2 => to_qcow2(args, &image),
+        Format::Qcow2 | Format::Qcow => to_image(args, &image, target),
         Format::Raw => Err(Error::new(
             ErrorKind::BadArgument,
             "Compression not supported for this file format",
@@ -64,9 +64,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     }
 }
 
-/// A new qcow2 image with the source's content: whole zero clusters are left
+/// A new qcow2 or qcow image with the source's content: whole zero clusters are left
 /// unallocated, the rest written (or compressed, with -c).
-fn to_qcow2(args: &Args, image: &Image) -> Result<ExitCode, Error> {
+fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Error> {
     let mut opts = CreateOptions::default();
     let mut size = None;
     apply_options(&args.options, &mut opts, &mut size)?;
@@ -93,11 +93,11 @@ fn to_qcow2(args: &Args, image: &Image) -> Result<ExitCode, Error> {
         ));
     }
     let out = Path::new(&args.output);
-    create_file(Format::Qcow2, out, &opts)?;
+    create_file(format, out, &opts)?;
     // A new image nobody relies on yet: no barriers until the final flush, as qemu-img
     // writes convert targets with cache=unsafe.
     let target_options = OpenOptions {
-        format: Some(Format::Qcow2),
+        format: Some(format),
         backing: Backing::Ignore,
         writable: true,
         barriers: false,
@@ -106,7 +106,10 @@ fn to_qcow2(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     };
     let mut target = Image::open(out, &target_options)?;
     let size = image.size();
-    let cs = opts.cluster_size;
+    let cs = match target.top() {
+        cowimg::image::Layer::Qcow(q) => q.cluster_size(),
+        _ => opts.cluster_size,
+    };
     let mut buf = vec![0u8; CHUNK as usize];
     let mut offset = 0;
     while offset < size {

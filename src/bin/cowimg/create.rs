@@ -165,6 +165,38 @@ pub fn create_file(format: Format, path: &Path, opts: &CreateOptions) -> Result<
         Format::Raw => storage
             .set_len(opts.size)
             .map_err(|e| Error::io("sizing the image", e)),
+        Format::Qcow => {
+            // qcow takes a size, a backing file and legacy encryption; nothing else.
+            let defaults = CreateOptions::default();
+            let refused = [
+                ("compat", opts.version != defaults.version),
+                ("cluster_size", opts.cluster_size != defaults.cluster_size),
+                (
+                    "refcount_bits",
+                    opts.refcount_bits != defaults.refcount_bits,
+                ),
+                (
+                    "preallocation",
+                    opts.preallocation != defaults.preallocation,
+                ),
+                ("lazy_refcounts", opts.lazy_refcounts),
+                ("extended_l2", opts.extended_l2),
+                ("compression_type", opts.compression != defaults.compression),
+                ("data_file", opts.data_file.is_some()),
+            ];
+            if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Invalid parameter '{name}' for format qcow"),
+                ));
+            }
+            cowimg::qcow::create::create(
+                &storage,
+                opts.size,
+                opts.backing_file.as_deref(),
+                opts.encrypt_aes,
+            )
+        }
         other => Err(Error::new(
             ErrorKind::Unsupported,
             format!("creating {other} images is not implemented yet"),

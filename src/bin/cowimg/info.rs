@@ -6,7 +6,7 @@ use crate::source::SourceArgs;
 use cowimg::image::{ChainEntry, Layer};
 use cowimg::qcow2::header::{autoclear, compat, incompat};
 use cowimg::qcow2::{self, Snapshot};
-use cowimg::{cow, qcow, Backing, Error, Format, Image};
+use cowimg::{cow, Backing, Error, Format, Image};
 use std::fmt::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -52,25 +52,23 @@ struct Info {
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, mut options) = args.source.resolve(&args.filename)?;
     options.metadata_only = true;
-    let infos = match options.format {
-        // Formats whose runtime is not there yet are described from their headers.
-        Some(Format::Qcow) | Some(Format::Cow) => {
-            vec![header_only(&path, options.format.unwrap(), args.header)?]
+    // cow is described from its header until its runtime lands.
+    let is_cow = match options.format {
+        Some(f) => f == Format::Cow,
+        None => probe_path(&path)? == Format::Cow,
+    };
+    let infos = if is_cow {
+        vec![cow_info(&path, args.header)?]
+    } else {
+        if !args.backing_chain {
+            options.backing = Backing::Ignore;
         }
-        None if matches!(probe_path(&path)?, Format::Qcow | Format::Cow) => {
-            vec![header_only(&path, probe_path(&path)?, args.header)?]
+        let image = Image::open(&path, &options)?;
+        let mut infos = Vec::new();
+        for entry in image.chain() {
+            infos.push(describe(entry, args.header)?);
         }
-        _ => {
-            if !args.backing_chain {
-                options.backing = Backing::Ignore;
-            }
-            let image = Image::open(&path, &options)?;
-            let mut infos = Vec::new();
-            for entry in image.chain() {
-                infos.push(describe(entry, args.header)?);
-            }
-            infos
-        }
+        infos
     };
     let out = if args.output == "json" {
         let mut values: Vec<Json> = infos.iter().map(to_json).collect();
@@ -135,6 +133,18 @@ fn describe(entry: &ChainEntry, dump: bool) -> Result<Info, Error> {
     let path = &entry.path;
     match &entry.layer {
         Layer::Raw(raw) => base(path, Format::Raw, raw.size()),
+        Layer::Qcow(q) => {
+            let h = q.header();
+            let mut info = base(path, Format::Qcow, q.size())?;
+            info.cluster_size = Some(q.cluster_size());
+            info.encrypted = q.is_encrypted();
+            if dump {
+                info.header_dump = format!("{h:#?}");
+            }
+            let backing = entry.layer.backing_name();
+            let (name, format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
+            Ok(with_backing(info, path, name, format))
+        }
         Layer::Qcow2(q) => {
             let h = q.header();
             let mut info = base(path, Format::Qcow2, h.common.size / 512 * 512)?;
@@ -220,37 +230,19 @@ fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
     Ok(Json::Object(data))
 }
 
-/// qcow and cow, from their headers alone until their runtimes land.
-fn header_only(path: &Path, format: Format, dump: bool) -> Result<Info, Error> {
+/// cow, from its header alone until its runtime lands.
+fn cow_info(path: &Path, dump: bool) -> Result<Info, Error> {
     let storage = cowimg::storage::FileStorage::open(path, false)
         .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-    match format {
-        Format::Qcow => {
-            let h = qcow::Header::read(&storage)?;
-            let mut info = base(path, format, h.virtual_size())?;
-            info.cluster_size = Some(1 << h.cluster_bits());
-            info.encrypted = h.fields.crypt_method != 0;
-            if dump {
-                info.header_dump = format!("{h:#?}");
-            }
-            let name = h
-                .backing_file
-                .as_ref()
-                .map(|n| String::from_utf8_lossy(n).into_owned());
-            Ok(with_backing(info, path, name, None))
-        }
-        _ => {
-            let h = cow::Header::read(&storage)?;
-            let mut info = base(path, Format::Cow, h.size)?;
-            info.header_dump = format!("cow layout: {}\n", h.layout_name());
-            if dump {
-                info.header_dump += &format!("{h:#?}");
-            }
-            let name = (!h.backing_file.is_empty())
-                .then(|| String::from_utf8_lossy(&h.backing_file).into_owned());
-            Ok(with_backing(info, path, name, None))
-        }
+    let h = cow::Header::read(&storage)?;
+    let mut info = base(path, Format::Cow, h.size)?;
+    info.header_dump = format!("cow layout: {}\n", h.layout_name());
+    if dump {
+        info.header_dump += &format!("{h:#?}");
     }
+    let name =
+        (!h.backing_file.is_empty()).then(|| String::from_utf8_lossy(&h.backing_file).into_owned());
+    Ok(with_backing(info, path, name, None))
 }
 
 fn snapshot_json(s: &Snapshot) -> Json {
