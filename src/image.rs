@@ -2,6 +2,7 @@
 //! file's backing file…), read as one virtual disk.
 
 use crate::codec::LegacyAes;
+use crate::cow::{self, Cow};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mapping::{Extent, Mapping};
 use crate::probe::{probe, Format};
@@ -77,6 +78,7 @@ impl Default for OpenOptions {
 pub enum Layer {
     Qcow2(Box<Qcow2>),
     Qcow(Box<Qcow>),
+    Cow(Box<Cow>),
     Raw(Raw),
 }
 
@@ -85,6 +87,7 @@ impl Layer {
         match self {
             Layer::Qcow2(_) => Format::Qcow2,
             Layer::Qcow(_) => Format::Qcow,
+            Layer::Cow(_) => Format::Cow,
             Layer::Raw(_) => Format::Raw,
         }
     }
@@ -93,6 +96,7 @@ impl Layer {
         match self {
             Layer::Qcow2(l) => l.size(),
             Layer::Qcow(l) => l.size(),
+            Layer::Cow(l) => l.size(),
             Layer::Raw(l) => l.size(),
         }
     }
@@ -101,6 +105,7 @@ impl Layer {
         match self {
             Layer::Qcow2(l) => l.map(offset, len),
             Layer::Qcow(l) => l.map(offset, len),
+            Layer::Cow(l) => l.map(offset, len),
             Layer::Raw(l) => l.map(offset, len),
         }
     }
@@ -109,6 +114,7 @@ impl Layer {
         match self {
             Layer::Qcow2(l) => l.read_mapped(extent, guest, buf),
             Layer::Qcow(l) => l.read_mapped(extent, guest, buf),
+            Layer::Cow(l) => l.read_mapped(extent, guest, buf),
             Layer::Raw(l) => l.read_mapped(extent, guest, buf),
         }
     }
@@ -118,7 +124,7 @@ impl Layer {
         match self {
             Layer::Qcow2(l) => l.is_encrypted(),
             Layer::Qcow(l) => l.is_encrypted(),
-            Layer::Raw(_) => false,
+            Layer::Cow(_) | Layer::Raw(_) => false,
         }
     }
 
@@ -138,6 +144,12 @@ impl Layer {
                 .backing_file
                 .as_ref()
                 .map(|n| (String::from_utf8_lossy(n).into_owned(), None)),
+            Layer::Cow(l) => (!l.header().backing_file.is_empty()).then(|| {
+                (
+                    String::from_utf8_lossy(&l.header().backing_file).into_owned(),
+                    None,
+                )
+            }),
             Layer::Raw(_) => None,
         }
     }
@@ -373,6 +385,7 @@ impl Image {
         match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, &below),
             Layer::Qcow(q) => q.write_at(offset, buf, &below),
+            Layer::Cow(c) => c.write_at(offset, buf, &below),
             Layer::Raw(r) => r.write_at(offset, buf),
         }
     }
@@ -388,6 +401,9 @@ impl Image {
             Layer::Qcow(q) => {
                 write_zero_buffers(offset, len, |at, zeros| q.write_at(at, zeros, &below))
             }
+            Layer::Cow(c) => {
+                write_zero_buffers(offset, len, |at, zeros| c.write_at(at, zeros, &below))
+            }
             Layer::Raw(r) => r.write_zeroes(offset, len),
         }
     }
@@ -401,7 +417,7 @@ impl Image {
         match top {
             Layer::Qcow2(q) => q.discard(offset, len, &below),
             // qcow cannot discard; QEMU ignores the request and so does cowimg.
-            Layer::Qcow(_) => Ok(()),
+            Layer::Qcow(_) | Layer::Cow(_) => Ok(()),
             Layer::Raw(r) => r.write_zeroes(offset, len),
         }
     }
@@ -414,7 +430,7 @@ impl Image {
         match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
             Layer::Qcow(q) => q.write_compressed(offset, buf, &below),
-            Layer::Raw(_) => Err(Error::new(
+            Layer::Cow(_) | Layer::Raw(_) => Err(Error::new(
                 ErrorKind::Unsupported,
                 "raw images cannot hold compressed data",
             )),
@@ -428,7 +444,7 @@ impl Image {
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.resize(new_size, &below),
-            Layer::Qcow(_) => Err(Error::new(
+            Layer::Qcow(_) | Layer::Cow(_) => Err(Error::new(
                 ErrorKind::Unsupported,
                 "Image format driver does not support resize",
             )),
@@ -451,6 +467,7 @@ impl Image {
         let unit = match self.top() {
             Layer::Qcow2(q) => q.cluster_size(),
             Layer::Qcow(q) => q.cluster_size(),
+            Layer::Cow(c) => u64::from(c.header().sector_size),
             Layer::Raw(_) => 64 << 10,
         };
         let mut old_buf = vec![0u8; unit as usize];
@@ -563,7 +580,7 @@ impl Image {
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {
             Layer::Qcow2(q) => q.snapshots(),
-            Layer::Qcow(_) | Layer::Raw(_) => &[],
+            Layer::Qcow(_) | Layer::Cow(_) | Layer::Raw(_) => &[],
         }
     }
 
@@ -597,6 +614,7 @@ impl Image {
         match self.split_top().0 {
             Layer::Qcow2(q) => q.flush(),
             Layer::Qcow(q) => q.flush(),
+            Layer::Cow(c) => c.flush(),
             Layer::Raw(r) => r.flush(),
         }
     }
@@ -842,10 +860,8 @@ fn open_layer(
             )?))
         }
         Format::Cow => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("reading {format} images is not implemented yet"),
-            ))
+            let header = cow::Header::read(storage.as_ref())?;
+            Layer::Cow(Box::new(Cow::open(storage, header, writable)?))
         }
     };
     Ok(ChainEntry {

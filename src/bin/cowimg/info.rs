@@ -6,7 +6,7 @@ use crate::source::SourceArgs;
 use cowimg::image::{ChainEntry, Layer};
 use cowimg::qcow2::header::{autoclear, compat, incompat};
 use cowimg::qcow2::{self, Snapshot};
-use cowimg::{cow, Backing, Error, Format, Image};
+use cowimg::{Backing, Error, Format, Image};
 use std::fmt::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -52,24 +52,14 @@ struct Info {
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, mut options) = args.source.resolve(&args.filename)?;
     options.metadata_only = true;
-    // cow is described from its header until its runtime lands.
-    let is_cow = match options.format {
-        Some(f) => f == Format::Cow,
-        None => probe_path(&path)? == Format::Cow,
-    };
-    let infos = if is_cow {
-        vec![cow_info(&path, args.header)?]
-    } else {
-        if !args.backing_chain {
-            options.backing = Backing::Ignore;
-        }
-        let image = Image::open(&path, &options)?;
-        let mut infos = Vec::new();
-        for entry in image.chain() {
-            infos.push(describe(entry, args.header)?);
-        }
-        infos
-    };
+    if !args.backing_chain {
+        options.backing = Backing::Ignore;
+    }
+    let image = Image::open(&path, &options)?;
+    let mut infos = Vec::new();
+    for entry in image.chain() {
+        infos.push(describe(entry, args.header)?);
+    }
     let out = if args.output == "json" {
         let mut values: Vec<Json> = infos.iter().map(to_json).collect();
         let value = if args.backing_chain {
@@ -83,12 +73,6 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     };
     crate::print_out(&out);
     Ok(ExitCode::SUCCESS)
-}
-
-fn probe_path(path: &Path) -> Result<Format, Error> {
-    let storage = cowimg::storage::FileStorage::open(path, false)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-    cowimg::probe(&storage).map_err(|e| Error::io("probing the image format", e))
 }
 
 fn file_sizes(path: &Path) -> Result<(u64, u64), Error> {
@@ -133,6 +117,17 @@ fn describe(entry: &ChainEntry, dump: bool) -> Result<Info, Error> {
     let path = &entry.path;
     match &entry.layer {
         Layer::Raw(raw) => base(path, Format::Raw, raw.size()),
+        Layer::Cow(c) => {
+            let h = c.header();
+            let mut info = base(path, Format::Cow, c.size())?;
+            info.header_dump = format!("cow layout: {}\n", h.layout_name());
+            if dump {
+                info.header_dump += &format!("{h:#?}");
+            }
+            let backing = entry.layer.backing_name();
+            let (name, format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
+            Ok(with_backing(info, path, name, format))
+        }
         Layer::Qcow(q) => {
             let h = q.header();
             let mut info = base(path, Format::Qcow, q.size())?;
@@ -228,21 +223,6 @@ fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
         ));
     }
     Ok(Json::Object(data))
-}
-
-/// cow, from its header alone until its runtime lands.
-fn cow_info(path: &Path, dump: bool) -> Result<Info, Error> {
-    let storage = cowimg::storage::FileStorage::open(path, false)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-    let h = cow::Header::read(&storage)?;
-    let mut info = base(path, Format::Cow, h.size)?;
-    info.header_dump = format!("cow layout: {}\n", h.layout_name());
-    if dump {
-        info.header_dump += &format!("{h:#?}");
-    }
-    let name =
-        (!h.backing_file.is_empty()).then(|| String::from_utf8_lossy(&h.backing_file).into_owned());
-    Ok(with_backing(info, path, name, None))
 }
 
 fn snapshot_json(s: &Snapshot) -> Json {

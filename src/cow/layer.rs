@@ -1,0 +1,214 @@
+//! One UML cow file (any of its layouts): a sector bitmap says which sectors the file
+//! holds; the rest come from the backing file. Writes put the data in place first, then
+//! set the bitmap bits, a 512-byte block of the bitmap at a time.
+
+use super::header::Header;
+use crate::error::{Error, ErrorKind, Result};
+use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::storage::Storage;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Reads guest bytes from the layers below (zeros where there are none).
+pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+
+/// Bitmap bytes read and cached at a time; also the unit in which it is rewritten.
+const PAGE: u64 = 512;
+/// Bitmap pages kept in memory (256 KiB of bitmap: 1 GiB of guest data at 512 B sectors).
+const PAGES: usize = 512;
+
+/// A cow layer.
+pub struct Cow {
+    header: Header,
+    storage: Arc<dyn Storage>,
+    pages: Mutex<HashMap<u64, Arc<[u8]>>>,
+    writable: bool,
+}
+
+impl std::fmt::Debug for Cow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cow")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cow {
+    pub fn open(storage: Arc<dyn Storage>, header: Header, writable: bool) -> Result<Cow> {
+        Ok(Cow {
+            header,
+            storage,
+            pages: Mutex::new(HashMap::new()),
+            writable,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn size(&self) -> u64 {
+        self.header.size
+    }
+
+    fn ss(&self) -> u64 {
+        u64::from(self.header.sector_size)
+    }
+
+    /// The bitmap page `index` (bytes `index * PAGE ..`), from the cache or the file.
+    fn page(&self, index: u64) -> Result<Arc<[u8]>> {
+        if let Some(p) = self
+            .pages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+        {
+            return Ok(p.clone());
+        }
+        let mut bytes = vec![0u8; PAGE as usize];
+        self.storage
+            .read_zero_padded(&mut bytes, self.header.bitmap_offset + index * PAGE)
+            .map_err(|e| Error::io("reading the cow bitmap", e))?;
+        let page: Arc<[u8]> = bytes.into();
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        if pages.len() >= PAGES {
+            pages.clear();
+        }
+        pages.insert(index, page.clone());
+        Ok(page)
+    }
+
+    /// Whether the file holds sector `s` (bit s % 8 of byte s / 8, least significant first).
+    fn present(&self, s: u64) -> Result<bool> {
+        let byte = s / 8;
+        Ok(self.page(byte / PAGE)?[(byte % PAGE) as usize] & (1 << (s % 8)) != 0)
+    }
+
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        let s = guest / self.ss();
+        let end = (s + 1) * self.ss();
+        if self.present(s)? {
+            Ok((
+                Mapping::Data {
+                    host: HostOffset(self.header.data_offset + guest),
+                },
+                end,
+            ))
+        } else {
+            Ok((Mapping::Unallocated { host: None }, end))
+        }
+    }
+
+    /// The longest run from `offset` (at most `len` bytes) with one mapping.
+    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
+        let end = offset.saturating_add(len).min(self.size());
+        if offset >= end {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset {offset} is past the end of the image"),
+            ));
+        }
+        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
+    }
+
+    pub fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+        let Mapping::Data { host } = extent.mapping else {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "read_mapped takes data extents",
+            ));
+        };
+        crate::sector_io::read(
+            self.storage.as_ref(),
+            None,
+            host.0 + (guest - extent.start),
+            guest,
+            buf,
+        )
+    }
+
+    /// Writes `data` at `guest`. A partly written sector the file did not hold gets the
+    /// rest of its bytes from below first. The data goes in place; then, behind a
+    /// barrier, the bitmap blocks covering the new bits are rewritten whole.
+    pub fn write_at(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
+        if !self.writable {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            ));
+        }
+        let end = guest + data.len() as u64;
+        if end > self.size() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "write past the end of the image",
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let ss = self.ss();
+        let (s0, s1) = (guest / ss, end.div_ceil(ss));
+        if self.header.bitmap_offset + (s1 - 1) / 8 >= self.header.data_offset {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("sector {} has no bit inside this cow file's bitmap (the v1/v2 layout's rounding)", s1 - 1),
+            ));
+        }
+        let mut span = vec![0u8; ((s1 - s0) * ss) as usize];
+        for s in [s0, s1 - 1] {
+            let (lo, hi) = (s * ss, (s + 1) * ss);
+            if guest <= lo && end >= hi {
+                continue;
+            }
+            let part = &mut span[((s - s0) * ss) as usize..((s - s0 + 1) * ss) as usize];
+            if self.present(s)? {
+                self.storage
+                    .read_zero_padded(part, self.header.data_offset + lo)
+                    .map_err(|e| Error::io("reading cow data", e))?;
+            } else {
+                below(lo, part)?;
+            }
+        }
+        span[(guest - s0 * ss) as usize..(end - s0 * ss) as usize].copy_from_slice(data);
+        self.storage
+            .write_at(&span, self.header.data_offset + s0 * ss)
+            .map_err(|e| Error::io("writing cow data", e))?;
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing cow data", e))?;
+        // The bits, by whole bitmap blocks.
+        let (first_page, last_page) = ((s0 / 8) / PAGE, ((s1 - 1) / 8) / PAGE);
+        for index in first_page..=last_page {
+            let mut page = self.page(index)?.to_vec();
+            let mut changed = false;
+            for s in s0.max(index * PAGE * 8)..s1.min((index + 1) * PAGE * 8) {
+                let byte = ((s / 8) % PAGE) as usize;
+                if page[byte] & (1 << (s % 8)) == 0 {
+                    page[byte] |= 1 << (s % 8);
+                    changed = true;
+                }
+            }
+            if changed {
+                // Only the bitmap's own bytes: in the older layouts a block can reach
+                // into the data area.
+                let at = self.header.bitmap_offset + index * PAGE;
+                let room = self.header.data_offset.saturating_sub(at).min(PAGE) as usize;
+                self.storage
+                    .write_at(&page[..room], at)
+                    .map_err(|e| Error::io("writing the cow bitmap", e))?;
+                self.pages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(index, page.into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing the image", e))
+    }
+}
