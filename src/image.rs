@@ -163,6 +163,8 @@ pub struct ChainEntry {
     pub path: PathBuf,
     /// True when its format was guessed rather than stated.
     pub probed: bool,
+    /// What QEMU (or UML) would warn about when opening it.
+    pub warnings: Vec<String>,
 }
 
 /// What a range is, as `qemu-img map` reports it.
@@ -309,6 +311,7 @@ impl Image {
             layer,
             path: PathBuf::new(),
             probed: false,
+            warnings: Vec::new(),
         }];
         if let Backing::Override { path, format } = &options.backing {
             let below = OpenOptions {
@@ -864,10 +867,42 @@ fn open_layer(
             Layer::Cow(Box::new(Cow::open(storage, header, writable)?))
         }
     };
+    let mut warnings = Vec::new();
+    if let Layer::Qcow2(q) = &layer {
+        warnings.extend(q.warnings().iter().cloned());
+    }
+    if let Some(w) = cow_mtime_warning(path, &layer) {
+        warnings.push(w);
+    }
     Ok(ChainEntry {
         layer,
         path: path.to_path_buf(),
         probed,
+        warnings,
+    })
+}
+
+/// UML records the backing file's modification time in a cow header and complains when
+/// it changed (the backing file may no longer be what the cow file was made over).
+/// QEMU's layout does not keep it.
+fn cow_mtime_warning(path: &Path, layer: &Layer) -> Option<String> {
+    let Layer::Cow(c) = layer else { return None };
+    let h = c.header();
+    if matches!(h.fields, cow::header::Fields::Qemu(_)) || h.backing_file.is_empty() {
+        return None;
+    }
+    let backing = resolve_backing(path, &String::from_utf8_lossy(&h.backing_file));
+    let modified = std::fs::metadata(&backing).ok()?.modified().ok()?;
+    let secs = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as u32;
+    (secs != h.mtime).then(|| {
+        format!(
+            "backing file '{}' was modified (mtime {secs}) since the cow file was made over it (mtime {})",
+            backing.display(),
+            h.mtime
+        )
     })
 }
 

@@ -50,6 +50,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         options.snapshot = Some(snapshot_ref(spec)?);
     }
     let image = Image::open(&path, &options)?;
+    crate::print_warnings(&image);
     match target {
         Format::Raw if !args.compress => to_raw(args, &image),
         Format::Qcow2 | Format::Qcow => to_image(args, &image, target),
@@ -93,7 +94,7 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         ));
     }
     let out = Path::new(&args.output);
-    create_file(format, out, &opts)?;
+    create_file(format, out, &opts, 3)?;
     // A new image nobody relies on yet: no barriers until the final flush, as qemu-img
     // writes convert targets with cache=unsafe.
     let target_options = OpenOptions {

@@ -146,8 +146,14 @@ pub fn key_secret(texts: &[String]) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// Creates the image file (and its data file) at `path`.
-pub fn create_file(format: Format, path: &Path, opts: &CreateOptions) -> Result<(), Error> {
+/// Creates the image file (and its data file) at `path`. `cow_version` picks the UML
+/// cow layout (3, as UML writes; or 2).
+pub fn create_file(
+    format: Format,
+    path: &Path,
+    opts: &CreateOptions,
+    cow_version: u32,
+) -> Result<(), Error> {
     let storage = FileStorage::create(path)
         .map_err(|e| Error::io(format!("Could not create '{}'", path.display()), e))?;
     match format {
@@ -165,6 +171,39 @@ pub fn create_file(format: Format, path: &Path, opts: &CreateOptions) -> Result<
         Format::Raw => storage
             .set_len(opts.size)
             .map_err(|e| Error::io("sizing the image", e)),
+        Format::Cow => {
+            let backing = opts.backing_file.as_deref().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    "a cow file needs a backing file (-b)",
+                )
+            })?;
+            let backing_path = cowimg::image::resolve_backing(path, backing);
+            let mtime = std::fs::metadata(&backing_path)
+                .and_then(|m| m.modified())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs() as u32
+                })
+                .map_err(|e| {
+                    Error::io(
+                        format!("Could not open backing file '{}'", backing_path.display()),
+                        e,
+                    )
+                })?;
+            let version = match cow_version {
+                2 => cowimg::cow::create::CowVersion::V2,
+                3 => cowimg::cow::create::CowVersion::V3,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!("cow_version={other}: 2 or 3"),
+                    ))
+                }
+            };
+            cowimg::cow::create::create(&storage, opts.size, backing, mtime, version)
+        }
         Format::Qcow => {
             // qcow takes a size, a backing file and legacy encryption; nothing else.
             let defaults = CreateOptions::default();
@@ -197,10 +236,6 @@ pub fn create_file(format: Format, path: &Path, opts: &CreateOptions) -> Result<
                 opts.encrypt_aes,
             )
         }
-        other => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("creating {other} images is not implemented yet"),
-        )),
     }
 }
 
@@ -212,7 +247,27 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         ..Default::default()
     };
     let mut size = args.size.as_deref().map(parse_size).transpose()?;
-    apply_options(&args.options, &mut opts, &mut size)?;
+    // cow's one option, the layout version; the rest are qcow2's.
+    let mut cow_version = 3;
+    let mut options = Vec::new();
+    for text in &args.options {
+        let mut rest = Vec::new();
+        for (k, v) in parse_options(text) {
+            if k == "cow_version" {
+                cow_version = v
+                    .parse()
+                    .map_err(|_| Error::new(ErrorKind::BadArgument, "cow_version takes 2 or 3"))?;
+            } else {
+                rest.push(if v.is_empty() {
+                    k
+                } else {
+                    format!("{k}={}", v.replace(',', ",,"))
+                });
+            }
+        }
+        options.push(rest.join(","));
+    }
+    apply_options(&options, &mut opts, &mut size)?;
     if let Some(backing) = &opts.backing_file {
         let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
         let backing_format = opts
@@ -248,7 +303,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             "Image creation needs a size parameter",
         )
     })?;
-    create_file(format, Path::new(&args.filename), &opts)?;
+    create_file(format, Path::new(&args.filename), &opts, cow_version)?;
     if !args.quiet {
         crate::print_out(&format!(
             "Formatting '{}', fmt={} size={}\n",

@@ -56,6 +56,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         options.backing = Backing::Ignore;
     }
     let image = Image::open(&path, &options)?;
+    crate::print_warnings(&image);
     let mut infos = Vec::new();
     for entry in image.chain() {
         infos.push(describe(entry, args.header)?);

@@ -298,6 +298,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     // Writing needs a stated format; without one the image is only read.
     options.writable = !args.read_only && options.format.is_some();
     let mut image = Image::open(&path, &options)?;
+    crate::print_warnings(&image);
     let mut failed = false;
     for command in &args.commands {
         let mut out = String::new();

@@ -54,6 +54,15 @@ enum Command {
     Io(io::Args),
 }
 
+/// Prints what the images of a chain warn about, as qemu-img prints its warnings.
+pub fn print_warnings(image: &cowimg::Image) {
+    for entry in image.chain() {
+        for w in &entry.warnings {
+            eprintln!("cowimg: warning: {w}");
+        }
+    }
+}
+
 /// Prints to standard output; a reader that went away (`| head`) ends the program
 /// quietly, as it would for qemu-img.
 pub fn print_out(text: &str) {

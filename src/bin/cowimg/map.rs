@@ -19,6 +19,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, options) = args.source.resolve(&args.filename)?;
     let image = Image::open(&path, &options)?;
+    crate::print_warnings(&image);
     let ranges = image.map()?;
     let mut out = String::new();
     if args.output == "json" {
