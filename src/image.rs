@@ -503,22 +503,23 @@ impl Image {
     }
 
     /// Writes everything the top image holds into its backing file, then (unless
-    /// `keep`) empties the top image so that it reads through to it (`commit`).
-    pub fn commit(&mut self, keep: bool) -> Result<()> {
+    /// `keep`) empties the top image so that it reads through to it (`commit`). A
+    /// backing file whose format was probed is written only when `backing_format` states it.
+    pub fn commit(&mut self, keep: bool, backing_format: Option<Format>) -> Result<()> {
         let Some(below) = self.chain.get(1) else {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "Image does not have a backing file",
             ));
         };
-        if below.probed {
+        if below.probed && backing_format.is_none() {
             return Err(Error::new(
                 ErrorKind::BadArgument,
-                "the backing file's format was probed, not stated; a probed format is never trusted for writing",
+                "the backing file's format was probed, not stated, and a probed format is never trusted for writing: state it (commit -F FMT)",
             ));
         }
         let options = OpenOptions {
-            format: Some(below.layer.format()),
+            format: Some(backing_format.unwrap_or(below.layer.format())),
             backing: Backing::Ignore,
             writable: true,
             ..OpenOptions::default()
@@ -546,7 +547,19 @@ impl Image {
         }
         base.flush()?;
         if !keep {
-            self.top_qcow2("commit")?.make_empty()?;
+            match self.split_top().0 {
+                Layer::Qcow2(q) => q.make_empty()?,
+                Layer::Qcow(q) => q.make_empty()?,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "a {} image cannot be emptied after commit (use -d)",
+                            other.format()
+                        ),
+                    ))
+                }
+            }
             self.flush()?;
         }
         Ok(())

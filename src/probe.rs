@@ -52,9 +52,11 @@ pub fn probe(storage: &dyn Storage) -> io::Result<Format> {
     Ok(match magic {
         0x5146_49fb if version == 1 => Format::Qcow,
         0x5146_49fb if version >= 2 => Format::Qcow2,
-        crate::cow::header::MAGIC => Format::Cow,
+        // cow: the magic in either byte order with a version it has (1 is host-endian).
+        crate::cow::header::MAGIC if (1..=3).contains(&version) => Format::Cow,
         _ if u32::from_le_bytes([head[0], head[1], head[2], head[3]])
-            == crate::cow::header::MAGIC =>
+            == crate::cow::header::MAGIC
+            && u32::from_le_bytes([head[4], head[5], head[6], head[7]]) == 1 =>
         {
             Format::Cow
         }

@@ -92,6 +92,9 @@ pub struct CommitArgs {
     /// Keep the image's data after committing it (do not empty it).
     #[arg(short = 'd')]
     keep: bool,
+    /// The backing file's format, when the image does not record it (qcow, cow).
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    backing_format: Option<String>,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
@@ -101,7 +104,12 @@ pub struct CommitArgs {
 
 pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
     let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
-    image.commit(args.keep)?;
+    let format = args
+        .backing_format
+        .as_deref()
+        .map(format_named)
+        .transpose()?;
+    image.commit(args.keep, format)?;
     if !args.quiet {
         crate::print_out("Image committed.\n");
     }
