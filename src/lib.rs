@@ -9,6 +9,7 @@ pub mod codec;
 pub mod cow;
 pub mod error;
 pub mod format;
+pub mod fuzz;
 pub mod image;
 pub mod mapping;
 pub mod probe;

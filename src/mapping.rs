@@ -86,8 +86,13 @@ pub fn extent_from(
     end: u64,
     mut classify: impl FnMut(u64) -> crate::Result<(Mapping, u64)>,
 ) -> crate::Result<Extent> {
+    // A run is at most this many (sub)clusters long: a hostile image whose every L1
+    // entry names the same table could otherwise make one call walk the whole disk.
+    const MAX_UNITS: u32 = 1 << 16;
     let (mapping, mut run_end) = classify(offset)?;
-    while run_end < end && !matches!(mapping, Mapping::Compressed { .. }) {
+    let mut units = 1;
+    while run_end < end && units < MAX_UNITS && !matches!(mapping, Mapping::Compressed { .. }) {
+        units += 1;
         let (next, next_end) = classify(run_end)?;
         if !mapping.continues(run_end - offset, &next) {
             break;

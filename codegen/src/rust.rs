@@ -165,7 +165,7 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
         Endian::Runtime => {}
     }
     out.push_str("#[derive(Clone, Debug, PartialEq, Eq)]\n");
-    out.push_str("#[cfg_attr(feature = \"arbitrary\", derive(arbitrary::Arbitrary))]\n");
+    out.push_str("#[cfg_attr(feature = \"fuzzing\", derive(arbitrary::Arbitrary))]\n");
     let _ = writeln!(out, "pub struct {} {{", s.name);
     for (field, ty, offset) in &layout {
         doc_lines(out, "    ///", &format!("Byte {offset}. {}", field.doc));
@@ -366,7 +366,7 @@ fn bitfield(out: &mut String, b: &Bitfield) -> Result<(), String> {
     }
     out.push_str("            .finish()\n    }\n}\n\n");
 
-    out.push_str("#[cfg(feature = \"arbitrary\")]\n");
+    out.push_str("#[cfg(feature = \"fuzzing\")]\n");
     let _ = writeln!(out, "impl<'a> arbitrary::Arbitrary<'a> for {} {{", b.name);
     out.push_str(
         "    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {\n",

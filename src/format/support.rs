@@ -99,7 +99,7 @@ impl<const N: usize> BinWrite for ByteArray<N> {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a, const N: usize> arbitrary::Arbitrary<'a> for ByteArray<N> {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         let mut out = [0u8; N];

@@ -62,7 +62,12 @@ impl Pass<'_> {
 
     /// Counts one reference to every cluster `[offset, offset + len)` touches.
     fn reference(&mut self, offset: u64, len: u64) {
-        if len == 0 {
+        self.reference_n(offset, len, 1);
+    }
+
+    /// Counts `n` references to every cluster `[offset, offset + len)` touches.
+    fn reference_n(&mut self, offset: u64, len: u64, n: u64) {
+        if len == 0 || n == 0 {
             return;
         }
         let first = offset / self.cs;
@@ -74,7 +79,7 @@ impl Pass<'_> {
             return;
         }
         for c in first..=last {
-            self.refs[c as usize] += 1;
+            self.refs[c as usize] = self.refs[c as usize].saturating_add(n);
         }
     }
 
@@ -96,7 +101,9 @@ impl Pass<'_> {
     }
 
     /// Counts an L1 table's L2 tables and their clusters. Block-fragmentation figures
-    /// come from the active table only.
+    /// come from the active table only. Each distinct table is walked once, its
+    /// references weighted by how many L1 entries name it: a hostile L1 naming one table
+    /// a million times stays cheap.
     fn l1(&mut self, l1_offset: u64, l1_size: u64, active: bool) {
         let Some(l1) = self.read_u64s(l1_offset, l1_size) else {
             return;
@@ -105,6 +112,9 @@ impl Pass<'_> {
         let extended = self.header.incompatible_features() & incompat::EXTENDED_L2 != 0;
         let words = if extended { 2 } else { 1 };
         let entries = self.cs / 8 / words;
+        // (table offset, how many L1 entries name it, index of the first)
+        let mut tables: Vec<(u64, u64, u64)> = Vec::new();
+        let mut seen = std::collections::HashMap::new();
         for (i, raw) in l1.iter().enumerate() {
             let e = L1Entry::from_raw(*raw);
             if e.reserved_bits() != 0 {
@@ -122,10 +132,22 @@ impl Pass<'_> {
                 ));
                 continue;
             }
-            self.reference(l2, self.cs);
             if active {
                 self.active_l2.push((i as u64, l2));
             }
+            match seen.get(&l2) {
+                Some(&at) => {
+                    let t: &mut (u64, u64, u64) = &mut tables[at];
+                    t.1 += 1;
+                }
+                None => {
+                    seen.insert(l2, tables.len());
+                    tables.push((l2, 1, i as u64));
+                }
+            }
+        }
+        for (l2, weight, i) in tables {
+            self.reference_n(l2, self.cs, weight);
             let Some(table) = self.read_u64s(l2, entries * words) else {
                 continue;
             };
@@ -139,9 +161,8 @@ impl Pass<'_> {
                 };
                 let e = L2Entry::from_raw(raw);
                 if e.compressed() {
+                    let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
                     if e.copied() {
-                        let d =
-                            Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
                         self.error(format!(
                             "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
                             d.host_offset
@@ -150,16 +171,15 @@ impl Pass<'_> {
                     if bitmap != 0 {
                         self.error(format!(
                             "ERROR compressed cluster {} with non-zero subcluster allocation bitmap, entry=0x{raw:x}",
-                            i as u64 * entries + j
+                            i * entries + j
                         ));
                     }
-                    let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
                     let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
-                    self.reference(d.host_offset, len);
+                    self.reference_n(d.host_offset, len, weight);
                     if active {
-                        self.res.allocated_clusters += 1;
-                        self.res.compressed_clusters += 1;
-                        self.res.fragmented_clusters += 1;
+                        self.res.allocated_clusters += weight;
+                        self.res.compressed_clusters += weight;
+                        self.res.fragmented_clusters += weight;
                     }
                     continue;
                 }
@@ -178,7 +198,9 @@ impl Pass<'_> {
                                 .into(),
                         );
                     } else if allocated && b.allocated() & b.zero() != 0 {
-                        self.error(format!("ERROR offset={host:x}: Allocated cluster has corrupted subcluster allocation bitmap"));
+                        self.error(format!(
+                            "ERROR offset={host:x}: Allocated cluster has corrupted subcluster allocation bitmap"
+                        ));
                     }
                 }
                 if !allocated {
@@ -189,14 +211,14 @@ impl Pass<'_> {
                     continue;
                 }
                 if active {
-                    self.res.allocated_clusters += 1;
+                    self.res.allocated_clusters += weight;
                     if next_contiguous != 0 && host != next_contiguous {
-                        self.res.fragmented_clusters += 1;
+                        self.res.fragmented_clusters += weight;
                     }
                     next_contiguous = host + self.cs;
                 }
                 if !self.data_file {
-                    self.reference(host, self.cs);
+                    self.reference_n(host, self.cs, weight);
                 }
             }
         }

@@ -308,6 +308,16 @@ impl Qcow2 {
         self.storage
             .write_at(&table, new)
             .map_err(|e| Error::io("writing an L2 table", e))?;
+        // The cluster may have held a table before (freed since): the cache must not
+        // answer with that one.
+        let fresh: super::l2cache::Table = table
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(new, fresh);
         self.barrier()?;
         let entry = L1Entry::new().with_l2_offset(new).with_copied(true).raw();
         self.storage
@@ -796,18 +806,27 @@ impl Qcow2 {
             self.storage
                 .write_at(&compressed, host)
                 .map_err(|e| Error::io("writing a compressed cluster", e))?;
+            // Freed compressed data may have lived at this offset before.
+            *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let entry = bits | 1 << 62;
+            let mut refused = false;
             self.for_each_cluster(gc, chunk.len() as u64, |this, slot, pending| {
-                pending.entries.push((slot.index, entry, 0));
+                // As QEMU: a compressed cluster never replaces one that has host space.
                 match this.classify_for_write(slot)? {
-                    Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
-                        pending.frees.push((host, cs))
+                    Old::Unallocated | Old::ZeroPlain => {
+                        pending.entries.push((slot.index, entry, 0))
                     }
-                    Old::Compressed { host, len } => pending.frees.push((host, len)),
-                    _ => {}
+                    _ => refused = true,
                 }
                 Ok(())
             })?;
+            if refused {
+                self.release(host, clen)?;
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("a compressed write cannot replace the allocated cluster at {gc:#x}"),
+                ));
+            }
         }
         Ok(())
     }

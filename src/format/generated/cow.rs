@@ -19,7 +19,7 @@ use crate::format::support::{pow2, ByteArray};
 /// 280 bytes, in the byte order the caller passes (the writer's), at 0.
 #[binrw::binrw]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CowHeaderV1 {
     /// Byte 0. 0x4f4f4f4d.
     pub magic: u32,
@@ -104,7 +104,7 @@ impl CowHeaderV1 {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CowHeaderV2 {
     /// Byte 0. 0x4f4f4f4d.
     pub magic: u32,
@@ -189,7 +189,7 @@ impl CowHeaderV2 {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CowHeaderV3 {
     /// Byte 0. 0x4f4f4f4d.
     pub magic: u32,
@@ -311,7 +311,7 @@ impl CowHeaderV3 {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CowHeaderV3Broken {
     /// Byte 0. 0x4f4f4f4d.
     pub magic: u32,
@@ -439,7 +439,7 @@ impl CowHeaderV3Broken {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct QemuCowHeader {
     /// Byte 0. 0x4f4f4f4d.
     pub magic: u32,

@@ -19,7 +19,7 @@ use crate::format::support::{pow2, ByteArray};
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct QcowHeader {
     /// Byte 0. "QFI\xfb", as qcow2.
     pub magic: u32,
@@ -236,7 +236,7 @@ impl core::fmt::Debug for QcowL2Entry {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for QcowL2Entry {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))

@@ -20,7 +20,7 @@ use crate::format::support::{pow2, ByteArray};
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct Qcow2Header {
     /// Byte 0. "QFI\xfb".
     pub magic: u32,
@@ -254,7 +254,7 @@ impl Qcow2Header {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct Qcow2HeaderV3 {
     /// Byte 0. Bit 0 dirty, 1 corrupt, 2 external data file, 3 compression type, 4 extended L2. Unknown bits make the image unopenable.
     pub incompatible_features: u64,
@@ -354,7 +354,7 @@ impl Qcow2HeaderV3 {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct Qcow2HeaderCompression {
     /// Byte 0. 0 zlib (raw deflate), 1 zstd.
     pub compression_type: u8,
@@ -408,7 +408,7 @@ impl Qcow2HeaderCompression {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct ExtensionHeader {
     /// Byte 0. The extension type; see the table of magics. 0 ends the area.
     pub magic: u32,
@@ -436,7 +436,7 @@ impl ExtensionHeader {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct FeatureNameEntry {
     /// Byte 0. 0 incompatible, 1 compatible, 2 autoclear.
     pub feature_type: u8,
@@ -467,7 +467,7 @@ impl FeatureNameEntry {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct BitmapsExtension {
     /// Byte 0. Number of bitmaps, 1 to 65535.
     pub nb_bitmaps: u32,
@@ -567,7 +567,7 @@ impl BitmapsExtension {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct CryptoExtension {
     /// Byte 0. Host offset of the LUKS header; cluster-aligned.
     pub offset: u64,
@@ -612,7 +612,7 @@ impl CryptoExtension {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct SnapshotHeader {
     /// Byte 0. Host offset of the snapshot's L1 table; cluster-aligned.
     pub l1_table_offset: u64,
@@ -679,7 +679,7 @@ impl SnapshotHeader {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct SnapshotExtraData {
     /// Byte 0. Size of the saved VM state.
     pub vm_state_size_large: u64,
@@ -710,7 +710,7 @@ impl SnapshotExtraData {
 #[binrw::binrw]
 #[brw(big)]
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[cfg_attr(feature = "fuzzing", derive(arbitrary::Arbitrary))]
 pub struct BitmapDirectoryEntry {
     /// Byte 0. Host offset of the bitmap table; cluster-aligned.
     pub bitmap_table_offset: u64,
@@ -906,7 +906,7 @@ impl core::fmt::Debug for L1Entry {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for L1Entry {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))
@@ -988,7 +988,7 @@ impl core::fmt::Debug for L2Entry {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for L2Entry {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))
@@ -1039,7 +1039,7 @@ impl core::fmt::Debug for SubclusterBitmap {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for SubclusterBitmap {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))
@@ -1105,7 +1105,7 @@ impl core::fmt::Debug for RefcountTableEntry {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for RefcountTableEntry {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))
@@ -1181,7 +1181,7 @@ impl core::fmt::Debug for BitmapTableEntry {
     }
 }
 
-#[cfg(feature = "arbitrary")]
+#[cfg(feature = "fuzzing")]
 impl<'a> arbitrary::Arbitrary<'a> for BitmapTableEntry {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         Ok(Self::from_raw(u64::arbitrary(u)?))

@@ -1,0 +1,281 @@
+//! Entry points for fuzzing. The cargo-fuzz targets in `fuzz/` call these, and an
+//! ordinary test replays every saved corpus and regression input through them, so the
+//! same code runs under libFuzzer and on stable in CI. Each takes arbitrary bytes and
+//! panics only when an invariant breaks: bad input must give an error, never a panic,
+//! a hang or an allocation beyond the input's own bounds.
+
+use crate::format::{cow as cow_views, qcow as qcow_views, qcow2 as qcow2_views, Layout};
+use crate::qcow2::check::{check as run_check, Repair};
+use crate::qcow2::create::{create, CreateOptions};
+use crate::storage::{MemoryStorage, Storage};
+use crate::{cow, probe, qcow, qcow2, Format, Image, OpenOptions};
+use arbitrary::{Arbitrary, Unstructured};
+use std::sync::Arc;
+
+/// Guest bytes read from one fuzzed image at most.
+const READ_BUDGET: u64 = 1 << 20;
+/// Block-status calls made on one fuzzed image at most.
+const STATUS_BUDGET: u32 = 4096;
+
+fn roundtrip<T: Layout>(data: &[u8]) {
+    if let Ok(view) = T::parse(data) {
+        assert_eq!(
+            view.to_bytes(),
+            data[..T::SIZE],
+            "{} does not re-serialise to its bytes",
+            T::NAME
+        );
+    }
+}
+
+/// Every header parser over the same bytes, and every view's round trip.
+pub fn headers(data: &[u8]) {
+    let storage = MemoryStorage::new(data.to_vec());
+    let _ = probe(&storage);
+    if let Ok(h) = qcow2::Header::read(&storage) {
+        let _ = h.feature_table();
+        let _ = h.bitmaps();
+        let _ = h.crypto();
+        if let Ok(cluster) = h.to_cluster() {
+            // What a rewrite would write parses back to the same header.
+            let again = qcow2::Header::read(&MemoryStorage::new(cluster))
+                .expect("a rewritten header reads back");
+            assert_eq!(again.common.size, h.common.size);
+            assert_eq!(again.extensions.len(), h.extensions.len());
+        }
+    }
+    let _ = qcow::Header::read(&storage);
+    let _ = cow::Header::read(&storage);
+    roundtrip::<qcow2_views::Qcow2Header>(data);
+    roundtrip::<qcow2_views::Qcow2HeaderV3>(data);
+    roundtrip::<qcow2_views::SnapshotHeader>(data);
+    roundtrip::<qcow2_views::BitmapDirectoryEntry>(data);
+    roundtrip::<qcow_views::QcowHeader>(data);
+    roundtrip::<cow_views::CowHeaderV3>(data);
+    roundtrip::<cow_views::QemuCowHeader>(data);
+}
+
+/// Block status, reads and snapshot listing over an opened image, within budgets.
+fn exercise(image: &Image) {
+    let size = image.size();
+    let mut offset = 0;
+    for _ in 0..STATUS_BUDGET {
+        if offset >= size {
+            break;
+        }
+        match image.block_status(offset, size - offset) {
+            Ok(s) => {
+                assert!(s.len > 0, "block status made no progress at {offset}");
+                offset += s.len;
+            }
+            Err(_) => break,
+        }
+    }
+    for (at, len) in [
+        (0, READ_BUDGET),
+        (size / 2, 4096),
+        (size.saturating_sub(65536), 65536),
+    ] {
+        let len = len.min(size.saturating_sub(at));
+        let mut buf = vec![0u8; len as usize];
+        let _ = image.read_at(&mut buf, at);
+    }
+    let _ = image.snapshots().len();
+}
+
+/// The input as an image file: the first byte picks the format to open it as (or to
+/// probe), the rest is the file.
+pub fn image(data: &[u8]) {
+    let Some((&choice, file)) = data.split_first() else {
+        return;
+    };
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(file.to_vec()));
+    let format = match choice % 5 {
+        0 => probe(storage.as_ref()).unwrap_or(Format::Raw),
+        1 => Format::Qcow2,
+        2 => Format::Qcow,
+        3 => Format::Cow,
+        _ => Format::Raw,
+    };
+    let options = OpenOptions {
+        passphrase: Some(b"fuzz".to_vec()),
+        ..OpenOptions::default()
+    };
+    if let Ok(image) = Image::open_storage(storage.clone(), format, &options) {
+        exercise(&image);
+        if let Some(s) = image.snapshots().first() {
+            let view = OpenOptions {
+                snapshot: Some(qcow2::SnapshotRef::Id(s.id.clone())),
+                ..options.clone()
+            };
+            if let Ok(snapshot) = Image::open_storage(storage, format, &view) {
+                exercise(&snapshot);
+            }
+        }
+    }
+}
+
+/// The input as a qcow2 file: check it, repair a copy with every fix, and check the
+/// copy again. On arbitrary bytes the outcome is what matters here: a report or an
+/// error, never a panic, a hang or an unbounded allocation.
+pub fn check(data: &[u8]) {
+    let storage = MemoryStorage::new(data.to_vec());
+    if run_check(&storage, false, Repair::None).is_err() {
+        return;
+    }
+    let copy = MemoryStorage::new(data.to_vec());
+    if run_check(&copy, false, Repair::All).is_ok() {
+        let _ = run_check(&copy, false, Repair::None);
+    }
+}
+
+/// One operation of the write-path target.
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Write { offset: u32, len: u16, pattern: u8 },
+    Zero { offset: u32, len: u16, unmap: bool },
+    Discard { offset: u32, len: u16 },
+    Compressed { cluster: u16, pattern: u8 },
+    Snapshot,
+    DeleteSnapshot,
+    Flush,
+}
+
+/// Creation options drawn from the input.
+#[derive(Arbitrary, Debug)]
+struct Setup {
+    cluster_bits: u8,
+    v2: bool,
+    refcount_order: u8,
+    extended_l2: bool,
+    zstd: bool,
+    size_kib: u16,
+}
+
+/// A fresh image and operations drawn from the input, mirrored in a model of the guest
+/// content. Afterwards our check must find no corruption and no leak, and a re-read
+/// must equal the model.
+pub fn write_path(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(setup) = Setup::arbitrary(&mut u) else {
+        return;
+    };
+    let cluster_bits = 9 + u32::from(setup.cluster_bits % 8); // 512 B .. 64 KiB
+    let extended_l2 = setup.extended_l2 && !setup.v2 && cluster_bits >= 14;
+    let opts = CreateOptions {
+        size: (u64::from(setup.size_kib % 2048) + 1) * 1024,
+        version: if setup.v2 { 2 } else { 3 },
+        cluster_size: 1 << cluster_bits,
+        refcount_bits: if setup.v2 {
+            16
+        } else {
+            1 << (2 + setup.refcount_order % 5)
+        },
+        extended_l2,
+        compression: if setup.zstd && !setup.v2 {
+            crate::codec::Compression::Zstd
+        } else {
+            crate::codec::Compression::Deflate
+        },
+        ..CreateOptions::default()
+    };
+    let storage = Arc::new(MemoryStorage::new(Vec::new()));
+    create(storage.as_ref(), None, &opts).expect("creating a fresh image");
+    let writable = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let mut image =
+        Image::open_storage(storage.clone(), Format::Qcow2, &writable).expect("opening it");
+    let size = image.size();
+    let cs = opts.cluster_size;
+    let mut model = vec![0u8; size as usize];
+    let mut snapshots = 0u32;
+    for _ in 0..64 {
+        let Ok(op) = Op::arbitrary(&mut u) else { break };
+        if std::env::var_os("COWIMG_FUZZ_TRACE").is_some() {
+            eprintln!("{op:?} (size {size}, cluster {cs}, {opts:?})");
+        }
+        let range = |offset: u32, len: u16| {
+            let at = u64::from(offset) % size;
+            (at, u64::from(len).min(size - at))
+        };
+        match op {
+            Op::Write {
+                offset,
+                len,
+                pattern,
+            } => {
+                let (at, n) = range(offset, len);
+                image
+                    .write_at(&vec![pattern; n as usize], at)
+                    .expect("write");
+                model[at as usize..(at + n) as usize].fill(pattern);
+            }
+            Op::Zero { offset, len, unmap } => {
+                let (at, n) = range(offset, len);
+                image.write_zeroes(at, n, unmap).expect("write zeroes");
+                model[at as usize..(at + n) as usize].fill(0);
+            }
+            Op::Discard { offset, len } => {
+                let (at, n) = range(offset, len);
+                image.discard(at, n).expect("discard");
+                // No backing file: discarded whole clusters read as zeros in v2 and v3.
+                let end = at + n;
+                let last = if end == size { end } else { end / cs * cs };
+                let first = at.next_multiple_of(cs);
+                if first < last {
+                    model[first as usize..last as usize].fill(0);
+                }
+            }
+            Op::Compressed { cluster, pattern } => {
+                let at = u64::from(cluster) * cs % size.next_multiple_of(cs);
+                if at >= size {
+                    continue;
+                }
+                let n = cs.min(size - at);
+                // Refused over a cluster that has space; the content is then unchanged.
+                if image
+                    .write_compressed(&vec![pattern; n as usize], at)
+                    .is_ok()
+                {
+                    model[at as usize..(at + n) as usize].fill(pattern);
+                }
+            }
+            Op::Snapshot => {
+                if opts.refcount_bits >= 4 && snapshots < 4 && image.snapshot_create("s").is_ok() {
+                    snapshots += 1;
+                }
+            }
+            Op::DeleteSnapshot => {
+                if let Some(id) = image.snapshots().first().map(|s| s.id.clone()) {
+                    image.snapshot_delete(&id).expect("delete snapshot");
+                    snapshots -= 1;
+                }
+            }
+            Op::Flush => image.flush().expect("flush"),
+        }
+        if std::env::var_os("COWIMG_FUZZ_TRACE").is_some() {
+            let r = run_check(storage.as_ref(), false, Repair::None).expect("check");
+            if r.corruptions + r.leaks > 0 {
+                eprintln!("  -> {:?}", &r.messages[..r.messages.len().min(6)]);
+            }
+        }
+    }
+    image.flush().expect("flush");
+    drop(image);
+    let result = run_check(storage.as_ref(), false, Repair::None).expect("check");
+    assert_eq!(
+        (result.corruptions, result.leaks, result.check_errors),
+        (0, 0, 0),
+        "{result:?}"
+    );
+    let image =
+        Image::open_storage(storage, Format::Qcow2, &OpenOptions::default()).expect("reopen");
+    let mut back = vec![0u8; size as usize];
+    image.read_at(&mut back, 0).expect("read back");
+    assert!(
+        back == model,
+        "the image does not read back what was written"
+    );
+}

@@ -1,0 +1,48 @@
+//! Every saved fuzz corpus and regression input, through the same entry points the
+//! fuzz targets use: CI runs them on stable without libFuzzer.
+
+use std::path::Path;
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut count = 0;
+    for kind in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(kind).join(target)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            let result = std::panic::catch_unwind(|| run(&data));
+            assert!(result.is_ok(), "{target}: {} fails", path.display());
+            count += 1;
+        }
+    }
+    assert!(count > 0, "no inputs for {target}");
+}
+
+#[test]
+fn headers() {
+    replay("headers", cowimg::fuzz::headers);
+}
+
+#[test]
+fn image() {
+    replay("image", cowimg::fuzz::image);
+}
+
+#[test]
+fn check() {
+    replay("check", cowimg::fuzz::check);
+}
+
+#[test]
+fn write_path() {
+    replay("write_path", cowimg::fuzz::write_path);
+}
