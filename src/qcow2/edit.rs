@@ -183,16 +183,7 @@ impl Qcow2 {
         let mut tables: Vec<u64> = Vec::new();
         let mut l1s = vec![self.l1.clone()];
         for s in self.snapshots.clone() {
-            let mut bytes = vec![0u8; s.header.l1_size as usize * 8];
-            storage
-                .read_zero_padded(&mut bytes, s.header.l1_table_offset)
-                .map_err(|e| Error::io("reading a snapshot L1 table", e))?;
-            l1s.push(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| u64::from_be_bytes(c.try_into().expect("8")))
-                    .collect(),
-            );
+            l1s.push(self.read_snapshot_l1(&s)?);
         }
         for l1 in l1s {
             for e in l1 {

@@ -403,7 +403,7 @@ impl Qcow2 {
             .or_else(|| self.snapshots.iter().position(|s| s.name == id_or_name))
     }
 
-    fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
+    pub(super) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
         let cs = 1u64 << self.cluster_bits;
         if s.header.l1_table_offset % cs != 0 {
             return Err(Error::new(

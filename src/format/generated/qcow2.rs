@@ -175,7 +175,8 @@ impl Qcow2Header {
         }
         {
             let v = self.l1_table_offset;
-            let ok = v % pow2(self.cluster_bits) == 0 && v <= i64::MAX as u64;
+            let ok = v % pow2(self.cluster_bits) == 0
+                && v.saturating_add(u64::from(self.l1_size) * 8) <= i64::MAX as u64;
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -203,7 +204,9 @@ impl Qcow2Header {
         }
         {
             let v = self.refcount_table_offset;
-            let ok = v % pow2(self.cluster_bits) == 0 && v <= i64::MAX as u64;
+            let ok = v % pow2(self.cluster_bits) == 0
+                && v.saturating_add(u64::from(self.refcount_table_clusters) << self.cluster_bits)
+                    <= i64::MAX as u64;
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -231,7 +234,8 @@ impl Qcow2Header {
         }
         {
             let v = self.snapshots_offset;
-            let ok = v % pow2(self.cluster_bits) == 0 && v <= i64::MAX as u64;
+            let ok = v % pow2(self.cluster_bits) == 0
+                && v.saturating_add(u64::from(self.nb_snapshots) * 40) <= i64::MAX as u64;
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
