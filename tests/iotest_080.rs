@@ -56,6 +56,9 @@ fn same_read_outcome(img: &str, case: &str) {
     }
 }
 
+/// A case: its name and the (offset, bytes) pokes that make it.
+type Case = (&'static str, Vec<(u64, Vec<u8>)>);
+
 fn fresh(dir: &Scratch) -> String {
     let img = dir.str("test.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &img, "64M"]);
@@ -66,7 +69,7 @@ fn fresh(dir: &Scratch) -> String {
 fn header_fields() {
     let dir = Scratch::new("080");
     let hl = 112u64; // header_length of QEMU 10's images; the 080 script assumes 104
-    let cases: Vec<(&str, Vec<(u64, Vec<u8>)>)> = vec![
+    let cases: Vec<Case> = vec![
         ("huge header size", vec![(100, vec![0xff; 4])]),
         ("big header size", vec![(100, b"\x7f\xff\xff\xff".to_vec())]),
         (
