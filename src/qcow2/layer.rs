@@ -405,7 +405,10 @@ impl Qcow2 {
         let l1_index = guest >> (self.cluster_bits + self.l2_bits);
         let l2_index = (guest >> self.cluster_bits) & ((1 << self.l2_bits) - 1);
         let Some(&raw_l1) = self.l1.get(l1_index as usize) else {
-            return Ok((Mapping::Unallocated { host: None }, cluster_end));
+            // Past the L1 table (or the part of it inside the file): a whole L2 range
+            // at once.
+            let end = (l1_index + 1) << (self.cluster_bits + self.l2_bits);
+            return Ok((Mapping::Unallocated { host: None }, end));
         };
         let l2_offset = L1Entry::from_raw(raw_l1).l2_offset();
         if l2_offset == 0 {
