@@ -256,6 +256,7 @@ impl Image {
                 _ => match entry.layer.backing_name() {
                     None => None,
                     Some((name, format_name)) => {
+                        let name = check_backing_name(&name)?;
                         let format = match format_name {
                             None => None,
                             Some(f) => Some(Format::from_name(&f).ok_or_else(|| {
@@ -782,6 +783,34 @@ fn read_chain(chain: &[ChainEntry], offset: u64, buf: &mut [u8]) -> Result<()> {
         done += extent.len as usize;
     }
     Ok(())
+}
+
+/// A backing file name from a header, as a path: names that hold a NUL or name one of
+/// QEMU's protocols (`nbd:`, `json:`, …) are refused by name, never opened as files;
+/// a `file:` prefix is just a path.
+pub fn check_backing_name(name: &str) -> Result<String> {
+    const PROTOCOLS: [&str; 14] = [
+        "json", "nbd", "http", "https", "ftp", "ftps", "ssh", "iscsi", "rbd", "gluster", "nfs",
+        "vvfat", "null-co", "blkdebug",
+    ];
+    if name.is_empty() || name.contains('\0') {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            format!("invalid backing file name {name:?}"),
+        ));
+    }
+    if let Some((proto, _)) = name.split_once(':') {
+        if PROTOCOLS.contains(&proto) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("backing file protocol '{proto}' is not supported (backing file {name:?})"),
+            ));
+        }
+        if proto == "file" {
+            return Ok(name["file:".len()..].to_string());
+        }
+    }
+    Ok(name.to_string())
 }
 
 /// Where a backing file named `name` by the image at `image` is: relative names are

@@ -608,3 +608,29 @@ fn a_read_only_open_changes_nothing() {
     assert_eq!(std::fs::read(&img).unwrap(), bytes);
     assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), before);
 }
+
+#[test]
+fn backing_names_naming_protocols_are_refused_not_opened() {
+    let dir = Scratch::new("proto");
+    for (name, refused) in [
+        ("nbd:localhost:10809", true),
+        ("json:{\"driver\":\"null-co\"}", true),
+        ("file:base.raw", false),
+    ] {
+        std::fs::write(dir.path("base.raw"), vec![3u8; 65536]).unwrap();
+        let img = create(
+            &dir,
+            "top.qcow2",
+            &["-f", "qcow2", "-u", "-b", name, "-F", "raw", "64K"],
+        );
+        let result = Image::open(&img, &OpenOptions::default());
+        match refused {
+            true => {
+                let e = result.unwrap_err();
+                assert_eq!(e.kind(), cowimg::ErrorKind::Unsupported, "{name}: {e}");
+                assert!(e.message().contains("protocol"), "{name}: {e}");
+            }
+            false => assert_eq!(our_raw(&result.unwrap())[0], 3, "{name}"),
+        }
+    }
+}
