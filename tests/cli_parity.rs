@@ -289,3 +289,41 @@ fn extensions_start_at_header_length() {
     let header = cowimg::qcow2::Header::read(&cowimg::storage::MemoryStorage::new(bytes)).unwrap();
     assert_eq!(header.unknown_fields, b"\x01\x02\x03\x04\x05\x06\x07\x08");
 }
+
+/// `cowimg compare` says and exits what `qemu-img compare` does: identical, a size
+/// difference (warned, or refused with -s), the first differing sector, in the common
+/// part and in the tail of the larger image.
+#[test]
+fn compare_is_qemu_img_compare() {
+    let dir = Scratch::new("compare");
+    let (a, b) = (dir.str("a.qcow2"), dir.str("b.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &a, "1M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &b, "2M"]);
+    let same = |args: &[&str]| {
+        let ours = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+            .arg("compare")
+            .args(args)
+            .output()
+            .unwrap();
+        let theirs = Command::new("qemu-img")
+            .arg("compare")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout),
+            String::from_utf8_lossy(&theirs.stdout),
+            "{args:?}"
+        );
+        assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+    };
+    same(&[&a, &b]);
+    same(&["-s", &a, &b]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 1500k 1", &b]);
+    same(&[&a, &b]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 4097 1", &a]);
+    same(&[&a, &b]);
+    same(&["-q", &a, &b]);
+    same(&[&a, &a]);
+    same(&[&a, &dir.str("missing.qcow2")]);
+}

@@ -1,6 +1,7 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
 mod check;
+mod compare;
 mod convert;
 mod create;
 mod edit;
@@ -44,6 +45,8 @@ enum Command {
     Amend(edit::AmendArgs),
     /// Check an image's metadata, and repair it with -r.
     Check(check::Args),
+    /// Compare the guest content of two images.
+    Compare(compare::Args),
     /// Write an image's data into its backing file.
     Commit(edit::CommitArgs),
     /// Copy the virtual disk into a new image.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Amend(args) => edit::amend(&args),
         Command::Check(args) => check::run(&args),
         Command::Commit(args) => edit::commit(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Rebase(args) => edit::rebase(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
