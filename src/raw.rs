@@ -24,7 +24,7 @@ impl Raw {
         self.size
     }
 
-    /// Every byte is data at its own offset.
+    /// Every byte is at its own offset: data, or a hole in the file.
     pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
@@ -33,12 +33,21 @@ impl Raw {
                 format!("offset {offset} is past the end of the image"),
             ));
         }
+        let host = HostOffset(offset);
+        // Holes in the file read as zeros, and say so, as QEMU's block status does.
+        let (data, end) = match self.storage.allocation(offset) {
+            Ok(Some(run)) if run.end > offset => (run.data, run.end.min(end)),
+            _ => (true, end),
+        };
+        let mapping = if data {
+            Mapping::Data { host }
+        } else {
+            Mapping::Zero { host: Some(host) }
+        };
         Ok(Extent {
             start: offset,
             len: end - offset,
-            mapping: Mapping::Data {
-                host: HostOffset(offset),
-            },
+            mapping,
         })
     }
 

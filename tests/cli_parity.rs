@@ -20,6 +20,32 @@ fn cowimg(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// What a command printed and how it exited.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    /// With the program's name as cowimg's, so that messages compare.
+    stderr: String,
+}
+
+/// Runs the same command line through cowimg and qemu-img, in tests/data.
+fn both(args: &[&str]) -> (Outcome, Outcome) {
+    let run = |program: &str| {
+        let out = Command::new(program)
+            .current_dir(data_path(""))
+            .args(args)
+            .output()
+            .unwrap();
+        Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).replace("qemu-img:", "cowimg:"),
+        }
+    };
+    (run(env!("CARGO_BIN_EXE_cowimg")), run("qemu-img"))
+}
+
 const IMAGES: [&str; 9] = [
     "sample.qcow2",
     "v2-backing.qcow2",
@@ -300,22 +326,11 @@ fn compare_is_qemu_img_compare() {
     qemu_img(&["create", "-q", "-f", "qcow2", &a, "1M"]);
     qemu_img(&["create", "-q", "-f", "qcow2", &b, "2M"]);
     let same = |args: &[&str]| {
-        let ours = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-            .arg("compare")
-            .args(args)
-            .output()
-            .unwrap();
-        let theirs = Command::new("qemu-img")
-            .arg("compare")
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&ours.stdout),
-            String::from_utf8_lossy(&theirs.stdout),
-            "{args:?}"
-        );
-        assert_eq!(ours.status.code(), theirs.status.code(), "{args:?}");
+        let mut full = vec!["compare"];
+        full.extend_from_slice(args);
+        let (ours, theirs) = both(&full);
+        assert_eq!(ours.stdout, theirs.stdout, "{args:?}");
+        assert_eq!(ours.code, theirs.code, "{args:?}");
     };
     same(&[&a, &b]);
     same(&["-s", &a, &b]);
@@ -326,4 +341,64 @@ fn compare_is_qemu_img_compare() {
     same(&["-q", &a, &b]);
     same(&[&a, &a]);
     same(&[&a, &dir.str("missing.qcow2")]);
+}
+
+#[test]
+fn measure_is_qemu_img_measure() {
+    let same = |args: &[&str]| {
+        let mut full = vec!["measure"];
+        full.extend_from_slice(args);
+        let (ours, theirs) = both(&full);
+        assert_eq!(ours, theirs, "{full:?}");
+    };
+    for name in IMAGES {
+        for extra in [
+            &["-O", "qcow2"][..],
+            &["-O", "raw"],
+            &["-O", "qcow2", "-o", "cluster_size=4k", "--output=json"],
+            &["-O", "qcow2", "-o", "compat=0.10,cluster_size=2M"],
+            &["-O", "qcow2", "-o", "refcount_bits=1,extended_l2=on"],
+            &["-O", "qcow2", "-o", "preallocation=falloc"],
+        ] {
+            let mut args = extra.to_vec();
+            args.push(name);
+            same(&args);
+        }
+    }
+    same(&[
+        "-O",
+        "qcow2",
+        "-l",
+        "snapshot.name=first",
+        "snapshots.qcow2",
+    ]);
+    for size in ["1G", "1000", "3T", "0"] {
+        same(&["--size", size, "-O", "qcow2", "--output=json"]);
+        same(&["--size", size]);
+    }
+    // Refusals, in qemu-img's words and with its exit code.
+    same(&["-O", "qcow2"]);
+    same(&["--size", "1G", "sample.qcow2"]);
+    same(&["-O", "qcow", "--size", "1G"]);
+    same(&["-O", "qcow2", "-o", "cluster_size=3000", "--size", "1G"]);
+
+    // A sparse raw file: holes need no clusters, partly written clusters need whole ones.
+    let dir = Scratch::new("measure");
+    let raw = dir.str("sparse.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write 1000 5000",
+        "-c",
+        "write 40M 1M",
+        &raw,
+    ]);
+    same(&["-O", "qcow2", "-o", "cluster_size=16k", &raw]);
+    let (ours, theirs) = both(&["map", "--output=json", "-f", "raw", &raw]);
+    assert_eq!(ours, theirs, "a raw file's holes are zero ranges");
 }

@@ -7,6 +7,7 @@ pub mod edit;
 pub mod header;
 pub mod l2cache;
 pub mod layer;
+pub mod measure;
 pub mod refcount;
 pub mod snapshot;
 pub mod write;

@@ -1,6 +1,7 @@
-use super::Storage;
+use super::{Run, Storage};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -66,6 +67,56 @@ impl Storage for FileStorage {
             return Err(read_only());
         }
         self.file.set_len(len)
+    }
+
+    /// Asks the file system with lseek(SEEK_DATA / SEEK_HOLE), as QEMU's file driver
+    /// does; the file position is unused (all I/O is positioned), so moving it is harmless.
+    fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
+        let fd = self.file.as_raw_fd();
+        let seek = |whence| -> io::Result<Option<u64>> {
+            let Ok(at) = libc::off_t::try_from(offset) else {
+                return Ok(None);
+            };
+            // SAFETY: lseek on a descriptor this value owns; no memory is passed.
+            let r = unsafe { libc::lseek(fd, at, whence) };
+            if r >= 0 {
+                return Ok(Some(r as u64));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Past the last data: the rest of the file is a hole.
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            }
+        };
+        let len = self.len()?;
+        if offset >= len {
+            return Ok(None);
+        }
+        let data = match seek(libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Ok(Some(Run {
+                    data: false,
+                    end: len,
+                }))
+            }
+            // File systems without hole support answer EINVAL: all data.
+            Err(_) => return Ok(None),
+        };
+        if data > offset {
+            return Ok(Some(Run {
+                data: false,
+                end: data.min(len),
+            }));
+        }
+        match seek(libc::SEEK_HOLE) {
+            Ok(Some(hole)) if hole > offset => Ok(Some(Run {
+                data: true,
+                end: hole.min(len),
+            })),
+            _ => Ok(None),
+        }
     }
 
     fn flush(&self) -> io::Result<()> {

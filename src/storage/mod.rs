@@ -11,6 +11,13 @@ pub use memory::MemoryStorage;
 
 use std::io;
 
+/// A run of stored data or of a hole, from some offset up to `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub data: bool,
+    pub end: u64,
+}
+
 /// Byte storage with positioned reads and writes. Shared references suffice, so one
 /// backend can serve several readers at once.
 pub trait Storage: Send + Sync + std::fmt::Debug {
@@ -29,6 +36,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Makes every completed write durable.
     fn flush(&self) -> io::Result<()>;
+
+    /// Whether the bytes from `offset` are stored data or a hole (reading as zeros and
+    /// taking no space), and where that run ends; `None` when the storage cannot tell.
+    fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
+        let _ = offset;
+        Ok(None)
+    }
 
     /// True when the storage holds no bytes.
     fn is_empty(&self) -> io::Result<bool> {
@@ -76,38 +90,31 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 }
 
-impl<S: Storage + ?Sized> Storage for Box<S> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        (**self).set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        (**self).flush()
-    }
+/// Storage behind a pointer is that storage.
+macro_rules! forward {
+    ($($pointer:ident)::+) => {
+        impl<S: Storage + ?Sized> Storage for $($pointer)::+<S> {
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+                (**self).read_at(buf, offset)
+            }
+            fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+                (**self).write_at(buf, offset)
+            }
+            fn len(&self) -> io::Result<u64> {
+                (**self).len()
+            }
+            fn set_len(&self, len: u64) -> io::Result<()> {
+                (**self).set_len(len)
+            }
+            fn flush(&self) -> io::Result<()> {
+                (**self).flush()
+            }
+            fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
+                (**self).allocation(offset)
+            }
+        }
+    };
 }
 
-impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        (**self).set_len(len)
-    }
-    fn flush(&self) -> io::Result<()> {
-        (**self).flush()
-    }
-}
+forward!(Box);
+forward!(std::sync::Arc);

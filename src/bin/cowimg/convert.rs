@@ -2,9 +2,8 @@
 //! what reads as zeros so the output stays sparse.
 
 use crate::create::{apply_options, create_file, key_secret};
-use crate::source::{format_named, parse_options, SourceArgs};
+use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::qcow2::create::CreateOptions;
-use cowimg::qcow2::SnapshotRef;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::fs::OpenOptions as FileOptions;
 use std::os::unix::fs::FileExt;
@@ -21,22 +20,15 @@ const SPARSE: usize = 4096;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-    /// Output format (raw or qcow2).
-    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
-    output_format: String,
-    /// Output options, as for create: cluster_size=…,compat=…,compression_type=…
-    #[arg(short = 'o', value_name = "OPTIONS")]
-    options: Vec<String>,
+    input: SnapshotSourceArgs,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Compress every cluster of the output (qcow2).
     #[arg(short = 'c')]
     compress: bool,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
-    /// Read an internal snapshot: snapshot.id=ID or snapshot.name=NAME (or a bare id or name).
-    #[arg(short = 'l', value_name = "SNAPSHOT")]
-    snapshot: Option<String>,
     /// Input image.
     filename: String,
     /// Output file.
@@ -44,13 +36,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let target = format_named(&args.output_format)?;
-    let (path, mut options) = args.source.resolve(&args.filename)?;
-    if let Some(spec) = &args.snapshot {
-        options.snapshot = Some(snapshot_ref(spec)?);
-    }
-    let image = Image::open(&path, &options)?;
-    crate::print_warnings(&image);
+    let target = format_named(&args.target.output_format)?;
+    let image = args.input.open(&args.filename)?;
     match target {
         Format::Raw if !args.compress => to_raw(args, &image),
         Format::Qcow2 | Format::Qcow => to_image(args, &image, target),
@@ -70,10 +57,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
 fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Error> {
     let mut opts = CreateOptions::default();
     let mut size = None;
-    apply_options(&args.options, &mut opts, &mut size)?;
+    apply_options(&args.target.options, &mut opts, &mut size)?;
     opts.size = image.size();
-    let passphrase = match key_secret(&args.options) {
-        Some(id) => Some(args.source.secrets()?.remove(&id).ok_or_else(|| {
+    let passphrase = match key_secret(&args.target.options) {
+        Some(id) => Some(args.input.source.secrets()?.remove(&id).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadArgument,
                 format!("No secret with id '{id}' found"),
@@ -219,19 +206,4 @@ fn write_sparse(out: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resul
         out.write_all_at(&data[s..], offset + s as u64)?;
     }
     Ok(())
-}
-
-fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
-    if !spec.contains('=') {
-        // qemu-img: a bare word is an id or a name; cowimg tries it as an id first.
-        return Ok(SnapshotRef::Id(spec.to_string()));
-    }
-    match parse_options(spec).as_slice() {
-        [(k, v)] if k == "snapshot.id" => Ok(SnapshotRef::Id(v.clone())),
-        [(k, v)] if k == "snapshot.name" => Ok(SnapshotRef::Name(v.clone())),
-        _ => Err(Error::new(
-            ErrorKind::BadArgument,
-            format!("Invalid snapshot option '{spec}'"),
-        )),
-    }
 }

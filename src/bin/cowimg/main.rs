@@ -10,6 +10,7 @@ mod info;
 mod io;
 mod json;
 mod map;
+mod measure;
 mod resize;
 mod snapshot;
 mod source;
@@ -51,6 +52,8 @@ enum Command {
     Commit(edit::CommitArgs),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
+    /// How large a new image holding this data (or of this size) would be.
+    Measure(measure::Args),
     /// Create a new image.
     Create(create::Args),
     /// Run qemu-io commands (read, write, discard, flush, map, length, abort…).
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),
+        Command::Measure(args) => measure::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,8 @@
 //! `--image-opts` and `-U`, plus the COWIMG_PASSPHRASE environment variable, so that a
 //! passphrase never has to appear on the command line.
 
-use cowimg::{Error, ErrorKind, Format, OpenOptions};
+use cowimg::qcow2::SnapshotRef;
+use cowimg::{Error, ErrorKind, Format, Image, OpenOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -134,6 +135,56 @@ impl SourceArgs {
             None => std::env::var_os(PASSPHRASE_ENV).map(|v| v.into_encoded_bytes()),
         };
         Ok((path, options))
+    }
+}
+
+/// The target of convert and measure: qemu-img's `-O` and `-o`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Output format: raw, qcow2 (or qcow, for convert).
+    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    pub output_format: String,
+    /// Output options, as for create: cluster_size=…,compat=…,compression_type=…
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+}
+
+/// An input image that may be read at an internal snapshot (qemu-img's `-l`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SnapshotSourceArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Read an internal snapshot: snapshot.id=ID or snapshot.name=NAME (or a bare id or name).
+    #[arg(short = 'l', value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+}
+
+impl SnapshotSourceArgs {
+    /// Opens `filename` as these options say, printing the chain's warnings.
+    pub fn open(&self, filename: &str) -> Result<Image, Error> {
+        let (path, mut options) = self.source.resolve(filename)?;
+        if let Some(spec) = &self.snapshot {
+            options.snapshot = Some(snapshot_ref(spec)?);
+        }
+        let image = Image::open(&path, &options)?;
+        crate::print_warnings(&image);
+        Ok(image)
+    }
+}
+
+/// qemu-img's `-l`: snapshot.id=ID, snapshot.name=NAME, or a bare id or name.
+fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
+    if !spec.contains('=') {
+        // qemu-img: a bare word is an id or a name; cowimg tries it as an id first.
+        return Ok(SnapshotRef::Id(spec.to_string()));
+    }
+    match parse_options(spec).as_slice() {
+        [(k, v)] if k == "snapshot.id" => Ok(SnapshotRef::Id(v.clone())),
+        [(k, v)] if k == "snapshot.name" => Ok(SnapshotRef::Name(v.clone())),
+        _ => Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Invalid snapshot option '{spec}'"),
+        )),
     }
 }
 
