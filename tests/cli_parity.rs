@@ -402,3 +402,72 @@ fn measure_is_qemu_img_measure() {
     let (ours, theirs) = both(&["map", "--output=json", "-f", "raw", &raw]);
     assert_eq!(ours, theirs, "a raw file's holes are zero ranges");
 }
+
+#[test]
+fn dd_is_qemu_img_dd() {
+    let dir = Scratch::new("dd");
+    let src = dir.str("src.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &src, "5M"]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 7 1000 2M",
+        "-c",
+        "write -z 3M 1M",
+        "-c",
+        "write -P 9 4M 4097",
+        &src,
+    ]);
+    let cases: [&[&str]; 7] = [
+        &[],
+        &["bs=1M", "count=3"],
+        &["bs=1M", "skip=2"],
+        &["bs=1M", "count=4", "skip=1"],
+        &["bs=3000", "count=2"],
+        &["bs=1.5k", "count=100000"],
+        &["-O", "qcow2", "bs=64k", "skip=17"],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let (ours, theirs) = (dir.str(&format!("ours{i}")), dir.str(&format!("theirs{i}")));
+        let run = |program: &str, out: &str| {
+            let mut args = vec!["dd", "-f", "qcow2"];
+            args.extend_from_slice(extra);
+            let (input, output) = (format!("if={src}"), format!("of={out}"));
+            args.extend([input.as_str(), output.as_str()]);
+            let status = Command::new(program).args(&args).status().unwrap();
+            assert!(status.success(), "{program} {args:?}");
+        };
+        run(env!("CARGO_BIN_EXE_cowimg"), &ours);
+        run("qemu-img", &theirs);
+        let size = |p: &str| {
+            qemu_img(&["info", p])
+                .lines()
+                .find(|l| l.starts_with("virtual size:"))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(size(&ours), size(&theirs), "{extra:?}");
+        let cmp = Command::new("qemu-img")
+            .args(["compare", &ours, &theirs])
+            .output()
+            .unwrap();
+        assert!(
+            cmp.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&cmp.stdout)
+        );
+    }
+    let out = format!("of={}", dir.str("x"));
+    for operands in [
+        &["bs=0", "if=a", &out][..],
+        &["if=a"],
+        &["count=x", "if=a", &out],
+        &["bogus"],
+    ] {
+        let mut args = vec!["dd"];
+        args.extend_from_slice(operands);
+        let (ours, theirs) = both(&args);
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+}

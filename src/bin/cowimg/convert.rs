@@ -93,37 +93,51 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         ..Default::default()
     };
     let mut target = Image::open(out, &target_options)?;
-    let size = image.size();
     let cs = match target.top() {
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),
         _ => opts.cluster_size,
     };
-    let mut buf = vec![0u8; CHUNK as usize];
-    let mut offset = 0;
-    while offset < size {
-        let len = (size - offset).min(CHUNK);
-        let status = image.block_status(offset, len)?;
-        if status.zero && status.len == len {
-            offset += len;
+    copy_into(image, 0, image.size(), &mut target, cs, args.compress)?;
+    target.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `len` bytes of `image` from `from` to the start of `target`, a new image
+/// whose clusters of `cs` bytes read as zeros: known-zero ranges and all-zero clusters
+/// are not written; the rest is written plainly or, with `compress`, compressed.
+pub fn copy_into(
+    image: &Image,
+    from: u64,
+    len: u64,
+    target: &mut Image,
+    cs: u64,
+    compress: bool,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        let status = image.block_status(from + done, n)?;
+        if status.zero && status.len == n {
+            done += n;
             continue;
         }
-        let chunk = &mut buf[..len as usize];
-        image.read_at(chunk, offset)?;
+        let chunk = &mut buf[..n as usize];
+        image.read_at(chunk, from + done)?;
         for (i, cluster) in chunk.chunks(cs as usize).enumerate() {
             if cluster.iter().all(|b| *b == 0) {
                 continue;
             }
-            let at = offset + i as u64 * cs;
-            if args.compress {
+            let at = done + i as u64 * cs;
+            if compress {
                 target.write_compressed(cluster, at)?;
             } else {
                 target.write_at(cluster, at)?;
             }
         }
-        offset += len;
+        done += n;
     }
-    target.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// A raw file with the source's content, written by one worker per core.

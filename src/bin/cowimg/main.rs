@@ -4,6 +4,7 @@ mod check;
 mod compare;
 mod convert;
 mod create;
+mod dd;
 mod edit;
 mod human;
 mod info;
@@ -52,6 +53,8 @@ enum Command {
     Commit(edit::CommitArgs),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
+    /// Copy blocks of an image into a new image, with dd's operands.
+    Dd(dd::Args),
     /// How large a new image holding this data (or of this size) would be.
     Measure(measure::Args),
     /// Create a new image.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),
         Command::Measure(args) => measure::run(&args),
+        Command::Dd(args) => dd::run(&args),
     };
     match result {
         Ok(code) => code,
