@@ -471,3 +471,100 @@ fn dd_is_qemu_img_dd() {
         assert_eq!(ours, theirs, "{args:?}");
     }
 }
+
+#[test]
+fn bench_is_qemu_img_bench() {
+    let dir = Scratch::new("bench");
+    let (ours, theirs) = (dir.str("ours.qcow2"), dir.str("theirs.qcow2"));
+    for p in [&ours, &theirs] {
+        qemu_img(&["create", "-q", "-f", "qcow2", p, "8M"]);
+    }
+    // The same requests leave the same content (offsets wrap at the end of the image).
+    let runs: [&[&str]; 3] = [
+        &[
+            "-w",
+            "--pattern",
+            "5",
+            "-c",
+            "700",
+            "-s",
+            "3000",
+            "-S",
+            "12k",
+            "-o",
+            "1000",
+        ],
+        &[
+            "-w",
+            "--pattern",
+            "9",
+            "-c",
+            "50",
+            "-d",
+            "2",
+            "--flush-interval",
+            "10",
+        ],
+        &["-c", "3000", "-s", "64k", "-o", "7M", "-S", "0"],
+    ];
+    for extra in runs {
+        let mut outputs = Vec::new();
+        for (program, image) in [(env!("CARGO_BIN_EXE_cowimg"), &ours), ("qemu-img", &theirs)] {
+            let out = Command::new(program)
+                .arg("bench")
+                .args(extra)
+                .arg(image)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{program} {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            // All but the timing line agree.
+            outputs.push(
+                text.lines()
+                    .filter(|l| !l.starts_with("Run completed"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+        assert_eq!(outputs[0], outputs[1], "{extra:?}");
+        qemu_img(&["compare", &ours, &theirs]);
+    }
+    let (ours_map, theirs_map) = (
+        qemu_map(ours.as_ref(), "qcow2"),
+        qemu_map(theirs.as_ref(), "qcow2"),
+    );
+    assert_eq!(ours_map.len(), theirs_map.len());
+    let cmp = Command::new("qemu-img")
+        .args(["compare", &ours, &theirs])
+        .status()
+        .unwrap();
+    assert!(cmp.success());
+    for bad in [
+        &["-c", "0"][..],
+        &["-c", "x"],
+        &["-d", "0"],
+        &["-s", "0"],
+        &["-w", "--pattern", "300"],
+        &["--flush-interval", "10"],
+        &["-w", "--flush-interval", "10"],
+        &["-t", "bogus"],
+        &["-o", "9M", "-c", "1"],
+    ] {
+        let mut args = vec!["bench"];
+        args.extend_from_slice(bad);
+        args.push(&ours);
+        let (a, b) = both(&args);
+        assert_eq!(a.code, b.code, "{args:?}");
+        // A failed request says why in cowimg's words ("past the end…", not "EIO").
+        let failed = "cowimg: Failed request: ";
+        if b.stderr.starts_with(failed) {
+            assert!(a.stderr.starts_with(failed), "{args:?}: {}", a.stderr);
+        } else {
+            assert_eq!(a.stderr, b.stderr, "{args:?}");
+        }
+    }
+}

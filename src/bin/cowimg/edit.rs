@@ -1,31 +1,9 @@
 //! `cowimg rebase`, `commit` and `amend`: edits to an image's chain and header.
 
 use crate::source::{format_named, parse_options, SourceArgs};
-use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
-
-/// Opens the image for writing. A qcow2 header identifies itself; anything else must
-/// be named with -f, since a probed format is never trusted for writing.
-fn open_writable(source: &SourceArgs, filename: &str, backing: Backing) -> Result<Image, Error> {
-    let (path, mut options) = source.resolve(filename)?;
-    if options.format.is_none() {
-        let storage = cowimg::storage::FileStorage::open(&path, false)
-            .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-        match cowimg::probe(&storage).map_err(|e| Error::io("probing", e))? {
-            Format::Qcow2 => options.format = Some(Format::Qcow2),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::BadArgument,
-                    "give the image format with -f",
-                ))
-            }
-        }
-    }
-    options.writable = true;
-    options.backing = backing;
-    Image::open(&path, &options)
-}
 
 #[derive(clap::Args)]
 pub struct RebaseArgs {
@@ -55,11 +33,11 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         .map(format_named)
         .transpose()?;
     if args.unsafe_rebase {
-        let mut image = open_writable(&args.source, &args.filename, Backing::Ignore)?;
+        let mut image = args.source.open_writable(&args.filename, Backing::Ignore)?;
         image.set_backing(name, format)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
     let new = match name {
         Some(n) => {
             let path = cowimg::image::resolve_backing(Path::new(&args.filename), n);
@@ -103,7 +81,7 @@ pub struct CommitArgs {
 }
 
 pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
-    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
     let format = args
         .backing_format
         .as_deref()
@@ -159,7 +137,7 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             }
         }
     }
-    let mut image = open_writable(&args.source, &args.filename, Backing::Follow)?;
+    let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
     image.amend(compat.as_deref(), lazy)?;
     Ok(ExitCode::SUCCESS)
 }

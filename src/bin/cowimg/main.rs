@@ -1,5 +1,6 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
+mod bench;
 mod check;
 mod compare;
 mod convert;
@@ -53,6 +54,8 @@ enum Command {
     Commit(edit::CommitArgs),
     /// Copy the virtual disk into a new image.
     Convert(convert::Args),
+    /// Time a run of read or write requests, as qemu-img bench does.
+    Bench(bench::Args),
     /// Copy blocks of an image into a new image, with dd's operands.
     Dd(dd::Args),
     /// How large a new image holding this data (or of this size) would be.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Io(args) => io::run(&args),
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

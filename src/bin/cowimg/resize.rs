@@ -2,7 +2,7 @@
 
 use crate::create::parse_size;
 use crate::source::SourceArgs;
-use cowimg::{Backing, Error, ErrorKind, Format, Image};
+use cowimg::{Backing, Error, ErrorKind};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -23,23 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let (path, mut options) = args.source.resolve(&args.filename)?;
-    options.backing = Backing::Ignore;
-    if options.format.is_none() {
-        let storage = cowimg::storage::FileStorage::open(&path, false)
-            .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-        let probed = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
-        // A qcow2 header identifies itself; a raw file must be named as such.
-        if probed != Format::Qcow2 {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "give the image format with -f to resize it",
-            ));
-        }
-        options.format = Some(probed);
-    }
-    options.writable = true;
-    let mut image = Image::open(&path, &options)?;
+    let mut image = args.source.open_writable(&args.filename, Backing::Ignore)?;
     let current = image.size();
     let (sign, number) = match args.size.as_bytes().first() {
         Some(b'+') => (1i8, &args.size[1..]),

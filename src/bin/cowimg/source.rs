@@ -3,7 +3,7 @@
 //! passphrase never has to appear on the command line.
 
 use cowimg::qcow2::SnapshotRef;
-use cowimg::{Error, ErrorKind, Format, Image, OpenOptions};
+use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -97,6 +97,23 @@ impl SourceArgs {
             out.insert(id, value);
         }
         Ok(out)
+    }
+
+    /// Opens the image for writing. A qcow2 header identifies itself; anything else must
+    /// be named with -f, since a probed format is never trusted for writing.
+    pub fn open_writable(&self, filename: &str, backing: Backing) -> Result<Image, Error> {
+        let (path, mut options) = self.resolve(filename)?;
+        if options.format.is_none() {
+            let storage = cowimg::storage::FileStorage::open(&path, false)
+                .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+            match cowimg::probe(&storage).map_err(|e| Error::io("probing", e))? {
+                Format::Qcow2 => options.format = Some(Format::Qcow2),
+                _ => return Err(bad("give the image format with -f")),
+            }
+        }
+        options.writable = true;
+        options.backing = backing;
+        Image::open(&path, &options)
     }
 
     /// The path to open and the options to open it with.
