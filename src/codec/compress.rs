@@ -87,6 +87,39 @@ impl Compression {
     }
 }
 
+impl Compression {
+    /// Compresses each of `clusters` (the last may be short: it is padded with zeros to
+    /// `cs` bytes) as [`Compression::compress`] does with a limit of `cs - 1`, spread
+    /// across the machine's cores; results in order.
+    pub fn compress_clusters(self, clusters: &[&[u8]], cs: usize) -> Result<Vec<Option<Vec<u8>>>> {
+        let one = |chunk: &&[u8]| {
+            let mut cluster = chunk.to_vec();
+            cluster.resize(cs, 0);
+            self.compress(&cluster, cs - 1)
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = cores.min(clusters.len());
+        if workers <= 1 {
+            return clusters.iter().map(one).collect();
+        }
+        let per_worker = clusters.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = clusters
+                .chunks(per_worker)
+                .map(|group| scope.spawn(move || group.iter().map(one).collect::<Result<Vec<_>>>()))
+                .collect();
+            let mut out = Vec::with_capacity(clusters.len());
+            for handle in handles {
+                let part = handle
+                    .join()
+                    .map_err(|_| Error::new(ErrorKind::Io, "a compression worker failed"))?;
+                out.extend(part?);
+            }
+            Ok(out)
+        })
+    }
+}
+
 fn read_up_to(reader: &mut impl Read, out: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0;
     while done < out.len() {

@@ -72,6 +72,9 @@ pub struct Qcow2 {
     pub(super) key: Option<LegacyAes>,
     /// The last cluster decompressed, by host offset of its compressed bytes.
     pub(super) decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
+    /// Where the next compressed cluster may be packed (mid-cluster, after the last
+    /// one written), and the refcount free count at which that was true.
+    pub(super) compressed_tail: Option<(u64, u64)>,
     pub(super) snapshots: Vec<Snapshot>,
     pub(super) warnings: Vec<String>,
     /// Host offset of the L1 table in use.
@@ -329,6 +332,7 @@ impl Qcow2 {
             compression,
             key,
             decompressed: Mutex::new(None),
+            compressed_tail: None,
             snapshots,
             warnings,
             l1_offset,

@@ -26,6 +26,9 @@ pub struct Refcounts {
     blocks: HashMap<u64, Vec<u8>>,
     /// No free cluster lies below this index.
     free_hint: u64,
+    /// How many times a refcount was set to zero: space remembered for later use (the
+    /// tail of the last compressed cluster) is only trusted while this is unchanged.
+    frees: u64,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -53,6 +56,7 @@ impl Refcounts {
             table,
             blocks: HashMap::new(),
             free_hint: 0,
+            frees: 0,
         })
     }
 
@@ -202,8 +206,9 @@ impl Refcounts {
         storage
             .write_at(&bytes, block_at + at as u64)
             .map_err(io("writing a refcount block"))?;
-        if value == 0 && cluster < self.free_hint {
-            self.free_hint = cluster;
+        if value == 0 {
+            self.frees += 1;
+            self.free_hint = self.free_hint.min(cluster);
         }
         Ok(())
     }
@@ -232,6 +237,11 @@ impl Refcounts {
             self.set(storage, cluster, new)?;
         }
         Ok(())
+    }
+
+    /// How many times a refcount has been set to zero since the image was opened.
+    pub fn frees(&self) -> u64 {
+        self.frees
     }
 
     /// Finds `n` contiguous clusters with refcount 0, sets their refcounts to 1, and

@@ -153,6 +153,50 @@ impl Qcow2 {
         Ok(at)
     }
 
+    /// Host bytes for one compressed cluster (`len` < one cluster), packed right after
+    /// the previous one as QEMU packs them: each host cluster the bytes touch holds one
+    /// more reference. Packing resumes only where nothing was freed in between, so the
+    /// tail can never have been reused for something else.
+    fn alloc_bytes(&mut self, len: u64) -> Result<u64> {
+        let cs = self.cs();
+        let storage = self.storage.clone();
+        let rc = self.refcounts.as_mut().expect("writable");
+        let mut tail = self
+            .compressed_tail
+            .take()
+            .filter(|&(_, frees)| frees == rc.frees())
+            .map(|(at, _)| at);
+        if let Some(at) = tail {
+            if rc.get(storage.as_ref(), at / cs)? >= rc.max() {
+                tail = None;
+            }
+        }
+        let start = match tail {
+            Some(at) if cs - at % cs >= len => {
+                rc.update_range(storage.as_ref(), at, 1, 1)?;
+                at
+            }
+            Some(at) => {
+                // The rest needs the next cluster; packing continues only if that is
+                // where the new cluster lands.
+                let fresh = self.alloc(1)?;
+                let rc = self.refcounts.as_mut().expect("writable");
+                if fresh == at.next_multiple_of(cs) {
+                    rc.update_range(storage.as_ref(), at, 1, 1)?;
+                    at
+                } else {
+                    fresh
+                }
+            }
+            None => self.alloc(1)?,
+        };
+        self.check_overlap(start, len)?;
+        let end = start + len;
+        let rc = self.refcounts.as_ref().expect("writable");
+        self.compressed_tail = (end % cs != 0).then_some((end, rc.frees()));
+        Ok(start)
+    }
+
     fn release(&mut self, host: u64, len: u64) -> Result<()> {
         let storage = self.storage.clone();
         self.refcounts
@@ -764,14 +808,16 @@ impl Qcow2 {
         })
     }
 
-    /// Writes whole clusters compressed (the last one may end at the end of the image).
+    /// Writes whole clusters compressed (a short last piece may end in the image's last
+    /// cluster), packed end to end in the file.
     /// A cluster that does not shrink is written normally, as QEMU does.
     pub fn write_compressed(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
         self.is_writable()?;
         let cs = self.cs();
-        if guest % cs != 0
-            || (data.len() as u64 % cs != 0 && guest + data.len() as u64 != self.size)
-        {
+        // A short final piece is allowed in the image's last cluster; the rest of that
+        // cluster reads as zeros.
+        let end = guest + data.len() as u64;
+        if guest % cs != 0 || (end % cs != 0 && end.div_ceil(cs) != self.size.div_ceil(cs)) {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "compressed writes must cover whole clusters",
@@ -783,17 +829,18 @@ impl Qcow2 {
                 "compressed clusters are not possible in encrypted images or images with a data file",
             ));
         }
-        for (i, chunk) in data.chunks(cs as usize).enumerate() {
+        // Compression is the slow part and needs no metadata: all of it first, on every
+        // core; then each cluster is placed in order.
+        let clusters: Vec<&[u8]> = data.chunks(cs as usize).collect();
+        let results = self.compression.compress_clusters(&clusters, cs as usize)?;
+        for (i, (chunk, compressed)) in clusters.into_iter().zip(results).enumerate() {
             let gc = guest + i as u64 * cs;
-            let mut cluster = chunk.to_vec();
-            cluster.resize(cs as usize, 0);
-            let compressed = self.compression.compress(&cluster, cs as usize - 1)?;
             let Some(compressed) = compressed else {
                 self.write_at(gc, chunk, below)?;
                 continue;
             };
             let clen = compressed.len() as u64;
-            let host = self.alloc(clen.div_ceil(cs))?;
+            let host = self.alloc_bytes(clen)?;
             let descriptor = Qcow2CompressedDescriptor {
                 host_offset: host,
                 additional_sectors: (host + clen - 1) / 512 - host / 512,

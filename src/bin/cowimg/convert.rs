@@ -124,15 +124,26 @@ pub fn copy_into(
         }
         let chunk = &mut buf[..n as usize];
         image.read_at(chunk, from + done)?;
-        for (i, cluster) in chunk.chunks(cs as usize).enumerate() {
-            if cluster.iter().all(|b| *b == 0) {
-                continue;
-            }
-            let at = done + i as u64 * cs;
-            if compress {
-                target.write_compressed(cluster, at)?;
-            } else {
-                target.write_at(cluster, at)?;
+        // Runs of clusters that are not all zeros are written in one call each (so a
+        // compressed run is compressed on every core).
+        let cs_us = cs as usize;
+        let mut run: Option<usize> = None;
+        let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
+        for (i, cluster) in clusters.enumerate() {
+            let data = cluster.is_some_and(|c| c.iter().any(|b| *b != 0));
+            match (data, run) {
+                (true, None) => run = Some(i),
+                (false, Some(first)) => {
+                    let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
+                    let at = done + (first * cs_us) as u64;
+                    if compress {
+                        target.write_compressed(bytes, at)?;
+                    } else {
+                        target.write_at(bytes, at)?;
+                    }
+                    run = None;
+                }
+                _ => {}
             }
         }
         done += n;
