@@ -65,48 +65,42 @@ impl Compression {
     /// frame). None when the result would not be shorter than `limit` bytes: such a
     /// cluster is stored uncompressed.
     pub fn compress(self, input: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
-        match self {
-            Compression::Deflate => {
-                let mut out = Vec::with_capacity(limit);
-                let mut z = flate2::Compress::new_with_window_bits(
-                    flate2::Compression::default(),
-                    false,
-                    12,
-                );
-                let status = z
-                    .compress_vec(input, &mut out, flate2::FlushCompress::Finish)
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("deflate failed: {e}")))?;
-                Ok((status == flate2::Status::StreamEnd && out.len() < limit).then_some(out))
-            }
-            Compression::Zstd => {
-                let out = zstd::bulk::compress(input, 0)
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("zstd failed: {e}")))?;
-                Ok((out.len() < limit).then_some(out))
-            }
-        }
+        Compressor::new(self)?.compress(input, limit)
     }
-}
 
-impl Compression {
     /// Compresses each of `clusters` (the last may be short: it is padded with zeros to
     /// `cs` bytes) as [`Compression::compress`] does with a limit of `cs - 1`, spread
     /// across the machine's cores; results in order.
     pub fn compress_clusters(self, clusters: &[&[u8]], cs: usize) -> Result<Vec<Option<Vec<u8>>>> {
-        let one = |chunk: &&[u8]| {
-            let mut cluster = chunk.to_vec();
-            cluster.resize(cs, 0);
-            self.compress(&cluster, cs - 1)
+        // One compressor per worker: setting one up costs more than a cluster's work.
+        let run = |group: &[&[u8]]| -> Result<Vec<Option<Vec<u8>>>> {
+            let mut engine = Compressor::new(self)?;
+            let mut padded = Vec::new();
+            group
+                .iter()
+                .map(|chunk| {
+                    let input = if chunk.len() == cs {
+                        *chunk
+                    } else {
+                        padded.clear();
+                        padded.extend_from_slice(chunk);
+                        padded.resize(cs, 0);
+                        &padded[..]
+                    };
+                    engine.compress(input, cs - 1)
+                })
+                .collect()
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = cores.min(clusters.len());
         if workers <= 1 {
-            return clusters.iter().map(one).collect();
+            return run(clusters);
         }
         let per_worker = clusters.len().div_ceil(workers);
         std::thread::scope(|scope| {
             let handles: Vec<_> = clusters
                 .chunks(per_worker)
-                .map(|group| scope.spawn(move || group.iter().map(one).collect::<Result<Vec<_>>>()))
+                .map(|group| scope.spawn(move || run(group)))
                 .collect();
             let mut out = Vec::with_capacity(clusters.len());
             for handle in handles {
@@ -117,6 +111,47 @@ impl Compression {
             }
             Ok(out)
         })
+    }
+}
+
+/// A compressor's state, kept from one cluster to the next.
+enum Compressor {
+    Deflate(flate2::Compress),
+    Zstd(zstd::bulk::Compressor<'static>),
+}
+
+impl Compressor {
+    fn new(kind: Compression) -> Result<Compressor> {
+        Ok(match kind {
+            Compression::Deflate => Compressor::Deflate(flate2::Compress::new_with_window_bits(
+                flate2::Compression::default(),
+                false,
+                12,
+            )),
+            Compression::Zstd => Compressor::Zstd(
+                zstd::bulk::Compressor::new(0)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("zstd failed: {e}")))?,
+            ),
+        })
+    }
+
+    fn compress(&mut self, input: &[u8], limit: usize) -> Result<Option<Vec<u8>>> {
+        match self {
+            Compressor::Deflate(z) => {
+                z.reset();
+                let mut out = Vec::with_capacity(limit);
+                let status = z
+                    .compress_vec(input, &mut out, flate2::FlushCompress::Finish)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("deflate failed: {e}")))?;
+                Ok((status == flate2::Status::StreamEnd && out.len() < limit).then_some(out))
+            }
+            Compressor::Zstd(z) => {
+                let out = z
+                    .compress(input)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("zstd failed: {e}")))?;
+                Ok((out.len() < limit).then_some(out))
+            }
+        }
     }
 }
 

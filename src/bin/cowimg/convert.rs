@@ -23,6 +23,11 @@ pub struct Args {
     input: SnapshotSourceArgs,
     #[command(flatten)]
     target: TargetArgs,
+    /// Cache mode of the output: unsafe (qemu-img's default: not forced to disk at
+    /// the end) or writeback, writethrough, directsync, none (flushed before exit).
+    #[arg(short = 't', value_name = "CACHE", default_value = "unsafe",
+          value_parser = ["unsafe", "writeback", "writethrough", "directsync", "none"])]
+    cache: String,
     /// Compress every cluster of the output (qcow2).
     #[arg(short = 'c')]
     compress: bool,
@@ -98,7 +103,9 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         _ => opts.cluster_size,
     };
     copy_into(image, 0, image.size(), &mut target, cs, args.compress)?;
-    target.flush()?;
+    if args.cache != "unsafe" {
+        target.flush()?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -209,7 +216,10 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    // Like qemu-img convert: written through the page cache, not forced to disk.
+    if args.cache != "unsafe" {
+        out.sync_data()
+            .map_err(|e| Error::io(format!("flushing '{}'", args.output), e))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
