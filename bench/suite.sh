@@ -46,12 +46,9 @@ qemu-io -f qcow2 "${cmds[@]}" "$big" >/dev/null
 # --- measuring ----------------------------------------------------------------------
 now() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-peak_kib() { # peak RSS of one run, KiB
-  python3 - "$@" <<'PY'
-import resource, subprocess, sys
-subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-PY
+peak_kib() { # peak RSS of one run, KiB (GNU time: a small parent, unlike python)
+  /usr/bin/time -f %M -o "$work/peak" "$@" >/dev/null
+  cat "$work/peak"
 }
 prep=:
 timed() { # tool args… → nanoseconds of one run, after the case's preparation
@@ -93,9 +90,11 @@ bench_case() {
   fi
   rm -f "$work/q.out" "$work/c.out"
 }
-fresh_out() { rm -f "$work/q.out" "$work/c.out"; }
+fresh_out() { # this tool's output, gone
+  if [[ $1 == qemu-img ]]; then rm -f "$work/q.out"; else rm -f "$work/c.out"; fi
+}
 fresh_target() { # a new empty 1 GiB qcow2 to write into
-  fresh_out
+  fresh_out "$1"
   qemu-img create -q -f qcow2 "$work/w.qcow2" 1G
 }
 

@@ -4,6 +4,38 @@
 //! Data flows one way: bytes ([`storage`]) → typed views ([`format`], generated from
 //! `spec/`) → each format's runtime ([`qcow2`], [`qcow`], [`cow`]), which knows
 //! clusters → the caller.
+//!
+//! Reading what the guest sees, and where it is stored:
+//!
+//! ```no_run
+//! use cowimg::{Image, OpenOptions};
+//!
+//! let image = Image::open("disk.qcow2", &OpenOptions::default())?;
+//! let mut sector = vec![0u8; 512];
+//! image.read_at(&mut sector, 0)?;
+//! for range in image.map()? {
+//!     println!("{} +{}: data={} zero={}", range.start, range.len, range.data, range.zero);
+//! }
+//! # Ok::<(), cowimg::Error>(())
+//! ```
+//!
+//! Writing needs the format named (a probed format is never trusted for writing), and
+//! errors say what kind of failure they are:
+//!
+//! ```no_run
+//! use cowimg::{ErrorKind, Format, Image, OpenOptions};
+//!
+//! let options = OpenOptions { format: Some(Format::Qcow2), writable: true, ..Default::default() };
+//! match Image::open("disk.qcow2", &options) {
+//!     Ok(mut image) => {
+//!         image.write_at(&[0xab; 4096], 65536)?;
+//!         image.flush()?;
+//!     }
+//!     Err(e) if e.kind() == ErrorKind::Unsupported => eprintln!("cannot write this image: {e}"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok::<(), cowimg::Error>(())
+//! ```
 
 pub mod codec;
 pub mod cow;
