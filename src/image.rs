@@ -210,13 +210,35 @@ impl BlockStatus {
     }
 }
 
+/// Told how far a long operation (rebase, commit) has come: bytes done of the total.
+pub type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
+
 /// A virtual disk: the top image and its backing chain.
-#[derive(Debug)]
 pub struct Image {
     chain: Vec<ChainEntry>,
+    progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Image {
+    /// Has rebase and commit report their progress to `progress` as they go.
+    pub fn on_progress(&mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) {
+        self.progress = Some(Box::new(progress));
+    }
+
+    fn report(&self, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            p(done, total);
+        }
+    }
+
     /// Opens `path` and, by `options.backing`, its backing chain.
     pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
         let path = path.as_ref();
@@ -269,7 +291,10 @@ impl Image {
             };
             chain.push(entry);
         }
-        Ok(Image { chain })
+        Ok(Image {
+            chain,
+            progress: None,
+        })
     }
 
     /// Opens a single image held by `storage` (memory, a test backend…) in the stated
@@ -322,7 +347,10 @@ impl Image {
             };
             chain.push(open_layer(path, *format, false, &below)?);
         }
-        Ok(Image { chain })
+        Ok(Image {
+            chain,
+            progress: None,
+        })
     }
 
     /// The images of the chain, top first.
@@ -481,6 +509,7 @@ impl Image {
             let (held, len) = self.top_status(offset, size - offset)?;
             if held {
                 offset += len;
+                self.report(offset, size);
                 continue;
             }
             let end = offset + len;
@@ -496,6 +525,7 @@ impl Image {
                     self.write_at(&data, offset)?;
                 }
                 offset += n as u64;
+                self.report(offset, size);
             }
         }
         self.flush()?;
@@ -542,9 +572,11 @@ impl Image {
                     self.read_at(&mut buf[..n], at)?;
                     base.write_at(&buf[..n], at)?;
                     at += n as u64;
+                    self.report(at, size);
                 }
             }
             offset += len;
+            self.report(offset, size);
         }
         base.flush()?;
         if !keep {

@@ -2,6 +2,7 @@
 //! what reads as zeros so the output stays sparse.
 
 use crate::create::{apply_options, create_file, key_secret};
+use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
@@ -28,6 +29,9 @@ pub struct Args {
     #[arg(short = 't', value_name = "CACHE", default_value = "unsafe",
           value_parser = ["unsafe", "writeback", "writethrough", "directsync", "none"])]
     cache: String,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
     /// Compress every cluster of the output (qcow2).
     #[arg(short = 'c')]
     compress: bool,
@@ -102,7 +106,17 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),
         _ => opts.cluster_size,
     };
-    copy_into(image, 0, image.size(), &mut target, cs, args.compress)?;
+    let progress = Progress::new(args.progress && !args.quiet, image.size());
+    copy_into(
+        image,
+        0,
+        image.size(),
+        &mut target,
+        cs,
+        args.compress,
+        &progress,
+    )?;
+    progress.finish();
     if args.cache != "unsafe" {
         target.flush()?;
     }
@@ -119,11 +133,13 @@ pub fn copy_into(
     target: &mut Image,
     cs: u64,
     compress: bool,
+    progress: &Progress,
 ) -> Result<(), Error> {
     let mut buf = vec![0u8; CHUNK.min(len) as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK);
+        progress.advance(n);
         let status = image.block_status(from + done, n)?;
         if status.zero && status.len == n {
             done += n;
@@ -181,6 +197,8 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
         offset += status.len;
     }
 
+    let progress = Progress::new(args.progress && !args.quiet, size);
+    progress.advance(size - pieces.iter().map(|&(_, len)| len).sum::<u64>());
     // Copy them with one worker per core, as qemu-img keeps several requests in flight.
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -201,6 +219,7 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
                         write_sparse(&out, chunk, at)
                             .map_err(|e| Error::io(format!("writing '{}'", args.output), e))
                     });
+                    progress.advance(len);
                     if let Err(e) = result {
                         failed
                             .lock()
@@ -216,6 +235,7 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
+    progress.finish();
     if args.cache != "unsafe" {
         out.sync_data()
             .map_err(|e| Error::io(format!("flushing '{}'", args.output), e))?;

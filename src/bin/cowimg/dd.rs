@@ -2,6 +2,7 @@
 
 use crate::convert::copy_into;
 use crate::create::{create_file, parse_size};
+use crate::progress::Progress;
 use crate::source::{format_named, SourceArgs};
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
@@ -131,7 +132,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),
         _ => opts.cluster_size,
     };
-    copy_into(&image, from, size, &mut target, cs, false)?;
+    copy_into(
+        &image,
+        from,
+        size,
+        &mut target,
+        cs,
+        false,
+        &Progress::new(false, 0),
+    )?;
     target.flush()?;
     Ok(ExitCode::SUCCESS)
 }

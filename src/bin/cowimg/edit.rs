@@ -1,9 +1,18 @@
 //! `cowimg rebase`, `commit` and `amend`: edits to an image's chain and header.
 
+use crate::progress::Progress;
 use crate::source::{format_named, parse_options, SourceArgs};
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
+
+/// A progress bar (when `enabled`) that follows the image's long operation.
+fn watch(image: &mut Image, enabled: bool) -> Progress {
+    let bar = Progress::new(enabled, image.size());
+    let shown = bar.clone();
+    image.on_progress(move |done, total| shown.set(done, total));
+    bar
+}
 
 #[derive(clap::Args)]
 pub struct RebaseArgs {
@@ -18,6 +27,9 @@ pub struct RebaseArgs {
     /// The new backing file's format.
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
@@ -59,7 +71,9 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         }
         None => None,
     };
+    let bar = watch(&mut image, args.progress && !args.quiet);
     image.rebase(name, new.as_ref())?;
+    bar.finish();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -73,6 +87,9 @@ pub struct CommitArgs {
     /// The backing file's format, when the image does not record it (qcow, cow).
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
+    /// Show a progress bar.
+    #[arg(short = 'p')]
+    progress: bool,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
@@ -87,7 +104,9 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(format_named)
         .transpose()?;
+    let bar = watch(&mut image, args.progress && !args.quiet);
     image.commit(args.keep, format)?;
+    bar.finish();
     if !args.quiet {
         crate::print_out("Image committed.\n");
     }

@@ -13,6 +13,7 @@ mod io;
 mod json;
 mod map;
 mod measure;
+mod progress;
 mod resize;
 mod snapshot;
 mod source;
