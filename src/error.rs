@@ -133,7 +133,13 @@ impl fmt::Display for Error {
             )?;
         }
         if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+            // strerror's words, as QEMU prints them, without Rust's "(os error N)".
+            let text = source.to_string();
+            let text = match (source.raw_os_error(), text.rfind(" (os error ")) {
+                (Some(_), Some(at)) => &text[..at],
+                _ => &text,
+            };
+            write!(f, ": {text}")?;
         }
         Ok(())
     }
