@@ -75,6 +75,9 @@ pub struct Qcow2 {
     /// Where the next compressed cluster may be packed (mid-cluster, after the last
     /// one written), and the refcount free count at which that was true.
     pub(super) compressed_tail: Option<(u64, u64)>,
+    /// Data written but held to be combined with the next piece: (host offset, bytes).
+    /// Always empty between requests.
+    pub(super) combined: Option<(u64, Vec<u8>)>,
     pub(super) snapshots: Vec<Snapshot>,
     pub(super) warnings: Vec<String>,
     /// Host offset of the L1 table in use.
@@ -333,6 +336,7 @@ impl Qcow2 {
             key,
             decompressed: Mutex::new(None),
             compressed_tail: None,
+            combined: None,
             snapshots,
             warnings,
             l1_offset,

@@ -110,8 +110,19 @@ impl Qcow2 {
         self.data_file.as_ref().unwrap_or(&self.storage)
     }
 
+    /// Sends the data held for combining (see `store`).
+    fn flush_combined(&mut self) -> Result<()> {
+        if let Some((at, buf)) = self.combined.take() {
+            self.storage
+                .write_at(&buf, at)
+                .map_err(|e| Error::io(format!("writing data at {at:#x}"), e))?;
+        }
+        Ok(())
+    }
+
     /// Makes everything written so far durable before what follows depends on it.
-    fn barrier(&self) -> Result<()> {
+    fn barrier(&mut self) -> Result<()> {
+        self.flush_combined()?;
         if self.barriers {
             self.storage
                 .flush()
@@ -287,7 +298,24 @@ impl Qcow2 {
     /// Writes guest bytes `data` at `off` of the cluster at guest `gc`, stored at host
     /// `host`, encrypting whole sectors (read, changed and rewritten where `data` covers
     /// only part of one).
-    fn store(&self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
+    /// Writes guest data into its host cluster. Plain data (no encryption, no data
+    /// file) landing right after the previous piece is combined with it into one write,
+    /// sent before the next barrier or when the request ends: a run of new clusters goes
+    /// out as one large write, not one per cluster.
+    fn store(&mut self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
+        const LIMIT: usize = 4 << 20;
+        if self.key.is_none() && self.data_file.is_none() {
+            let at = host + off;
+            if let Some((start, buf)) = &mut self.combined {
+                if *start + buf.len() as u64 == at && buf.len() + data.len() <= LIMIT {
+                    buf.extend_from_slice(data);
+                    return Ok(());
+                }
+            }
+            self.flush_combined()?;
+            self.combined = Some((at, data.to_vec()));
+            return Ok(());
+        }
         crate::sector_io::write(
             self.data_storage().as_ref(),
             self.key.as_ref(),
@@ -431,6 +459,18 @@ impl Qcow2 {
                     format!("write of {len} bytes at {guest} is past the end of the image"),
                 )
             })?;
+        let result = self.walk_clusters(guest, end, &mut per_cluster);
+        // Data still held for combining goes out whatever happened.
+        let flushed = self.flush_combined();
+        result.and(flushed)
+    }
+
+    fn walk_clusters(
+        &mut self,
+        guest: u64,
+        end: u64,
+        per_cluster: &mut impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
+    ) -> Result<()> {
         let cs = self.cs();
         let table_span = 1u64 << (self.cluster_bits + self.l2_bits);
         let mut at = guest;
@@ -880,6 +920,7 @@ impl Qcow2 {
 
     /// Makes every completed write durable.
     pub fn flush(&mut self) -> Result<()> {
+        self.flush_combined()?;
         self.storage
             .flush()
             .map_err(|e| Error::io("flushing the image", e))?;
