@@ -29,6 +29,10 @@ pub struct Refcounts {
     /// How many times a refcount was set to zero: space remembered for later use (the
     /// tail of the last compressed cluster) is only trusted while this is unchanged.
     frees: u64,
+    /// While set, changed entries are written out by `write_deferred`, not at once.
+    deferring: bool,
+    /// Byte ranges of cached blocks changed but not yet written, by block offset.
+    dirty: HashMap<u64, (usize, usize)>,
 }
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -57,6 +61,8 @@ impl Refcounts {
             blocks: HashMap::new(),
             free_hint: 0,
             frees: 0,
+            deferring: false,
+            dirty: HashMap::new(),
         })
     }
 
@@ -97,6 +103,7 @@ impl Refcounts {
         if !self.blocks.contains_key(&offset) {
             if self.blocks.len() >= BLOCK_CACHE {
                 let victim = *self.blocks.keys().next().expect("non-empty");
+                self.write_dirty(storage, victim)?;
                 self.blocks.remove(&victim);
             }
             let mut bytes = vec![0u8; 1 << self.cluster_bits];
@@ -197,15 +204,20 @@ impl Refcounts {
                 (at, 1, block[at])
             }
         };
-        let block = &self.blocks[&block_at];
-        let bytes = if bits >= 8 {
-            block[at..at + len].to_vec()
+        if self.deferring {
+            let range = self.dirty.entry(block_at).or_insert((at, at + len));
+            *range = (range.0.min(at), range.1.max(at + len));
         } else {
-            vec![byte]
-        };
-        storage
-            .write_at(&bytes, block_at + at as u64)
-            .map_err(io("writing a refcount block"))?;
+            let block = &self.blocks[&block_at];
+            let bytes = if bits >= 8 {
+                block[at..at + len].to_vec()
+            } else {
+                vec![byte]
+            };
+            storage
+                .write_at(&bytes, block_at + at as u64)
+                .map_err(io("writing a refcount block"))?;
+        }
         if value == 0 {
             self.frees += 1;
             self.free_hint = self.free_hint.min(cluster);
@@ -235,6 +247,32 @@ impl Refcounts {
                 )
             })?;
             self.set(storage, cluster, new)?;
+        }
+        Ok(())
+    }
+
+    /// Holds changed entries in memory (`true`) until `write_deferred`, so that a run
+    /// of allocations costs one write per block, not one per cluster. The caller writes
+    /// them out before any barrier that orders later metadata after them.
+    pub fn defer(&mut self, on: bool) {
+        self.deferring = on;
+    }
+
+    /// Writes out every entry changed while deferring.
+    pub fn write_deferred(&mut self, storage: &dyn Storage) -> Result<()> {
+        let blocks: Vec<u64> = self.dirty.keys().copied().collect();
+        for block_at in blocks {
+            self.write_dirty(storage, block_at)?;
+        }
+        Ok(())
+    }
+
+    fn write_dirty(&mut self, storage: &dyn Storage, block_at: u64) -> Result<()> {
+        if let Some((lo, hi)) = self.dirty.remove(&block_at) {
+            let block = &self.blocks[&block_at];
+            storage
+                .write_at(&block[lo..hi], block_at + lo as u64)
+                .map_err(io("writing a refcount block"))?;
         }
         Ok(())
     }

@@ -110,12 +110,16 @@ impl Qcow2 {
         self.data_file.as_ref().unwrap_or(&self.storage)
     }
 
-    /// Sends the data held for combining (see `store`).
+    /// Sends what is held back: data for combining (see `store`) and refcount
+    /// changes (see `Refcounts::defer`).
     fn flush_combined(&mut self) -> Result<()> {
         if let Some((at, buf)) = self.combined.take() {
             self.storage
                 .write_at(&buf, at)
                 .map_err(|e| Error::io(format!("writing data at {at:#x}"), e))?;
+        }
+        if let Some(r) = &mut self.refcounts {
+            r.write_deferred(self.storage.as_ref())?;
         }
         Ok(())
     }
@@ -459,9 +463,15 @@ impl Qcow2 {
                     format!("write of {len} bytes at {guest} is past the end of the image"),
                 )
             })?;
+        if let Some(r) = &mut self.refcounts {
+            r.defer(true);
+        }
         let result = self.walk_clusters(guest, end, &mut per_cluster);
-        // Data still held for combining goes out whatever happened.
+        // What is held (data for combining, refcounts) goes out whatever happened.
         let flushed = self.flush_combined();
+        if let Some(r) = &mut self.refcounts {
+            r.defer(false);
+        }
         result.and(flushed)
     }
 

@@ -153,7 +153,7 @@ pub fn copy_into(
         let mut run: Option<usize> = None;
         let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
         for (i, cluster) in clusters.enumerate() {
-            let data = cluster.is_some_and(|c| c.iter().any(|b| *b != 0));
+            let data = cluster.is_some_and(|c| !is_zero(c));
             match (data, run) {
                 (true, None) => run = Some(i),
                 (false, Some(first)) => {
@@ -247,7 +247,7 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
 fn write_sparse(out: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
     let mut start = None;
     for (i, block) in data.chunks(SPARSE).enumerate() {
-        let zero = block.iter().all(|b| *b == 0);
+        let zero = is_zero(block);
         match (zero, start) {
             (false, None) => start = Some(i * SPARSE),
             (true, Some(s)) => {
@@ -261,4 +261,11 @@ fn write_sparse(out: &std::fs::File, data: &[u8], offset: u64) -> std::io::Resul
         out.write_all_at(&data[s..], offset + s as u64)?;
     }
     Ok(())
+}
+
+/// Whether every byte is zero. OR-ing whole pieces (no early exit inside one) lets the
+/// compiler use vector instructions; this runs over every byte converted.
+fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096)
+        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
