@@ -2,14 +2,18 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::mapping::{Extent, HostOffset, Mapping};
-use crate::storage::Storage;
-use std::sync::Arc;
+use crate::storage::{Run, Storage};
+use std::sync::{Arc, Mutex};
 
 /// A raw file as a layer.
 #[derive(Debug)]
 pub struct Raw {
     storage: Arc<dyn Storage>,
     size: u64,
+    /// The last run of data or hole the file system reported, from where it was asked:
+    /// asking costs two system calls, and reads walk forward through the same run.
+    /// Forgotten on every change to the file.
+    last_run: Mutex<Option<(u64, Run)>>,
 }
 
 impl Raw {
@@ -17,7 +21,11 @@ impl Raw {
         let size = storage
             .len()
             .map_err(|e| Error::io("reading the size of the raw image", e))?;
-        Ok(Raw { storage, size })
+        Ok(Raw {
+            storage,
+            size,
+            last_run: Mutex::new(None),
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -35,9 +43,9 @@ impl Raw {
         }
         let host = HostOffset(offset);
         // Holes in the file read as zeros, and say so, as QEMU's block status does.
-        let (data, end) = match self.storage.allocation(offset) {
-            Ok(Some(run)) if run.end > offset => (run.data, run.end.min(end)),
-            _ => (true, end),
+        let (data, end) = match self.allocation(offset) {
+            Some(run) => (run.data, run.end.min(end)),
+            None => (true, end),
         };
         let mapping = if data {
             Mapping::Data { host }
@@ -52,7 +60,30 @@ impl Raw {
     }
 
     /// Writes at `guest` (the image does not grow).
+    /// The run holding `offset`, from the remembered one when it covers `offset`.
+    fn allocation(&self, offset: u64) -> Option<Run> {
+        let mut last = self.last_run.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((start, run)) = *last {
+            if (start..run.end).contains(&offset) {
+                return Some(run);
+            }
+        }
+        let run = self
+            .storage
+            .allocation(offset)
+            .ok()
+            .flatten()
+            .filter(|r| r.end > offset)?;
+        *last = Some((offset, run));
+        Some(run)
+    }
+
+    fn forget_runs(&mut self) {
+        *self.last_run.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn write_at(&mut self, guest: u64, buf: &[u8]) -> Result<()> {
+        self.forget_runs();
         self.storage
             .write_at(buf, guest)
             .map_err(|e| Error::io(format!("writing at {guest:#x}"), e))
@@ -60,6 +91,7 @@ impl Raw {
 
     /// Writes zeros over a range.
     pub fn write_zeroes(&mut self, guest: u64, len: u64) -> Result<()> {
+        self.forget_runs();
         let zeros = vec![0u8; len.min(1 << 20) as usize];
         let mut at = guest;
         while at < guest + len {
@@ -72,6 +104,7 @@ impl Raw {
 
     /// Sets the file's length.
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.forget_runs();
         self.storage
             .set_len(new_size)
             .map_err(|e| Error::io("resizing the image", e))?;
