@@ -167,6 +167,62 @@ impl Qcow2 {
 
     /// Adds `delta` to the refcount of every L2 table and data cluster an L1 table
     /// reaches (QEMU's update_snapshot_refcount).
+    /// Refuses, before anything changes, a raise that would take some cluster past
+    /// the largest refcount (packed compressed clusters with narrow refcounts), so a
+    /// snapshot that cannot be taken leaves nothing behind.
+    fn check_headroom(&mut self, l1: &[u64], delta: u64) -> Result<()> {
+        let mut raises: std::collections::HashMap<u64, u64> = Default::default();
+        let cs = 1u64 << self.cluster_bits;
+        let words = if self.extended_l2 { 2 } else { 1 };
+        let mut count = |from: u64, len: u64| {
+            for c in from / cs..=(from + len - 1) / cs {
+                *raises.entry(c).or_default() += delta;
+            }
+        };
+        for raw in l1 {
+            let l2 = L1Entry::from_raw(*raw).l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            count(l2, cs);
+            let table = self.l2_table(l2)?;
+            for i in (0..table.len()).step_by(words) {
+                let e = L2Entry::from_raw(table[i]);
+                if e.compressed() {
+                    let d = crate::format::qcow2::Qcow2CompressedDescriptor::decode(
+                        table[i] & ((1 << 62) - 1),
+                        self.cluster_bits,
+                    );
+                    count(
+                        d.host_offset,
+                        (d.additional_sectors + 1) * 512 - (d.host_offset & 511),
+                    );
+                } else if e.host_offset() != 0 && self.data_file.is_none() {
+                    count(e.host_offset(), cs);
+                }
+            }
+        }
+        let storage = self.storage.clone();
+        let refcounts = self
+            .refcounts
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image was opened read-only"))?;
+        for (cluster, raise) in raises {
+            let now = refcounts.get(storage.as_ref(), cluster)?;
+            if now + raise > refcounts.max() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "refcount of cluster {cluster} would exceed {} (refcount_bits {})",
+                        refcounts.max(),
+                        refcounts.bits()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn tree_refcounts(&mut self, l1: &[u64], delta: i64) -> Result<()> {
         let cs = 1u64 << self.cluster_bits;
         let storage = self.storage.clone();
@@ -346,6 +402,7 @@ impl Qcow2 {
             + 1;
         let id = id.to_string();
 
+        self.check_headroom(&self.l1.clone(), 1)?;
         // 1. The snapshot's own copy of the L1 table (unreferenced until published).
         let l1_bytes: Vec<u8> = self.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         let l1_len = (self.header.common.l1_size as u64 * 8).max(8);
@@ -469,6 +526,7 @@ impl Qcow2 {
         })?;
         let target = self.snapshots[index].clone();
         let l1 = self.read_snapshot_l1(&target)?;
+        self.check_headroom(&l1, 1)?;
         if l1.len() > self.l1.len() || target.disk_size != self.size {
             return Err(Error::new(
                 ErrorKind::Unsupported,
