@@ -52,6 +52,8 @@ struct Pass<'a> {
     /// (L1 index, L2 offset) of the active tables, for the COPIED check.
     active_l2: Vec<(u64, u64)>,
     data_file: bool,
+    /// Told (tables walked, tables in all) as the active L1's tables are walked.
+    progress: &'a dyn Fn(u64, u64),
 }
 
 impl Pass<'_> {
@@ -146,7 +148,11 @@ impl Pass<'_> {
                 }
             }
         }
-        for (l2, weight, i) in tables {
+        let total = tables.len() as u64;
+        for (walked, (l2, weight, i)) in tables.into_iter().enumerate() {
+            if active {
+                (self.progress)(walked as u64 + 1, total);
+            }
             self.reference_n(l2, self.cs, weight);
             let Some(table) = self.read_u64s(l2, entries * words) else {
                 continue;
@@ -233,12 +239,22 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 /// repairs, the image is checked again afterwards and that second result returned
 /// with the repair counts.
 pub fn check(storage: &dyn Storage, has_data_file: bool, repair: Repair) -> Result<CheckResult> {
-    let first = check_once(storage, has_data_file, repair)?;
+    check_with_progress(storage, has_data_file, repair, &|_, _| {})
+}
+
+/// [`check`], telling `progress` (tables walked, tables in all) as it goes.
+pub fn check_with_progress(
+    storage: &dyn Storage,
+    has_data_file: bool,
+    repair: Repair,
+    progress: &dyn Fn(u64, u64),
+) -> Result<CheckResult> {
+    let first = check_once(storage, has_data_file, repair, progress)?;
     let repaired = first.leaks_fixed > 0 || first.corruptions_fixed > 0 || first.repaired;
     let result = if repair == Repair::None || first.failed.is_some() || !repaired {
         first
     } else {
-        let mut second = check_once(storage, has_data_file, Repair::None)?;
+        let mut second = check_once(storage, has_data_file, Repair::None, &|_, _| {})?;
         second.leaks_fixed = first.leaks_fixed;
         second.corruptions_fixed = first.corruptions_fixed;
         second.repaired = true;
@@ -273,7 +289,12 @@ fn clear_flags(storage: &dyn Storage) -> Result<()> {
     Ok(())
 }
 
-fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<CheckResult> {
+fn check_once(
+    storage: &dyn Storage,
+    data_file: bool,
+    repair: Repair,
+    progress: &dyn Fn(u64, u64),
+) -> Result<CheckResult> {
     let header = Header::read(storage)?;
     let cs = header.cluster_size();
     let file_len = storage.len().map_err(io("reading the file size"))?;
@@ -287,6 +308,7 @@ fn check_once(storage: &dyn Storage, data_file: bool, repair: Repair) -> Result<
         rebuild: false,
         active_l2: Vec::new(),
         data_file,
+        progress,
     };
     p.res.total_clusters = header.common.size.div_ceil(cs);
 

@@ -1,8 +1,9 @@
 //! `cowimg check`: qemu-img check's findings, output, JSON and exit codes.
 
 use crate::json::Json;
+use crate::progress::Progress;
 use crate::source::SourceArgs;
-use cowimg::qcow2::check::{check, CheckResult, Repair};
+use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
 use cowimg::qcow2::header::incompat;
 use cowimg::storage::FileStorage;
 use cowimg::{Error, Format};
@@ -19,6 +20,9 @@ pub struct Args {
     /// Repair: leaks, or all.
     #[arg(short = 'r', value_name = "leaks|all", value_parser = ["leaks", "all"])]
     repair: Option<String>,
+    /// Show a progress bar (over the active L2 tables).
+    #[arg(short = 'p')]
+    progress: bool,
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
@@ -55,7 +59,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let has_data_file = header
         .as_ref()
         .is_ok_and(|h| h.incompatible_features() & incompat::DATA_FILE != 0);
-    let result = match check(&storage, has_data_file, repair) {
+    // The bar counts tables, not bytes: its length is set once the L1 table is read.
+    let bar = Progress::counting(args.progress && !args.quiet, "L2 tables");
+    let shown = bar.clone();
+    let outcome = check_with_progress(&storage, has_data_file, repair, &move |done, total| {
+        shown.set(done, total)
+    });
+    bar.finish();
+    let result = match outcome {
         Ok(r) => r,
         Err(e) => {
             // qemu-img: the check could not be completed (exit 1).

@@ -8,26 +8,35 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress(Option<ProgressBar>);
 
 impl Progress {
+    /// A bar over `total` bytes.
     pub fn new(enabled: bool, total: u64) -> Progress {
+        Self::styled(enabled, total, "{bytes}/{total_bytes}")
+    }
+
+    /// A bar over a count of `what` (its length set as it becomes known).
+    pub fn counting(enabled: bool, what: &str) -> Progress {
+        Self::styled(enabled, 0, &format!("{{pos}}/{{len}} {what}"))
+    }
+
+    fn styled(enabled: bool, total: u64, amount: &str) -> Progress {
         Progress(enabled.then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            if let Ok(style) =
-                ProgressStyle::with_template("    {bar:40} {percent:>3}%  {bytes}/{total_bytes}")
-            {
+            let template = format!("    {{bar:40}} {{percent:>3}}%  {amount}");
+            if let Ok(style) = ProgressStyle::with_template(&template) {
                 bar.set_style(style);
             }
             bar
         }))
     }
 
-    /// `n` more bytes done.
+    /// `n` more done.
     pub fn advance(&self, n: u64) {
         if let Some(bar) = &self.0 {
             bar.inc(n);
         }
     }
 
-    /// `done` bytes of `total` done.
+    /// `done` of `total` done.
     pub fn set(&self, done: u64, total: u64) {
         if let Some(bar) = &self.0 {
             bar.set_length(total);
