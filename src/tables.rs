@@ -16,10 +16,15 @@ pub fn read_be64(storage: &dyn Storage, offset: u64, entries: u64, what: &str) -
     storage
         .read_zero_padded(&mut bytes, offset)
         .map_err(|e| Error::io(format!("reading the {what} at {offset:#x}"), e))?;
-    Ok(bytes
+    Ok(from_be_bytes(&bytes))
+}
+
+/// Entries from their big-endian bytes (a trailing partial entry is ignored).
+pub fn from_be_bytes(bytes: &[u8]) -> Vec<u64> {
+    bytes
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect())
+        .collect()
 }
 
 /// The entries as bytes to store.

@@ -7,7 +7,7 @@ use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow::{QcowCompressedDescriptor, QcowL2Entry};
 use crate::mapping::{Extent, HostOffset, Mapping};
-use crate::qcow2::l2cache::{L2Cache, Table};
+use crate::qcow2::l2cache::{self, L2Cache, Table};
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
 
@@ -101,27 +101,12 @@ impl Qcow {
     }
 
     fn l2_table(&self, offset: u64) -> Result<Table> {
-        if let Some(t) = self
-            .l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(offset)
-        {
-            return Ok(t);
-        }
-        let mut bytes = vec![0u8; 8 << self.l2_bits];
-        self.storage
-            .read_zero_padded(&mut bytes, offset)
-            .map_err(|e| Error::io(format!("reading the L2 table at {offset:#x}"), e))?;
-        let table: Table = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        self.l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(offset, table.clone());
-        Ok(table)
+        l2cache::load(
+            &self.l2_cache,
+            self.storage.as_ref(),
+            offset,
+            8 << self.l2_bits,
+        )
     }
 
     /// The L2 table offset and entry index for `guest` (offset 0: no table).

@@ -94,12 +94,7 @@ impl Pass<'_> {
             self.res.check_errors += 1;
             return None;
         }
-        Some(
-            bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        )
+        Some(crate::tables::from_be_bytes(&bytes))
     }
 
     /// Counts an L1 table's L2 tables and their clusters. Block-fragmentation figures

@@ -1,7 +1,9 @@
 //! A bounded least-recently-used cache of L2 tables, keyed by host offset.
 
+use crate::error::{Error, Result};
+use crate::storage::Storage;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// L2 tables as host-order u64 words (two per entry with extended L2).
 pub type Table = Arc<[u64]>;
@@ -59,6 +61,27 @@ impl L2Cache {
     pub fn is_empty(&self) -> bool {
         self.tables.is_empty()
     }
+}
+
+/// The table of `len` bytes at `offset`: from `cache`, or read from `storage` (a short
+/// file reads as zeros) and cached.
+pub fn load(
+    cache: &Mutex<L2Cache>,
+    storage: &dyn Storage,
+    offset: u64,
+    len: usize,
+) -> Result<Table> {
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = lock().get(offset) {
+        return Ok(t);
+    }
+    let mut bytes = vec![0u8; len];
+    storage
+        .read_zero_padded(&mut bytes, offset)
+        .map_err(|e| Error::io(format!("reading the L2 table at {offset:#x}"), e))?;
+    let table: Table = crate::tables::from_be_bytes(&bytes).into();
+    lock().insert(offset, table.clone());
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! L1 and L2, and reads of what the mapping finds.
 
 use super::header::{autoclear, incompat, Header};
-use super::l2cache::{L2Cache, Table};
+use super::l2cache::{self, L2Cache, Table};
 use super::snapshot::{self, Snapshot};
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
@@ -381,27 +381,12 @@ impl Qcow2 {
 
     /// The L2 table at `offset`, from the cache or the file.
     pub(super) fn l2_table(&self, offset: u64) -> Result<Table> {
-        if let Some(t) = self
-            .l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(offset)
-        {
-            return Ok(t);
-        }
-        let mut bytes = vec![0u8; 1 << self.cluster_bits];
-        self.storage
-            .read_zero_padded(&mut bytes, offset)
-            .map_err(|e| Error::io(format!("reading the L2 table at {offset:#x}"), e))?;
-        let table: Table = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
-        self.l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(offset, table.clone());
-        Ok(table)
+        l2cache::load(
+            &self.l2_cache,
+            self.storage.as_ref(),
+            offset,
+            1 << self.cluster_bits,
+        )
     }
 
     /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that

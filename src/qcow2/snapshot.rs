@@ -478,10 +478,7 @@ impl Qcow2 {
         self.storage
             .read_zero_padded(&mut bytes, s.header.l1_table_offset)
             .map_err(Self::io_err("reading a snapshot's L1 table"))?;
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect())
+        Ok(crate::tables::from_be_bytes(&bytes))
     }
 
     /// Deletes a snapshot: first from the table (so it is gone even after a crash), then

@@ -126,17 +126,11 @@ impl Qcow2 {
 
     /// Makes everything written so far durable before what follows depends on it.
     fn barrier(&mut self) -> Result<()> {
-        self.flush_combined()?;
         if self.barriers {
-            self.storage
-                .flush()
-                .map_err(|e| Error::io("flushing the image", e))?;
-            if let Some(d) = &self.data_file {
-                d.flush()
-                    .map_err(|e| Error::io("flushing the data file", e))?;
-            }
+            self.flush()
+        } else {
+            self.flush_combined()
         }
-        Ok(())
     }
 
     /// Sets the corrupt bit (as QEMU does for metadata damage found while writing) and
@@ -386,10 +380,7 @@ impl Qcow2 {
             .map_err(|e| Error::io("writing an L2 table", e))?;
         // The cluster may have held a table before (freed since): the cache must not
         // answer with that one.
-        let fresh: super::l2cache::Table = table
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let fresh: super::l2cache::Table = crate::tables::from_be_bytes(&table).into();
         self.l2_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
