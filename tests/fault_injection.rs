@@ -125,7 +125,7 @@ fn run(base: &[u8], size: u64, cs: u64, ops: &[Op], fault: Option<(u64, Fault)>)
     }
     drop(image);
     let bytes = match fault {
-        Some((_, Fault::Drop)) => storage.durable(),
+        Some((_, Fault::Drop | Fault::Reorder)) => storage.durable(),
         _ => storage.current(),
     };
     Outcome {
@@ -181,6 +181,15 @@ fn verify(outcome: &Outcome, dir: &Scratch, context: &str) {
     }
 }
 
+/// Default creation options with this size and cluster size.
+fn sized(size: u64, cluster_size: u64) -> CreateOptions {
+    CreateOptions {
+        size,
+        cluster_size,
+        ..Default::default()
+    }
+}
+
 fn fresh(opts: &CreateOptions) -> Vec<u8> {
     let m = MemoryStorage::new(Vec::new());
     create(&m, None, opts).unwrap();
@@ -188,15 +197,23 @@ fn fresh(opts: &CreateOptions) -> Vec<u8> {
 }
 
 fn every_write_point(opts: CreateOptions, seed: u64, big: bool, points: u64) {
-    let base = fresh(&opts);
     let ops = workload(seed, opts.size, opts.cluster_size, big);
-    let total = run(&base, opts.size, opts.cluster_size, &ops, None).writes;
+    crash_at_points(&opts, &ops, points);
+}
+
+/// Runs `ops` with each fault striking at (up to `points`) write points; every outcome
+/// must verify. Returns the run without a fault.
+fn crash_at_points(opts: &CreateOptions, ops: &[Op], points: u64) -> Outcome {
+    let base = fresh(opts);
+    let clean = run(&base, opts.size, opts.cluster_size, ops, None);
+    let total = clean.writes;
     assert!(total > 20, "the workload writes ({total})");
-    let step = (total / points).max(1);
     let dir = Scratch::new("fault");
-    for fault in [Fault::Drop, Fault::Fail] {
+    verify(&clean, &dir, "no fault");
+    let step = (total / points).max(1);
+    for fault in [Fault::Drop, Fault::Reorder, Fault::Fail] {
         for at in (0..total).step_by(step as usize) {
-            let outcome = run(&base, opts.size, opts.cluster_size, &ops, Some((at, fault)));
+            let outcome = run(&base, opts.size, opts.cluster_size, ops, Some((at, fault)));
             verify(
                 &outcome,
                 &dir,
@@ -204,15 +221,12 @@ fn every_write_point(opts: CreateOptions, seed: u64, big: bool, points: u64) {
             );
         }
     }
+    clean
 }
 
 #[test]
 fn crash_or_failure_at_every_write_point() {
-    let opts = CreateOptions {
-        size: 256 << 10,
-        cluster_size: 4096,
-        ..Default::default()
-    };
+    let opts = sized(256 << 10, 4096);
     every_write_point(opts, 11, false, u64::MAX);
     let opts = CreateOptions {
         size: 256 << 10,
@@ -233,27 +247,101 @@ fn crash_during_refcount_table_growth() {
         refcount_bits: 64,
         ..Default::default()
     };
-    let base = fresh(&opts);
     let ops = vec![
         Op::Write(0, 3 << 20, 0x61),
         Op::Flush,
         Op::Write(3 << 20, 3 << 20, 0x62),
         Op::Flush,
     ];
-    let total = run(&base, opts.size, opts.cluster_size, &ops, None);
-    let table_clusters = u32::from_be_bytes(total.bytes[56..60].try_into().unwrap());
+    let clean = crash_at_points(&opts, &ops, 80);
+    let table_clusters = u32::from_be_bytes(clean.bytes[56..60].try_into().unwrap());
     assert!(table_clusters > 1, "the workload grows the refcount table");
-    let dir = Scratch::new("growth");
-    verify(&total, &dir, "no fault");
-    let step = (total.writes / 80).max(1);
-    for fault in [Fault::Drop, Fault::Fail] {
-        for at in (0..total.writes).step_by(step as usize) {
-            let outcome = run(&base, opts.size, opts.cluster_size, &ops, Some((at, fault)));
-            verify(
-                &outcome,
-                &dir,
-                &format!("{fault:?} at write {at} of {}", total.writes),
-            );
-        }
+}
+
+/// Clusters that flushed L2 entries point at are freed (discard, zeros with unmap,
+/// overwritten compressed clusters): their refcounts may drop only once the changed
+/// tables are durable.
+#[test]
+fn crash_while_freeing_flushed_clusters() {
+    let opts = sized(1 << 20, 4096);
+    let cs = opts.cluster_size;
+    let ops = vec![
+        Op::Write(0, 8 * cs, 0x11),
+        Op::Compressed(8 * cs, 0x22),
+        Op::Compressed(9 * cs, 0x23),
+        Op::Flush,
+        Op::Discard(0, 2 * cs),
+        Op::Zero(2 * cs, 2 * cs, true),
+        Op::Write(8 * cs, cs / 2, 0x33),
+        Op::Flush,
+        Op::Write(4 * cs, 4 * cs, 0x44),
+        Op::Discard(9 * cs, cs),
+        Op::Zero(4 * cs, cs, true),
+        Op::Flush,
+    ];
+    crash_at_points(&opts, &ops, u64::MAX);
+}
+
+/// Memory whose next flush fails once when armed: a transient error.
+#[derive(Debug, Default)]
+struct FlakyFlush {
+    inner: MemoryStorage,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl cowimg::storage::Storage for FlakyFlush {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.inner.read_at(buf, offset)
     }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("transient flush failure"));
+        }
+        self.inner.flush()
+    }
+}
+
+/// A write-back that fails half-way keeps its tables: the frees they allow must not
+/// happen on a later, successful flush before the tables are written.
+#[test]
+fn a_failed_flush_keeps_what_it_could_not_write() {
+    let opts = sized(1 << 20, 4096);
+    let storage = Arc::new(FlakyFlush {
+        inner: MemoryStorage::new(fresh(&opts)),
+        ..Default::default()
+    });
+    let options = OpenOptions {
+        writable: true,
+        ..Default::default()
+    };
+    let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &options).unwrap();
+    image.write_at(&[7u8; 8192], 0).unwrap();
+    image.flush().unwrap();
+    image.discard(0, 8192).unwrap();
+    storage
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(image.flush().is_err(), "the armed flush fails");
+    image.flush().unwrap();
+    drop(image);
+    let dir = Scratch::new("flaky");
+    verify(
+        &Outcome {
+            bytes: storage.inner.to_vec(),
+            acked: vec![0; opts.size as usize],
+            touched: vec![false; (opts.size / 512) as usize],
+            writes: 0,
+        },
+        &dir,
+        "flush failed once, then succeeded",
+    );
 }

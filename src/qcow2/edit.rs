@@ -55,6 +55,8 @@ impl Qcow2 {
         if first < size {
             self.clear_entries(first, size - first)?;
         }
+        // The L1 entries below go out directly: the cleared tables must be there first.
+        self.write_back()?;
         let keep = first.div_ceil(span) as usize;
         let storage = self.storage.clone();
         for index in keep..self.l1.len() {
@@ -70,9 +72,7 @@ impl Qcow2 {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(l2);
-            if self.barriers {
-                storage.flush().map_err(|e| Error::io("flushing", e))?;
-            }
+            self.sync()?;
             self.refcounts.as_mut().expect("writable").update_range(
                 storage.as_ref(),
                 l2,
@@ -163,6 +163,7 @@ impl Qcow2 {
         if self.header.incompatible_features() & !(incompat::DIRTY | incompat::CORRUPT) != 0 {
             return refuse("incompatible features set");
         }
+        self.write_back()?;
         self.expand_zero_clusters(below)?;
         self.rewrite_header(|h| {
             h.common.version = 2;
@@ -238,10 +239,8 @@ impl Qcow2 {
                 changed = true;
             }
             if changed {
-                if self.barriers {
-                    storage.flush().map_err(|e| Error::io("flushing", e))?;
-                }
-                let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_be_bytes()).collect();
+                self.sync()?;
+                let bytes = crate::tables::to_be_bytes(&table);
                 storage
                     .write_at(&bytes, l2)
                     .map_err(|e| Error::io("writing an L2 table", e))?;

@@ -1,8 +1,10 @@
-//! A bounded least-recently-used cache of L2 tables, keyed by host offset.
+//! A bounded least-recently-used cache of L2 tables, keyed by host offset, and the
+//! tables changed but not yet written (write-back: they are never evicted, only
+//! written out by their owner in the order crash safety asks for).
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// L2 tables as host-order u64 words (two per entry with extended L2).
@@ -13,6 +15,8 @@ pub struct L2Cache {
     capacity: usize,
     clock: u64,
     tables: HashMap<u64, (Table, u64)>,
+    /// Tables newer than the file's copy, by offset; they answer before `tables`.
+    dirty: BTreeMap<u64, Table>,
 }
 
 impl L2Cache {
@@ -22,10 +26,14 @@ impl L2Cache {
             capacity: capacity.max(1),
             clock: 0,
             tables: HashMap::new(),
+            dirty: BTreeMap::new(),
         }
     }
 
     pub fn get(&mut self, offset: u64) -> Option<Table> {
+        if let Some(t) = self.dirty.get(&offset) {
+            return Some(t.clone());
+        }
         self.clock += 1;
         let clock = self.clock;
         self.tables.get_mut(&offset).map(|(table, used)| {
@@ -34,7 +42,9 @@ impl L2Cache {
         })
     }
 
+    /// Caches `table` as the file holds it at `offset` (replacing any unwritten change).
     pub fn insert(&mut self, offset: u64, table: Table) {
+        self.dirty.remove(&offset);
         if self.tables.len() >= self.capacity && !self.tables.contains_key(&offset) {
             if let Some(oldest) = self
                 .tables
@@ -49,9 +59,32 @@ impl L2Cache {
         self.tables.insert(offset, (table, self.clock));
     }
 
-    /// Forgets a table (after it was rewritten or freed).
+    /// Holds `table` as the new content at `offset`, to be written by the owner later.
+    pub fn insert_dirty(&mut self, offset: u64, table: Table) {
+        self.tables.remove(&offset);
+        self.dirty.insert(offset, table);
+    }
+
+    /// How many tables the cache holds when full.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How many tables wait to be written.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// The tables waiting to be written, in offset order; the cache forgets that they
+    /// were changed (the caller writes them and `insert`s them back).
+    pub fn take_dirty(&mut self) -> Vec<(u64, Table)> {
+        std::mem::take(&mut self.dirty).into_iter().collect()
+    }
+
+    /// Forgets a table, changed or not (after it was rewritten or freed).
     pub fn remove(&mut self, offset: u64) {
         self.tables.remove(&offset);
+        self.dirty.remove(&offset);
     }
 
     pub fn len(&self) -> usize {
@@ -97,5 +130,25 @@ mod tests {
         c.insert(3, Arc::from(vec![3u64]));
         assert_eq!(c.len(), 2);
         assert!(c.get(2).is_none() && c.get(1).is_some() && c.get(3).is_some());
+    }
+
+    #[test]
+    fn changed_tables_are_never_evicted_and_answer_first() {
+        let mut c = L2Cache::new(1);
+        c.insert(1, Arc::from(vec![1u64]));
+        c.insert_dirty(1, Arc::from(vec![10u64]));
+        for k in 2..5 {
+            c.insert(k, Arc::from(vec![k]));
+        }
+        assert_eq!(c.get(1).unwrap()[0], 10);
+        assert_eq!(c.dirty_len(), 1);
+        let taken = c.take_dirty();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].0, taken[0].1[0]), (1, 10));
+        assert_eq!(c.dirty_len(), 0);
+        // A clean copy replaces a pending change.
+        c.insert_dirty(7, Arc::from(vec![70u64]));
+        c.insert(7, Arc::from(vec![71u64]));
+        assert_eq!((c.dirty_len(), c.get(7).unwrap()[0]), (0, 71));
     }
 }

@@ -78,6 +78,9 @@ pub struct Qcow2 {
     /// Data written but held to be combined with the next piece: (host offset, bytes).
     /// Always empty between requests.
     pub(super) combined: Option<(u64, Vec<u8>)>,
+    /// Host ranges whose refcounts drop once the changed L2 tables that stopped
+    /// pointing at them are on disk (see `write_back`).
+    pub(super) pending_frees: Vec<(u64, u64)>,
     pub(super) snapshots: Vec<Snapshot>,
     pub(super) warnings: Vec<String>,
     /// Host offset of the L1 table in use.
@@ -90,9 +93,13 @@ pub struct Qcow2 {
 }
 
 impl Drop for Qcow2 {
-    /// A clean close: what a lazy-refcounts writer marked dirty is marked clean again
+    /// A clean close: held metadata is written (errors are lost here: callers who care
+    /// flush first), and what a lazy-refcounts writer marked dirty is marked clean again
     /// (refcounts are always kept exact, so nothing needs rebuilding).
     fn drop(&mut self) {
+        if self.refcounts.is_some() && self.flush().is_err() {
+            return;
+        }
         if self.marked_dirty && self.refcounts.is_some() {
             let bits = self.header.incompatible_features() & !incompat::DIRTY;
             if self.storage.flush().is_ok()
@@ -337,6 +344,7 @@ impl Qcow2 {
             decompressed: Mutex::new(None),
             compressed_tail: None,
             combined: None,
+            pending_frees: Vec::new(),
             snapshots,
             warnings,
             l1_offset,

@@ -314,15 +314,6 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn sync(&self) -> Result<()> {
-        if self.barriers {
-            self.storage
-                .flush()
-                .map_err(Self::io_err("flushing the image"))?;
-        }
-        Ok(())
-    }
-
     /// Writes `snapshots` as the new snapshot table in fresh clusters, switches the
     /// header to it in one write, then frees the old table.
     fn write_snapshot_table(&mut self, snapshots: Vec<Snapshot>) -> Result<()> {
@@ -376,7 +367,7 @@ impl Qcow2 {
 
     /// Takes an internal snapshot of the current state, named `name`; returns its id.
     pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
-        self.is_writable()?;
+        self.editable()?;
         if self.data_file.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -484,7 +475,7 @@ impl Qcow2 {
     /// Deletes a snapshot: first from the table (so it is gone even after a crash), then
     /// its references; finally COPIED flags are set where clusters are no longer shared.
     pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
-        self.is_writable()?;
+        self.editable()?;
         let index = self.find_snapshot(id_or_name).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadArgument,
@@ -514,7 +505,7 @@ impl Qcow2 {
     /// table takes its entries (COPIED cleared), the old tree loses one, and COPIED
     /// flags are recomputed.
     pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
-        self.is_writable()?;
+        self.editable()?;
         let index = self.find_snapshot(id_or_name).ok_or_else(|| {
             Error::new(
                 ErrorKind::BadArgument,

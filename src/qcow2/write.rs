@@ -1,11 +1,17 @@
 //! Writing a qcow2 layer: data, zeros, discards and compressed clusters.
 //!
-//! Every request keeps one order, so that a crash at any point leaves an image whose
+//! Every change keeps one order, so that a crash at any point leaves an image whose
 //! only possible fault is a leak:
-//! 1. new clusters get their refcount (raised and written by the allocator);
+//! 1. new clusters get their refcount (raised by the allocator, written by the end of
+//!    the request);
 //! 2. data goes into them (never in place into a cluster someone else shares);
 //! 3. barrier; the L2 entries (or L1 entry) that point at them are written;
 //! 4. barrier; the refcounts of the clusters they replaced are lowered.
+//!
+//! Steps 1 and 2 are written by each request; changed L2 tables and the frees of
+//! step 4 are held in memory (write-back, as QEMU's metadata caches) and go out in
+//! `write_back`: on flush, before any other kind of metadata change, when too many
+//! tables wait, and on close. One barrier then serves every request since the last.
 //!
 //! Shared L2 tables are copied before they are changed, and every newly allocated
 //! cluster is checked against the image's metadata before anything is written to it.
@@ -106,6 +112,13 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `is_writable`, and the held metadata written back first: edits other than plain
+    /// requests (snapshots, resizing, amending) read and write the file directly.
+    pub(super) fn editable(&mut self) -> Result<()> {
+        self.is_writable()?;
+        self.write_back()
+    }
+
     fn data_storage(&self) -> &Arc<dyn Storage> {
         self.data_file.as_ref().unwrap_or(&self.storage)
     }
@@ -129,8 +142,68 @@ impl Qcow2 {
         if self.barriers {
             self.flush()
         } else {
-            self.flush_combined()
+            self.write_back()
         }
+    }
+
+    /// The file (and data file) durable, when barriers are kept.
+    pub(super) fn sync(&self) -> Result<()> {
+        if self.barriers {
+            self.sync_files()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The file (and data file) durable.
+    fn sync_files(&self) -> Result<()> {
+        self.storage
+            .flush()
+            .map_err(|e| Error::io("flushing the image", e))?;
+        if let Some(d) = &self.data_file {
+            d.flush()
+                .map_err(|e| Error::io("flushing the data file", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the held metadata in crash-safe order: data and raised refcounts, barrier,
+    /// changed L2 tables, barrier, then the frees those tables made possible. Called
+    /// before any change that is not a plain request, so that those find the file as
+    /// the cache sees it.
+    pub(super) fn write_back(&mut self) -> Result<()> {
+        self.flush_combined()?;
+        let dirty = self
+            .l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_dirty();
+        if !dirty.is_empty() {
+            let written = self.sync().and_then(|()| {
+                dirty.iter().try_for_each(|(at, table)| {
+                    self.storage
+                        .write_at(&crate::tables::to_be_bytes(table), *at)
+                        .map_err(|e| Error::io("writing an L2 table", e))
+                })
+            });
+            let mut cache = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
+            for (at, table) in dirty {
+                // Held again if anything failed: the frees wait for them.
+                match written {
+                    Ok(()) => cache.insert(at, table),
+                    Err(_) => cache.insert_dirty(at, table),
+                }
+            }
+            written?;
+        }
+        if !self.pending_frees.is_empty() {
+            self.sync()?;
+            for (host, len) in std::mem::take(&mut self.pending_frees) {
+                self.release(host, len)?;
+            }
+            self.flush_combined()?;
+        }
+        Ok(())
     }
 
     /// Sets the corrupt bit (as QEMU does for metadata damage found while writing) and
@@ -369,18 +442,16 @@ impl Qcow2 {
             return Ok(old);
         }
         let new = self.alloc(1)?;
-        let mut table = vec![0u8; self.cs() as usize];
-        if old != 0 {
-            self.storage
-                .read_zero_padded(&mut table, old)
-                .map_err(|e| Error::io("reading an L2 table", e))?;
-        }
+        let fresh: super::l2cache::Table = if old != 0 {
+            self.l2_table(old)?
+        } else {
+            vec![0u64; (self.cs() / 8) as usize].into()
+        };
         self.storage
-            .write_at(&table, new)
+            .write_at(&crate::tables::to_be_bytes(&fresh), new)
             .map_err(|e| Error::io("writing an L2 table", e))?;
         // The cluster may have held a table before (freed since): the cache must not
         // answer with that one.
-        let fresh: super::l2cache::Table = crate::tables::from_be_bytes(&table).into();
         self.l2_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -398,40 +469,31 @@ impl Qcow2 {
         Ok(new)
     }
 
-    /// Writes the entries of `pending` into the L2 table at `l2_at` (barrier before),
-    /// then lowers the refcounts of what they replaced (barrier before).
+    /// Changes the L2 table at `l2_at` by the entries of `pending`, held for
+    /// `write_back` with the frees they allow; written back at once when too much waits.
     fn publish(&mut self, l2_at: u64, pending: Pending) -> Result<()> {
+        /// Frees held at most: each is a range to release after the next barrier.
+        const MAX_PENDING_FREES: usize = 4096;
         if pending.entries.is_empty() {
             return Ok(());
         }
-        self.barrier()?;
         let mut table: Vec<u64> = self.l2_table(l2_at)?.to_vec();
         let words = self.entry_words();
-        let (mut lo, mut hi) = (u64::MAX, 0);
         for &(index, entry, bitmap) in &pending.entries {
             table[(index * words) as usize] = entry;
             if words == 2 {
                 table[(index * 2 + 1) as usize] = bitmap;
             }
-            lo = lo.min(index * words);
-            hi = hi.max(index * words + words);
         }
-        let bytes: Vec<u8> = table[lo as usize..hi as usize]
-            .iter()
-            .flat_map(|w| w.to_be_bytes())
-            .collect();
-        self.storage
-            .write_at(&bytes, l2_at + lo * 8)
-            .map_err(|e| Error::io("writing an L2 table", e))?;
-        self.l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(l2_at, table.into());
-        if !pending.frees.is_empty() {
-            self.barrier()?;
-            for (host, len) in pending.frees {
-                self.release(host, len)?;
-            }
+        let waiting = {
+            let mut cache = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.insert_dirty(l2_at, table.into());
+            // Held tables are not evicted: half the cache's room at most.
+            cache.dirty_len() > (cache.capacity() / 2).max(1)
+        };
+        self.pending_frees.extend(pending.frees);
+        if waiting || self.pending_frees.len() > MAX_PENDING_FREES {
+            self.write_back()?;
         }
         Ok(())
     }
@@ -551,17 +613,17 @@ impl Qcow2 {
                 _ => {
                     // The whole cluster is new: what `data` does not cover keeps its old content.
                     let covers_all = a == 0 && (b == cs || gc + b >= size);
+                    let host = if this.data_file.is_some() {
+                        gc
+                    } else {
+                        this.alloc(1)?
+                    };
                     let mut buf = if covers_all {
                         vec![0u8; cs as usize]
                     } else {
                         this.old_content(old, gc, below)?
                     };
                     buf[a as usize..b as usize].copy_from_slice(src);
-                    let host = if this.data_file.is_some() {
-                        gc
-                    } else {
-                        this.alloc(1)?
-                    };
                     this.store(host, gc, 0, &buf)?;
                     pending.entries.push((
                         index,
@@ -919,17 +981,11 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable: held metadata written back, then the
+    /// file (and data file) flushed.
     pub fn flush(&mut self) -> Result<()> {
-        self.flush_combined()?;
-        self.storage
-            .flush()
-            .map_err(|e| Error::io("flushing the image", e))?;
-        if let Some(d) = &self.data_file {
-            d.flush()
-                .map_err(|e| Error::io("flushing the data file", e))?;
-        }
-        Ok(())
+        self.write_back()?;
+        self.sync_files()
     }
 }
 
@@ -1006,7 +1062,7 @@ impl Qcow2 {
     /// Changes the virtual size. Growing extends the L1 table as needed and makes the
     /// new range read as zeros; shrinking releases every cluster past the new end.
     pub fn resize(&mut self, new_size: u64, below: &Below) -> Result<()> {
-        self.is_writable()?;
+        self.editable()?;
         let cs = self.cs();
         let old = self.size;
         let span = 1u64 << (self.cluster_bits + self.l2_bits);

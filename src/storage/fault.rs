@@ -10,6 +10,11 @@ pub enum Fault {
     /// The machine "crashes": everything since the last flush is lost and every later
     /// request fails. `durable()` is what survived.
     Drop,
+    /// As `Drop`, except that of the writes since the last flush the latest one did
+    /// reach the disk (disks complete writes in any order): whatever a write depends
+    /// on must have been flushed before it. A flush after the write before the chosen
+    /// one is where the crash strikes, if one comes first.
+    Reorder,
 }
 
 #[derive(Debug)]
@@ -17,6 +22,8 @@ struct State {
     current: Vec<u8>,
     durable: Vec<u8>,
     writes: u64,
+    /// The latest write since the last flush: (offset, bytes).
+    latest: Option<(usize, Vec<u8>)>,
     at: Option<(u64, Fault)>,
     tripped: bool,
 }
@@ -37,6 +44,7 @@ impl FaultStorage {
                 durable: bytes.clone(),
                 current: bytes,
                 writes: 0,
+                latest: None,
                 at,
                 tripped: false,
             }),
@@ -68,6 +76,19 @@ impl FaultStorage {
     }
 }
 
+impl State {
+    /// The fault strikes (once): a crash leaves only what is durable.
+    fn trip(&mut self, fault: Fault) {
+        if !self.tripped && fault != Fault::Fail {
+            if let (Fault::Reorder, Some((start, bytes))) = (fault, self.latest.take()) {
+                put(&mut self.durable, start, &bytes);
+            }
+            self.current = self.durable.clone();
+        }
+        self.tripped = true;
+    }
+}
+
 fn failed() -> io::Error {
     io::Error::other("injected fault")
 }
@@ -75,7 +96,7 @@ fn failed() -> io::Error {
 impl Storage for FaultStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let s = self.lock();
-        if s.tripped && matches!(s.at, Some((_, Fault::Drop))) {
+        if s.tripped && matches!(s.at, Some((_, Fault::Drop | Fault::Reorder))) {
             return Err(failed());
         }
         let Ok(start) = usize::try_from(offset) else {
@@ -95,19 +116,13 @@ impl Storage for FaultStorage {
         s.writes += 1;
         if let Some((at, fault)) = s.at {
             if n >= at {
-                if !s.tripped && fault == Fault::Drop {
-                    s.current = s.durable.clone();
-                }
-                s.tripped = true;
+                s.trip(fault);
                 return Err(failed());
             }
         }
         let start = usize::try_from(offset).map_err(|_| failed())?;
-        let end = start + buf.len();
-        if s.current.len() < end {
-            s.current.resize(end, 0);
-        }
-        s.current[start..end].copy_from_slice(buf);
+        put(&mut s.current, start, buf);
+        s.latest = Some((start, buf.to_vec()));
         Ok(())
     }
 
@@ -127,10 +142,25 @@ impl Storage for FaultStorage {
 
     fn flush(&self) -> io::Result<()> {
         let mut s = self.lock();
+        if let Some((at, Fault::Reorder)) = s.at {
+            if s.writes >= at {
+                s.trip(Fault::Reorder);
+            }
+        }
         if s.tripped {
             return Err(failed());
         }
         s.durable = s.current.clone();
+        s.latest = None;
         Ok(())
     }
+}
+
+/// `bytes` written into `image` at `start`, growing it as a file grows.
+fn put(image: &mut Vec<u8>, start: usize, bytes: &[u8]) {
+    let end = start + bytes.len();
+    if image.len() < end {
+        image.resize(end, 0);
+    }
+    image[start..end].copy_from_slice(bytes);
 }
