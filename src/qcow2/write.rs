@@ -469,6 +469,13 @@ impl Qcow2 {
         Ok(new)
     }
 
+    /// Zeros over `[host, host + len)` without writing them, if the file can.
+    fn zero_range(&mut self, host: u64, len: u64) -> Result<bool> {
+        self.storage
+            .zero_range(host, len)
+            .map_err(|e| Error::io(format!("zeroing the cluster at {host:#x}"), e))
+    }
+
     /// Changes the L2 table at `l2_at` by the entries of `pending`, held for
     /// `write_back` with the frees they allow; written back at once when too much waits.
     fn publish(&mut self, l2_at: u64, pending: Pending) -> Result<()> {
@@ -618,13 +625,26 @@ impl Qcow2 {
                     } else {
                         this.alloc(1)?
                     };
-                    let mut buf = if covers_all {
-                        vec![0u8; cs as usize]
+                    let was_zeros = old == Old::ZeroPlain
+                        || (old == Old::Unallocated && this.header.backing_file.is_none());
+                    if !covers_all
+                        && was_zeros
+                        && this.key.is_none()
+                        && this.data_file.is_none()
+                        && this.zero_range(host, cs)?
+                    {
+                        // The cluster reads as zeros already: only the new bytes are
+                        // written (QEMU zeroes and writes the same way).
+                        this.store(host, gc, a, src)?;
                     } else {
-                        this.old_content(old, gc, below)?
-                    };
-                    buf[a as usize..b as usize].copy_from_slice(src);
-                    this.store(host, gc, 0, &buf)?;
+                        let mut buf = if covers_all {
+                            vec![0u8; cs as usize]
+                        } else {
+                            this.old_content(old, gc, below)?
+                        };
+                        buf[a as usize..b as usize].copy_from_slice(src);
+                        this.store(host, gc, 0, &buf)?;
+                    }
                     pending.entries.push((
                         index,
                         L2Entry::new()

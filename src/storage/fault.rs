@@ -126,6 +126,12 @@ impl Storage for FaultStorage {
         Ok(())
     }
 
+    /// Zeros written, so that the fault counts it as the write it stands for.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let len = usize::try_from(len).map_err(|_| failed())?;
+        self.write_at(&vec![0; len], offset).map(|()| true)
+    }
+
     fn len(&self) -> io::Result<u64> {
         Ok(self.lock().current.len() as u64)
     }

@@ -69,6 +69,28 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
 
+    /// fallocate(FALLOC_FL_ZERO_RANGE), as QEMU zeroes a new cluster before writing
+    /// part of it; file systems without it (tmpfs) answer false.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(read_only());
+        }
+        let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate on a descriptor this value owns; no memory is passed.
+        let r =
+            unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, at, n) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Ok(false),
+            _ => Err(e),
+        }
+    }
+
     /// Asks the file system with lseek(SEEK_DATA / SEEK_HOLE), as QEMU's file driver
     /// does; the file position is unused (all I/O is positioned), so moving it is harmless.
     fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {

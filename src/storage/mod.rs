@@ -37,6 +37,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Makes every completed write durable.
     fn flush(&self) -> io::Result<()>;
 
+    /// Makes `[offset, offset + len)` read as zeros without writing them, growing the
+    /// storage if needed, when the storage can do that cheaply (a file system's
+    /// zero-range). Returns false, having changed nothing, when it cannot.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+
     /// Whether the bytes from `offset` are stored data or a hole (reading as zeros and
     /// taking no space), and where that run ends; `None` when the storage cannot tell.
     fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
@@ -111,6 +119,9 @@ macro_rules! forward {
             }
             fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
                 (**self).allocation(offset)
+            }
+            fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
+                (**self).zero_range(offset, len)
             }
         }
     };
