@@ -135,21 +135,10 @@ pub fn copy_into(
     compress: bool,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let mut buf = vec![0u8; CHUNK.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        progress.advance(n);
-        let status = image.block_status(from + done, n)?;
-        if status.zero && status.len == n {
-            done += n;
-            continue;
-        }
-        let chunk = &mut buf[..n as usize];
-        image.read_at(chunk, from + done)?;
+    let cs_us = cs as usize;
+    crate::read_ahead::read_ahead(image, from, len, CHUNK, progress, |done, chunk| {
         // Runs of clusters that are not all zeros are written in one call each (so a
         // compressed run is compressed on every core).
-        let cs_us = cs as usize;
         let mut run: Option<usize> = None;
         let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
         for (i, cluster) in clusters.enumerate() {
@@ -169,9 +158,8 @@ pub fn copy_into(
                 _ => {}
             }
         }
-        done += n;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A raw file with the source's content, written by one worker per core.

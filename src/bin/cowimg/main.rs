@@ -14,6 +14,7 @@ mod json;
 mod map;
 mod measure;
 mod progress;
+mod read_ahead;
 mod resize;
 mod snapshot;
 mod source;
