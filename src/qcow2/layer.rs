@@ -93,11 +93,12 @@ pub struct Qcow2 {
 }
 
 impl Drop for Qcow2 {
-    /// A clean close: held metadata is written (errors are lost here: callers who care
-    /// flush first), and what a lazy-refcounts writer marked dirty is marked clean again
-    /// (refcounts are always kept exact, so nothing needs rebuilding).
+    /// A clean close: held metadata is written and, unless barriers are off (cache
+    /// mode unsafe), flushed (errors are lost here: callers who care flush first); what
+    /// a lazy-refcounts writer marked dirty is marked clean again (refcounts are always
+    /// kept exact, so nothing needs rebuilding).
     fn drop(&mut self) {
-        if self.refcounts.is_some() && self.flush().is_err() {
+        if self.refcounts.is_some() && self.write_back().and_then(|()| self.sync()).is_err() {
             return;
         }
         if self.marked_dirty && self.refcounts.is_some() {
