@@ -23,6 +23,8 @@ pub struct Refcounts {
     table_offset: u64,
     /// Refcount table entries (raw, with reserved bits as found).
     table: Vec<u64>,
+    /// Entries past this many are all zero (the table is filled from the start).
+    used: usize,
     blocks: HashMap<u64, Vec<u8>>,
     /// No free cluster lies below this index.
     free_hint: u64,
@@ -57,6 +59,7 @@ impl Refcounts {
             order,
             block_bits: cluster_bits + 3 - order,
             table_offset,
+            used: used_len(&table),
             table,
             blocks: HashMap::new(),
             free_hint: 0,
@@ -86,6 +89,15 @@ impl Refcounts {
     /// The refcount table's entries.
     pub fn table(&self) -> &[u64] {
         &self.table
+    }
+
+    /// Host offsets of the refcount blocks in use (for the overlap check on every
+    /// allocation: only the filled start of the table is walked).
+    pub fn blocks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.table[..self.used]
+            .iter()
+            .map(|&raw| RefcountTableEntry::from_raw(raw).block_offset())
+            .filter(|&offset| offset != 0)
     }
 
     /// Clusters one refcount block covers.
@@ -119,6 +131,11 @@ impl Refcounts {
     fn entry(&self, block: &[u8], index: u64) -> (u64, usize, usize) {
         entry_at(self.bits(), block, index)
     }
+}
+
+/// The length of the table's prefix holding every nonzero entry.
+fn used_len(table: &[u64]) -> usize {
+    table.iter().rposition(|&e| e != 0).map_or(0, |i| i + 1)
 }
 
 /// Entry `index` of a refcount block of `bits`-wide entries: (value, byte, length).
@@ -285,11 +302,25 @@ impl Refcounts {
     /// Finds `n` contiguous clusters with refcount 0, sets their refcounts to 1, and
     /// returns the host offset of the first. Nothing points at them yet.
     pub fn alloc(&mut self, storage: &dyn Storage, n: u64) -> Result<u64> {
+        // Each new block sits at the start of the range it covers, so a run as long as
+        // a block's range can never be found among new blocks: give up rather than
+        // create blocks for ever.
+        let mut tries = n / self.block_entries() + 4;
         loop {
             let first = self.find_free(storage, n)?;
             // Clusters in ranges without a refcount block need one first; creating it
             // takes a cluster, so look again afterwards.
             let mut created = false;
+            tries -= 1;
+            if tries == 0 {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "no run of {n} free clusters: refcount blocks every {} clusters split it",
+                        self.block_entries()
+                    ),
+                ));
+            }
             for table_index in (first >> self.block_bits)..=((first + n - 1) >> self.block_bits) {
                 if self.block_offset(table_index).is_none() {
                     self.new_block(storage, table_index)?;
@@ -359,6 +390,7 @@ impl Refcounts {
         block_at: u64,
     ) -> Result<()> {
         self.table[table_index as usize] = block_at;
+        self.used = self.used.max(table_index as usize + 1);
         storage
             .write_at(&block_at.to_be_bytes(), self.table_offset + table_index * 8)
             .map_err(io("writing the refcount table"))
@@ -430,6 +462,7 @@ impl Refcounts {
 
         let old_at = self.table_offset;
         let old_len = self.table.len() as u64 * 8;
+        self.used = used_len(&table);
         self.table = table;
         self.table_offset = table_at;
         self.blocks.insert(block_at, block);

@@ -289,50 +289,45 @@ impl Qcow2 {
 
     /// Refuses (and marks the image corrupt) when `[at, at + len)` holds metadata.
     fn check_overlap(&mut self, at: u64, len: u64) -> Result<()> {
+        match self.metadata_at(at, len) {
+            Some(what) => Err(self.mark_corrupt(format!(
+                "Preventing invalid write on metadata (overlaps with {what}) at {at:#x}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Which metadata (QEMU's name for it) `[at, at + len)` overlaps, if any. Runs on
+    /// every allocation: it walks the tables in place, allocating nothing.
+    fn metadata_at(&self, at: u64, len: u64) -> Option<&'static str> {
         let cs = self.cs();
-        let mut regions: Vec<(u64, u64, &'static str)> = vec![
-            (0, cs, "qcow2_header"),
-            (self.l1_offset, self.l1.len() as u64 * 8, "active L1 table"),
-        ];
+        let hits = |start: u64, size: u64| size > 0 && at < start + size && start < at + len;
+        if hits(0, cs) {
+            return Some("qcow2_header");
+        }
+        if hits(self.l1_offset, self.l1.len() as u64 * 8) {
+            return Some("active L1 table");
+        }
         if let Some(r) = &self.refcounts {
-            regions.push((
-                r.table_offset(),
-                r.table().len() as u64 * 8,
-                "refcount table",
-            ));
-            for e in r.table() {
-                let block = e & !0x1ff;
-                if block != 0 {
-                    regions.push((block, cs, "refcount block"));
-                }
+            if hits(r.table_offset(), r.table().len() as u64 * 8) {
+                return Some("refcount table");
+            }
+            if r.blocks().any(|block| hits(block, cs)) {
+                return Some("refcount block");
             }
         }
-        for e in &self.l1 {
-            let l2 = L1Entry::from_raw(*e).l2_offset();
-            if l2 != 0 {
-                regions.push((l2, cs, "active L2 table"));
-            }
+        let l2_tables = self.l1.iter().map(|&e| L1Entry::from_raw(e).l2_offset());
+        if l2_tables.filter(|&l2| l2 != 0).any(|l2| hits(l2, cs)) {
+            return Some("active L2 table");
         }
         for s in &self.snapshots {
-            regions.push((
-                s.header.l1_table_offset,
-                u64::from(s.header.l1_size) * 8,
-                "inactive L1 table",
-            ));
-        }
-        regions.push((
-            self.header.common.snapshots_offset,
-            super::snapshot::table_len(&self.snapshots),
-            "snapshot table",
-        ));
-        for (start, size, what) in regions {
-            if size > 0 && at < start + size && start < at + len {
-                return Err(self.mark_corrupt(format!(
-                    "Preventing invalid write on metadata (overlaps with {what}) at {at:#x}"
-                )));
+            let l1 = &s.header;
+            if hits(l1.l1_table_offset, u64::from(l1.l1_size) * 8) {
+                return Some("inactive L1 table");
             }
         }
-        Ok(())
+        let table = super::snapshot::table_len(&self.snapshots);
+        hits(self.header.common.snapshots_offset, table).then_some("snapshot table")
     }
 
     fn classify_for_write(&mut self, slot: Slot) -> Result<Old> {
@@ -513,6 +508,19 @@ impl Qcow2 {
         len: u64,
         mut per_cluster: impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
     ) -> Result<()> {
+        self.request(guest, len, |this, end| {
+            this.walk_clusters(guest, end, &mut per_cluster)
+        })
+    }
+
+    /// Runs `body(self, end)` as one request on `[guest, guest + len)`: refcount changes
+    /// held to one write per block, and what is held sent out at the end.
+    fn request(
+        &mut self,
+        guest: u64,
+        len: u64,
+        body: impl FnOnce(&mut Self, u64) -> Result<()>,
+    ) -> Result<()> {
         self.is_writable()?;
         let end = guest
             .checked_add(len)
@@ -526,13 +534,100 @@ impl Qcow2 {
         if let Some(r) = &mut self.refcounts {
             r.defer(true);
         }
-        let result = self.walk_clusters(guest, end, &mut per_cluster);
+        let result = body(self, end);
         // What is held (data for combining, refcounts) goes out whatever happened.
         let flushed = self.flush_combined();
         if let Some(r) = &mut self.refcounts {
             r.defer(false);
         }
         result.and(flushed)
+    }
+
+    /// True when `[guest, guest + len)` is whole clusters without host space
+    /// (unallocated or plain zero) in a plain image: written whole, nothing of them
+    /// needs reading, copying or freeing.
+    fn all_new(&self, guest: u64, len: u64) -> Result<bool> {
+        let cs = self.cs();
+        if self.key.is_some()
+            || self.data_file.is_some()
+            || self.extended_l2
+            || guest % cs != 0
+            || len % cs != 0
+            || len == 0
+            || guest.checked_add(len).is_none_or(|end| end > self.size)
+        {
+            return Ok(false);
+        }
+        let entries = 1u64 << self.l2_bits;
+        for c in guest / cs..(guest + len) / cs {
+            let l1 = self.l1.get((c / entries) as usize).copied().unwrap_or(0);
+            let l2 = L1Entry::from_raw(l1).l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            let raw = self.l2_table(l2)?[(c % entries) as usize];
+            let e = L2Entry::from_raw(raw);
+            if e.compressed() || e.host_offset() != 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The most clusters to allocate as one run.
+    fn run_limit(&self) -> u64 {
+        let block = self.refcounts.as_ref().map_or(2, |r| r.block_entries());
+        (block / 2).max(1)
+    }
+
+    /// Writes whole new clusters (see `all_new`) the short way: per L2 table, one run
+    /// of contiguous clusters allocated, the data written straight from `data` in one
+    /// call, then the entries published.
+    fn write_new_clusters(&mut self, guest: u64, data: &[u8]) -> Result<()> {
+        let cs = self.cs();
+        let end = guest + data.len() as u64;
+        self.for_each_table(guest, end, |this, mut at, span_end, _, pending| {
+            while at < span_end {
+                // Runs of at most half a refcount block's range: always found.
+                let n = ((span_end - at) / cs).min(this.run_limit());
+                let host = this.alloc(n)?;
+                let from = (at - guest) as usize;
+                this.storage
+                    .write_at(&data[from..from + (n * cs) as usize], host)
+                    .map_err(|e| Error::io(format!("writing data at {host:#x}"), e))?;
+                let first = (at / cs) % (1 << this.l2_bits);
+                pending.entries.extend((0..n).map(|k| {
+                    let entry = L2Entry::new()
+                        .with_host_offset(host + k * cs)
+                        .with_copied(true);
+                    (first + k, entry.raw(), 0)
+                }));
+                at += n * cs;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `body(self, from, to, l2 offset, changes)` for each L2 table's part of
+    /// `[guest, end)`, the table made writable first and the changes published after.
+    fn for_each_table(
+        &mut self,
+        guest: u64,
+        end: u64,
+        mut body: impl FnMut(&mut Self, u64, u64, u64, &mut Pending) -> Result<()>,
+    ) -> Result<()> {
+        let table_span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let mut at = guest;
+        while at < end {
+            let l1_index = at / table_span;
+            let span_end = end.min((l1_index + 1) * table_span);
+            let l2_at = self.writable_l2(l1_index)?;
+            let mut pending = Pending::default();
+            body(self, at, span_end, l2_at, &mut pending)?;
+            self.publish(l2_at, pending)?;
+            at = span_end;
+        }
+        Ok(())
     }
 
     fn walk_clusters(
@@ -542,19 +637,13 @@ impl Qcow2 {
         per_cluster: &mut impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
     ) -> Result<()> {
         let cs = self.cs();
-        let table_span = 1u64 << (self.cluster_bits + self.l2_bits);
-        let mut at = guest;
-        while at < end {
-            let l1_index = at / table_span;
-            let span_end = end.min((l1_index + 1) * table_span);
-            let l2_at = self.writable_l2(l1_index)?;
-            let mut pending = Pending::default();
+        self.for_each_table(guest, end, |this, mut at, span_end, l2_at, pending| {
             while at < span_end {
                 let gc = at & !(cs - 1);
                 let stop = span_end.min(gc + cs);
-                let index = (at >> self.cluster_bits) & ((1 << self.l2_bits) - 1);
-                let table = self.l2_table(l2_at)?;
-                let words = self.entry_words();
+                let index = (at >> this.cluster_bits) & ((1 << this.l2_bits) - 1);
+                let table = this.l2_table(l2_at)?;
+                let words = this.entry_words();
                 let raw = table[(index * words) as usize];
                 let bitmap = if words == 2 {
                     table[(index * 2 + 1) as usize]
@@ -570,17 +659,21 @@ impl Qcow2 {
                     l2_at,
                     index,
                 };
-                per_cluster(self, slot, &mut pending)?;
+                per_cluster(this, slot, pending)?;
                 at = stop;
             }
-            self.publish(l2_at, pending)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Writes `data` at guest offset `guest`. `below` supplies backing data for the
     /// parts of newly allocated clusters that `data` does not cover.
     pub fn write_at(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
+        if self.all_new(guest, data.len() as u64)? {
+            return self.request(guest, data.len() as u64, |this, _| {
+                this.write_new_clusters(guest, data)
+            });
+        }
         let cs = self.cs();
         let size = self.size;
         self.for_each_cluster(guest, data.len() as u64, |this, slot, pending| {
@@ -636,6 +729,8 @@ impl Qcow2 {
                         // The cluster reads as zeros already: only the new bytes are
                         // written (QEMU zeroes and writes the same way).
                         this.store(host, gc, a, src)?;
+                    } else if src.len() as u64 == cs {
+                        this.store(host, gc, 0, src)?;
                     } else {
                         let mut buf = if covers_all {
                             vec![0u8; cs as usize]
