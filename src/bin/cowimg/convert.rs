@@ -136,7 +136,15 @@ pub fn copy_into(
     progress: &Progress,
 ) -> Result<(), Error> {
     let cs_us = cs as usize;
-    crate::read_ahead::read_ahead(image, from, len, CHUNK, progress, |done, chunk| {
+    // Compression keeps every core busy on its own: one reader and smaller pieces then
+    // keep the memory below qemu-img's.
+    let (piece, readers) = if compress {
+        (CHUNK / 2, 1)
+    } else {
+        (CHUNK, workers())
+    };
+    let range = (from, len);
+    crate::read_ahead::read_ahead(image, range, piece, readers, progress, |done, chunk| {
         // Runs of clusters that are not all zeros are written in one call each (so a
         // compressed run is compressed on every core).
         let mut run: Option<usize> = None;
@@ -188,9 +196,7 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     let progress = Progress::new(args.progress && !args.quiet, size);
     progress.advance(size - pieces.iter().map(|&(_, len)| len).sum::<u64>());
     // Copy them with one worker per core, as qemu-img keeps several requests in flight.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let workers = workers();
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -229,6 +235,13 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
             .map_err(|e| Error::io(format!("flushing '{}'", args.output), e))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Threads for copying: one per core, at most eight.
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
 }
 
 /// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.

@@ -22,19 +22,17 @@ struct Piece {
 }
 
 /// Calls `consume(offset, bytes)` in offset order for every `chunk`-aligned piece of
-/// `[from, from + len)` that is not wholly known zeros (`offset` relative to `from`).
-/// At most two pieces per worker are in memory at once.
+/// `[from, from + len)` that is not wholly known zeros (`offset` relative to `from`),
+/// read by up to `workers` threads. At most two pieces per worker are in memory.
 pub fn read_ahead(
     image: &Image,
-    from: u64,
-    len: u64,
+    (from, len): (u64, u64),
     chunk: u64,
+    workers: usize,
     progress: &Progress,
     mut consume: impl FnMut(u64, &[u8]) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let workers = workers.max(1);
     let buffers = 2 * workers;
     let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(buffers);
     for _ in 0..buffers {
