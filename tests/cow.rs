@@ -16,17 +16,7 @@ fn base_bytes() -> Vec<u8> {
 }
 
 fn run(dir: &Scratch, args: &[&str]) -> String {
-    let out = Command::new(COWIMG)
-        .current_dir(dir.path(""))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cowimg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(Some(&dir.path("")), COWIMG, args)
 }
 
 fn read_all(dir: &Scratch, image: &str) -> Vec<u8> {

@@ -5,33 +5,13 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn cowimg(dir: &Scratch, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-        .current_dir(dir.path(""))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cowimg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    qemu(dir, env!("CARGO_BIN_EXE_cowimg"), args);
 }
 
 fn qemu(dir: &Scratch, program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .current_dir(dir.path(""))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(Some(&dir.path("")), program, args)
 }
 
 /// Two identical images made by qemu, with the given backing file and writes.

@@ -7,18 +7,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn cowimg(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cowimg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn qemu_made_qcow_images_read_exactly() {
     let dir = Scratch::new("qcow-read");

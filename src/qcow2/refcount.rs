@@ -126,10 +126,25 @@ impl Refcounts {
         }
         Ok(self.blocks.get_mut(&offset).expect("just inserted"))
     }
+}
 
-    /// Entry `index` of a block's bytes; and where it lives (byte, length).
-    fn entry(&self, block: &[u8], index: u64) -> (u64, usize, usize) {
-        entry_at(self.bits(), block, index)
+/// Sets entry `index` of a block of `bits`-wide entries to `value` (which fits);
+/// returns the bytes changed (start, length).
+fn set_entry(bits: u32, block: &mut [u8], index: u64, value: u64) -> (usize, usize) {
+    let bits = u64::from(bits);
+    if bits >= 8 {
+        let len = (bits / 8) as usize;
+        let at = index as usize * len;
+        for (i, b) in block[at..at + len].iter_mut().enumerate() {
+            *b = (value >> (8 * (len - 1 - i))) as u8;
+        }
+        (at, len)
+    } else {
+        let bit = index * bits;
+        let at = (bit / 8) as usize;
+        let mask = ((1u64 << bits) - 1) << (bit % 8);
+        block[at] = ((u64::from(block[at]) & !mask) | ((value << (bit % 8)) & mask)) as u8;
+        (at, 1)
     }
 }
 
@@ -203,36 +218,14 @@ impl Refcounts {
         };
         self.check_block(block_at, table_index)?;
         let index = cluster & (self.block_entries() - 1);
-        let bits = self.bits() as u64;
-        let (at, len, byte) = {
-            let block = self.block(storage, block_at)?;
-            if bits >= 8 {
-                let len = (bits / 8) as usize;
-                let at = index as usize * len;
-                for (i, b) in block[at..at + len].iter_mut().enumerate() {
-                    *b = (value >> (8 * (len - 1 - i))) as u8;
-                }
-                (at, len, 0)
-            } else {
-                let bit = index * bits;
-                let at = (bit / 8) as usize;
-                let mask = ((1u64 << bits) - 1) << (bit % 8);
-                block[at] = ((u64::from(block[at]) & !mask) | ((value << (bit % 8)) & mask)) as u8;
-                (at, 1, block[at])
-            }
-        };
+        let bits = self.bits();
+        let (at, len) = set_entry(bits, self.block(storage, block_at)?, index, value);
         if self.deferring {
             let range = self.dirty.entry(block_at).or_insert((at, at + len));
             *range = (range.0.min(at), range.1.max(at + len));
         } else {
-            let block = &self.blocks[&block_at];
-            let bytes = if bits >= 8 {
-                block[at..at + len].to_vec()
-            } else {
-                vec![byte]
-            };
             storage
-                .write_at(&bytes, block_at + at as u64)
+                .write_at(&self.blocks[&block_at][at..at + len], block_at + at as u64)
                 .map_err(io("writing a refcount block"))?;
         }
         if value == 0 {
@@ -302,40 +295,169 @@ impl Refcounts {
     /// Finds `n` contiguous clusters with refcount 0, sets their refcounts to 1, and
     /// returns the host offset of the first. Nothing points at them yet.
     pub fn alloc(&mut self, storage: &dyn Storage, n: u64) -> Result<u64> {
-        // Each new block sits at the start of the range it covers, so a run as long as
-        // a block's range can never be found among new blocks: give up rather than
-        // create blocks for ever.
-        let mut tries = n / self.block_entries() + 4;
+        let bits = self.block_bits;
+        // Every pass creates a block (or grows the table); a run needs a block per
+        // range it crosses, so this many passes always suffice.
+        let mut tries = 2 * (n / self.block_entries() + 4);
         loop {
             let first = self.find_free(storage, n)?;
-            // Clusters in ranges without a refcount block need one first; creating it
-            // takes a cluster, so look again afterwards.
-            let mut created = false;
+            let missing: Vec<u64> = ((first >> bits)..=((first + n - 1) >> bits))
+                .filter(|&i| self.block_offset(i).is_none())
+                .collect();
+            if missing.is_empty() {
+                for c in first..first + n {
+                    self.set(storage, c, 1)?;
+                }
+                self.free_hint = first + n;
+                return Ok(first << self.cluster_bits);
+            }
             tries -= 1;
             if tries == 0 {
                 return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "no run of {n} free clusters: refcount blocks every {} clusters split it",
-                        self.block_entries()
-                    ),
+                    ErrorKind::Corrupt,
+                    format!("no run of {n} free clusters could be made"),
                 ));
             }
-            for table_index in (first >> self.block_bits)..=((first + n - 1) >> self.block_bits) {
-                if self.block_offset(table_index).is_none() {
+            // Clusters in ranges without a refcount block need one first; creating it
+            // takes a cluster, so look again afterwards. A block normally sits at the
+            // start of the range it covers; a run that long would always be split by
+            // its own blocks, so its blocks go outside it.
+            let long = n >= self.block_entries() / 2;
+            let last = (first + n - 1) >> bits;
+            let room = (last + 1) << bits;
+            if !long {
+                for table_index in missing {
                     self.new_block(storage, table_index)?;
-                    created = true;
+                }
+            } else if missing.last() == Some(&last)
+                && (last as usize) < self.table.len()
+                && first + n + missing.len() as u64 <= room
+            {
+                self.blocks_after(storage, &missing, first + n)?;
+            } else {
+                for table_index in missing {
+                    self.new_block_outside(storage, table_index, (first, first + n))?;
                 }
             }
-            if created {
+        }
+    }
+
+    /// Creates the blocks for table entries `missing` (ascending, the last one covering
+    /// `at`) in consecutive clusters from `at`, as QEMU lays them out after a long run:
+    /// the last block counts itself and the others. Blocks written and flushed, then
+    /// the table entries.
+    fn blocks_after(&mut self, storage: &dyn Storage, missing: &[u64], at: u64) -> Result<()> {
+        let zeros = vec![0u8; 1 << self.cluster_bits];
+        let mut holder = zeros.clone();
+        let mask = self.block_entries() - 1;
+        for k in 0..missing.len() as u64 {
+            set_entry(self.bits(), &mut holder, (at + k) & mask, 1);
+        }
+        let places: Vec<u64> = (0..missing.len() as u64)
+            .map(|k| (at + k) << self.cluster_bits)
+            .collect();
+        for (i, &place) in places.iter().enumerate() {
+            let bytes = if i + 1 == missing.len() {
+                holder.clone()
+            } else {
+                zeros.clone()
+            };
+            storage
+                .write_at(&bytes, place)
+                .map_err(io("writing a new refcount block"))?;
+            self.blocks.insert(place, bytes);
+        }
+        storage
+            .flush()
+            .map_err(io("flushing new refcount blocks"))?;
+        for (&index, place) in missing.iter().zip(places) {
+            self.write_table_entry(storage, index, place)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the refcount block for table entry `table_index` in a free cluster
+    /// outside `[avoid.0, avoid.1)` that an existing block counts: block written,
+    /// its refcount written, flushed, then the table entry.
+    fn new_block_outside(
+        &mut self,
+        storage: &dyn Storage,
+        table_index: u64,
+        avoid: (u64, u64),
+    ) -> Result<u64> {
+        if table_index as usize >= self.table.len() {
+            self.grow_table(storage, table_index + 1)?;
+            if let Some(at) = self.block_offset(table_index) {
+                return Ok(at);
+            }
+        }
+        if let Some(at) = self.block_offset(table_index) {
+            return Ok(at);
+        }
+        let c = match self.free_counted(storage, avoid)? {
+            Some(c) => c,
+            None => {
+                // No room where blocks exist: the range after the run's gets one.
+                let past = ((avoid.1 - 1) >> self.block_bits) + 1;
+                if self.block_offset(past).is_none() {
+                    self.new_block(storage, past)?;
+                }
+                self.free_counted(storage, avoid)?.ok_or_else(|| {
+                    Error::new(ErrorKind::Corrupt, "no free cluster for a refcount block")
+                })?
+            }
+        };
+        self.set(storage, c, 1)?;
+        let holder = self.block_offset(c >> self.block_bits).expect("counted");
+        self.write_dirty(storage, holder)?;
+        let block_at = c << self.cluster_bits;
+        self.install_block(
+            storage,
+            table_index,
+            block_at,
+            vec![0u8; 1 << self.cluster_bits],
+        )
+    }
+
+    /// Writes a new refcount block's bytes, flushes (with whatever counts it), then
+    /// points table entry `table_index` at it.
+    fn install_block(
+        &mut self,
+        storage: &dyn Storage,
+        table_index: u64,
+        block_at: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64> {
+        storage
+            .write_at(&bytes, block_at)
+            .map_err(io("writing a new refcount block"))?;
+        storage
+            .flush()
+            .map_err(io("flushing a new refcount block"))?;
+        self.blocks.insert(block_at, bytes);
+        self.write_table_entry(storage, table_index, block_at)?;
+        Ok(block_at)
+    }
+
+    /// The first free cluster (from the free hint on) outside `[avoid.0, avoid.1)` in
+    /// a range some block covers.
+    fn free_counted(&mut self, storage: &dyn Storage, avoid: (u64, u64)) -> Result<Option<u64>> {
+        let from = self.free_hint.max(1);
+        for index in (from >> self.block_bits)..self.used as u64 {
+            if self.block_offset(index).is_none() {
                 continue;
             }
-            for c in first..first + n {
-                self.set(storage, c, 1)?;
+            let start = (index << self.block_bits).max(from);
+            for c in start..(index + 1) << self.block_bits {
+                if (avoid.0..avoid.1).contains(&c) {
+                    continue;
+                }
+                if self.get(storage, c)? == 0 {
+                    return Ok(Some(c));
+                }
             }
-            self.free_hint = first + n;
-            return Ok(first << self.cluster_bits);
         }
+        Ok(None)
     }
 
     fn find_free(&mut self, storage: &dyn Storage, n: u64) -> Result<u64> {
@@ -367,20 +489,10 @@ impl Refcounts {
                 return Ok(at);
             }
         }
-        let first = table_index << self.block_bits;
-        let block_at = first << self.cluster_bits;
+        let block_at = table_index << (self.block_bits + self.cluster_bits);
         let mut bytes = vec![0u8; 1 << self.cluster_bits];
-        let (_, at, len) = self.entry(&bytes, 0);
-        bytes[at + len - 1] = 1; // its own refcount: 1 (entry 0 of its range)
-        storage
-            .write_at(&bytes, block_at)
-            .map_err(io("writing a new refcount block"))?;
-        storage
-            .flush()
-            .map_err(io("flushing a new refcount block"))?;
-        self.blocks.insert(block_at, bytes);
-        self.write_table_entry(storage, table_index, block_at)?;
-        Ok(block_at)
+        set_entry(self.bits(), &mut bytes, 0, 1); // its own refcount (entry 0 of its range)
+        self.install_block(storage, table_index, block_at, bytes)
     }
 
     fn write_table_entry(
@@ -430,13 +542,7 @@ impl Refcounts {
 
         let mut block = vec![0u8; cluster_size as usize];
         for i in 0..=table_clusters {
-            let (_, at, len) = self.entry(&block, i);
-            if self.bits() >= 8 {
-                block[at + len - 1] = 1;
-            } else {
-                let bit = i * self.bits() as u64;
-                block[at] |= 1 << (bit % 8);
-            }
+            set_entry(self.bits(), &mut block, i, 1);
         }
         let mut table = self.table.clone();
         table.resize(new_entries as usize, 0);
@@ -513,6 +619,30 @@ mod tests {
             let mut again = Refcounts::load(&storage, 9, order, table_offset, clusters).unwrap();
             for at in &seen {
                 assert_eq!(again.get(&storage, at >> 9).unwrap(), 1, "order {order}");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_longer_than_a_block_range_get_blocks_outside_them() {
+        for order in [0, 4, 6] {
+            let (storage, mut r) = fresh(order);
+            let n = 5 * r.block_entries() + 3;
+            let first = r.alloc(&storage, n).unwrap() >> 9;
+            let blocks: Vec<u64> = r.blocks().map(|b| b >> 9).collect();
+            assert!(
+                blocks.iter().all(|b| !(first..first + n).contains(b)),
+                "order {order}: a block inside the run"
+            );
+            let clusters = (r.table().len() as u64 * 8).div_ceil(512) as u32;
+            let mut again =
+                Refcounts::load(&storage, 9, order, r.table_offset(), clusters).unwrap();
+            for c in (first..first + n).chain(blocks) {
+                assert_eq!(
+                    again.get(&storage, c).unwrap(),
+                    1,
+                    "order {order}, cluster {c}"
+                );
             }
         }
     }

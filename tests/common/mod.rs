@@ -24,6 +24,26 @@ pub fn qemu_img(args: &[&str]) -> String {
 }
 
 /// Runs qemu-io and returns its standard output; panics with its stderr on failure.
+/// Runs `program` with `args` in `dir` (or here), which must succeed; its output.
+pub fn run_ok(dir: Option<&Path>, program: &str, args: &[&str]) -> String {
+    let mut command = Command::new(program);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let out = command.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs cowimg, which must succeed.
+pub fn cowimg(args: &[&str]) {
+    run_ok(None, env!("CARGO_BIN_EXE_cowimg"), args);
+}
+
 pub fn qemu_io(args: &[&str]) -> String {
     run("qemu-io", args)
 }
