@@ -658,7 +658,9 @@ impl Image {
         self.top_qcow2("a snapshot")?.snapshot_delete(id_or_name)
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable. qcow2 metadata changed by writes is held
+    /// in memory until then (as in QEMU); dropping the image writes it too, but only
+    /// `flush` reports a failure.
     pub fn flush(&mut self) -> Result<()> {
         match self.split_top().0 {
             Layer::Qcow2(q) => q.flush(),

@@ -1,15 +1,17 @@
 //! Refcounts: reading and writing entries of any width (1 to 64 bits), and handing out
-//! free clusters. Every change is written through at once, in an order that leaves the
-//! image consistent after a crash at any point: a cluster's refcount is raised before
-//! anything points at it, and lowered only after nothing does (so the worst case is a
-//! leak).
+//! free clusters. Changes are written at once, or (while deferring, within one request)
+//! by `write_deferred` before the request's next barrier; either way in an order that
+//! leaves the image consistent after a crash at any point: a cluster's refcount is
+//! raised before anything points at it, and lowered only after nothing does (so the
+//! worst case is a leak).
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::RefcountTableEntry;
 use crate::storage::Storage;
 use std::collections::HashMap;
 
-/// Refcount blocks kept in memory (write-through, so eviction loses nothing).
+/// Refcount blocks kept in memory (a block's held changes are written before it is
+/// evicted, so eviction loses nothing).
 const BLOCK_CACHE: usize = 64;
 
 /// The refcount structures of an open image.
@@ -199,7 +201,7 @@ impl Refcounts {
     }
 
     /// Sets the refcount of `cluster`, creating the refcount block (and growing the
-    /// table) first if none covers it. Written through to disk.
+    /// table) first if none covers it. Written at once unless deferring.
     pub fn set(&mut self, storage: &dyn Storage, cluster: u64, value: u64) -> Result<()> {
         if value > self.max() {
             return Err(Error::new(
