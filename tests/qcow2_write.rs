@@ -286,3 +286,20 @@ fn long_runs_with_small_refcount_blocks() {
         assert!(!read.contains("verification failed"), "{read}");
     }
 }
+
+/// As qemu-io: a probed qcow2 is written; any other probed format is only read, and the
+/// user is told how to write it.
+#[test]
+fn io_writes_a_probed_qcow2_and_only_reads_other_probed_formats() {
+    let dir = Scratch::new("probed");
+    let (img, raw) = (dir.str("p.qcow2"), dir.str("p.raw"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &img, "1M"]);
+    cowimg(&["io", "-c", "write -P 5 0 4k", &img]);
+    let read = qemu_io(&["-f", "qcow2", "-c", "read -P 5 0 4k", &img]);
+    assert!(!read.contains("verification failed"), "{read}");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let (code, stderr) = cowimg_io(&["-c", "write -P 5 0 4k", &raw]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("Specify the format with -f"), "{stderr}");
+    assert!(std::fs::read(&raw).unwrap().iter().all(|&b| b == 0));
+}

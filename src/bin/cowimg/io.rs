@@ -3,7 +3,7 @@
 
 use crate::create::parse_size;
 use crate::source::SourceArgs;
-use cowimg::{Error, ErrorKind, Image};
+use cowimg::{Error, ErrorKind, Format, Image};
 use std::fmt::Write;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -295,8 +295,18 @@ fn run_command(image: &mut Image, line: &str, out: &mut String) -> Result<(), Er
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, mut options) = args.source.resolve(&args.filename)?;
-    // Writing needs a stated format; without one the image is only read.
+    // Writing needs a stated format or a probed qcow2; anything else is only read.
+    if !args.read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
+        options.format = Some(Format::Qcow2);
+    }
     options.writable = !args.read_only && options.format.is_some();
+    if !args.read_only && !options.writable {
+        eprintln!(
+            "WARNING: Image format was not specified for '{}' and probing did not find \
+             qcow2: it is opened read-only. Specify the format with -f to write.",
+            args.filename
+        );
+    }
     let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
     let mut failed = false;

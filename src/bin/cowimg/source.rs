@@ -5,7 +5,7 @@
 use cowimg::qcow2::SnapshotRef;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The environment variable that may hold the legacy AES passphrase.
 pub const PASSPHRASE_ENV: &str = "COWIMG_PASSPHRASE";
@@ -104,12 +104,10 @@ impl SourceArgs {
     pub fn open_writable(&self, filename: &str, backing: Backing) -> Result<Image, Error> {
         let (path, mut options) = self.resolve(filename)?;
         if options.format.is_none() {
-            let storage = cowimg::storage::FileStorage::open(&path, false)
-                .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-            match cowimg::probe(&storage).map_err(|e| Error::io("probing", e))? {
-                Format::Qcow2 => options.format = Some(Format::Qcow2),
-                _ => return Err(bad("give the image format with -f")),
+            if !probed_qcow2(&path)? {
+                return Err(bad("give the image format with -f"));
             }
+            options.format = Some(Format::Qcow2);
         }
         options.writable = true;
         options.backing = backing;
@@ -203,6 +201,15 @@ fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
             format!("Invalid snapshot option '{spec}'"),
         )),
     }
+}
+
+/// Whether the file at `path` probes as qcow2: the one format written without `-f`,
+/// as QEMU does (a probed raw, qcow or cow file is only read).
+pub fn probed_qcow2(path: &Path) -> Result<bool, Error> {
+    let storage = cowimg::storage::FileStorage::open(path, false)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let format = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
+    Ok(format == Format::Qcow2)
 }
 
 #[cfg(test)]
