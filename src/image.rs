@@ -119,6 +119,22 @@ impl Layer {
         }
     }
 
+    /// For data stored at `host` (`len` bytes): whether the file holding it has a hole
+    /// there (or ends before it), and how far that answer holds. QEMU asks the file
+    /// this only for metadata-preallocated qcow2 images and reports such data as
+    /// zeros; a raw layer answers in its own map.
+    fn host_zeros(&self, host: u64, len: u64) -> (bool, u64) {
+        let storage = match self {
+            Layer::Qcow2(l) if l.metadata_preallocated() => l.data_storage().as_ref(),
+            _ => return (false, len),
+        };
+        match storage.allocation(host) {
+            Ok(Some(run)) => (!run.data, len.min(run.end.saturating_sub(host)).max(1)),
+            Ok(None) => (storage.len().is_ok_and(|end| host >= end), len),
+            Err(_) => (false, len),
+        }
+    }
+
     /// Host offsets of encrypted data are not reported (as QEMU).
     fn is_encrypted(&self) -> bool {
         match self {
@@ -161,6 +177,8 @@ pub struct ChainEntry {
     pub layer: Layer,
     /// The path it was opened at (relative names resolved against the image's folder).
     pub path: PathBuf,
+    /// The external data file holding its data clusters, if it has one.
+    pub data_path: Option<PathBuf>,
     /// True when its format was guessed rather than stated.
     pub probed: bool,
     /// What QEMU (or UML) would warn about when opening it.
@@ -336,6 +354,7 @@ impl Image {
         let mut chain = vec![ChainEntry {
             layer,
             path: PathBuf::new(),
+            data_path: None,
             probed: false,
             warnings: Vec::new(),
         }];
@@ -686,9 +705,13 @@ impl Image {
             let extent = layer.map(offset, len)?;
             let hide = layer.is_encrypted();
             let host = extent.mapping.host().filter(|_| !hide).map(|h| h.0);
+            let (host_zeros, span) = match (extent.mapping, host) {
+                (Mapping::Data { .. }, Some(h)) => layer.host_zeros(h, extent.len),
+                _ => (false, extent.len),
+            };
             let status = |present, zero, data, compressed, offset| BlockStatus {
                 start: extent.start,
-                len: extent.len,
+                len: span,
                 depth,
                 present,
                 zero,
@@ -697,7 +720,7 @@ impl Image {
                 offset,
             };
             return Ok(match extent.mapping {
-                Mapping::Data { .. } => status(true, false, true, false, host),
+                Mapping::Data { .. } => status(true, host_zeros, true, false, host),
                 Mapping::Compressed { .. } => status(true, false, true, true, None),
                 Mapping::Zero { .. } => status(true, true, false, false, host),
                 Mapping::Unallocated { .. } => match self.chain.get(depth + 1) {
@@ -881,6 +904,7 @@ fn open_layer(
             true,
         ),
     };
+    let mut data_path = None;
     let layer = match format {
         Format::Raw => Layer::Raw(Raw::open(storage)?),
         Format::Qcow2 => {
@@ -903,6 +927,7 @@ fn open_layer(
                             let s = FileStorage::open(&p, writable).map_err(|e| {
                                 Error::io(format!("Could not open data file '{}'", p.display()), e)
                             })?;
+                            data_path = Some(p);
                             Some(Arc::new(s) as Arc<dyn Storage>)
                         }
                         _ => None,
@@ -953,6 +978,7 @@ fn open_layer(
     Ok(ChainEntry {
         layer,
         path: path.to_path_buf(),
+        data_path,
         probed,
         warnings,
     })

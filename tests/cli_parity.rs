@@ -403,6 +403,57 @@ fn measure_is_qemu_img_measure() {
     assert_eq!(ours, theirs, "a raw file's holes are zero ranges");
 }
 
+/// Data clusters whose host range is a hole in the file read as zeros, and QEMU says so
+/// (zero: true, data: true; not listed in the human map): preallocated metadata, an
+/// external data file with holes, and qcow version 1 over a sparse file.
+#[test]
+fn data_over_host_holes_maps_as_qemu_img_maps_it() {
+    let dir = Scratch::new("host-holes");
+    let (meta, ext, v1) = (
+        dir.str("meta.qcow2"),
+        dir.str("ext.qcow2"),
+        dir.str("v1.qcow"),
+    );
+    let data = dir.str("ext.data");
+    let create = [
+        format!("create -q -f qcow2 -o preallocation=metadata {meta} 10M"),
+        format!("create -q -f qcow2 -o data_file={data},data_file_raw=on {ext} 10M"),
+        format!("create -q -f qcow {v1} 10M"),
+    ];
+    for (line, (image, format)) in
+        create
+            .iter()
+            .zip([(&meta, "qcow2"), (&ext, "qcow2"), (&v1, "qcow")])
+    {
+        qemu_img(&line.split(' ').collect::<Vec<_>>());
+        qemu_io(&[
+            "-f",
+            format,
+            "-c",
+            "write -P 1 1M 64k",
+            "-c",
+            "write -P 2 3M 100k",
+            image,
+        ]);
+    }
+    // A hole punched into data the qcow image points at.
+    let file = std::fs::OpenOptions::new().write(true).open(&v1).unwrap();
+    let size = file.metadata().unwrap().len();
+    file.set_len(size + (1 << 20)).unwrap();
+    for image in [&meta, &ext, &v1] {
+        for output in ["--output=json", "--output=human"] {
+            let (ours, theirs) = both(&["map", output, image]);
+            assert_eq!(ours, theirs, "{image} {output}");
+        }
+    }
+    let (ours, _) = both(&["map", "--output=json", &meta]);
+    assert!(
+        ours.stdout.contains("\"zero\": true, \"data\": true"),
+        "{}",
+        ours.stdout
+    );
+}
+
 #[test]
 fn dd_is_qemu_img_dd() {
     let dir = Scratch::new("dd");

@@ -78,6 +78,9 @@ pub struct Qcow2 {
     /// Data written but held to be combined with the next piece: (host offset, bytes).
     /// Always empty between requests.
     pub(super) combined: Option<(u64, Vec<u8>)>,
+    /// Whether the image looks metadata-preallocated (see `metadata_preallocated`),
+    /// worked out on first use.
+    pub(super) preallocated: std::sync::OnceLock<bool>,
     /// Host ranges whose refcounts drop once the changed L2 tables that stopped
     /// pointing at them are on disk (see `write_back`).
     pub(super) pending_frees: Vec<(u64, u64)>,
@@ -346,6 +349,7 @@ impl Qcow2 {
             compressed_tail: None,
             combined: None,
             pending_frees: Vec::new(),
+            preallocated: std::sync::OnceLock::new(),
             snapshots,
             warnings,
             l1_offset,
@@ -386,6 +390,43 @@ impl Qcow2 {
     /// True when data clusters are encrypted (their host offsets mean nothing to a reader).
     pub fn is_encrypted(&self) -> bool {
         self.header.common.crypt_method != 0
+    }
+
+    /// Whether far more clusters are counted in use than the file has blocks for, as
+    /// after `preallocation=metadata`: QEMU's test (at least 10/9 of the allocated
+    /// clusters, and 2 more), and only then does it ask the file whether data clusters
+    /// are holes. Unknown sizes or unreadable refcounts answer no.
+    pub fn metadata_preallocated(&self) -> bool {
+        *self.preallocated.get_or_init(|| {
+            let cs = 1u64 << self.cluster_bits;
+            let (Ok(len), Ok(Some(real))) = (self.storage.len(), self.storage.allocated_size())
+            else {
+                return false;
+            };
+            let real_clusters = real / cs;
+            let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+            let common = &self.header.common;
+            let Ok(mut refcounts) = super::refcount::Refcounts::load(
+                self.storage.as_ref(),
+                self.cluster_bits,
+                self.header.refcount_order(),
+                common.refcount_table_offset,
+                common.refcount_table_clusters,
+            ) else {
+                return false;
+            };
+            let mut counted = 0;
+            for cluster in 0..len.div_ceil(cs) {
+                if counted >= threshold {
+                    break;
+                }
+                match refcounts.get(self.storage.as_ref(), cluster) {
+                    Ok(n) => counted += u64::from(n > 0),
+                    Err(_) => return false,
+                }
+            }
+            counted >= threshold
+        })
     }
 
     /// The L2 table at `offset`, from the cache or the file.

@@ -119,7 +119,8 @@ impl Qcow2 {
         self.write_back()
     }
 
-    fn data_storage(&self) -> &Arc<dyn Storage> {
+    /// Where data clusters live: the external data file, or the image.
+    pub(crate) fn data_storage(&self) -> &Arc<dyn Storage> {
         self.data_file.as_ref().unwrap_or(&self.storage)
     }
 

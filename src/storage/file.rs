@@ -62,6 +62,11 @@ impl Storage for FileStorage {
         Ok(self.file.metadata()?.len())
     }
 
+    fn allocated_size(&self) -> io::Result<Option<u64>> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Some(self.file.metadata()?.blocks() * 512))
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         if !self.writable {
             return Err(read_only());

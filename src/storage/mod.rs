@@ -45,6 +45,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// Bytes the storage really takes (a sparse file's allocated blocks), when known.
+    fn allocated_size(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Whether the bytes from `offset` are stored data or a hole (reading as zeros and
     /// taking no space), and where that run ends; `None` when the storage cannot tell.
     fn allocation(&self, offset: u64) -> io::Result<Option<Run>> {
@@ -122,6 +127,9 @@ macro_rules! forward {
             }
             fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
                 (**self).zero_range(offset, len)
+            }
+            fn allocated_size(&self) -> io::Result<Option<u64>> {
+                (**self).allocated_size()
             }
         }
     };

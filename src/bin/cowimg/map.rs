@@ -41,7 +41,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         out.push_str("]\n");
     } else {
-        // Only ranges stored as plain data are listed; anything else cannot be.
+        // Only ranges stored as plain data (and not over holes) are listed; data that
+        // cannot be (compressed, encrypted, external) is an error.
         out.push_str(&format!(
             "{:<16}{:<16}{:<16}{}\n",
             "Offset", "Length", "Mapped to", "File"
@@ -54,7 +55,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                     "File contains external, encrypted or compressed clusters.",
                 ));
             };
-            let file = &image.chain()[r.depth].path;
+            if r.zero {
+                // Data over a hole in the file: it reads as zeros, and is not listed.
+                continue;
+            }
+            // Data lives in the external data file when there is one (QEMU names it).
+            let entry = &image.chain()[r.depth];
+            let file = entry.data_path.as_ref().unwrap_or(&entry.path);
             out.push_str(&format!(
                 "{:<16}{:<16}{:<16}{}\n",
                 hex(r.start),
