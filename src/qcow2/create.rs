@@ -202,7 +202,13 @@ pub fn create(
     if let Some(d) = &opts.data_file {
         extensions.push(ext(ExtensionMagic::DataFile, d.as_bytes()));
     }
-    // Like qemu-img, no feature name table: it only names bits for error messages.
+    // Like qemu-img, the feature name table only where the header cluster has room.
+    if opts.version >= 3 && cs > 4096 {
+        extensions.push(ext(
+            ExtensionMagic::FeatureTable,
+            &super::header::qemu_feature_table(),
+        ));
+    }
     let header = Header {
         common: Qcow2Header {
             magic: 0x514649fb,
@@ -259,14 +265,23 @@ pub fn create(
     for c in 0..3 {
         refcounts.set(storage, c, 1)?;
     }
-    let l1_clusters = (l1_size * 8).div_ceil(cs).max(1);
-    let l1_at = refcounts.alloc(storage, l1_clusters)?;
+    // An empty image has no L1 table at all (offset 0), as qemu-img makes it.
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
+    let l1_at = if l1_size == 0 {
+        0
+    } else {
+        refcounts.alloc(storage, l1_clusters)?
+    };
     let mut l1 = vec![0u64; l1_size as usize];
 
     // Preallocation: every L2 table, and every data cluster (in the data file, at the
     // guest offset, when there is one). `end` tracks the highest byte allocated.
-    let mut end = l1_at + l1_clusters * cs;
-    if opts.preallocation != Preallocation::Off {
+    // The file ends where the L1 table does (not at its cluster's end), as qemu-img's.
+    let mut end = l1_at + l1_size * 8;
+    // A raw data file is the disk: every cluster is mapped to it from the start (QEMU
+    // makes data-file-raw imply preallocation=metadata), or writes made to the data
+    // file directly would not show through the image.
+    if opts.preallocation != Preallocation::Off || opts.data_file_raw {
         let entries = 1u64 << l2_bits;
         let clusters = size.div_ceil(cs);
         let zeros = vec![0u8; cs as usize];
@@ -305,12 +320,11 @@ pub fn create(
             *l1_entry = L1Entry::new().with_l2_offset(l2_at).with_copied(true).raw();
         }
     }
-    let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
-    let mut l1_area = l1_bytes;
-    l1_area.resize((l1_clusters * cs) as usize, 0);
-    storage
-        .write_at(&l1_area, l1_at)
-        .map_err(io("writing the L1 table"))?;
+    if !l1.is_empty() {
+        storage
+            .write_at(&crate::tables::to_be_bytes(&l1), l1_at)
+            .map_err(io("writing the L1 table"))?;
+    }
     // Every allocated cluster lies inside the file (data clusters read as zeros).
     if storage.len().map_err(io("reading the file size"))? < end {
         storage.set_len(end).map_err(io("sizing the image"))?;

@@ -35,6 +35,33 @@ pub mod autoclear {
     pub const KNOWN: u64 = 0x3;
 }
 
+/// The feature name table QEMU writes into version 3 headers with clusters over 4 KiB
+/// (smaller header clusters keep the room for the backing file name): (type, bit,
+/// name) for every feature it knows, types 0 incompatible, 1 compatible, 2 autoclear.
+pub const QEMU_FEATURE_NAMES: [(u8, u8, &str); 8] = [
+    (0, 0, "dirty bit"),
+    (0, 1, "corrupt bit"),
+    (0, 2, "external data file"),
+    (0, 3, "compression type"),
+    (0, 4, "extended L2 entries"),
+    (1, 0, "lazy refcounts"),
+    (2, 0, "bitmaps"),
+    (2, 1, "raw external data"),
+];
+
+/// `QEMU_FEATURE_NAMES` as the extension's bytes (48 per entry, names zero-padded).
+pub fn qemu_feature_table() -> Vec<u8> {
+    let mut out = Vec::with_capacity(QEMU_FEATURE_NAMES.len() * FeatureNameEntry::SIZE);
+    for (kind, bit, name) in QEMU_FEATURE_NAMES {
+        let mut entry = [0u8; FeatureNameEntry::SIZE];
+        entry[0] = kind;
+        entry[1] = bit;
+        entry[2..2 + name.len()].copy_from_slice(name.as_bytes());
+        out.extend_from_slice(&entry);
+    }
+    out
+}
+
 /// Length of a version 2 header, where its extensions start.
 pub const V2_HEADER_LENGTH: u32 = 72;
 

@@ -345,18 +345,26 @@ impl Refcounts {
     }
 
     /// Creates the blocks for table entries `missing` (ascending, the last one covering
-    /// `at`) in consecutive clusters from `at`, as QEMU lays them out after a long run:
-    /// the last block counts itself and the others. Blocks written and flushed, then
-    /// the table entries.
+    /// `at`) in consecutive clusters from `at`, in QEMU's order after a long run: the
+    /// first range's block at `at`, then the last range's (which counts itself and all
+    /// of them: QEMU needs it as soon as the first one lands in its range), then the
+    /// rest. Blocks written and flushed, then the table entries.
     fn blocks_after(&mut self, storage: &dyn Storage, missing: &[u64], at: u64) -> Result<()> {
         let zeros = vec![0u8; 1 << self.cluster_bits];
         let mut holder = zeros.clone();
         let mask = self.block_entries() - 1;
-        for k in 0..missing.len() as u64 {
-            set_entry(self.bits(), &mut holder, (at + k) & mask, 1);
+        let k = missing.len() as u64;
+        for i in 0..k {
+            set_entry(self.bits(), &mut holder, (at + i) & mask, 1);
         }
-        let places: Vec<u64> = (0..missing.len() as u64)
-            .map(|k| (at + k) << self.cluster_bits)
+        // Cluster for missing[i]: the last goes second (or first, when alone).
+        let places: Vec<u64> = (0..k)
+            .map(|i| match i {
+                0 => at,
+                _ if i + 1 == k => at + 1,
+                _ => at + i + 1,
+            })
+            .map(|c| c << self.cluster_bits)
             .collect();
         for (i, &place) in places.iter().enumerate() {
             let bytes = if i + 1 == missing.len() {
