@@ -622,7 +622,8 @@ fn bench_is_qemu_img_bench() {
 
 /// `create` lays a new qcow2 out byte for byte as qemu-img create does: header (and the
 /// feature name table where the header cluster has room), refcount table and block, L1
-/// table ending the file, empty images without one, and a raw data file mapped whole.
+/// table ending the file, empty images without one, a raw data file mapped whole, and
+/// preallocated metadata (each L2 table's clusters one run, refcount blocks after it).
 #[test]
 fn create_is_byte_identical_to_qemu_img_create() {
     let dir = Scratch::new("create-identical");
@@ -637,6 +638,9 @@ fn create_is_byte_identical_to_qemu_img_create() {
         }
     }
     cases.push(("compression_type=zstd,extended_l2=on".into(), "10M"));
+    cases.push(("cluster_size=4096,preallocation=metadata".into(), "10M"));
+    cases.push(("cluster_size=8192,preallocation=metadata".into(), "100M"));
+    cases.push(("preallocation=metadata".into(), "100M"));
     cases.push(("backing_file=base.qcow2,backing_fmt=qcow2".into(), "10M"));
     cases.push((
         "data_file=d.data,data_file_raw=on,cluster_size=4096".into(),

@@ -292,15 +292,17 @@ pub fn create(
             let first = l1_index as u64 * entries;
             let n = entries.min(clusters - first);
             let mut table = vec![0u8; cs as usize];
+            // The table's clusters as one run, as QEMU allocates them.
+            let run = match opts.data_file {
+                Some(_) => first * cs,
+                None => {
+                    let run = refcounts.alloc(storage, n)?;
+                    end = end.max(run + n * cs);
+                    run
+                }
+            };
             for i in 0..n {
-                let host = match opts.data_file {
-                    Some(_) => (first + i) * cs,
-                    None => {
-                        let host = refcounts.alloc(storage, 1)?;
-                        end = end.max(host + cs);
-                        host
-                    }
-                };
+                let host = run + i * cs;
                 if opts.preallocation == Preallocation::Full {
                     data_storage
                         .unwrap_or(storage)

@@ -327,15 +327,15 @@ impl Refcounts {
             let long = n >= self.block_entries() / 2;
             let last = (first + n - 1) >> bits;
             let room = (last + 1) << bits;
-            if !long {
-                for table_index in missing {
-                    self.new_block(storage, table_index)?;
-                }
-            } else if missing.last() == Some(&last)
+            if missing.last() == Some(&last)
                 && (last as usize) < self.table.len()
                 && first + n + missing.len() as u64 <= room
             {
                 self.blocks_after(storage, &missing, first + n)?;
+            } else if !long {
+                for table_index in missing {
+                    self.new_block(storage, table_index)?;
+                }
             } else {
                 for table_index in missing {
                     self.new_block_outside(storage, table_index, (first, first + n))?;
