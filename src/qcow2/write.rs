@@ -575,36 +575,26 @@ impl Qcow2 {
         Ok(true)
     }
 
-    /// The most clusters to allocate as one run.
-    fn run_limit(&self) -> u64 {
-        let block = self.refcounts.as_ref().map_or(2, |r| r.block_entries());
-        (block / 2).max(1)
-    }
-
     /// Writes whole new clusters (see `all_new`) the short way: per L2 table, one run
-    /// of contiguous clusters allocated, the data written straight from `data` in one
-    /// call, then the entries published.
+    /// of contiguous clusters allocated (as QEMU allocates them), the data written
+    /// straight from `data` in one call, then the entries published.
     fn write_new_clusters(&mut self, guest: u64, data: &[u8]) -> Result<()> {
         let cs = self.cs();
         let end = guest + data.len() as u64;
-        self.for_each_table(guest, end, |this, mut at, span_end, _, pending| {
-            while at < span_end {
-                // Runs of at most half a refcount block's range: always found.
-                let n = ((span_end - at) / cs).min(this.run_limit());
-                let host = this.alloc(n)?;
-                let from = (at - guest) as usize;
-                this.storage
-                    .write_at(&data[from..from + (n * cs) as usize], host)
-                    .map_err(|e| Error::io(format!("writing data at {host:#x}"), e))?;
-                let first = (at / cs) % (1 << this.l2_bits);
-                pending.entries.extend((0..n).map(|k| {
-                    let entry = L2Entry::new()
-                        .with_host_offset(host + k * cs)
-                        .with_copied(true);
-                    (first + k, entry.raw(), 0)
-                }));
-                at += n * cs;
-            }
+        self.for_each_table(guest, end, |this, at, span_end, _, pending| {
+            let n = (span_end - at) / cs;
+            let host = this.alloc(n)?;
+            let from = (at - guest) as usize;
+            this.storage
+                .write_at(&data[from..from + (n * cs) as usize], host)
+                .map_err(|e| Error::io(format!("writing data at {host:#x}"), e))?;
+            let first = (at / cs) % (1 << this.l2_bits);
+            pending.entries.extend((0..n).map(|k| {
+                let entry = L2Entry::new()
+                    .with_host_offset(host + k * cs)
+                    .with_copied(true);
+                (first + k, entry.raw(), 0)
+            }));
             Ok(())
         })
     }
