@@ -6,9 +6,7 @@ use super::header::{autoclear, incompat, Header};
 use super::refcount::Refcounts;
 use super::snapshot;
 use crate::error::{Error, Result};
-use crate::format::qcow2::{
-    BitmapTableEntry, L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap,
-};
+use crate::format::qcow2::{BitmapTableEntry, L1Entry, L2Entry, SubclusterBitmap};
 use crate::storage::Storage;
 
 /// What `-r` asks to repair.
@@ -162,11 +160,10 @@ impl Pass<'_> {
                 };
                 let e = L2Entry::from_raw(raw);
                 if e.compressed() {
-                    let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), cluster_bits);
+                    let (host, len) = super::layer::compressed_span(raw, cluster_bits);
                     if e.copied() {
                         self.error(format!(
-                            "ERROR: coffset=0x{:x}: copied flag must never be set for compressed clusters",
-                            d.host_offset
+                            "ERROR: coffset=0x{host:x}: copied flag must never be set for compressed clusters"
                         ));
                     }
                     if bitmap != 0 {
@@ -175,8 +172,7 @@ impl Pass<'_> {
                             i * entries + j
                         ));
                     }
-                    let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
-                    self.reference_n(d.host_offset, len, weight);
+                    self.reference_n(host, len, weight);
                     if active {
                         self.res.allocated_clusters += weight;
                         self.res.compressed_clusters += weight;

@@ -124,6 +124,16 @@ impl std::fmt::Debug for Qcow2 {
     }
 }
 
+/// Where a compressed cluster's bytes are, from its L2 entry: (host offset, byte
+/// count), whole 512-byte sectors from the one holding the start, as QEMU reads them.
+pub(super) fn compressed_span(entry: u64, cluster_bits: u32) -> (u64, u64) {
+    let d = Qcow2CompressedDescriptor::decode(entry, cluster_bits);
+    (
+        d.host_offset,
+        (d.additional_sectors + 1) * 512 - (d.host_offset & 511),
+    )
+}
+
 fn corrupt(message: String) -> Error {
     Error::new(ErrorKind::Corrupt, message)
 }
@@ -476,11 +486,10 @@ impl Qcow2 {
                     "Compressed cluster entry found in image with external data file".into(),
                 ));
             }
-            let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), self.cluster_bits);
-            let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
+            let (host, len) = compressed_span(raw, self.cluster_bits);
             let mapping = Mapping::Compressed {
                 cluster: cluster_start,
-                host: HostOffset(d.host_offset),
+                host: HostOffset(host),
                 len,
             };
             return Ok((mapping, cluster_end));

@@ -165,43 +165,47 @@ impl Qcow2 {
         move |e| Error::io(what, e)
     }
 
-    /// Adds `delta` to the refcount of every L2 table and data cluster an L1 table
-    /// reaches (QEMU's update_snapshot_refcount).
-    /// Refuses, before anything changes, a raise that would take some cluster past
-    /// the largest refcount (packed compressed clusters with narrow refcounts), so a
-    /// snapshot that cannot be taken leaves nothing behind.
-    fn check_headroom(&mut self, l1: &[u64], delta: u64) -> Result<()> {
-        let mut raises: std::collections::HashMap<u64, u64> = Default::default();
+    /// Calls `visit(host, len)` for every L2 table and data range an L1 table reaches.
+    fn for_each_tree_range(
+        &self,
+        l1: &[u64],
+        mut visit: impl FnMut(u64, u64) -> Result<()>,
+    ) -> Result<()> {
         let cs = 1u64 << self.cluster_bits;
         let words = if self.extended_l2 { 2 } else { 1 };
-        let mut count = |from: u64, len: u64| {
-            for c in from / cs..=(from + len - 1) / cs {
-                *raises.entry(c).or_default() += delta;
-            }
-        };
         for raw in l1 {
             let l2 = L1Entry::from_raw(*raw).l2_offset();
             if l2 == 0 {
                 continue;
             }
-            count(l2, cs);
+            visit(l2, cs)?;
             let table = self.l2_table(l2)?;
-            for i in (0..table.len()).step_by(words) {
-                let e = L2Entry::from_raw(table[i]);
+            for &entry in table.iter().step_by(words) {
+                let e = L2Entry::from_raw(entry);
                 if e.compressed() {
-                    let d = crate::format::qcow2::Qcow2CompressedDescriptor::decode(
-                        table[i] & ((1 << 62) - 1),
-                        self.cluster_bits,
-                    );
-                    count(
-                        d.host_offset,
-                        (d.additional_sectors + 1) * 512 - (d.host_offset & 511),
-                    );
+                    let (host, len) = super::layer::compressed_span(entry, self.cluster_bits);
+                    visit(host, len)?;
                 } else if e.host_offset() != 0 && self.data_file.is_none() {
-                    count(e.host_offset(), cs);
+                    visit(e.host_offset(), cs)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Refuses, before anything changes, a raise by `delta` of every cluster an L1
+    /// table reaches that would take some cluster past the largest refcount (packed
+    /// compressed clusters with narrow refcounts), so a snapshot that cannot be taken
+    /// leaves nothing behind.
+    fn check_headroom(&mut self, l1: &[u64], delta: u64) -> Result<()> {
+        let mut raises: std::collections::HashMap<u64, u64> = Default::default();
+        let cs = 1u64 << self.cluster_bits;
+        self.for_each_tree_range(l1, |from, len| {
+            for c in from / cs..=(from + len - 1) / cs {
+                *raises.entry(c).or_default() += delta;
+            }
+            Ok(())
+        })?;
         let storage = self.storage.clone();
         let refcounts = self
             .refcounts
@@ -223,35 +227,19 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Adds `delta` to the refcount of every L2 table and data cluster an L1 table
+    /// reaches (QEMU's update_snapshot_refcount).
     fn tree_refcounts(&mut self, l1: &[u64], delta: i64) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
         let storage = self.storage.clone();
-        let words = if self.extended_l2 { 2 } else { 1 };
-        for raw in l1 {
-            let l2 = L1Entry::from_raw(*raw).l2_offset();
-            if l2 == 0 {
-                continue;
-            }
-            let table = self.l2_table(l2)?;
-            let refcounts = self.refcounts.as_mut().ok_or_else(|| {
-                Error::new(ErrorKind::BadArgument, "the image was opened read-only")
-            })?;
-            refcounts.update_range(storage.as_ref(), l2, cs, delta)?;
-            for i in (0..table.len()).step_by(words) {
-                let e = L2Entry::from_raw(table[i]);
-                if e.compressed() {
-                    let d = crate::format::qcow2::Qcow2CompressedDescriptor::decode(
-                        table[i] & ((1 << 62) - 1),
-                        self.cluster_bits,
-                    );
-                    let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
-                    refcounts.update_range(storage.as_ref(), d.host_offset, len, delta)?;
-                } else if e.host_offset() != 0 && self.data_file.is_none() {
-                    refcounts.update_range(storage.as_ref(), e.host_offset(), cs, delta)?;
-                }
-            }
-        }
-        Ok(())
+        let mut refcounts = self
+            .refcounts
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image was opened read-only"))?;
+        let result = self.for_each_tree_range(l1, |host, len| {
+            refcounts.update_range(storage.as_ref(), host, len, delta)
+        });
+        self.refcounts = Some(refcounts);
+        result
     }
 
     /// Sets every COPIED flag of the active L1 table and its L2 tables: to "refcount is

@@ -338,12 +338,8 @@ impl Qcow2 {
         let e = L2Entry::from_raw(raw);
         let cs = self.cs();
         if e.compressed() {
-            let d = Qcow2CompressedDescriptor::decode(raw & ((1 << 62) - 1), self.cluster_bits);
-            let len = (d.additional_sectors + 1) * 512 - (d.host_offset & 511);
-            return Ok(Old::Compressed {
-                host: d.host_offset,
-                len,
-            });
+            let (host, len) = super::layer::compressed_span(raw, self.cluster_bits);
+            return Ok(Old::Compressed { host, len });
         }
         let host = e.host_offset();
         let allocated = host != 0 || (self.data_file.is_some() && e.copied());
@@ -363,12 +359,10 @@ impl Qcow2 {
     }
 
     /// Writes guest bytes `data` at `off` of the cluster at guest `gc`, stored at host
-    /// `host`, encrypting whole sectors (read, changed and rewritten where `data` covers
-    /// only part of one).
-    /// Writes guest data into its host cluster. Plain data (no encryption, no data
-    /// file) landing right after the previous piece is combined with it into one write,
-    /// sent before the next barrier or when the request ends: a run of new clusters goes
-    /// out as one large write, not one per cluster.
+    /// `host`. Encrypted data goes out at once in whole sectors (read, changed and
+    /// rewritten where `data` covers only part of one). Plain data landing right after
+    /// the previous piece is combined with it into one write, sent before the next
+    /// barrier or when the request ends.
     fn store(&mut self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
         const LIMIT: usize = 4 << 20;
         if self.key.is_none() && self.data_file.is_none() {
