@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Io,
     /// The caller asked for something impossible (a bad option, a read past the end).
     BadArgument,
+    /// Another process (QEMU, or another cowimg) uses the image in a way this use
+    /// conflicts with: its lock refuses this open.
+    InUse,
 }
 
 impl ErrorKind {
@@ -30,6 +33,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt image",
             ErrorKind::Io => "I/O error",
             ErrorKind::BadArgument => "bad argument",
+            ErrorKind::InUse => "image in use",
         }
     }
 }

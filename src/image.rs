@@ -9,7 +9,7 @@ use crate::probe::{probe, Format};
 use crate::qcow::{self, Qcow};
 use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
 use crate::raw::Raw;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{Access, FileStorage, Storage};
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,8 @@ pub enum Backing {
     },
 }
 
-/// How to open an image. Read-only always, for now: opening never writes a byte.
+/// How to open an image: read-only (never writing a byte) unless `writable`. Every file
+/// is locked as QEMU locks it (see [`crate::storage::Access`]).
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
     /// The top image's format; probed when None (reading only).
@@ -54,6 +55,9 @@ pub struct OpenOptions {
     /// Flush between dependent metadata updates. Only a brand-new image that nobody
     /// relies on yet (a convert target) may go without.
     pub barriers: bool,
+    /// Read whatever other processes do to the files (qemu-img's `-U`): take no lock
+    /// that keeps a writer out. Only for read-only opens.
+    pub force_share: bool,
 }
 
 impl Default for OpenOptions {
@@ -69,6 +73,7 @@ impl Default for OpenOptions {
             metadata_only: false,
             writable: false,
             barriers: true,
+            force_share: false,
         }
     }
 }
@@ -235,6 +240,8 @@ pub type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
 pub struct Image {
     chain: Vec<ChainEntry>,
     progress: Option<Progress>,
+    /// What the chain was opened with, for reopening part of it (commit).
+    options: OpenOptions,
 }
 
 impl std::fmt::Debug for Image {
@@ -312,6 +319,7 @@ impl Image {
         Ok(Image {
             chain,
             progress: None,
+            options: options.clone(),
         })
     }
 
@@ -369,6 +377,7 @@ impl Image {
         Ok(Image {
             chain,
             progress: None,
+            options: options.clone(),
         })
     }
 
@@ -568,13 +577,57 @@ impl Image {
                 "the backing file's format was probed, not stated, and a probed format is never trusted for writing: state it (commit -F FMT)",
             ));
         }
+        let base_path = below.path.clone();
+        let base_format = backing_format.unwrap_or(below.layer.format());
+        // The chain below holds read locks that keep writers out, this one too: it is
+        // closed while the base is written, and opened again after.
+        drop(self.chain.split_off(1));
+        let written = self.copy_into_base(&base_path, base_format);
+        let reopened = Image::open(
+            &base_path,
+            &OpenOptions {
+                format: Some(base_format),
+                backing: Backing::Follow,
+                writable: false,
+                snapshot: None,
+                data_file: None,
+                ..self.options.clone()
+            },
+        );
+        written?;
+        self.chain.extend(reopened?.chain);
+        if !keep {
+            match self.split_top().0 {
+                Layer::Qcow2(q) => q.make_empty()?,
+                Layer::Qcow(q) => q.make_empty()?,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "a {} image cannot be emptied after commit (use -d)",
+                            other.format()
+                        ),
+                    ))
+                }
+            }
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The copying half of `commit`: every range the top image holds, written into the
+    /// base image at `path` opened for writing (its own backing chain below it, so that
+    /// a part-written cluster of the base keeps what the base's backing file gives).
+    fn copy_into_base(&self, path: &Path, format: Format) -> Result<()> {
         let options = OpenOptions {
-            format: Some(backing_format.unwrap_or(below.layer.format())),
-            backing: Backing::Ignore,
+            format: Some(format),
+            backing: Backing::Follow,
             writable: true,
-            ..OpenOptions::default()
+            snapshot: None,
+            data_file: None,
+            ..self.options.clone()
         };
-        let mut base = Image::open(&below.path, &options)?;
+        let mut base = Image::open(path, &options)?;
         let size = self.size();
         if base.size() < size {
             base.resize(size)?;
@@ -597,24 +650,7 @@ impl Image {
             offset += len;
             self.report(offset, size);
         }
-        base.flush()?;
-        if !keep {
-            match self.split_top().0 {
-                Layer::Qcow2(q) => q.make_empty()?,
-                Layer::Qcow(q) => q.make_empty()?,
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "a {} image cannot be emptied after commit (use -d)",
-                            other.format()
-                        ),
-                    ))
-                }
-            }
-            self.flush()?;
-        }
-        Ok(())
+        base.flush()
     }
 
     /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
@@ -881,6 +917,78 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Opens one file of an image (the image, a backing file, a data file) for reading or
+/// writing, with QEMU's locks for that use; `force_share` is qemu-img's `-U`. A lock
+/// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
+pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+    let access = match (writable, force_share) {
+        (true, _) => Access::Write,
+        (false, true) => Access::ForceShare,
+        (false, false) => Access::Read,
+    };
+    FileStorage::open_with(path, writable, access).map_err(|e| file_error(path, e))
+}
+
+/// An error opening or creating the file at `path`, as qemu-img words it.
+pub fn file_error(path: &Path, e: io::Error) -> Error {
+    match crate::storage::lock::conflict_of(&e) {
+        Some(conflict) => Error::new(
+            ErrorKind::InUse,
+            format!(
+                "Could not open '{0}': {conflict}\nIs another process using the image [{0}]?",
+                path.display()
+            ),
+        ),
+        None => Error::io(format!("Could not open '{}'", path.display()), e),
+    }
+}
+
+/// Creates (or empties) the file at `path` for a new image. QEMU's write lock is taken
+/// before anything is emptied, so a file in use is refused whole, as qemu-img refuses it.
+pub fn create_file(path: &Path) -> Result<FileStorage> {
+    FileStorage::create(path).map_err(|e| match crate::storage::lock::conflict_of(&e) {
+        Some(conflict) => Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{0}: {conflict}\nIs another process using the image [{0}]?",
+                path.display()
+            ),
+        ),
+        None => Error::io(format!("Could not create '{}'", path.display()), e),
+    })
+}
+
+/// Refuses to write `target` when it is a file one of `images` reads (an image of its
+/// chain or a data file, by device and inode, whatever the names), before anything
+/// is touched. Locks refuse most of these too, but not with `-U`, nor where a file
+/// system has no locks.
+pub fn refuse_overwrite(target: &Path, images: &[&Image]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(target) else {
+        return Ok(());
+    };
+    let id = (meta.dev(), meta.ino());
+    for image in images {
+        for entry in image.chain() {
+            let files = std::iter::once(&entry.path).chain(entry.data_path.as_ref());
+            for file in files {
+                let same = std::fs::metadata(file).is_ok_and(|m| (m.dev(), m.ino()) == id);
+                if same {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!(
+                            "'{}' is '{}', a file the input image uses: it would be overwritten while it is read",
+                            target.display(),
+                            file.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn open_layer(
     path: &Path,
     format: Option<Format>,
@@ -894,8 +1002,13 @@ fn open_layer(
             "a format must be given to open an image for writing (a probed format is never trusted for writing)",
         ));
     }
-    let storage = FileStorage::open(path, writable)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    if writable && options.force_share {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "force-share=on can only be used with read-only images",
+        ));
+    }
+    let storage = open_file(path, writable, options.force_share)?;
     let storage: Arc<dyn Storage> = Arc::new(storage);
     let (format, probed) = match format {
         Some(f) => (f, false),
@@ -924,9 +1037,8 @@ fn open_layer(
                     };
                     match chosen {
                         Some(p) if !options.metadata_only => {
-                            let s = FileStorage::open(&p, writable).map_err(|e| {
-                                Error::io(format!("Could not open data file '{}'", p.display()), e)
-                            })?;
+                            let s = open_file(&p, writable, options.force_share)
+                                .map_err(|e| e.context("Could not open data file"))?;
                             data_path = Some(p);
                             Some(Arc::new(s) as Arc<dyn Storage>)
                         }

@@ -1,8 +1,9 @@
+use super::lock::{self, Access};
 use super::{Run, Storage};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A file on the local file system. Opened read-only, the operating system itself
@@ -14,20 +15,61 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
-    /// Opens an existing file, read-only unless `writable`.
+    /// Opens an existing file, read-only unless `writable`, with QEMU's locks for that
+    /// use (see [`Access`]).
     pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        let access = if writable {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        Self::open_with(path, writable, access)
+    }
+
+    /// Opens an existing file, read-only unless `writable`, declaring `access` with
+    /// QEMU's locks. Only regular files and devices are opened: a FIFO or socket would
+    /// block the open or every read.
+    pub fn open_with(path: &Path, writable: bool, access: Access) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let kind = file.metadata()?.file_type();
+        if !(kind.is_file() || kind.is_block_device() || kind.is_char_device()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "'file' driver requires '{}' to be a regular file",
+                    path.display()
+                ),
+            ));
+        }
+        // Non-blocking was only for the open: devices are read as files are.
+        // SAFETY: fcntl on a descriptor `file` owns; no memory is passed.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags != -1 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+        lock::lock(&file, access)?;
         Ok(FileStorage { file, writable })
     }
 
-    /// Creates (or truncates) a file for writing.
+    /// Creates (or empties) a file for writing. The write lock is taken before the
+    /// file is emptied, so a file another process (or this one) is using is refused
+    /// whole, never truncated.
     pub fn create(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)?;
+        lock::lock(&file, Access::Write)?;
+        file.set_len(0)?;
         Ok(FileStorage {
             file,
             writable: true,
@@ -36,6 +78,12 @@ impl FileStorage {
 
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+
+    /// The file's device and inode: two names for one file have the same.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let m = self.file.metadata()?;
+        Ok((m.dev(), m.ino()))
     }
 }
 
@@ -63,7 +111,6 @@ impl Storage for FileStorage {
     }
 
     fn allocated_size(&self) -> io::Result<Option<u64>> {
-        use std::os::unix::fs::MetadataExt;
         Ok(Some(self.file.metadata()?.blocks() * 512))
     }
 

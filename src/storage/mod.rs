@@ -3,10 +3,12 @@
 
 mod fault;
 mod file;
+pub mod lock;
 mod memory;
 
 pub use fault::{Fault, FaultStorage};
 pub use file::FileStorage;
+pub use lock::{Access, LockConflict};
 pub use memory::MemoryStorage;
 
 use std::io;

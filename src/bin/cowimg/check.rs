@@ -5,7 +5,6 @@ use crate::progress::Progress;
 use crate::source::SourceArgs;
 use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
 use cowimg::qcow2::header::incompat;
-use cowimg::storage::FileStorage;
 use cowimg::{Error, Format};
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -45,8 +44,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         Some("all") => Repair::All,
         _ => Repair::None,
     };
-    let storage = FileStorage::open(&path, repair != Repair::None)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let storage = cowimg::image::open_file(&path, repair != Repair::None, options.force_share)?;
     let format = match options.format {
         Some(f) => f,
         None => cowimg::probe(&storage).map_err(|e| Error::io("probing the image format", e))?,

@@ -37,8 +37,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         // Snapshots exist only in qcow2; the format of an image being changed must be
         // known, and a qcow2 header says what it is unambiguously.
         if options.format.is_none() {
-            let storage = cowimg::storage::FileStorage::open(&path, false)
-                .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+            let storage = cowimg::image::open_file(&path, false, true)?;
             if cowimg::probe(&storage).map_err(|e| Error::io("probing", e))? != Format::Qcow2 {
                 return Err(Error::new(
                     ErrorKind::Unsupported,

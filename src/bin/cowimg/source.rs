@@ -21,7 +21,8 @@ pub struct SourceArgs {
     /// The filename is an option list: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID.
     #[arg(long = "image-opts")]
     pub image_opts: bool,
-    /// Accepted for compatibility; cowimg takes no locks.
+    /// Read the image whatever other processes do to it: take no lock that keeps a
+    /// writer out (read-only use only).
     #[arg(short = 'U', long = "force-share")]
     pub force_share: bool,
 }
@@ -117,7 +118,10 @@ impl SourceArgs {
     /// The path to open and the options to open it with.
     pub fn resolve(&self, filename: &str) -> Result<(PathBuf, OpenOptions), Error> {
         let secrets = self.secrets()?;
-        let mut options = OpenOptions::default();
+        let mut options = OpenOptions {
+            force_share: self.force_share,
+            ..OpenOptions::default()
+        };
         let mut path = PathBuf::from(filename);
         let mut key_secret = None;
         if let Some(f) = &self.format {
@@ -206,8 +210,7 @@ fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
 /// Whether the file at `path` probes as qcow2: the one format written without `-f`,
 /// as QEMU does (a probed raw, qcow or cow file is only read).
 pub fn probed_qcow2(path: &Path) -> Result<bool, Error> {
-    let storage = cowimg::storage::FileStorage::open(path, false)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let storage = cowimg::image::open_file(path, false, true)?;
     let format = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
     Ok(format == Format::Qcow2)
 }
