@@ -5,9 +5,8 @@ use crate::create::{apply_options, create_file, key_secret};
 use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::qcow2::create::CreateOptions;
+use cowimg::storage::{FileStorage, Storage};
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
-use std::fs::OpenOptions as FileOptions;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,9 +46,22 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let target = format_named(&args.target.output_format)?;
     let image = args.input.open(&args.filename)?;
+    let out = Path::new(&args.output);
+    cowimg::image::refuse_overwrite(out, &[&image])?;
+    // A target that fails half-way is removed, as qemu-img removes it, when this run
+    // made it.
+    let existed = out.symlink_metadata().is_ok();
+    let result = convert(args, &image, target);
+    if result.is_err() && !existed {
+        crate::create::remove_created(out);
+    }
+    result
+}
+
+fn convert(args: &Args, image: &Image, target: Format) -> Result<ExitCode, Error> {
     match target {
-        Format::Raw if !args.compress => to_raw(args, &image),
-        Format::Qcow2 | Format::Qcow => to_image(args, &image, target),
+        Format::Raw if !args.compress => to_raw(args, image),
+        Format::Qcow2 | Format::Qcow => to_image(args, image, target),
         Format::Raw => Err(Error::new(
             ErrorKind::BadArgument,
             "Compression not supported for this file format",
@@ -172,12 +184,7 @@ pub fn copy_into(
 
 /// A raw file with the source's content, written by one worker per core.
 fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
-    let out = FileOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&args.output)
-        .map_err(|e| Error::io(format!("Could not create '{}'", args.output), e))?;
+    let out = cowimg::image::create_file(Path::new(&args.output))?;
     let size = image.size();
     out.set_len(size)
         .map_err(|e| Error::io("sizing the output", e))?;
@@ -231,7 +238,7 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     }
     progress.finish();
     if args.cache != "unsafe" {
-        out.sync_data()
+        out.flush()
             .map_err(|e| Error::io(format!("flushing '{}'", args.output), e))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -245,21 +252,21 @@ fn workers() -> usize {
 }
 
 /// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.
-fn write_sparse(out: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+fn write_sparse(out: &FileStorage, data: &[u8], offset: u64) -> std::io::Result<()> {
     let mut start = None;
     for (i, block) in data.chunks(SPARSE).enumerate() {
         let zero = is_zero(block);
         match (zero, start) {
             (false, None) => start = Some(i * SPARSE),
             (true, Some(s)) => {
-                out.write_all_at(&data[s..i * SPARSE], offset + s as u64)?;
+                out.write_at(&data[s..i * SPARSE], offset + s as u64)?;
                 start = None;
             }
             _ => {}
         }
     }
     if let Some(s) = start {
-        out.write_all_at(&data[s..], offset + s as u64)?;
+        out.write_at(&data[s..], offset + s as u64)?;
     }
     Ok(())
 }

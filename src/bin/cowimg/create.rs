@@ -3,7 +3,7 @@
 use crate::source::{format_named, parse_options};
 use cowimg::codec::Compression;
 use cowimg::qcow2::create::{create, CreateOptions, Preallocation};
-use cowimg::storage::{FileStorage, Storage};
+use cowimg::storage::Storage;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
@@ -148,24 +148,61 @@ pub fn key_secret(texts: &[String]) -> Option<String> {
 
 /// Creates the image file (and its data file) at `path`. `cow_version` picks the UML
 /// cow layout (3, as UML writes; or 2).
+/// A failure leaves nothing behind that this call made: a file (or data file) that did
+/// not exist before is removed again.
 pub fn create_file(
     format: Format,
     path: &Path,
     opts: &CreateOptions,
     cow_version: u32,
 ) -> Result<(), Error> {
-    let storage = FileStorage::create(path)
-        .map_err(|e| Error::io(format!("Could not create '{}'", path.display()), e))?;
+    let data_path = match (format, &opts.data_file) {
+        (Format::Qcow2, Some(name)) => Some(cowimg::image::resolve_backing(path, name)),
+        _ => None,
+    };
+    let made: Vec<&Path> = std::iter::once(path)
+        .chain(data_path.as_deref())
+        .filter(|p| p.symlink_metadata().is_err())
+        .collect();
+    let result = create_files(format, path, data_path.as_deref(), opts, cow_version);
+    if result.is_err() {
+        made.into_iter().for_each(remove_created);
+    }
+    result
+}
+
+/// Removes a file this run created and could not finish; a failure to remove it is
+/// only reported, the error that led here being the one that matters.
+pub fn remove_created(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("cowimg: could not remove '{}': {e}", path.display());
+        }
+    }
+}
+
+fn create_files(
+    format: Format,
+    path: &Path,
+    data_path: Option<&Path>,
+    opts: &CreateOptions,
+    cow_version: u32,
+) -> Result<(), Error> {
+    if format == Format::Cow && opts.backing_file.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "a cow file needs a backing file (-b)",
+        ));
+    }
+    let storage = cowimg::image::create_file(path)?;
     match format {
         Format::Qcow2 => {
-            let data = match &opts.data_file {
-                Some(name) => Some(
-                    FileStorage::create(&cowimg::image::resolve_backing(path, name)).map_err(
-                        |e| Error::io(format!("Could not create data file '{name}'"), e),
-                    )?,
-                ),
-                None => None,
-            };
+            let data = data_path
+                .map(|p| {
+                    cowimg::image::create_file(p)
+                        .map_err(|e| e.context("Could not create data file"))
+                })
+                .transpose()?;
             create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
         }
         Format::Raw => storage
@@ -270,6 +307,22 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     apply_options(&options, &mut opts, &mut size)?;
     if let Some(backing) = &opts.backing_file {
         let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
+        let refuse = |what: &str| {
+            Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("{}: {what}", args.filename),
+            ))
+        };
+        if opts.backing_format.is_none() && format != Format::Cow {
+            // As qemu-img: a backing file is never named without its format. (UML's
+            // cow, which QEMU no longer creates, has no place for one.)
+            return refuse("Backing file specified without backing format");
+        }
+        if same_file(&path, Path::new(&args.filename)) {
+            return refuse(
+                "Error: Trying to create an image with the same filename as the backing file",
+            );
+        }
         let backing_format = opts
             .backing_format
             .as_deref()
@@ -291,9 +344,6 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                     path.display()
                 ))
             })?;
-            if opts.backing_format.is_none() {
-                opts.backing_format = Some(image.top().format().name().to_string());
-            }
             size.get_or_insert(image.size());
         }
     }
@@ -311,6 +361,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether two names are one file (one device and inode), or one name.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         ..Default::default()
     };
     let out = Path::new(output);
+    cowimg::image::refuse_overwrite(out, &[&image])?;
     create_file(format, out, &opts, 3)?;
     let mut target = Image::open(
         out,

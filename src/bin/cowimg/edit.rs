@@ -44,6 +44,13 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(format_named)
         .transpose()?;
+    if let (Some(n), None) = (name, format) {
+        // As qemu-img: a backing file named without its format is never recorded.
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Could not change the backing file to '{n}': backing format must be specified"),
+        ));
+    }
     if args.unsafe_rebase {
         let mut image = args.source.open_writable(&args.filename, Backing::Ignore)?;
         image.set_backing(name, format)?;
@@ -71,6 +78,10 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         }
         None => None,
     };
+    if let Some(new) = &new {
+        // The new chain must not hold the image being rebased.
+        cowimg::image::refuse_overwrite(Path::new(&args.filename), &[new])?;
+    }
     let bar = watch(&mut image, args.progress && !args.quiet);
     image.rebase(name, new.as_ref())?;
     bar.finish();

@@ -137,7 +137,15 @@ fn hexdump(out: &mut String, offset: u64, data: &[u8]) {
 }
 
 /// Runs one command; its output goes to `out`. Errors are the command's failure.
-fn run_command(image: &mut Image, line: &str, out: &mut String) -> Result<(), Error> {
+/// Runs one qemu-io command line, its report appended to `out`. A command that ran
+/// but found the data wrong (a pattern that did not verify) sets `failed`, and qemu-io
+/// then exits 1 as for an error.
+fn run_command(
+    image: &mut Image,
+    line: &str,
+    out: &mut String,
+    failed: &mut bool,
+) -> Result<(), Error> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&name, args)) = words.split_first() else {
         return Ok(());
@@ -155,6 +163,7 @@ fn run_command(image: &mut Image, line: &str, out: &mut String) -> Result<(), Er
             if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
                 let pattern = number(p)? as u8;
                 if let Some(i) = buf.iter().position(|b| *b != pattern) {
+                    *failed = true;
                     let _ = writeln!(
                         out,
                         "Pattern verification failed at offset {}, {} bytes",
@@ -312,7 +321,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let mut failed = false;
     for command in &args.commands {
         let mut out = String::new();
-        let result = run_command(&mut image, command, &mut out);
+        let result = run_command(&mut image, command, &mut out, &mut failed);
         crate::print_out(&out);
         if let Err(e) = result {
             failed = true;

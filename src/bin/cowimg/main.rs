@@ -91,7 +91,15 @@ pub fn print_out(text: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
+    // found corruption.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Map(args) => map::run(&args),
