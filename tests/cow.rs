@@ -153,6 +153,24 @@ fn every_layout_written_by_hand_reads_back() {
     }
 }
 
+/// Version 3 without a backing file: four zero bytes at 32 are then the kernel
+/// layout's empty name, not the broken layout's marker, and both layouts still read.
+#[test]
+fn version_3_without_a_backing_file_reads_in_both_layouts() {
+    let sectors = [(0u64, 0x31u8), (9, 0x39), (2047, 0x3f)];
+    for layout in [Layout::V3, Layout::V3Broken] {
+        let dir = Scratch::new("cow-v3-alone");
+        std::fs::write(dir.path("alone.cow"), write_reference(layout, "", &sectors)).unwrap();
+        let mut want = vec![0u8; SIZE as usize];
+        for &(s, byte) in &sectors {
+            want[(s * 512) as usize..((s + 1) * 512) as usize].fill(byte);
+        }
+        assert_eq!(read_all(&dir, "alone.cow"), want, "{layout:?}");
+        let info = run(&dir, &["info", "alone.cow"]);
+        assert!(!info.contains("backing file:"), "{layout:?}: {info}");
+    }
+}
+
 /// An independent reader of the v3 and v2 layouts: the guest content a file holds.
 fn read_reference(file: &[u8], base: &[u8]) -> Vec<u8> {
     let be32 = |at: usize| u32::from_be_bytes(file[at..at + 4].try_into().unwrap());

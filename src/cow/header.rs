@@ -105,14 +105,20 @@ impl Header {
                 }
             }
             3 if endian == Endian::Big => {
-                if bytes.get(32..36).is_some_and(|b| b == [0, 0, 0, 0]) {
-                    let h = CowHeaderV3Broken::parse(&bytes)?;
-                    h.validate(0)?;
-                    Fields::V3Broken(h)
-                } else {
-                    let h = CowHeaderV3::parse(&bytes)?;
-                    h.validate(0)?;
-                    Fields::V3(h)
+                // Zeros at 32 are the broken layout's cow_format, or an empty backing
+                // file name in the kernel's layout. Read as the kernel's layout, a broken
+                // header has its alignment where cow_format must be 0, so whichever
+                // layout validates is the one.
+                let kernel = CowHeaderV3::parse(&bytes).and_then(|h| h.validate(0).map(|()| h));
+                let broken_marker = bytes.get(32..36).is_some_and(|b| b == [0, 0, 0, 0]);
+                match kernel {
+                    Ok(h) => Fields::V3(h),
+                    Err(_) if broken_marker => {
+                        let h = CowHeaderV3Broken::parse(&bytes)?;
+                        h.validate(0)?;
+                        Fields::V3Broken(h)
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             other => {

@@ -205,7 +205,7 @@ pub struct CowHeaderV3 {
     pub alignment: u32,
     /// Byte 28. 0: a bitmap. No other format was ever defined.
     pub cow_format: u32,
-    /// Byte 32. Backing file path, NUL-terminated. Four zero bytes at its start mark the broken layout.
+    /// Byte 32. Backing file path, NUL-terminated; empty (zeros at byte 32) for none. Zeros at 32 also mark the broken layout, which is told apart by this layout failing to validate there (its alignment sits where cow_format must be 0).
     pub backing_file: ByteArray<4096>,
 }
 
