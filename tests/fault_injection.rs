@@ -104,18 +104,46 @@ struct Outcome {
     writes: u64,
 }
 
-fn run(base: &[u8], size: u64, cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
+/// The guest bytes an operation may change.
+fn op_range(op: &Op, cs: u64, size: u64) -> std::ops::Range<usize> {
+    match *op {
+        Op::Write(off, len, _) | Op::Zero(off, len, _) | Op::Discard(off, len) => {
+            off as usize..(off + len) as usize
+        }
+        Op::Compressed(off, _) => off as usize..(off + cs).min(size) as usize,
+        Op::Flush => 0..0,
+    }
+}
+
+/// Runs `ops` on `base` (whose guest content is `start`), the fault striking as given.
+fn run(base: &[u8], start: &[u8], cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
     let storage = Arc::new(FaultStorage::new(base.to_vec(), fault));
     let options = OpenOptions {
         writable: true,
         ..Default::default()
     };
+    let size = start.len() as u64;
     let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &options).expect("open");
-    let mut model = vec![0u8; size as usize];
+    let mut model = start.to_vec();
     let mut acked = model.clone();
     let mut touched = vec![false; (size / 512) as usize];
     for op in ops {
-        if apply(&mut image, &mut model, &mut touched, op, cs).is_err() {
+        if let Err(e) = apply(&mut image, &mut model, &mut touched, op, cs) {
+            // The handle still reads: everything but what the failed request covered
+            // is as it was.
+            if matches!(fault, Some((_, Fault::Fail | Fault::NoSpace))) {
+                let mut now = vec![0u8; size as usize];
+                image
+                    .read_at(&mut now, 0)
+                    .unwrap_or_else(|r| panic!("{op:?} failed ({e}); reads then fail: {r}"));
+                let hit = op_range(op, cs, size);
+                for (i, (a, b)) in now.iter().zip(&model).enumerate() {
+                    assert!(
+                        a == b || hit.contains(&i),
+                        "{op:?} failed ({e}), and byte {i:#x} it did not cover changed"
+                    );
+                }
+            }
             break;
         }
         if matches!(op, Op::Flush) {
@@ -204,16 +232,29 @@ fn every_write_point(opts: CreateOptions, seed: u64, big: bool, points: u64) {
 /// Runs `ops` with each fault striking at (up to `points`) write points; every outcome
 /// must verify. Returns the run without a fault.
 fn crash_at_points(opts: &CreateOptions, ops: &[Op], points: u64) -> Outcome {
-    let base = fresh(opts);
-    let clean = run(&base, opts.size, opts.cluster_size, ops, None);
+    let start = vec![0u8; opts.size as usize];
+    let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
+    faults_at_points(&fresh(opts), &start, opts, ops, points, &faults)
+}
+
+/// `crash_at_points` from an image `base` whose guest content is `start`, for `faults`.
+fn faults_at_points(
+    base: &[u8],
+    start: &[u8],
+    opts: &CreateOptions,
+    ops: &[Op],
+    points: u64,
+    faults: &[Fault],
+) -> Outcome {
+    let clean = run(base, start, opts.cluster_size, ops, None);
     let total = clean.writes;
     assert!(total > 20, "the workload writes ({total})");
     let dir = Scratch::new("fault");
     verify(&clean, &dir, "no fault");
     let step = (total / points).max(1);
-    for fault in [Fault::Drop, Fault::Reorder, Fault::Fail] {
+    for &fault in faults {
         for at in (0..total).step_by(step as usize) {
-            let outcome = run(&base, opts.size, opts.cluster_size, ops, Some((at, fault)));
+            let outcome = run(base, start, opts.cluster_size, ops, Some((at, fault)));
             verify(
                 &outcome,
                 &dir,
@@ -344,4 +385,37 @@ fn a_failed_flush_keeps_what_it_could_not_write() {
         &dir,
         "flush failed once, then succeeded",
     );
+}
+
+/// A full disk during copy-on-write: clusters shared with an internal snapshot (and
+/// clusters of a snapshot-shared L2 table) are written 1 KiB at a time while the file
+/// cannot grow. Every write that fails leaves the image check-clean and every byte it
+/// did not cover intact, in the file and through the same handle.
+#[test]
+fn full_disk_while_copying_snapshot_shared_clusters() {
+    let opts = sized(1 << 20, 4096);
+    let cs = opts.cluster_size;
+    let storage = Arc::new(MemoryStorage::new(fresh(&opts)));
+    let writable = OpenOptions {
+        writable: true,
+        ..Default::default()
+    };
+    let mut start = vec![0u8; opts.size as usize];
+    {
+        let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &writable).unwrap();
+        for c in 0..32u64 {
+            let fill = vec![0x40 + c as u8; cs as usize];
+            image.write_at(&fill, c * cs).unwrap();
+            start[(c * cs) as usize..((c + 1) * cs) as usize].copy_from_slice(&fill);
+        }
+        image.snapshot_create("before").unwrap();
+        image.flush().unwrap();
+    }
+    let base = storage.to_vec();
+    let mut ops: Vec<Op> = (0..16u64)
+        .map(|i| Op::Write(i * 2 * cs + 1024, 1024, 0xa0 + i as u8))
+        .collect();
+    ops.insert(8, Op::Flush);
+    ops.push(Op::Flush);
+    faults_at_points(&base, &start, &opts, &ops, u64::MAX, &[Fault::NoSpace]);
 }

@@ -609,6 +609,10 @@ impl Qcow2 {
             let l2_at = self.writable_l2(l1_index)?;
             let mut pending = Pending::default();
             body(self, at, span_end, l2_at, &mut pending)?;
+            // The data and raised refcounts the entries depend on are written before
+            // the entries reach the cache: entries of a failed write (ENOSPC, EIO) are
+            // never published, so no table can point at data that is not there.
+            self.flush_combined()?;
             self.publish(l2_at, pending)?;
             at = span_end;
         }

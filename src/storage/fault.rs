@@ -15,6 +15,10 @@ pub enum Fault {
     /// on must have been flushed before it. A flush after the write before the chosen
     /// one is where the crash strikes, if one comes first.
     Reorder,
+    /// The file system is full from that write on: every write reaching past the
+    /// storage's length at that moment fails with ENOSPC, and so does growing it;
+    /// writes inside it still succeed, as on a full disk.
+    NoSpace,
 }
 
 #[derive(Debug)]
@@ -26,6 +30,8 @@ struct State {
     latest: Option<(usize, Vec<u8>)>,
     at: Option<(u64, Fault)>,
     tripped: bool,
+    /// Under `NoSpace`, the length nothing may grow past once tripped.
+    capacity: Option<usize>,
 }
 
 /// Memory that fails on purpose, for crash-safety tests: it counts writes and, at the
@@ -47,6 +53,7 @@ impl FaultStorage {
                 latest: None,
                 at,
                 tripped: false,
+                capacity: None,
             }),
         }
     }
@@ -79,7 +86,9 @@ impl FaultStorage {
 impl State {
     /// The fault strikes (once): a crash leaves only what is durable.
     fn trip(&mut self, fault: Fault) {
-        if !self.tripped && fault != Fault::Fail {
+        if fault == Fault::NoSpace {
+            self.capacity.get_or_insert(self.current.len());
+        } else if !self.tripped && fault != Fault::Fail {
             if let (Fault::Reorder, Some((start, bytes))) = (fault, self.latest.take()) {
                 put(&mut self.durable, start, &bytes);
             }
@@ -91,6 +100,10 @@ impl State {
 
 fn failed() -> io::Error {
     io::Error::other("injected fault")
+}
+
+fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
 }
 
 impl Storage for FaultStorage {
@@ -114,13 +127,17 @@ impl Storage for FaultStorage {
         let mut s = self.lock();
         let n = s.writes;
         s.writes += 1;
+        let start = usize::try_from(offset).map_err(|_| failed())?;
         if let Some((at, fault)) = s.at {
             if n >= at {
                 s.trip(fault);
-                return Err(failed());
+                match s.capacity {
+                    Some(room) if start + buf.len() > room => return Err(no_space()),
+                    Some(_) => {}
+                    None => return Err(failed()),
+                }
             }
         }
-        let start = usize::try_from(offset).map_err(|_| failed())?;
         put(&mut s.current, start, buf);
         s.latest = Some((start, buf.to_vec()));
         Ok(())
@@ -138,11 +155,14 @@ impl Storage for FaultStorage {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.lock();
-        if s.tripped {
-            return Err(failed());
+        let len = usize::try_from(len).map_err(|_| failed())?;
+        match s.capacity {
+            Some(room) if len > room => return Err(no_space()),
+            Some(_) => {}
+            None if s.tripped => return Err(failed()),
+            None => {}
         }
-        s.current
-            .resize(usize::try_from(len).map_err(|_| failed())?, 0);
+        s.current.resize(len, 0);
         Ok(())
     }
 
@@ -153,7 +173,7 @@ impl Storage for FaultStorage {
                 s.trip(Fault::Reorder);
             }
         }
-        if s.tripped {
+        if s.tripped && s.capacity.is_none() {
             return Err(failed());
         }
         s.durable = s.current.clone();
