@@ -58,6 +58,9 @@ pub struct OpenOptions {
     /// Read whatever other processes do to the files (qemu-img's `-U`): take no lock
     /// that keeps a writer out. Only for read-only opens.
     pub force_share: bool,
+    /// Open as qemu-img check opens (QEMU's BDRV_O_CHECK): a qcow2 image without a
+    /// refcount table opens, so that a check can report on it.
+    pub for_check: bool,
 }
 
 impl Default for OpenOptions {
@@ -74,6 +77,7 @@ impl Default for OpenOptions {
             writable: false,
             barriers: true,
             force_share: false,
+            for_check: false,
         }
     }
 }
@@ -349,6 +353,7 @@ impl Image {
                     io: !options.metadata_only,
                     writable: options.writable,
                     barriers: options.barriers,
+                    for_check: options.for_check,
                 };
                 Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
             }
@@ -1058,6 +1063,7 @@ fn open_layer(
                 io: !options.metadata_only,
                 writable: top && options.writable,
                 barriers: options.barriers,
+                for_check: top && options.for_check,
             };
             Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
         }

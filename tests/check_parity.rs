@@ -148,3 +148,72 @@ fn formats_without_checks_exit_63() {
         .unwrap();
     assert_eq!(out.status.code(), Some(63));
 }
+
+/// What qemu-img cannot open it does not check: an unknown incompatible feature, a
+/// size past its limit and a missing backing file are refused (exit 1) with the open's
+/// reason, by both tools, instead of "No errors were found".
+#[test]
+fn images_qemu_cannot_open_are_refused_not_checked() {
+    let dir = Scratch::new("check-refused");
+    let cases: [(&str, u64, &[u8], &str); 3] = [
+        (
+            "feature.qcow2",
+            72,
+            &[0x80],
+            "Unknown incompatible feature: 8000000000000000",
+        ),
+        (
+            "big.qcow2",
+            24,
+            &[0x40, 0, 0, 0, 0, 0, 0, 0],
+            "Image is too big",
+        ),
+        (
+            "orphan.qcow2",
+            0,
+            &[],
+            "Could not open 'missing.qcow2': No such file or directory",
+        ),
+    ];
+    for (name, at, patch, reason) in cases {
+        let path = dir.str(name);
+        if name == "orphan.qcow2" {
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-u",
+                "-b",
+                "missing.qcow2",
+                "-F",
+                "qcow2",
+                &path,
+                "1M",
+            ]);
+        } else {
+            qemu_img(&["create", "-q", "-f", "qcow2", &path, "1M"]);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at as usize..at as usize + patch.len()].copy_from_slice(patch);
+            std::fs::write(&path, bytes).unwrap();
+        }
+        for program in ["qemu-img", env!("CARGO_BIN_EXE_cowimg")] {
+            let out = Command::new(program)
+                .current_dir(dir.path(""))
+                .args(["check", name])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{program} check {name}: {stderr}"
+            );
+            assert!(stderr.contains(reason), "{program} check {name}: {stderr}");
+            assert!(
+                out.stdout.is_empty(),
+                "{program} check {name} reported a check"
+            );
+        }
+    }
+}

@@ -118,12 +118,13 @@ fn qcow2_header_fields_are_checked_with_qemu_messages() {
             2,
         )),
     );
-    assert_error(
-        &qcow2_err(with(good.clone(), 107, &[1])),
-        ErrorKind::InvalidFormat,
-        "qcow2 header padding after the compression type is not zero",
-        Some(("qcow2 compression type header field", "padding", 107, 1)),
-    );
+    // Padding after the compression type is not looked at: qemu-img opens such an
+    // image (and its check then reports on it), so it is read here too.
+    let padded = with(good.clone(), 107, &[1]);
+    qcow2::Header::read(&MemoryStorage::new(padded.clone())).expect("padding is ignored");
+    let dir = Scratch::new("padding");
+    std::fs::write(dir.path("padded.qcow2"), &padded).unwrap();
+    qemu_img(&["info", "-f", "qcow2", &dir.str("padded.qcow2")]);
     // Truncated files name what is missing.
     let e = qcow2_err(good[..50].to_vec());
     assert_eq!(e.kind(), ErrorKind::InvalidFormat);

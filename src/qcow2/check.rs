@@ -497,7 +497,11 @@ fn check_once(
         };
         for (index, l2) in active {
             let raw = l1[index as usize];
-            let rc = refcounts.get(storage, l2 / cs)?;
+            // A refcount that cannot be read was reported by the comparison already;
+            // QEMU skips the flag then, and so do we.
+            let Ok(rc) = refcounts.get(storage, l2 / cs) else {
+                continue;
+            };
             let copied = L1Entry::from_raw(raw).copied();
             if (rc == 1) != copied {
                 p.res.messages.push(format!(
@@ -530,7 +534,9 @@ fn check_once(
                 if e.compressed() || host == 0 || host % cs != 0 {
                     continue;
                 }
-                let rc = refcounts.get(storage, host / cs)?;
+                let Ok(rc) = refcounts.get(storage, host / cs) else {
+                    continue;
+                };
                 if (rc == 1) != e.copied() {
                     p.res.messages.push(format!(
                         "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",

@@ -39,6 +39,9 @@ pub struct Qcow2Options {
     /// Flush between dependent metadata updates (off only for new images, as qemu-img
     /// convert's targets).
     pub barriers: bool,
+    /// Open as qemu-img check does (QEMU's BDRV_O_CHECK): an image without a refcount
+    /// table opens, so that check can report on it.
+    pub for_check: bool,
 }
 
 impl Default for Qcow2Options {
@@ -51,6 +54,7 @@ impl Default for Qcow2Options {
             io: true,
             writable: false,
             barriers: true,
+            for_check: false,
         }
     }
 }
@@ -155,7 +159,7 @@ impl Qcow2 {
                 ),
             ));
         }
-        if header.common.refcount_table_clusters == 0 {
+        if header.common.refcount_table_clusters == 0 && !options.for_check {
             return Err(Error::new(
                 ErrorKind::InvalidFormat,
                 "Image does not contain a reference count table",
@@ -245,6 +249,9 @@ impl Qcow2 {
                     .to_string(),
             );
         }
+        // QEMU loads a consistent bitmap directory on every open and refuses an image
+        // whose directory it cannot read.
+        super::bitmaps::read_directory(storage.as_ref(), &header)?;
 
         let snapshots = snapshot::read_table(
             storage.as_ref(),

@@ -53,7 +53,9 @@ pub fn table_len(snapshots: &[Snapshot]) -> u64 {
         .sum()
 }
 
-/// Reads the `count` entries at `offset`. `image_size` is the default disk size.
+/// Reads the `count` entries at `offset`. `image_size` is the default disk size. Bytes
+/// past the end of the file read as zeros, as QEMU's file driver returns them: a table
+/// cut short holds empty (incomplete) entries, which check reports.
 pub fn read_table(
     storage: &dyn Storage,
     offset: u64,
@@ -80,14 +82,14 @@ pub fn read_table(
             ));
         }
         let mut fixed = [0u8; SnapshotHeader::SIZE];
-        storage.read_exact_at(&mut fixed, at).map_err(io)?;
+        storage.read_zero_padded(&mut fixed, at).map_err(io)?;
         let header = SnapshotHeader::parse(&fixed)?;
         header
             .validate(at)
             .map_err(|e| e.context(format_args!("snapshot table entry {i}")))?;
         let extra_len = header.extra_data_size as usize; // ≤ 1024, checked above
         let mut extra = vec![0u8; extra_len];
-        storage.read_exact_at(&mut extra, at + 40).map_err(io)?;
+        storage.read_zero_padded(&mut extra, at + 40).map_err(io)?;
         let mut known = [0u8; SnapshotExtraData::SIZE];
         let n = extra_len.min(known.len());
         known[..n].copy_from_slice(&extra[..n]);
@@ -116,7 +118,7 @@ pub fn read_table(
         let mut strings =
             vec![0u8; usize::from(header.id_str_size) + usize::from(header.name_size)];
         storage
-            .read_exact_at(&mut strings, strings_at)
+            .read_zero_padded(&mut strings, strings_at)
             .map_err(io)?;
         let (id, name) = strings.split_at(usize::from(header.id_str_size));
         out.push(Snapshot {

@@ -5,7 +5,7 @@ use crate::progress::Progress;
 use crate::source::SourceArgs;
 use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
 use cowimg::qcow2::header::incompat;
-use cowimg::{Error, Format};
+use cowimg::{Error, Format, Image, OpenOptions};
 use std::fmt::Write;
 use std::process::ExitCode;
 
@@ -44,15 +44,31 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         Some("all") => Repair::All,
         _ => Repair::None,
     };
-    let storage = cowimg::image::open_file(&path, repair != Repair::None, options.force_share)?;
     let format = match options.format {
         Some(f) => f,
-        None => cowimg::probe(&storage).map_err(|e| Error::io("probing the image format", e))?,
+        None => {
+            let probed = cowimg::image::open_file(&path, false, true)?;
+            cowimg::probe(&probed).map_err(|e| Error::io("probing the image format", e))?
+        }
     };
     if format != Format::Qcow2 {
         eprintln!("qemu-img: This image format does not support checks");
         return Ok(ExitCode::from(63));
     }
+    let storage = cowimg::image::open_file(&path, repair != Repair::None, options.force_share)?;
+    // qemu-img opens the image (its chain, data file and key) before checking it: what
+    // it cannot open (an unknown incompatible feature, a size past its limits, a
+    // missing backing file) is refused with the open's error, exit 1, never checked.
+    // `storage` holds this command's lock; the trial open only shares it.
+    drop(Image::open(
+        &path,
+        &OpenOptions {
+            format: Some(Format::Qcow2),
+            for_check: true,
+            force_share: true,
+            ..options.clone()
+        },
+    )?);
     let header = cowimg::qcow2::Header::read(&storage);
     let has_data_file = header
         .as_ref()

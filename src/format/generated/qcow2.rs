@@ -268,7 +268,7 @@ pub struct Qcow2HeaderV3 {
     pub autoclear_features: u64,
     /// Byte 24. log2 of the refcount width in bits: 0 (1 bit) to 6 (64 bits).
     pub refcount_order: u32,
-    /// Byte 28. Length of the whole header, where the extension area starts. At least 104, a multiple of 8.
+    /// Byte 28. Length of the whole header, where the extension area starts. At least 104; written as a multiple of 8, which QEMU does not require of what it reads.
     pub header_length: u32,
 }
 
@@ -330,23 +330,6 @@ impl Qcow2HeaderV3 {
                 ));
             }
         }
-        {
-            let v = u64::from(self.header_length);
-            let ok = v % 8 == 0;
-            if !ok {
-                return Err(Error::field(
-                    ErrorKind::InvalidFormat,
-                    <Self as crate::format::Layout>::NAME,
-                    "header_length",
-                    at + 28,
-                    v,
-                    format!(
-                        "qcow2 header length {value} is not a multiple of 8",
-                        value = v
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
 }
@@ -362,7 +345,7 @@ impl Qcow2HeaderV3 {
 pub struct Qcow2HeaderCompression {
     /// Byte 0. 0 zlib (raw deflate), 1 zstd.
     pub compression_type: u8,
-    /// Byte 1. Zero.
+    /// Byte 1. Zero when written; QEMU reads past whatever it holds, and so do we.
     pub padding: ByteArray<7>,
 }
 
@@ -390,17 +373,6 @@ impl Qcow2HeaderCompression {
                     format!("qcow2: unknown compression type: {value}", value = v),
                 ));
             }
-        }
-        if let Some(i) = self.padding.0.iter().position(|b| *b != 0) {
-            let v = u64::from(self.padding.0[i]);
-            return Err(Error::field(
-                ErrorKind::InvalidFormat,
-                <Self as crate::format::Layout>::NAME,
-                "padding",
-                at + 1 + i as u64,
-                v,
-                String::from("qcow2 header padding after the compression type is not zero"),
-            ));
         }
         Ok(())
     }
