@@ -91,6 +91,12 @@ const COMMANDS: &[&[&str]] = &[
     &["commit", "{img}"],
     &["rebase", "-u", "-b", "", "{img}"],
     &["dd", "if={img}", "of={out}", "bs=64k"],
+    &["measure", "-O", "qcow2", "{img}"],
+    &["bench", "-c", "1", "{img}"],
+    &["bench", "-w", "-c", "1", "{img}"],
+    &["io", "-c", "read 0 512", "{img}"],
+    &["io", "-r", "-c", "read 0 512", "{img}"],
+    &["io", "-c", "write 0 512", "{img}"],
 ];
 
 /// Every command of `COMMANDS` against an image qemu-io holds (read-only or not):
@@ -123,7 +129,11 @@ fn compare_against_holder(read_only: bool) {
                         .replace("{out}", &dir.str("out"))
                 })
                 .collect();
-            let outcome = run(program, &args);
+            // qemu-io is qemu-img's io.
+            let outcome = match (program, args[0].as_str()) {
+                ("qemu-img", "io") => run("qemu-io", &args[1..]),
+                _ => run(program, &args),
+            };
             drop(holder);
             if outcome.code != 0 && program != "qemu-img" {
                 assert_eq!(
