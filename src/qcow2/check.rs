@@ -426,7 +426,7 @@ fn check_once(
             .map(|e| e & !0x1ff)
             .filter(|b| *b != 0 && b % cs == 0)
             .collect();
-        let end = rebuild(storage, &header, &refs)?;
+        let (start, end) = rebuild(storage, &header, &refs)?;
         p.res.repaired = true;
         p.res.corruptions_fixed += p.res.corruptions;
         p.res.leaks_fixed += p.res.leaks;
@@ -442,9 +442,11 @@ fn check_once(
         )?;
         // The old structures are now leaked: free them. These repairs are the
         // rebuild's own and are not counted.
+        // The new structures start after the last cluster in use, which may be inside
+        // the old file (spare space at its end): each of their clusters counts once.
         let mut now = refs.clone();
-        now.resize((end / cs) as usize, 0);
-        for c in (refs.len() as u64)..end / cs {
+        now.resize(now.len().max((end / cs) as usize), 0);
+        for c in start / cs..end / cs {
             now[c as usize] = 1;
         }
         let old = (old_table..old_table + u64::from(old_clusters) * cs)
@@ -634,9 +636,9 @@ fn compare(
     Ok(highest)
 }
 
-/// Writes new refcount structures computed from `refs` after the end of the file and
-/// switches the header to them. Returns the new end of the image.
-fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<u64> {
+/// Writes new refcount structures computed from `refs` after the last cluster in use
+/// and switches the header to them. Returns where they start and end.
+fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<(u64, u64)> {
     let cs = header.cluster_size();
     let order = header.refcount_order();
     let entries_per_block = (cs * 8) >> order;
@@ -705,5 +707,5 @@ fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<u64> 
         .write_at(&switch, 48)
         .map_err(io("switching to the rebuilt refcount table"))?;
     storage.flush().map_err(io("flushing the header"))?;
-    Ok((start + blocks + table_clusters) * cs)
+    Ok((start * cs, (start + blocks + table_clusters) * cs))
 }
