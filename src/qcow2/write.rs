@@ -20,6 +20,7 @@ use super::header::incompat;
 use super::layer::Qcow2;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
+use crate::mapping::Mapping;
 use crate::storage::Storage;
 use std::sync::Arc;
 
@@ -875,6 +876,10 @@ impl Qcow2 {
         self.is_writable()?;
         let cs = self.cs();
         let unit = if self.extended_l2 { cs / 32 } else { cs };
+        let alone = self.header.backing_file.is_none() && self.data_file.is_none();
+        if self.header.version() < 3 && alone {
+            return self.write_zeroes_unbacked_v2(guest, len, below);
+        }
         let explicit = self.header.version() < 3 || self.data_file.is_some();
         let end = guest + len;
         // The image's last cluster may be partial: ending at the image's end is whole.
@@ -946,6 +951,35 @@ impl Qcow2 {
             self.write_explicit_zeroes(at, n, below)?;
         }
         Ok(())
+    }
+
+    /// Zeros in a version 2 image without a backing file, as QEMU writes them: having
+    /// no zero flag, whole clusters are discarded (unallocated reads as zeros), and a
+    /// part of a cluster is left alone when it reads as zeros already, so that nothing
+    /// is allocated for it; only a part holding data gets zeros written.
+    fn write_zeroes_unbacked_v2(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
+        let cs = self.cs();
+        let end = guest + len;
+        let last = if end == self.size { end } else { end / cs * cs };
+        let first = guest.next_multiple_of(cs);
+        if first >= last {
+            return self.zero_part(guest, end, below);
+        }
+        self.zero_part(guest, first, below)?;
+        self.discard(first, last - first, below)?;
+        self.zero_part(last, end, below)
+    }
+
+    /// Zeros over `[from, to)`, part of one cluster, unless it is unallocated.
+    fn zero_part(&mut self, from: u64, to: u64, below: &Below) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let extent = self.map(from, to - from)?;
+        if matches!(extent.mapping, Mapping::Unallocated { .. }) && extent.len >= to - from {
+            return Ok(());
+        }
+        self.write_explicit_zeroes(from, to - from, below)
     }
 
     fn write_explicit_zeroes(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
