@@ -6,6 +6,8 @@ mod common;
 use common::*;
 use std::process::Command;
 
+const COWIMG: &str = env!("CARGO_BIN_EXE_cowimg");
+
 #[test]
 fn converted_images_are_clean_and_identical() {
     let dir = Scratch::new("convert-qcow2");
@@ -144,5 +146,52 @@ fn compressed_output_is_packed_like_qemu_img() {
             a <= b + (128 << 10),
             "{options}: cowimg ends at {a}, qemu-img at {b}"
         );
+    }
+}
+
+/// A target given a backing file (`-o backing_file=`) gets what that file does not
+/// already give, zeros included: an overlay's zeroed cluster over backing data must
+/// not let the data show through. Checked with `qemu-img compare` for the overlay's own
+/// backing file (as qemu-img's output is) and for an unrelated one.
+#[test]
+fn a_target_with_a_backing_file_reads_as_the_source() {
+    let dir = Scratch::new("convert-backed");
+    let base = dir.str("base.qcow2");
+    let other = dir.str("other.qcow2");
+    let overlay = dir.str("overlay.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 256k", &base]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &other, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 7 0 1M", &other]);
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &overlay,
+    ]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -z 0 64k",
+        "-c",
+        "write -P 2 64k 64k",
+        "-c",
+        "write -P 1 128k 64k",
+        "-c",
+        "write -P 3 512k 64k",
+        &overlay,
+    ]);
+    for (backing, tool) in [(&base, "qemu-img"), (&base, COWIMG), (&other, COWIMG)] {
+        let out = dir.str("out.qcow2");
+        let _ = std::fs::remove_file(&out);
+        let opt = format!("backing_file={backing},backing_fmt=qcow2");
+        run_ok(
+            None,
+            tool,
+            &["convert", "-O", "qcow2", "-o", &opt, &overlay, &out],
+        );
+        qemu_img(&["check", &out]);
+        let same = qemu_img(&["compare", &overlay, &out]);
+        assert_eq!(same, "Images are identical.\n", "{tool} over {backing}");
+        let info = qemu_img(&["info", &out]);
+        assert!(info.contains(&format!("backing file: {backing}")), "{info}");
     }
 }

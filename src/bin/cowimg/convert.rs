@@ -107,7 +107,13 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
     // writes convert targets with cache=unsafe.
     let target_options = OpenOptions {
         format: Some(format),
-        backing: Backing::Ignore,
+        // With a backing file, what it gives need not be written (and zeros over it
+        // must be).
+        backing: if opts.backing_file.is_some() {
+            Backing::Follow
+        } else {
+            Backing::Ignore
+        },
         writable: true,
         barriers: false,
         passphrase,
@@ -135,9 +141,21 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
     Ok(ExitCode::SUCCESS)
 }
 
+/// What one cluster of the copy needs in the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The target reads so already.
+    Nothing,
+    /// Zeros over what the target's backing file gives.
+    Zeros,
+    /// The data written.
+    Data,
+}
+
 /// Copies `len` bytes of `image` from `from` to the start of `target`, a new image
-/// whose clusters of `cs` bytes read as zeros: known-zero ranges and all-zero clusters
-/// are not written; the rest is written plainly or, with `compress`, compressed.
+/// whose clusters of `cs` bytes read as zeros, or as its backing file gives them: only
+/// clusters that read otherwise are written, plainly or, with `compress`, compressed
+/// (zeros over backing data are written as zeros).
 pub fn copy_into(
     image: &Image,
     from: u64,
@@ -155,28 +173,45 @@ pub fn copy_into(
     } else {
         (CHUNK, workers())
     };
+    let backed = target.chain().len() > 1;
+    let mut below = vec![0u8; cs_us];
     let range = (from, len);
     crate::read_ahead::read_ahead(image, range, piece, readers, progress, |done, chunk| {
-        // Runs of clusters that are not all zeros are written in one call each (so a
+        // Runs of clusters that need the same are written in one call each (so a
         // compressed run is compressed on every core).
-        let mut run: Option<usize> = None;
+        let mut run: Option<(usize, Need)> = None;
         let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
         for (i, cluster) in clusters.enumerate() {
-            let data = cluster.is_some_and(|c| !is_zero(c));
-            match (data, run) {
-                (true, None) => run = Some(i),
-                (false, Some(first)) => {
-                    let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
-                    let at = done + (first * cs_us) as u64;
-                    if compress {
-                        target.write_compressed(bytes, at)?;
+            let need = match cluster {
+                None => Need::Nothing,
+                Some(c) if backed => {
+                    let now = &mut below[..c.len()];
+                    target.read_at(now, done + (i * cs_us) as u64)?;
+                    if now == c {
+                        Need::Nothing
+                    } else if is_zero(c) {
+                        Need::Zeros
                     } else {
-                        target.write_at(bytes, at)?;
+                        Need::Data
                     }
-                    run = None;
                 }
-                _ => {}
+                Some(c) if is_zero(c) => Need::Nothing,
+                Some(_) => Need::Data,
+            };
+            if run.is_some_and(|(_, kind)| kind == need) {
+                continue;
             }
+            if let Some((first, kind)) = run.take() {
+                let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
+                let at = done + (first * cs_us) as u64;
+                match kind {
+                    Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
+                    Need::Data if compress => target.write_compressed(bytes, at)?,
+                    Need::Data => target.write_at(bytes, at)?,
+                    Need::Nothing => {}
+                }
+            }
+            run = Some((i, need));
         }
         Ok(())
     })
