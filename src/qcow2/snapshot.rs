@@ -398,8 +398,12 @@ impl Qcow2 {
         self.storage
             .write_at(&padded, l1_at)
             .map_err(Self::io_err("writing the snapshot's L1 table"))?;
-        // 2. COPIED cleared everywhere (harmless: at worst an extra copy), 3. then the
-        // refcounts raised (leaks until published), 4. then the table and header.
+        // 2. COPIED cleared everywhere, 3. then the refcounts raised (leaks until
+        // published), 4. then the table and header. A flag and a refcount live in two
+        // clusters, so a crash between 2 and 3 leaves flags that check reports (and
+        // -r all repairs); this order leaves the harmless kind, a flag cleared early (at
+        // worst an extra copy), never a flag that lets a shared cluster be written in
+        // place.
         self.set_copied_flags(false)?;
         self.sync()?;
         let l1 = self.l1.clone();
