@@ -9,7 +9,8 @@ mod common;
 use common::*;
 use cowimg::qcow2::create::{create, CreateOptions};
 use cowimg::storage::{Fault, FaultStorage, MemoryStorage};
-use cowimg::{Format, Image, OpenOptions};
+use cowimg::{Backing, Format, Image, OpenOptions};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -107,6 +108,23 @@ struct Outcome {
     acked: Vec<u8>,
     touched: Vec<bool>,
     writes: u64,
+    /// The backing file the image was written over, if any.
+    backing: Option<PathBuf>,
+}
+
+/// How the image under test is opened: writable, over `backing` when given.
+fn options_over(backing: Option<&Path>, writable: bool) -> OpenOptions {
+    OpenOptions {
+        writable,
+        backing: match backing {
+            Some(path) => Backing::Override {
+                path: path.to_path_buf(),
+                format: Some(Format::Qcow2),
+            },
+            None => Backing::Ignore,
+        },
+        ..Default::default()
+    }
 }
 
 /// The guest bytes an operation may change.
@@ -120,13 +138,24 @@ fn op_range(op: &Op, cs: u64, size: u64) -> std::ops::Range<usize> {
     }
 }
 
-/// Runs `ops` on `base` (whose guest content is `start`), the fault striking as given.
-fn run(base: &[u8], start: &[u8], cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
+/// The image a workload starts from: its bytes, its guest content, and the backing
+/// file it is written over (if any).
+#[derive(Clone, Copy)]
+struct Scenario<'a> {
+    base: &'a [u8],
+    start: &'a [u8],
+    backing: Option<&'a Path>,
+}
+
+/// Runs `ops` on the scenario's image, the fault striking as given.
+fn run(scenario: Scenario, cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
+    let Scenario {
+        base,
+        start,
+        backing,
+    } = scenario;
     let storage = Arc::new(FaultStorage::new(base.to_vec(), fault));
-    let options = OpenOptions {
-        writable: true,
-        ..Default::default()
-    };
+    let options = options_over(backing, true);
     let size = start.len() as u64;
     let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &options).expect("open");
     let mut model = start.to_vec();
@@ -166,6 +195,7 @@ fn run(base: &[u8], start: &[u8], cs: u64, ops: &[Op], fault: Option<(u64, Fault
         acked,
         touched,
         writes: storage.writes(),
+        backing: backing.map(Path::to_path_buf),
     }
 }
 
@@ -240,7 +270,7 @@ fn verify_allowing(outcome: &Outcome, dir: &Scratch, context: &str, allowed: All
     let image = Image::open_storage(
         Arc::new(MemoryStorage::new(outcome.bytes.clone())),
         Format::Qcow2,
-        &OpenOptions::default(),
+        &options_over(outcome.backing.as_deref(), false),
     )
     .unwrap_or_else(|e| panic!("{context}: the image no longer opens: {e}"));
     let mut content = vec![0u8; outcome.acked.len()];
@@ -283,28 +313,25 @@ fn every_write_point(opts: CreateOptions, seed: u64, big: bool, points: u64) {
 fn crash_at_points(opts: &CreateOptions, ops: &[Op], points: u64) -> Outcome {
     let start = vec![0u8; opts.size as usize];
     let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
-    faults_at_points(
-        &fresh(opts),
-        &start,
-        opts,
-        ops,
-        points,
-        &faults,
-        Allowed::Leaks,
-    )
+    let base = fresh(opts);
+    let scenario = Scenario {
+        base: &base,
+        start: &start,
+        backing: None,
+    };
+    faults_at_points(scenario, opts, ops, points, &faults, Allowed::Leaks)
 }
 
-/// `crash_at_points` from an image `base` whose guest content is `start`, for `faults`.
+/// `crash_at_points` from the scenario's image, for `faults`.
 fn faults_at_points(
-    base: &[u8],
-    start: &[u8],
+    scenario: Scenario,
     opts: &CreateOptions,
     ops: &[Op],
     points: u64,
     faults: &[Fault],
     allowed: Allowed,
 ) -> Outcome {
-    let clean = run(base, start, opts.cluster_size, ops, None);
+    let clean = run(scenario, opts.cluster_size, ops, None);
     let total = clean.writes;
     assert!(total > 20, "the workload writes ({total})");
     let dir = Scratch::new("fault");
@@ -312,7 +339,7 @@ fn faults_at_points(
     let step = (total / points).max(1);
     for &fault in faults {
         for at in (0..total).step_by(step as usize) {
-            let outcome = run(base, start, opts.cluster_size, ops, Some((at, fault)));
+            let outcome = run(scenario, opts.cluster_size, ops, Some((at, fault)));
             verify_allowing(
                 &outcome,
                 &dir,
@@ -440,6 +467,7 @@ fn a_failed_flush_keeps_what_it_could_not_write() {
             acked: vec![0; opts.size as usize],
             touched: vec![false; (opts.size / 512) as usize],
             writes: 0,
+            backing: None,
         },
         &dir,
         "flush failed once, then succeeded",
@@ -476,9 +504,13 @@ fn full_disk_while_copying_snapshot_shared_clusters() {
         .collect();
     ops.insert(8, Op::Flush);
     ops.push(Op::Flush);
+    let scenario = Scenario {
+        base: &base,
+        start: &start,
+        backing: None,
+    };
     faults_at_points(
-        &base,
-        &start,
+        scenario,
         &opts,
         &ops,
         u64::MAX,
@@ -508,14 +540,60 @@ fn crash_or_full_disk_around_snapshots() {
         Op::Flush,
     ];
     let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
-    let start = vec![0u8; opts.size as usize];
+    let (base, start) = (fresh(&opts), vec![0u8; opts.size as usize]);
+    let scenario = Scenario {
+        base: &base,
+        start: &start,
+        backing: None,
+    };
     faults_at_points(
-        &fresh(&opts),
-        &start,
+        scenario,
         &opts,
         &ops,
         u64::MAX,
         &faults,
         Allowed::CopiedFlags,
     );
+}
+
+/// A full disk (and every other fault) while copying backing-file data into new
+/// clusters: 1 KiB writes into clusters the image does not have yet.
+#[test]
+fn full_disk_while_copying_from_a_backing_file() {
+    let opts = sized(1 << 20, 4096);
+    let cs = opts.cluster_size;
+    let dir = Scratch::new("fault-backing");
+    let backing = dir.path("backing.qcow2");
+    let backing_storage = Arc::new(MemoryStorage::new(fresh(&opts)));
+    let mut start = vec![0u8; opts.size as usize];
+    {
+        let writable = options_over(None, true);
+        let mut image =
+            Image::open_storage(backing_storage.clone(), Format::Qcow2, &writable).unwrap();
+        for c in 0..32u64 {
+            let fill = vec![0x60 + c as u8; cs as usize];
+            image.write_at(&fill, c * cs).unwrap();
+            start[(c * cs) as usize..((c + 1) * cs) as usize].copy_from_slice(&fill);
+        }
+        image.flush().unwrap();
+    }
+    std::fs::write(&backing, backing_storage.to_vec()).unwrap();
+    let overlay = CreateOptions {
+        backing_file: Some(backing.to_str().unwrap().to_string()),
+        backing_format: Some("qcow2".into()),
+        ..opts.clone()
+    };
+    let mut ops: Vec<Op> = (0..16u64)
+        .map(|i| Op::Write(i * 2 * cs + 1024, 1024, 0xb0 + i as u8))
+        .collect();
+    ops.insert(8, Op::Flush);
+    ops.push(Op::Flush);
+    let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
+    let base = fresh(&overlay);
+    let scenario = Scenario {
+        base: &base,
+        start: &start,
+        backing: Some(&backing),
+    };
+    faults_at_points(scenario, &opts, &ops, u64::MAX, &faults, Allowed::Leaks);
 }
