@@ -295,10 +295,8 @@ impl Image {
                 if top {
                     e
                 } else {
-                    e.context(format_args!(
-                        "Could not open backing file '{}'",
-                        path.display()
-                    ))
+                    // qemu-img's words; the file is named by the error inside.
+                    e.context("Could not open backing file")
                 }
             })?;
             next = match (&options.backing, top) {

@@ -197,6 +197,7 @@ fn images_qemu_cannot_open_are_refused_not_checked() {
             bytes[at as usize..at as usize + patch.len()].copy_from_slice(patch);
             std::fs::write(&path, bytes).unwrap();
         }
+        let mut messages = Vec::new();
         for program in ["qemu-img", env!("CARGO_BIN_EXE_cowimg")] {
             let out = Command::new(program)
                 .current_dir(dir.path(""))
@@ -210,10 +211,13 @@ fn images_qemu_cannot_open_are_refused_not_checked() {
                 "{program} check {name}: {stderr}"
             );
             assert!(stderr.contains(reason), "{program} check {name}: {stderr}");
+            messages.push(stderr.split_once(": ").unwrap().1.to_string());
             assert!(
                 out.stdout.is_empty(),
                 "{program} check {name} reported a check"
             );
         }
+        // The same words, but for the program's name.
+        assert_eq!(messages[0], messages[1], "{name}");
     }
 }

@@ -60,7 +60,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     // it cannot open (an unknown incompatible feature, a size past its limits, a
     // missing backing file) is refused with the open's error, exit 1, never checked.
     // `storage` holds this command's lock; the trial open only shares it.
-    drop(Image::open(
+    let opened = Image::open(
         &path,
         &OpenOptions {
             format: Some(Format::Qcow2),
@@ -68,7 +68,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             force_share: true,
             ..options.clone()
         },
-    )?);
+    );
+    drop(opened.map_err(|e| {
+        if e.message().starts_with("Could not open '") {
+            e
+        } else {
+            e.context(format_args!("Could not open '{}'", path.display()))
+        }
+    })?);
     let header = cowimg::qcow2::Header::read(&storage);
     let has_data_file = header
         .as_ref()
