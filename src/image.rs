@@ -932,32 +932,36 @@ pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileS
     FileStorage::open_with(path, writable, access).map_err(|e| file_error(path, e))
 }
 
-/// An error opening or creating the file at `path`, as qemu-img words it.
+/// An error opening the file at `path`, as qemu-img words it.
 pub fn file_error(path: &Path, e: io::Error) -> Error {
+    file_error_as(path, e, &format!("Could not open '{}'", path.display()))
+}
+
+/// An error opening or creating the file at `path`, after `what` ("Could not open
+/// 'x'"); a lock held by another user is [`ErrorKind::InUse`], with qemu-img's hint.
+fn file_error_as(path: &Path, e: io::Error, what: &str) -> Error {
     match crate::storage::lock::conflict_of(&e) {
         Some(conflict) => Error::new(
             ErrorKind::InUse,
             format!(
-                "Could not open '{0}': {conflict}\nIs another process using the image [{0}]?",
+                "{what}: {conflict}\nIs another process using the image [{}]?",
                 path.display()
             ),
         ),
-        None => Error::io(format!("Could not open '{}'", path.display()), e),
+        None => Error::io(what, e),
     }
 }
 
 /// Creates (or empties) the file at `path` for a new image. QEMU's write lock is taken
-/// before anything is emptied, so a file in use is refused whole, as qemu-img refuses it.
+/// before anything is emptied, so a file in use is refused whole, as qemu-img refuses it
+/// (naming only the file).
 pub fn create_file(path: &Path) -> Result<FileStorage> {
-    FileStorage::create(path).map_err(|e| match crate::storage::lock::conflict_of(&e) {
-        Some(conflict) => Error::new(
-            ErrorKind::InUse,
-            format!(
-                "{0}: {conflict}\nIs another process using the image [{0}]?",
-                path.display()
-            ),
-        ),
-        None => Error::io(format!("Could not create '{}'", path.display()), e),
+    FileStorage::create(path).map_err(|e| {
+        let what = match crate::storage::lock::conflict_of(&e) {
+            Some(_) => path.display().to_string(),
+            None => format!("Could not create '{}'", path.display()),
+        };
+        file_error_as(path, e, &what)
     })
 }
 

@@ -147,6 +147,17 @@ struct Scenario<'a> {
     backing: Option<&'a Path>,
 }
 
+impl<'a> Scenario<'a> {
+    /// An image without a backing file.
+    fn alone(base: &'a [u8], start: &'a [u8]) -> Self {
+        Scenario {
+            base,
+            start,
+            backing: None,
+        }
+    }
+}
+
 /// Runs `ops` on the scenario's image, the fault striking as given.
 fn run(scenario: Scenario, cs: u64, ops: &[Op], fault: Option<(u64, Fault)>) -> Outcome {
     let Scenario {
@@ -314,11 +325,7 @@ fn crash_at_points(opts: &CreateOptions, ops: &[Op], points: u64) -> Outcome {
     let start = vec![0u8; opts.size as usize];
     let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
     let base = fresh(opts);
-    let scenario = Scenario {
-        base: &base,
-        start: &start,
-        backing: None,
-    };
+    let scenario = Scenario::alone(&base, &start);
     faults_at_points(scenario, opts, ops, points, &faults, Allowed::Leaks)
 }
 
@@ -504,11 +511,7 @@ fn full_disk_while_copying_snapshot_shared_clusters() {
         .collect();
     ops.insert(8, Op::Flush);
     ops.push(Op::Flush);
-    let scenario = Scenario {
-        base: &base,
-        start: &start,
-        backing: None,
-    };
+    let scenario = Scenario::alone(&base, &start);
     faults_at_points(
         scenario,
         &opts,
@@ -541,11 +544,7 @@ fn crash_or_full_disk_around_snapshots() {
     ];
     let faults = [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace];
     let (base, start) = (fresh(&opts), vec![0u8; opts.size as usize]);
-    let scenario = Scenario {
-        base: &base,
-        start: &start,
-        backing: None,
-    };
+    let scenario = Scenario::alone(&base, &start);
     faults_at_points(
         scenario,
         &opts,

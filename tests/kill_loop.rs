@@ -74,6 +74,30 @@ fn repair_converges(img: &str, states: &[Vec<u8>], context: &str, half: Duration
     corrupt
 }
 
+/// Kills `args` ({img} the image) at `KILLS` points of its run on copies of `source`,
+/// and has each result repaired (see `repair_converges`). Returns how many kills left
+/// corruption for the repair.
+fn kill_sweep(
+    dir: &Scratch,
+    source: &str,
+    args: &[String],
+    states: &[Vec<u8>],
+    half: f64,
+) -> usize {
+    let full = duration_of(dir, source, args);
+    let mut corrupt = 0;
+    for k in 0..KILLS {
+        let img = dir.str("killed.qcow2");
+        std::fs::copy(source, &img).unwrap();
+        let delay = full * k / KILLS;
+        let run: Vec<String> = args.iter().map(|a| a.replace("{img}", &img)).collect();
+        run_killed(&run, delay);
+        let context = format!("{args:?} killed after {delay:?} of {full:?}");
+        corrupt += usize::from(repair_converges(&img, states, &context, full.mul_f64(half)));
+    }
+    corrupt
+}
+
 /// Times `args` run to the end on a copy of `source`.
 fn duration_of(dir: &Scratch, source: &str, args: &[String]) -> Duration {
     let img = dir.str("timed.qcow2");
@@ -117,17 +141,7 @@ fn kills_during_snapshot_operations_leave_a_repairable_image() {
     ] {
         let mut args: Vec<String> = op.iter().map(|s| s.to_string()).collect();
         args.push("{img}".into());
-        let full = duration_of(&dir, &base, &args);
-        for k in 0..KILLS {
-            let img = dir.str("killed.qcow2");
-            std::fs::copy(&base, &img).unwrap();
-            let delay = full * k / KILLS;
-            let run: Vec<String> = args.iter().map(|a| a.replace("{img}", &img)).collect();
-            run_killed(&run, delay);
-            let context = format!("{op:?} killed after {delay:?} of {full:?}");
-            corrupt_before_repair +=
-                usize::from(repair_converges(&img, &states, &context, full / 3));
-        }
+        corrupt_before_repair += kill_sweep(&dir, &base, &args, &states, 1.0 / 3.0);
     }
     eprintln!("kills that left corruption for the repair: {corrupt_before_repair}");
 }
@@ -176,14 +190,5 @@ fn kills_during_a_repair_leave_a_repairable_image() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let full = duration_of(&dir, &base, &args);
-    for k in 0..KILLS {
-        let img = dir.str("killed.qcow2");
-        std::fs::copy(&base, &img).unwrap();
-        let delay = full * k / KILLS;
-        let run: Vec<String> = args.iter().map(|a| a.replace("{img}", &img)).collect();
-        run_killed(&run, delay);
-        let context = format!("check -r all killed after {delay:?} of {full:?}");
-        repair_converges(&img, std::slice::from_ref(&expected), &context, full / 2);
-    }
+    kill_sweep(&dir, &base, &args, std::slice::from_ref(&expected), 0.5);
 }
