@@ -372,3 +372,48 @@ fn version_2_zero_writes_allocate_what_qemu_allocates() {
     assert_eq!(results[0].0, results[1].0, "maps: qemu-io's, then cowimg's");
     assert!(results[0].1 == results[1].1, "the guest content differs");
 }
+
+/// A write that finds damage marks the image corrupt and stops the handle's writes;
+/// whatever the handle is asked afterwards (flush, write, discard, drop) is an error or
+/// nothing, never a panic, even with a free held from before.
+#[test]
+fn a_handle_stopped_by_damage_answers_errors() {
+    use cowimg::{ErrorKind, Format, Image, OpenOptions};
+    let dir = Scratch::new("stopped");
+    let img = dir.str("img.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &img, "1G"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 64k", &img]);
+    // L1 entry 1 names an unaligned L2 table (COPIED, so it would be written in place).
+    let mut b = std::fs::read(&img).unwrap();
+    let l1 = be(&b, 40) as usize;
+    b[l1 + 8..l1 + 16].copy_from_slice(&(0x8000_0000_0001_0200u64).to_be_bytes());
+    std::fs::write(&img, b).unwrap();
+    let options = OpenOptions {
+        format: Some(Format::Qcow2),
+        writable: true,
+        ..Default::default()
+    };
+    let mut image = Image::open(&img, &options).unwrap();
+    image.write_at(&[2u8; 65536], 0).unwrap();
+    image.flush().unwrap();
+    image.discard(0, 65536).unwrap();
+    let e = image.write_at(&[3u8; 4096], 512 << 20).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(
+        e.message().contains("L2 table offset 0x10200 unaligned"),
+        "{e}"
+    );
+    for e in [
+        image.flush().unwrap_err(),
+        image.write_at(&[4u8; 512], 0).unwrap_err(),
+        image.discard(0, 65536).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
+    // Reads still answer.
+    let mut buf = [0u8; 512];
+    image.read_at(&mut buf, 0).unwrap();
+    drop(image);
+    let info = qemu_img(&["info", &img]);
+    assert!(info.contains("corrupt: true"), "{info}");
+}

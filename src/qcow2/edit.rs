@@ -12,12 +12,7 @@ impl Qcow2 {
     /// Rewrites cluster 0 from what is on disk now, changed by `change`. Unknown header
     /// fields, unknown extensions and the compression type are kept.
     pub fn rewrite_header(&mut self, change: impl FnOnce(&mut Header) -> Result<()>) -> Result<()> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.refcounts_mut()?;
         let mut header = Header::read(self.storage.as_ref())?;
         change(&mut header)?;
         let bytes = header.to_cluster()?;
@@ -73,24 +68,15 @@ impl Qcow2 {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(l2);
             self.sync()?;
-            self.refcounts.as_mut().expect("writable").update_range(
-                storage.as_ref(),
-                l2,
-                cs,
-                -1,
-            )?;
+            self.refcounts_mut()?
+                .update_range(storage.as_ref(), l2, cs, -1)?;
         }
         Ok(())
     }
 
     /// Empties the image: every range reads from the backing file again (`commit`).
     pub fn make_empty(&mut self) -> Result<()> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.refcounts_mut()?;
         self.drop_from(0)
     }
 
@@ -198,11 +184,7 @@ impl Qcow2 {
         for l2 in tables {
             let mut table: Vec<u64> = self.l2_table(l2)?.to_vec();
             // A table shared by several L1 tables: its new clusters are shared as much.
-            let shared = self
-                .refcounts
-                .as_mut()
-                .expect("writable")
-                .get(storage.as_ref(), l2 / cs)?;
+            let shared = self.refcounts_mut()?.get(storage.as_ref(), l2 / cs)?;
             let mut changed = false;
             for entry in table.iter_mut() {
                 let e = L2Entry::from_raw(*entry);
@@ -216,16 +198,9 @@ impl Qcow2 {
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;
                     *entry = e.with_zero(false).raw();
                 } else if has_backing {
-                    let at = self
-                        .refcounts
-                        .as_mut()
-                        .expect("writable")
-                        .alloc(storage.as_ref(), 1)?;
-                    self.refcounts.as_mut().expect("writable").set(
-                        storage.as_ref(),
-                        at / cs,
-                        shared,
-                    )?;
+                    let at = self.refcounts_mut()?.alloc(storage.as_ref(), 1)?;
+                    self.refcounts_mut()?
+                        .set(storage.as_ref(), at / cs, shared)?;
                     storage
                         .write_at(&zeros, at)
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;

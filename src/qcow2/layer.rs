@@ -92,11 +92,50 @@ pub struct Qcow2 {
     pub(super) warnings: Vec<String>,
     /// Host offset of the L1 table in use.
     pub(super) l1_offset: u64,
-    /// Present when open for writing.
-    pub(super) refcounts: Option<super::refcount::Refcounts>,
+    /// Whether this handle writes, with the refcounts a writer keeps; reached through
+    /// `refcounts_mut`, which answers an error when it may not.
+    pub(super) writer: Writer,
     pub(super) barriers: bool,
     /// The dirty bit was set by this handle (lazy refcounts) and is cleared on close.
     pub(super) marked_dirty: bool,
+}
+
+/// Writable as a type: what the write side of a handle has, or why it has nothing.
+#[derive(Debug)]
+pub(super) enum Writer {
+    /// Opened read-only.
+    ReadOnly,
+    /// Open for writing, with the refcounts kept up to date.
+    Open(super::refcount::Refcounts),
+    /// A write found metadata damage and marked the image corrupt: nothing more is
+    /// written through this handle (the message says why).
+    Stopped(String),
+}
+
+impl Qcow2 {
+    /// The refcounts, for a change to the image; an error, never a panic, when this
+    /// handle may not write.
+    pub(super) fn refcounts_mut(&mut self) -> Result<&mut super::refcount::Refcounts> {
+        match &mut self.writer {
+            Writer::Open(refcounts) => Ok(refcounts),
+            Writer::ReadOnly => Err(Error::new(
+                ErrorKind::BadArgument,
+                "the image was opened read-only",
+            )),
+            Writer::Stopped(why) => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!("qcow2: the image was marked corrupt ({why}); it takes no more writes"),
+            )),
+        }
+    }
+
+    /// The refcounts, when this handle writes.
+    pub(super) fn refcounts(&self) -> Option<&super::refcount::Refcounts> {
+        match &self.writer {
+            Writer::Open(refcounts) => Some(refcounts),
+            Writer::ReadOnly | Writer::Stopped(_) => None,
+        }
+    }
 }
 
 impl Drop for Qcow2 {
@@ -105,10 +144,10 @@ impl Drop for Qcow2 {
     /// a lazy-refcounts writer marked dirty is marked clean again (refcounts are always
     /// kept exact, so nothing needs rebuilding).
     fn drop(&mut self) {
-        if self.refcounts.is_some() && self.write_back().and_then(|()| self.sync()).is_err() {
+        if self.refcounts().is_none() || self.write_back().and_then(|()| self.sync()).is_err() {
             return;
         }
-        if self.marked_dirty && self.refcounts.is_some() {
+        if self.marked_dirty {
             let bits = self.header.incompatible_features() & !incompat::DIRTY;
             if self.storage.flush().is_ok()
                 && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok()
@@ -301,7 +340,7 @@ impl Qcow2 {
         };
         let l1 = read_l1(storage.as_ref(), l1_offset, l1_size)?;
 
-        let refcounts = if options.writable {
+        let writer = if options.writable {
             if incompatible & incompat::CORRUPT != 0 {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
@@ -330,7 +369,7 @@ impl Qcow2 {
                     .write_at(&keep.to_be_bytes(), 88)
                     .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
             }
-            Some(super::refcount::Refcounts::load(
+            Writer::Open(super::refcount::Refcounts::load(
                 storage.as_ref(),
                 cluster_bits,
                 header.refcount_order(),
@@ -338,7 +377,7 @@ impl Qcow2 {
                 header.common.refcount_table_clusters,
             )?)
         } else {
-            None
+            Writer::ReadOnly
         };
 
         let key = if header.common.crypt_method == 1 {
@@ -370,7 +409,7 @@ impl Qcow2 {
             snapshots,
             warnings,
             l1_offset,
-            refcounts,
+            writer,
             barriers: options.barriers,
             marked_dirty: false,
             header,

@@ -138,7 +138,7 @@ pub fn read_table(
 
 // ---- Taking, applying and deleting snapshots (read-write images).
 
-use super::layer::Qcow2;
+use super::layer::{Qcow2, Writer};
 use crate::format::qcow2::{L1Entry, L2Entry};
 
 /// Serialises one snapshot table entry (padded to 8 bytes).
@@ -209,10 +209,7 @@ impl Qcow2 {
             Ok(())
         })?;
         let storage = self.storage.clone();
-        let refcounts = self
-            .refcounts
-            .as_mut()
-            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image was opened read-only"))?;
+        let refcounts = self.refcounts_mut()?;
         for (cluster, raise) in raises {
             let now = refcounts.get(storage.as_ref(), cluster)?;
             if now + raise > refcounts.max() {
@@ -233,14 +230,20 @@ impl Qcow2 {
     /// reaches (QEMU's update_snapshot_refcount).
     fn tree_refcounts(&mut self, l1: &[u64], delta: i64) -> Result<()> {
         let storage = self.storage.clone();
-        let mut refcounts = self
-            .refcounts
-            .take()
-            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image was opened read-only"))?;
+        // The walk reads tables through `self` while the refcounts change: they are
+        // taken out for it and put back whatever happens.
+        let mut refcounts = match std::mem::replace(&mut self.writer, Writer::ReadOnly) {
+            Writer::Open(refcounts) => refcounts,
+            other => {
+                self.writer = other;
+                // Not writable: the accessor says why.
+                return self.refcounts_mut().map(|_| ());
+            }
+        };
         let result = self.for_each_tree_range(l1, |host, len| {
             refcounts.update_range(storage.as_ref(), host, len, delta)
         });
-        self.refcounts = Some(refcounts);
+        self.writer = Writer::Open(refcounts);
         result
     }
 
@@ -266,9 +269,7 @@ impl Qcow2 {
                 let want = exact
                     && (self.data_file.is_some()
                         || self
-                            .refcounts
-                            .as_mut()
-                            .expect("writable")
+                            .refcounts_mut()?
                             .get(storage.as_ref(), entry.host_offset() / cs)?
                             == 1);
                 if entry.copied() != want {
@@ -286,13 +287,7 @@ impl Qcow2 {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(l2, table.into());
             }
-            let want = exact
-                && self
-                    .refcounts
-                    .as_mut()
-                    .expect("writable")
-                    .get(storage.as_ref(), l2 / cs)?
-                    == 1;
+            let want = exact && self.refcounts_mut()?.get(storage.as_ref(), l2 / cs)? == 1;
             if e.copied() != want {
                 let raw = e.with_copied(want).raw();
                 storage
@@ -316,11 +311,7 @@ impl Qcow2 {
         } else {
             let clusters = (bytes.len() as u64).div_ceil(cs);
             let storage = self.storage.clone();
-            let at = self
-                .refcounts
-                .as_mut()
-                .expect("writable")
-                .alloc(storage.as_ref(), clusters)?;
+            let at = self.refcounts_mut()?.alloc(storage.as_ref(), clusters)?;
             self.storage
                 .write_at(&bytes, at)
                 .map_err(Self::io_err("writing the snapshot table"))?;
@@ -338,12 +329,8 @@ impl Qcow2 {
         self.header.common.snapshots_offset = new_offset;
         if old_offset != 0 && old_len > 0 {
             let storage = self.storage.clone();
-            self.refcounts.as_mut().expect("writable").update_range(
-                storage.as_ref(),
-                old_offset,
-                old_len,
-                -1,
-            )?;
+            self.refcounts_mut()?
+                .update_range(storage.as_ref(), old_offset, old_len, -1)?;
         }
         // Re-read so that offsets and extra data are exactly what is on disk.
         self.snapshots = read_table(
@@ -389,9 +376,7 @@ impl Qcow2 {
         let l1_len = (self.header.common.l1_size as u64 * 8).max(8);
         let storage = self.storage.clone();
         let l1_at = self
-            .refcounts
-            .as_mut()
-            .expect("writable")
+            .refcounts_mut()?
             .alloc(storage.as_ref(), l1_len.div_ceil(cs))?;
         let mut padded = l1_bytes.clone();
         padded.resize((self.header.common.l1_size as u64 * 8) as usize, 0);
@@ -484,7 +469,7 @@ impl Qcow2 {
         self.tree_refcounts(&l1, -1)?;
         let storage = self.storage.clone();
         let l1_len = (u64::from(victim.header.l1_size) * 8).max(8);
-        self.refcounts.as_mut().expect("writable").update_range(
+        self.refcounts_mut()?.update_range(
             storage.as_ref(),
             victim.header.l1_table_offset,
             l1_len,

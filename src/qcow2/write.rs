@@ -17,7 +17,7 @@
 //! cluster is checked against the image's metadata before anything is written to it.
 
 use super::header::incompat;
-use super::layer::Qcow2;
+use super::layer::{Qcow2, Writer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
 use crate::mapping::Mapping;
@@ -89,12 +89,7 @@ impl Qcow2 {
     }
 
     pub(super) fn is_writable(&mut self) -> Result<()> {
-        if self.refcounts.is_none() {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image was opened read-only",
-            ));
-        }
+        self.refcounts_mut()?;
         // With lazy refcounts, as QEMU: the dirty bit first (cleared on a clean close).
         let lazy = self.header.compatible_features() & super::header::compat::LAZY_REFCOUNTS != 0;
         if lazy && !self.marked_dirty && self.header.version() >= 3 {
@@ -133,7 +128,7 @@ impl Qcow2 {
                 .write_at(&buf, at)
                 .map_err(|e| Error::io(format!("writing data at {at:#x}"), e))?;
         }
-        if let Some(r) = &mut self.refcounts {
+        if let Writer::Open(r) = &mut self.writer {
             r.write_deferred(self.storage.as_ref())?;
         }
         Ok(())
@@ -209,7 +204,8 @@ impl Qcow2 {
     }
 
     /// Sets the corrupt bit (as QEMU does for metadata damage found while writing) and
-    /// returns the error to give.
+    /// returns the error to give. The handle takes no more writes afterwards, in either version (QEMU makes the
+    /// node unusable); what it held unwritten is dropped, as a crash would drop it.
     fn mark_corrupt(&mut self, message: String) -> Error {
         let bits = self.header.incompatible_features() | incompat::CORRUPT;
         if self.header.version() >= 3 && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok() {
@@ -217,9 +213,8 @@ impl Qcow2 {
             if let Some(v3) = self.header.v3.as_mut() {
                 v3.incompatible_features = bits;
             }
-            // No more writes through this handle.
-            self.refcounts = None;
         }
+        self.writer = Writer::Stopped(message.clone());
         Error::new(
             ErrorKind::Corrupt,
             format!("qcow2: Marking image as corrupt: {message}"),
@@ -228,11 +223,7 @@ impl Qcow2 {
 
     fn alloc(&mut self, n: u64) -> Result<u64> {
         let storage = self.storage.clone();
-        let at = self
-            .refcounts
-            .as_mut()
-            .expect("writable")
-            .alloc(storage.as_ref(), n)?;
+        let at = self.refcounts_mut()?.alloc(storage.as_ref(), n)?;
         self.check_overlap(at, n << self.cluster_bits)?;
         Ok(at)
     }
@@ -244,10 +235,9 @@ impl Qcow2 {
     fn alloc_bytes(&mut self, len: u64) -> Result<u64> {
         let cs = self.cs();
         let storage = self.storage.clone();
-        let rc = self.refcounts.as_mut().expect("writable");
-        let mut tail = self
-            .compressed_tail
-            .take()
+        let tail = self.compressed_tail.take();
+        let rc = self.refcounts_mut()?;
+        let mut tail = tail
             .filter(|&(_, frees)| frees == rc.frees())
             .map(|(at, _)| at);
         if let Some(at) = tail {
@@ -264,7 +254,7 @@ impl Qcow2 {
                 // The rest needs the next cluster; packing continues only if that is
                 // where the new cluster lands.
                 let fresh = self.alloc(1)?;
-                let rc = self.refcounts.as_mut().expect("writable");
+                let rc = self.refcounts_mut()?;
                 if fresh == at.next_multiple_of(cs) {
                     rc.update_range(storage.as_ref(), at, 1, 1)?;
                     at
@@ -276,16 +266,14 @@ impl Qcow2 {
         };
         self.check_overlap(start, len)?;
         let end = start + len;
-        let rc = self.refcounts.as_ref().expect("writable");
-        self.compressed_tail = (end % cs != 0).then_some((end, rc.frees()));
+        let frees = self.refcounts_mut()?.frees();
+        self.compressed_tail = (end % cs != 0).then_some((end, frees));
         Ok(start)
     }
 
     fn release(&mut self, host: u64, len: u64) -> Result<()> {
         let storage = self.storage.clone();
-        self.refcounts
-            .as_mut()
-            .expect("writable")
+        self.refcounts_mut()?
             .update_range(storage.as_ref(), host, len, -1)
     }
 
@@ -310,7 +298,7 @@ impl Qcow2 {
         if hits(self.l1_offset, self.l1.len() as u64 * 8) {
             return Some("active L1 table");
         }
-        if let Some(r) = &self.refcounts {
+        if let Some(r) = self.refcounts() {
             if hits(r.table_offset(), r.table().len() as u64 * 8) {
                 return Some("refcount table");
             }
@@ -527,13 +515,13 @@ impl Qcow2 {
                     format!("write of {len} bytes at {guest} is past the end of the image"),
                 )
             })?;
-        if let Some(r) = &mut self.refcounts {
+        if let Writer::Open(r) = &mut self.writer {
             r.defer(true);
         }
         let result = body(self, end);
         // What is held (data for combining, refcounts) goes out whatever happened.
         let flushed = self.flush_combined();
-        if let Some(r) = &mut self.refcounts {
+        if let Writer::Open(r) = &mut self.writer {
             r.defer(false);
         }
         result.and(flushed)
