@@ -419,12 +419,12 @@ impl Image {
     }
 
     /// The top layer for writing, and the layers below it for copy-on-write reads.
-    fn split_top(&mut self) -> (&mut Layer, &[ChainEntry]) {
+    fn split_top(&mut self) -> Result<(&mut Layer, &[ChainEntry])> {
         let (top, below) = self
             .chain
             .split_first_mut()
-            .expect("an image has a top layer");
-        (&mut top.layer, below)
+            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image has no layers"))?;
+        Ok((&mut top.layer, below))
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -443,7 +443,7 @@ impl Image {
     /// Writes `buf` at guest offset `offset` of the top image.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, &below),
@@ -456,7 +456,7 @@ impl Image {
     /// Makes a range read as zeros; `unmap` lets the image release its space.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.check_range(offset, len)?;
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, &below),
@@ -475,7 +475,7 @@ impl Image {
     /// depends on the format, as in QEMU).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.discard(offset, len, &below),
@@ -488,7 +488,7 @@ impl Image {
     /// Writes whole clusters compressed.
     pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
@@ -503,7 +503,7 @@ impl Image {
     /// Changes the virtual size of the top image (growing reads as zeros; shrinking
     /// drops everything past the new end).
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         match top {
             Layer::Qcow2(q) => q.resize(new_size, &below),
@@ -600,7 +600,7 @@ impl Image {
         written?;
         self.chain.extend(reopened?.chain);
         if !keep {
-            match self.split_top().0 {
+            match self.split_top()?.0 {
                 Layer::Qcow2(q) => q.make_empty()?,
                 Layer::Qcow(q) => q.make_empty()?,
                 other => {
@@ -658,7 +658,7 @@ impl Image {
 
     /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
     pub fn amend(&mut self, compat: Option<&str>, lazy_refcounts: Option<bool>) -> Result<()> {
-        let (top, below) = self.split_top();
+        let (top, below) = self.split_top()?;
         let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
         let Layer::Qcow2(q) = top else {
             return Err(Error::new(
@@ -692,7 +692,7 @@ impl Image {
     }
 
     fn top_qcow2(&mut self, what: &str) -> Result<&mut Qcow2> {
-        match self.split_top().0 {
+        match self.split_top()?.0 {
             Layer::Qcow2(q) => Ok(q),
             other => Err(Error::new(
                 ErrorKind::Unsupported,
@@ -720,7 +720,7 @@ impl Image {
     /// in memory until then (as in QEMU); dropping the image writes it too, but only
     /// `flush` reports a failure.
     pub fn flush(&mut self) -> Result<()> {
-        match self.split_top().0 {
+        match self.split_top()?.0 {
             Layer::Qcow2(q) => q.flush(),
             Layer::Qcow(q) => q.flush(),
             Layer::Cow(c) => c.flush(),

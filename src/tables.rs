@@ -23,7 +23,7 @@ pub fn read_be64(storage: &dyn Storage, offset: u64, entries: u64, what: &str) -
 pub fn from_be_bytes(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
         .collect()
 }
 

@@ -182,6 +182,27 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     }
     out.push_str("];\n}\n\n");
 
+    // A structure at a fixed place in the file: where each field is, so that code that
+    // rewrites one field in place names it instead of a number.
+    if let Ok(base) = s.offset.parse::<u64>() {
+        let _ = writeln!(out, "impl {} {{", s.name);
+        for (field, _, offset) in &layout {
+            let _ = writeln!(
+                out,
+                "    /// Byte {} of the file: `{}`.",
+                base + *offset as u64,
+                field.name
+            );
+            let _ = writeln!(
+                out,
+                "    pub const {}_AT: u64 = {};",
+                field.name.to_uppercase(),
+                base + *offset as u64
+            );
+        }
+        out.push_str("}\n\n");
+    }
+
     let _ = writeln!(out, "impl {} {{", s.name);
     out.push_str(
         "    /// Checks every constraint of the spec, field checks first, in order. `at` is the\n",

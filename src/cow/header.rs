@@ -63,7 +63,8 @@ impl Header {
             ));
         };
         let word = |b: &[u8], endian: Endian| {
-            let b: [u8; 4] = b.try_into().expect("four bytes");
+            // Callers pass four bytes.
+            let b: [u8; 4] = b.try_into().unwrap_or_default();
             match endian {
                 Endian::Big => u32::from_be_bytes(b),
                 Endian::Little => u32::from_le_bytes(b),

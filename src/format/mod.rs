@@ -56,9 +56,10 @@ pub trait Layout: Sized + for<'a> BinRead<Args<'a> = ()> + for<'a> BinWrite<Args
     fn to_bytes_endian(&self, endian: Endian) -> Vec<u8> {
         let mut out = Cursor::new(Vec::with_capacity(Self::SIZE));
         // Writing plain integers and byte arrays into a Vec cannot fail.
-        self.write_options(&mut out, endian, ())
-            .expect("serialising into memory");
-        out.into_inner()
+        match self.write_options(&mut out, endian, ()) {
+            Ok(()) => out.into_inner(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Byte offset of a field within the structure (0 for an unknown name).

@@ -7,6 +7,7 @@ use super::refcount::Refcounts;
 use super::snapshot;
 use crate::error::{Error, Result};
 use crate::format::qcow2::{BitmapTableEntry, L1Entry, L2Entry, SubclusterBitmap};
+use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
 use crate::storage::Storage;
 
 /// What `-r` asks to repair.
@@ -273,7 +274,10 @@ fn clear_flags(storage: &dyn Storage) -> Result<()> {
     if header.version() >= 3 && bits & (incompat::DIRTY | incompat::CORRUPT) != 0 {
         let cleared = bits & !(incompat::DIRTY | incompat::CORRUPT);
         storage
-            .write_at(&cleared.to_be_bytes(), 72)
+            .write_at(
+                &cleared.to_be_bytes(),
+                Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT,
+            )
             .map_err(io("clearing the dirty and corrupt bits"))?;
         storage.flush().map_err(io("flushing the header"))?;
     }
@@ -704,7 +708,7 @@ fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<(u64,
     switch[..8].copy_from_slice(&table_at.to_be_bytes());
     switch[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
     storage
-        .write_at(&switch, 48)
+        .write_at(&switch, Qcow2Header::REFCOUNT_TABLE_OFFSET_AT)
         .map_err(io("switching to the rebuilt refcount table"))?;
     storage.flush().map_err(io("flushing the header"))?;
     Ok((start * cs, (start + blocks + table_clusters) * cs))

@@ -343,7 +343,7 @@ pub fn create(
     }
     // The L1 offset goes in last: until then the image has no L1 table.
     storage
-        .write_at(&l1_at.to_be_bytes(), 40)
+        .write_at(&l1_at.to_be_bytes(), Qcow2Header::L1_TABLE_OFFSET_AT)
         .map_err(io("writing the header"))?;
     storage.flush().map_err(io("flushing the new image"))?;
     Ok(())

@@ -89,7 +89,12 @@ impl Qcow2 {
             ));
         }
         self.rewrite_header(|h| {
-            let v3 = h.v3.as_mut().expect("version 3");
+            let Some(v3) = h.v3.as_mut() else {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "lazy refcounts need a version 3 header",
+                ));
+            };
             if on {
                 v3.compatible_features |= compat::LAZY_REFCOUNTS;
             } else {

@@ -6,6 +6,7 @@ use super::l2cache::{self, L2Cache, Table};
 use super::snapshot::{self, Snapshot};
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::Qcow2HeaderV3;
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap};
 use crate::mapping::{Extent, HostOffset, Mapping};
 use crate::storage::Storage;
@@ -150,7 +151,10 @@ impl Drop for Qcow2 {
         if self.marked_dirty {
             let bits = self.header.incompatible_features() & !incompat::DIRTY;
             if self.storage.flush().is_ok()
-                && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok()
+                && self
+                    .storage
+                    .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
+                    .is_ok()
             {
                 let _ = self.storage.flush();
             }
@@ -220,8 +224,15 @@ impl Qcow2 {
             }
             _ => {}
         }
-        let compression =
-            Compression::from_header(header.compression_type()).expect("validated by the header");
+        let compression = Compression::from_header(header.compression_type()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "qcow2: unknown compression type: {}",
+                    header.compression_type()
+                ),
+            )
+        })?;
         let extended_l2 = incompatible & incompat::EXTENDED_L2 != 0;
         if extended_l2 && cluster_bits < 14 {
             return Err(Error::new(
@@ -366,7 +377,7 @@ impl Qcow2 {
             let keep = autoclear_now & autoclear::DATA_FILE_RAW;
             if autoclear_now != keep {
                 storage
-                    .write_at(&keep.to_be_bytes(), 88)
+                    .write_at(&keep.to_be_bytes(), Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT)
                     .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
             }
             Writer::Open(super::refcount::Refcounts::load(
@@ -588,14 +599,11 @@ impl Qcow2 {
         let sub = (in_cluster >> sub_bits) as u32;
         let sub_end = cluster_start + (u64::from(sub + 1) << sub_bits);
         let host_here = allocated.then(|| HostOffset(host + in_cluster));
-        let mapping = if zero & (1 << sub) != 0 {
-            Mapping::Zero { host: host_here }
-        } else if alloc & (1 << sub) != 0 {
-            Mapping::Data {
-                host: host_here.expect("an allocated bit implies an allocated cluster"),
-            }
-        } else {
-            Mapping::Unallocated { host: host_here }
+        // An allocated bit implies an allocated cluster (checked above).
+        let mapping = match (zero & (1 << sub) != 0, alloc & (1 << sub) != 0, host_here) {
+            (true, _, _) => Mapping::Zero { host: host_here },
+            (false, true, Some(host)) => Mapping::Data { host },
+            _ => Mapping::Unallocated { host: host_here },
         };
         Ok((mapping, sub_end))
     }

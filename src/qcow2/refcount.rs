@@ -6,6 +6,7 @@
 //! worst case is a leak).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::Qcow2Header;
 use crate::format::qcow2::RefcountTableEntry;
 use crate::storage::Storage;
 use std::collections::HashMap;
@@ -115,10 +116,11 @@ impl Refcounts {
 
     fn block<'a>(&'a mut self, storage: &dyn Storage, offset: u64) -> Result<&'a mut Vec<u8>> {
         if !self.blocks.contains_key(&offset) {
-            if self.blocks.len() >= BLOCK_CACHE {
-                let victim = *self.blocks.keys().next().expect("non-empty");
-                self.write_dirty(storage, victim)?;
-                self.blocks.remove(&victim);
+            if let Some(&victim) = self.blocks.keys().next() {
+                if self.blocks.len() >= BLOCK_CACHE {
+                    self.write_dirty(storage, victim)?;
+                    self.blocks.remove(&victim);
+                }
             }
             let mut bytes = vec![0u8; 1 << self.cluster_bits];
             storage
@@ -126,7 +128,9 @@ impl Refcounts {
                 .map_err(io("reading a refcount block"))?;
             self.blocks.insert(offset, bytes);
         }
-        Ok(self.blocks.get_mut(&offset).expect("just inserted"))
+        self.blocks
+            .get_mut(&offset)
+            .ok_or_else(|| Error::new(ErrorKind::Io, "a refcount block left the cache"))
     }
 }
 
@@ -418,7 +422,12 @@ impl Refcounts {
             }
         };
         self.set(storage, c, 1)?;
-        let holder = self.block_offset(c >> self.block_bits).expect("counted");
+        let holder = self.block_offset(c >> self.block_bits).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("cluster {c} has no refcount block after counting it"),
+            )
+        })?;
         self.write_dirty(storage, holder)?;
         let block_at = c << self.cluster_bits;
         self.install_block(
@@ -572,7 +581,7 @@ impl Refcounts {
         header[..8].copy_from_slice(&table_at.to_be_bytes());
         header[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
         storage
-            .write_at(&header, 48)
+            .write_at(&header, Qcow2Header::REFCOUNT_TABLE_OFFSET_AT)
             .map_err(io("switching the header to the new refcount table"))?;
         storage.flush().map_err(io("flushing the header"))?;
 

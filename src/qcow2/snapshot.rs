@@ -2,6 +2,7 @@
 //! is used.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::Qcow2Header;
 use crate::format::qcow2::{SnapshotExtraData, SnapshotHeader};
 use crate::format::Layout;
 use crate::storage::Storage;
@@ -322,7 +323,7 @@ impl Qcow2 {
         header[..4].copy_from_slice(&(snapshots.len() as u32).to_be_bytes());
         header[4..].copy_from_slice(&new_offset.to_be_bytes());
         self.storage
-            .write_at(&header, 60)
+            .write_at(&header, Qcow2Header::NB_SNAPSHOTS_AT)
             .map_err(Self::io_err("switching the snapshot table"))?;
         self.sync()?;
         self.header.common.nb_snapshots = snapshots.len() as u32;

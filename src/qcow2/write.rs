@@ -20,6 +20,7 @@ use super::header::incompat;
 use super::layer::{Qcow2, Writer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
+use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
 use crate::mapping::Mapping;
 use crate::storage::Storage;
 use std::sync::Arc;
@@ -95,7 +96,7 @@ impl Qcow2 {
         if lazy && !self.marked_dirty && self.header.version() >= 3 {
             let bits = self.header.incompatible_features() | incompat::DIRTY;
             self.storage
-                .write_at(&bits.to_be_bytes(), 72)
+                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
                 .map_err(|e| Error::io("setting the dirty bit", e))?;
             self.storage
                 .flush()
@@ -208,7 +209,12 @@ impl Qcow2 {
     /// node unusable); what it held unwritten is dropped, as a crash would drop it.
     fn mark_corrupt(&mut self, message: String) -> Error {
         let bits = self.header.incompatible_features() | incompat::CORRUPT;
-        if self.header.version() >= 3 && self.storage.write_at(&bits.to_be_bytes(), 72).is_ok() {
+        if self.header.version() >= 3
+            && self
+                .storage
+                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
+                .is_ok()
+        {
             let _ = self.storage.flush();
             if let Some(v3) = self.header.v3.as_mut() {
                 v3.incompatible_features = bits;
@@ -1161,7 +1167,7 @@ impl Qcow2 {
         switch[..4].copy_from_slice(&(entries as u32).to_be_bytes());
         switch[4..].copy_from_slice(&at.to_be_bytes());
         self.storage
-            .write_at(&switch, 36)
+            .write_at(&switch, Qcow2Header::L1_SIZE_AT)
             .map_err(|e| Error::io("switching the L1 table", e))?;
         self.barrier()?;
         let (old_at, old_len) = (self.l1_offset, u64::from(self.header.common.l1_size) * 8);
@@ -1177,7 +1183,7 @@ impl Qcow2 {
 
     fn write_size(&mut self, size: u64) -> Result<()> {
         self.storage
-            .write_at(&size.to_be_bytes(), 24)
+            .write_at(&size.to_be_bytes(), Qcow2Header::SIZE_AT)
             .map_err(|e| Error::io("writing the image size", e))?;
         self.barrier()?;
         self.size = size;

@@ -1,3 +1,6 @@
+//! Memory that fails on purpose, for crash-safety tests: at a chosen write it starts
+//! failing, crashes (losing or reordering what was not flushed) or runs out of space.
+
 use super::Storage;
 use std::io;
 use std::sync::Mutex;

@@ -1,3 +1,6 @@
+//! A file on the local file system, opened with QEMU's locks for its use; read-only
+//! opens use read-only descriptors, so the operating system itself refuses writes.
+
 use super::lock::{self, Access};
 use super::{Run, Storage};
 use std::fs::{File, OpenOptions};

@@ -1,3 +1,5 @@
+//! Bytes in memory: images built or examined without a file (tests, fuzzing).
+
 use super::Storage;
 use std::io;
 use std::sync::RwLock;

@@ -179,9 +179,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .try_for_each(|h| h.join().expect("a bench worker panicked"))
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Io,
+                        "a bench worker stopped unexpectedly",
+                    ))
+                })
+            })
         })?;
     }
     crate::print_out(&format!(

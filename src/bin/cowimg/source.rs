@@ -35,12 +35,14 @@ pub fn split_options(text: &str) -> Vec<String> {
         if c == ',' {
             if chars.peek() == Some(&',') {
                 chars.next();
-                parts.last_mut().expect("never empty").push(',');
+                if let Some(last) = parts.last_mut() {
+                    last.push(',');
+                }
             } else {
                 parts.push(String::new());
             }
-        } else {
-            parts.last_mut().expect("never empty").push(c);
+        } else if let Some(last) = parts.last_mut() {
+            last.push(c);
         }
     }
     parts

@@ -49,6 +49,21 @@ impl crate::format::Layout for CowHeaderV1 {
 }
 
 impl CowHeaderV1 {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `backing_file`.
+    pub const BACKING_FILE_AT: u64 = 8;
+    /// Byte 264 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 264;
+    /// Byte 268 of the file: `size`.
+    pub const SIZE_AT: u64 = 268;
+    /// Byte 276 of the file: `sectorsize`.
+    pub const SECTORSIZE_AT: u64 = 276;
+}
+
+impl CowHeaderV1 {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -131,6 +146,21 @@ impl crate::format::Layout for CowHeaderV2 {
         ("size", 4108),
         ("sectorsize", 4116),
     ];
+}
+
+impl CowHeaderV2 {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `backing_file`.
+    pub const BACKING_FILE_AT: u64 = 8;
+    /// Byte 4104 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 4104;
+    /// Byte 4108 of the file: `size`.
+    pub const SIZE_AT: u64 = 4108;
+    /// Byte 4116 of the file: `sectorsize`.
+    pub const SECTORSIZE_AT: u64 = 4116;
 }
 
 impl CowHeaderV2 {
@@ -222,6 +252,25 @@ impl crate::format::Layout for CowHeaderV3 {
         ("cow_format", 28),
         ("backing_file", 32),
     ];
+}
+
+impl CowHeaderV3 {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 8;
+    /// Byte 12 of the file: `size`.
+    pub const SIZE_AT: u64 = 12;
+    /// Byte 20 of the file: `sectorsize`.
+    pub const SECTORSIZE_AT: u64 = 20;
+    /// Byte 24 of the file: `alignment`.
+    pub const ALIGNMENT_AT: u64 = 24;
+    /// Byte 28 of the file: `cow_format`.
+    pub const COW_FORMAT_AT: u64 = 28;
+    /// Byte 32 of the file: `backing_file`.
+    pub const BACKING_FILE_AT: u64 = 32;
 }
 
 impl CowHeaderV3 {
@@ -353,6 +402,29 @@ impl crate::format::Layout for CowHeaderV3Broken {
 }
 
 impl CowHeaderV3Broken {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 8;
+    /// Byte 12 of the file: `mtime_high`.
+    pub const MTIME_HIGH_AT: u64 = 12;
+    /// Byte 16 of the file: `size`.
+    pub const SIZE_AT: u64 = 16;
+    /// Byte 24 of the file: `sectorsize`.
+    pub const SECTORSIZE_AT: u64 = 24;
+    /// Byte 28 of the file: `alignment`.
+    pub const ALIGNMENT_AT: u64 = 28;
+    /// Byte 32 of the file: `cow_format`.
+    pub const COW_FORMAT_AT: u64 = 32;
+    /// Byte 36 of the file: `backing_file`.
+    pub const BACKING_FILE_AT: u64 = 36;
+    /// Byte 4132 of the file: `tail_padding`.
+    pub const TAIL_PADDING_AT: u64 = 4132;
+}
+
+impl CowHeaderV3Broken {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -472,6 +544,25 @@ impl crate::format::Layout for QemuCowHeader {
         ("sectorsize", 1048),
         ("tail_padding", 1052),
     ];
+}
+
+impl QemuCowHeader {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `backing_file`.
+    pub const BACKING_FILE_AT: u64 = 8;
+    /// Byte 1032 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 1032;
+    /// Byte 1036 of the file: `mtime_padding`.
+    pub const MTIME_PADDING_AT: u64 = 1036;
+    /// Byte 1040 of the file: `size`.
+    pub const SIZE_AT: u64 = 1040;
+    /// Byte 1048 of the file: `sectorsize`.
+    pub const SECTORSIZE_AT: u64 = 1048;
+    /// Byte 1052 of the file: `tail_padding`.
+    pub const TAIL_PADDING_AT: u64 = 1052;
 }
 
 impl QemuCowHeader {

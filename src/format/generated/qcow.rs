@@ -64,6 +64,31 @@ impl crate::format::Layout for QcowHeader {
 }
 
 impl QcowHeader {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `backing_file_offset`.
+    pub const BACKING_FILE_OFFSET_AT: u64 = 8;
+    /// Byte 16 of the file: `backing_file_size`.
+    pub const BACKING_FILE_SIZE_AT: u64 = 16;
+    /// Byte 20 of the file: `mtime`.
+    pub const MTIME_AT: u64 = 20;
+    /// Byte 24 of the file: `size`.
+    pub const SIZE_AT: u64 = 24;
+    /// Byte 32 of the file: `cluster_bits`.
+    pub const CLUSTER_BITS_AT: u64 = 32;
+    /// Byte 33 of the file: `l2_bits`.
+    pub const L2_BITS_AT: u64 = 33;
+    /// Byte 34 of the file: `padding`.
+    pub const PADDING_AT: u64 = 34;
+    /// Byte 36 of the file: `crypt_method`.
+    pub const CRYPT_METHOD_AT: u64 = 36;
+    /// Byte 40 of the file: `l1_table_offset`.
+    pub const L1_TABLE_OFFSET_AT: u64 = 40;
+}
+
+impl QcowHeader {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {

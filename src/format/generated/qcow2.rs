@@ -71,6 +71,35 @@ impl crate::format::Layout for Qcow2Header {
 }
 
 impl Qcow2Header {
+    /// Byte 0 of the file: `magic`.
+    pub const MAGIC_AT: u64 = 0;
+    /// Byte 4 of the file: `version`.
+    pub const VERSION_AT: u64 = 4;
+    /// Byte 8 of the file: `backing_file_offset`.
+    pub const BACKING_FILE_OFFSET_AT: u64 = 8;
+    /// Byte 16 of the file: `backing_file_size`.
+    pub const BACKING_FILE_SIZE_AT: u64 = 16;
+    /// Byte 20 of the file: `cluster_bits`.
+    pub const CLUSTER_BITS_AT: u64 = 20;
+    /// Byte 24 of the file: `size`.
+    pub const SIZE_AT: u64 = 24;
+    /// Byte 32 of the file: `crypt_method`.
+    pub const CRYPT_METHOD_AT: u64 = 32;
+    /// Byte 36 of the file: `l1_size`.
+    pub const L1_SIZE_AT: u64 = 36;
+    /// Byte 40 of the file: `l1_table_offset`.
+    pub const L1_TABLE_OFFSET_AT: u64 = 40;
+    /// Byte 48 of the file: `refcount_table_offset`.
+    pub const REFCOUNT_TABLE_OFFSET_AT: u64 = 48;
+    /// Byte 56 of the file: `refcount_table_clusters`.
+    pub const REFCOUNT_TABLE_CLUSTERS_AT: u64 = 56;
+    /// Byte 60 of the file: `nb_snapshots`.
+    pub const NB_SNAPSHOTS_AT: u64 = 60;
+    /// Byte 64 of the file: `snapshots_offset`.
+    pub const SNAPSHOTS_OFFSET_AT: u64 = 64;
+}
+
+impl Qcow2Header {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -285,6 +314,19 @@ impl crate::format::Layout for Qcow2HeaderV3 {
 }
 
 impl Qcow2HeaderV3 {
+    /// Byte 72 of the file: `incompatible_features`.
+    pub const INCOMPATIBLE_FEATURES_AT: u64 = 72;
+    /// Byte 80 of the file: `compatible_features`.
+    pub const COMPATIBLE_FEATURES_AT: u64 = 80;
+    /// Byte 88 of the file: `autoclear_features`.
+    pub const AUTOCLEAR_FEATURES_AT: u64 = 88;
+    /// Byte 96 of the file: `refcount_order`.
+    pub const REFCOUNT_ORDER_AT: u64 = 96;
+    /// Byte 100 of the file: `header_length`.
+    pub const HEADER_LENGTH_AT: u64 = 100;
+}
+
+impl Qcow2HeaderV3 {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64, cluster_bits: u32) -> Result<()> {
@@ -354,6 +396,13 @@ impl crate::format::Layout for Qcow2HeaderCompression {
     const NAME: &'static str = "qcow2 compression type header field";
     const FIELD_OFFSETS: &'static [(&'static str, u64)] =
         &[("compression_type", 0), ("padding", 1)];
+}
+
+impl Qcow2HeaderCompression {
+    /// Byte 104 of the file: `compression_type`.
+    pub const COMPRESSION_TYPE_AT: u64 = 104;
+    /// Byte 105 of the file: `padding`.
+    pub const PADDING_AT: u64 = 105;
 }
 
 impl Qcow2HeaderCompression {
