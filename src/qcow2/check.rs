@@ -502,7 +502,11 @@ fn check_once(
             Repair::None => false,
         };
         for (index, l2) in active {
-            let raw = l1[index as usize];
+            // An L1 table that cannot be read again (a read error) was counted once
+            // already; its flags go unchecked.
+            let Some(&raw) = l1.get(index as usize) else {
+                continue;
+            };
             // A refcount that cannot be read was reported by the comparison already;
             // QEMU skips the flag then, and so do we.
             let Ok(rc) = refcounts.get(storage, l2 / cs) else {

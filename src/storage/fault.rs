@@ -22,6 +22,10 @@ pub enum Fault {
     /// storage's length at that moment fails with ENOSPC, and so does growing it;
     /// writes inside it still succeed, as on a full disk.
     NoSpace,
+    /// Counted over reads instead: that read and every later one fail with EIO (a
+    /// failing disk), for opening, reading and checking under read errors. Writes are
+    /// not affected.
+    ReadFail,
 }
 
 #[derive(Debug)]
@@ -29,6 +33,7 @@ struct State {
     current: Vec<u8>,
     durable: Vec<u8>,
     writes: u64,
+    reads: u64,
     /// The latest write since the last flush: (offset, bytes).
     latest: Option<(usize, Vec<u8>)>,
     at: Option<(u64, Fault)>,
@@ -53,6 +58,7 @@ impl FaultStorage {
                 durable: bytes.clone(),
                 current: bytes,
                 writes: 0,
+                reads: 0,
                 latest: None,
                 at,
                 tripped: false,
@@ -68,6 +74,11 @@ impl FaultStorage {
     /// How many writes were attempted.
     pub fn writes(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// How many reads were attempted.
+    pub fn reads(&self) -> u64 {
+        self.lock().reads
     }
 
     /// Whether the fault struck.
@@ -87,6 +98,11 @@ impl FaultStorage {
 }
 
 impl State {
+    /// Whether a tripped fault fails every write now (not a full disk, not reads).
+    fn writes_fail(&self) -> bool {
+        self.tripped && self.capacity.is_none() && !matches!(self.at, Some((_, Fault::ReadFail)))
+    }
+
     /// The fault strikes (once): a crash leaves only what is durable.
     fn trip(&mut self, fault: Fault) {
         if fault == Fault::NoSpace {
@@ -111,7 +127,14 @@ fn no_space() -> io::Error {
 
 impl Storage for FaultStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let s = self.lock();
+        let mut s = self.lock();
+        s.reads += 1;
+        if let Some((at, Fault::ReadFail)) = s.at {
+            if s.reads > at {
+                s.tripped = true;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        }
         if s.tripped && matches!(s.at, Some((_, Fault::Drop | Fault::Reorder))) {
             return Err(failed());
         }
@@ -131,7 +154,7 @@ impl Storage for FaultStorage {
         let n = s.writes;
         s.writes += 1;
         let start = usize::try_from(offset).map_err(|_| failed())?;
-        if let Some((at, fault)) = s.at {
+        if let Some((at, fault)) = s.at.filter(|(_, f)| *f != Fault::ReadFail) {
             if n >= at {
                 s.trip(fault);
                 match s.capacity {
@@ -162,7 +185,7 @@ impl Storage for FaultStorage {
         match s.capacity {
             Some(room) if len > room => return Err(no_space()),
             Some(_) => {}
-            None if s.tripped => return Err(failed()),
+            None if s.writes_fail() => return Err(failed()),
             None => {}
         }
         s.current.resize(len, 0);
@@ -176,7 +199,7 @@ impl Storage for FaultStorage {
                 s.trip(Fault::Reorder);
             }
         }
-        if s.tripped && s.capacity.is_none() {
+        if s.writes_fail() {
             return Err(failed());
         }
         s.durable = s.current.clone();
