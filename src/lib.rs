@@ -49,9 +49,11 @@ pub mod qcow;
 pub mod qcow2;
 pub mod raw;
 pub mod sector_io;
+pub mod shared;
 pub mod storage;
 pub mod tables;
 
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Backing, BlockStatus, Image, OpenOptions};
 pub use probe::{probe, Format};
+pub use shared::SharedImage;
