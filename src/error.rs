@@ -7,6 +7,7 @@ use std::io;
 
 /// What went wrong, in the terms a caller acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// The bytes are not an image of the format asked for (bad magic, impossible field).
     InvalidFormat,
@@ -146,6 +147,24 @@ impl fmt::Display for Error {
             write!(f, ": {text}")?;
         }
         Ok(())
+    }
+}
+
+/// An [`Error`] where an `io::Error` is wanted (an `ImageReader` or `ImageWriter`, a
+/// `Read` consumer): its kind mapped to the nearest I/O kind, the error kept inside.
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match e.kind {
+            ErrorKind::Io => e
+                .source
+                .as_ref()
+                .map_or(io::ErrorKind::Other, io::Error::kind),
+            ErrorKind::InvalidFormat | ErrorKind::Corrupt => io::ErrorKind::InvalidData,
+            ErrorKind::Unsupported => io::ErrorKind::Unsupported,
+            ErrorKind::BadArgument => io::ErrorKind::InvalidInput,
+            ErrorKind::InUse => io::ErrorKind::ResourceBusy,
+        };
+        io::Error::new(kind, e)
     }
 }
 

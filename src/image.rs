@@ -11,12 +11,13 @@ use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
 use crate::raw::Raw;
 use crate::storage::{Access, FileStorage, Storage};
 use std::collections::HashSet;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What to do about backing files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backing {
     /// Open the chain as the images name it.
     #[default]
@@ -61,6 +62,57 @@ pub struct OpenOptions {
     /// Open as qemu-img check opens (QEMU's BDRV_O_CHECK): a qcow2 image without a
     /// refcount table opens, so that a check can report on it.
     pub for_check: bool,
+}
+
+/// A builder, as `std::fs::OpenOptions`: `OpenOptions::new().format(Format::Qcow2)
+/// .writable(true)`.
+impl OpenOptions {
+    /// The defaults: read-only, format probed, backing chain followed.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// The top image's format (needed for writing; probed otherwise).
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// Open the top image for writing.
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
+        self
+    }
+
+    /// What to do about backing files.
+    pub fn backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// The passphrase of legacy AES images in the chain.
+    pub fn passphrase(mut self, passphrase: impl Into<Vec<u8>>) -> Self {
+        self.passphrase = Some(passphrase.into());
+        self
+    }
+
+    /// Read this internal snapshot of the top image.
+    pub fn snapshot(mut self, snapshot: SnapshotRef) -> Self {
+        self.snapshot = Some(snapshot);
+        self
+    }
+
+    /// Read whatever other processes do to the files (qemu-img's `-U`).
+    pub fn force_share(mut self, force_share: bool) -> Self {
+        self.force_share = force_share;
+        self
+    }
+
+    /// The top image's external data file, instead of the one its header names.
+    pub fn data_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_file = Some(path.into());
+        self
+    }
 }
 
 impl Default for OpenOptions {
@@ -1128,6 +1180,67 @@ fn cow_mtime_warning(path: &Path, layer: &Layer) -> Option<String> {
     })
 }
 
+/// `Read + Write + Seek` over a writable [`Image`], for `io::copy` into an image and
+/// other consumers of std's traits. Writes past the end of the disk are refused (the
+/// disk does not grow); `flush` flushes the image.
+pub struct ImageWriter<'a> {
+    image: &'a mut Image,
+    pos: u64,
+}
+
+impl Image {
+    /// A `Read + Write + Seek` view from the start of the disk.
+    pub fn writer(&mut self) -> ImageWriter<'_> {
+        ImageWriter {
+            image: self,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ImageWriter<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut reader = ImageReader {
+            image: self.image,
+            pos: self.pos,
+        };
+        let n = reader.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for ImageWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.image.size().saturating_sub(self.pos);
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the disk",
+            ));
+        }
+        let n = room.min(buf.len() as u64) as usize;
+        self.image.write_at(&buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(self.image.flush()?)
+    }
+}
+
+impl Seek for ImageWriter<'_> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let mut reader = ImageReader {
+            image: self.image,
+            pos: self.pos,
+        };
+        self.pos = reader.seek(pos)?;
+        Ok(self.pos)
+    }
+}
+
 /// `Read + Seek` over an [`Image`].
 pub struct ImageReader<'a> {
     image: &'a Image,
@@ -1140,9 +1253,7 @@ impl Read for ImageReader<'_> {
         if n == 0 {
             return Ok(0);
         }
-        self.image
-            .read_at(&mut buf[..n], self.pos)
-            .map_err(io::Error::other)?;
+        self.image.read_at(&mut buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }

@@ -54,6 +54,7 @@ pub mod storage;
 pub mod tables;
 
 pub use error::{Error, ErrorKind, Result};
-pub use image::{Backing, BlockStatus, Image, OpenOptions};
+pub use image::{Backing, BlockStatus, Image, ImageReader, ImageWriter, OpenOptions};
 pub use probe::{probe, Format};
+pub use qcow2::{Snapshot, SnapshotRef};
 pub use shared::SharedImage;

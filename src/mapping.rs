@@ -16,6 +16,7 @@ impl std::ops::Add<u64> for HostOffset {
 
 /// How one layer stores a guest range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Mapping {
     /// The bytes are stored at `host`, plainly or (legacy AES) encrypted.
     Data { host: HostOffset },

@@ -6,6 +6,7 @@ use std::io;
 
 /// The formats cowimg knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Format {
     Qcow2,
     Qcow,

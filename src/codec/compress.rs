@@ -7,6 +7,7 @@ use std::io::Read;
 
 /// A compression type, as the qcow2 header numbers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Compression {
     Deflate,
     Zstd,

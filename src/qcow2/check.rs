@@ -12,6 +12,7 @@ use crate::storage::Storage;
 
 /// What `-r` asks to repair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Repair {
     None,
     Leaks,

@@ -12,6 +12,7 @@ use crate::storage::Storage;
 
 /// qemu-img's `preallocation` option.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Preallocation {
     #[default]
     Off,

@@ -17,6 +17,7 @@ pub const MAX_L1_BYTES: u64 = 32 << 20;
 
 /// Which L1 table a layer reads through.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnapshotRef {
     Id(String),
     Name(String),

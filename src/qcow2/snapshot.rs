@@ -30,6 +30,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// When the snapshot was taken (QEMU records seconds and nanoseconds since the
+    /// Unix epoch).
+    pub fn created(&self) -> std::time::SystemTime {
+        let nanos = self.header.date_nsec.min(999_999_999);
+        std::time::UNIX_EPOCH + std::time::Duration::new(u64::from(self.header.date_sec), nanos)
+    }
+
+    /// How long the guest had run when the snapshot was taken.
+    pub fn vm_clock(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.header.vm_clock_nsec)
+    }
+
     pub fn date_sec(&self) -> u32 {
         self.header.date_sec
     }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 /// What happens at the chosen write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// That write and every later one fail with an I/O error.
     Fail,

@@ -273,6 +273,10 @@ fn create_files(
                 opts.encrypt_aes,
             )
         }
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("creating {other} images is not supported"),
+        )),
     }
 }
 
