@@ -38,6 +38,7 @@
 //! ```
 
 pub mod codec;
+pub mod copy;
 pub mod cow;
 pub mod error;
 pub mod format;

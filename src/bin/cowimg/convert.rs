@@ -4,6 +4,7 @@
 use crate::create::{apply_options, create_file, key_secret};
 use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
+use cowimg::copy::{copy_into, is_zero, workers, CHUNK};
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::storage::{FileStorage, Storage};
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
@@ -12,8 +13,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Bytes read and written at a time.
-const CHUNK: u64 = 2 << 20;
 /// Runs of zeros at least this long inside data are left as holes (qemu-img's -S).
 const SPARSE: usize = 4096;
 
@@ -132,89 +131,13 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         &mut target,
         cs,
         args.compress,
-        &progress,
+        &|n| progress.advance(n),
     )?;
     progress.finish();
     if args.cache != "unsafe" {
         target.flush()?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What one cluster of the copy needs in the target.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
-    /// The target reads so already.
-    Nothing,
-    /// Zeros over what the target's backing file gives.
-    Zeros,
-    /// The data written.
-    Data,
-}
-
-/// Copies `len` bytes of `image` from `from` to the start of `target`, a new image
-/// whose clusters of `cs` bytes read as zeros, or as its backing file gives them: only
-/// clusters that read otherwise are written, plainly or, with `compress`, compressed
-/// (zeros over backing data are written as zeros).
-pub fn copy_into(
-    image: &Image,
-    from: u64,
-    len: u64,
-    target: &mut Image,
-    cs: u64,
-    compress: bool,
-    progress: &Progress,
-) -> Result<(), Error> {
-    let cs_us = cs as usize;
-    // Compression keeps every core busy on its own: one reader and smaller pieces then
-    // keep the memory below qemu-img's.
-    let (piece, readers) = if compress {
-        (CHUNK / 2, 1)
-    } else {
-        (CHUNK, workers())
-    };
-    let backed = target.chain().len() > 1;
-    let mut below = vec![0u8; cs_us];
-    let range = (from, len);
-    crate::read_ahead::read_ahead(image, range, piece, readers, progress, |done, chunk| {
-        // Runs of clusters that need the same are written in one call each (so a
-        // compressed run is compressed on every core).
-        let mut run: Option<(usize, Need)> = None;
-        let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
-        for (i, cluster) in clusters.enumerate() {
-            let need = match cluster {
-                None => Need::Nothing,
-                Some(c) if backed => {
-                    let now = &mut below[..c.len()];
-                    target.read_at(now, done + (i * cs_us) as u64)?;
-                    if now == c {
-                        Need::Nothing
-                    } else if is_zero(c) {
-                        Need::Zeros
-                    } else {
-                        Need::Data
-                    }
-                }
-                Some(c) if is_zero(c) => Need::Nothing,
-                Some(_) => Need::Data,
-            };
-            if run.is_some_and(|(_, kind)| kind == need) {
-                continue;
-            }
-            if let Some((first, kind)) = run.take() {
-                let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
-                let at = done + (first * cs_us) as u64;
-                match kind {
-                    Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
-                    Need::Data if compress => target.write_compressed(bytes, at)?,
-                    Need::Data => target.write_at(bytes, at)?,
-                    Need::Nothing => {}
-                }
-            }
-            run = Some((i, need));
-        }
-        Ok(())
-    })
 }
 
 /// A raw file with the source's content, written by one worker per core.
@@ -279,13 +202,6 @@ fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Threads for copying: one per core, at most eight.
-fn workers() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8)
-}
-
 /// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.
 fn write_sparse(out: &FileStorage, data: &[u8], offset: u64) -> std::io::Result<()> {
     let mut start = None;
@@ -304,11 +220,4 @@ fn write_sparse(out: &FileStorage, data: &[u8], offset: u64) -> std::io::Result<
         out.write_at(&data[s..], offset + s as u64)?;
     }
     Ok(())
-}
-
-/// Whether every byte is zero. OR-ing whole pieces (no early exit inside one) lets the
-/// compiler use vector instructions; this runs over every byte converted.
-fn is_zero(buf: &[u8]) -> bool {
-    buf.chunks(4096)
-        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }

@@ -1,9 +1,8 @@
 //! `cowimg dd`: dd's operands (bs, count, skip, if, of) over images, as qemu-img dd.
 
-use crate::convert::copy_into;
 use crate::create::{create_file, parse_size};
-use crate::progress::Progress;
 use crate::source::{format_named, SourceArgs};
+use cowimg::copy::copy_into;
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;
@@ -133,15 +132,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),
         _ => opts.cluster_size,
     };
-    copy_into(
-        &image,
-        from,
-        size,
-        &mut target,
-        cs,
-        false,
-        &Progress::new(false, 0),
-    )?;
+    copy_into(&image, from, size, &mut target, cs, false, &|_| {})?;
     target.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,6 @@ mod json;
 mod map;
 mod measure;
 mod progress;
-mod read_ahead;
 mod resize;
 mod snapshot;
 mod source;

@@ -1,0 +1,229 @@
+//! The copy engine: an image's content into another image, read ahead on every core
+//! while one writer writes in order (an image's metadata takes one writer; qemu-img
+//! convert likewise keeps several reads in flight and writes in order). convert and dd
+//! use it, and so will the bindings.
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use std::collections::BTreeMap;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Mutex;
+
+/// Bytes read and written at a time.
+pub const CHUNK: u64 = 2 << 20;
+
+/// What one cluster of the copy needs in the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The target reads so already.
+    Nothing,
+    /// Zeros over what the target's backing file gives.
+    Zeros,
+    /// The data written.
+    Data,
+}
+
+/// Copies `len` bytes of `image` from `from` to the start of `target`, a new image
+/// whose clusters of `cs` bytes read as zeros, or as its backing file gives them: only
+/// clusters that read otherwise are written, plainly or, with `compress`, compressed
+/// (zeros over backing data are written as zeros). `progress` hears of every byte
+/// done, written or skipped.
+pub fn copy_into(
+    image: &Image,
+    from: u64,
+    len: u64,
+    target: &mut Image,
+    cs: u64,
+    compress: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let cs_us = cs as usize;
+    // Compression keeps every core busy on its own: one reader and smaller pieces then
+    // keep the memory below qemu-img's.
+    let (piece, readers) = if compress {
+        (CHUNK / 2, 1)
+    } else {
+        (CHUNK, workers())
+    };
+    let backed = target.chain().len() > 1;
+    let mut below = vec![0u8; cs_us];
+    let range = (from, len);
+    read_ahead(image, range, piece, readers, progress, |done, chunk| {
+        // Runs of clusters that need the same are written in one call each (so a
+        // compressed run is compressed on every core).
+        let mut run: Option<(usize, Need)> = None;
+        let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
+        for (i, cluster) in clusters.enumerate() {
+            let need = match cluster {
+                None => Need::Nothing,
+                Some(c) if backed => {
+                    let now = &mut below[..c.len()];
+                    target.read_at(now, done + (i * cs_us) as u64)?;
+                    if now == c {
+                        Need::Nothing
+                    } else if is_zero(c) {
+                        Need::Zeros
+                    } else {
+                        Need::Data
+                    }
+                }
+                Some(c) if is_zero(c) => Need::Nothing,
+                Some(_) => Need::Data,
+            };
+            if run.is_some_and(|(_, kind)| kind == need) {
+                continue;
+            }
+            if let Some((first, kind)) = run.take() {
+                let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
+                let at = done + (first * cs_us) as u64;
+                match kind {
+                    Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
+                    Need::Data if compress => target.write_compressed(bytes, at)?,
+                    Need::Data => target.write_at(bytes, at)?,
+                    Need::Nothing => {}
+                }
+            }
+            run = Some((i, need));
+        }
+        Ok(())
+    })
+}
+
+/// Threads for copying: one per core, at most eight.
+pub fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+}
+
+/// Whether every byte is zero. OR-ing whole pieces (no early exit inside one) lets the
+/// compiler use vector instructions; this runs over every byte converted.
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096)
+        .all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Where the workers are: the next offset to look at and the next piece's number.
+struct Cursor {
+    at: u64,
+    seq: u64,
+}
+
+/// A piece read: its number, where it starts (relative to the copy) and its bytes.
+struct Piece {
+    seq: u64,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+/// Calls `consume(offset, bytes)` in offset order for every `chunk`-aligned piece of
+/// `[from, from + len)` that is not wholly known zeros (`offset` relative to `from`),
+/// read by up to `workers` threads. At most two pieces per worker are in memory.
+pub fn read_ahead(
+    image: &Image,
+    (from, len): (u64, u64),
+    chunk: u64,
+    workers: usize,
+    progress: &(dyn Fn(u64) + Sync),
+    mut consume: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let workers = workers.max(1);
+    let buffers = 2 * workers;
+    let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(buffers);
+    for _ in 0..buffers {
+        // The receiver is held here, so the send cannot fail.
+        let _ = pool_tx.send(Vec::with_capacity(chunk.min(len) as usize));
+    }
+    let pool_rx = Mutex::new(pool_rx);
+    let cursor = Mutex::new(Cursor { at: 0, seq: 0 });
+    let (done_tx, done_rx) = sync_channel::<Result<Piece, Error>>(buffers);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let (pool_rx, cursor) = (&pool_rx, &cursor);
+            scope.spawn(move || loop {
+                // A buffer first, then a piece: every numbered piece has its buffer,
+                // so the writer's next piece always arrives.
+                let Ok(mut buf) = pool_rx.lock().unwrap_or_else(|e| e.into_inner()).recv() else {
+                    return;
+                };
+                let claimed = claim(image, from, len, chunk, cursor, progress);
+                let piece = match claimed {
+                    Ok(None) => return,
+                    Ok(Some((seq, at, n))) => {
+                        buf.resize(n as usize, 0);
+                        image
+                            .read_at(&mut buf, from + at)
+                            .map(|()| Piece { seq, at, buf })
+                    }
+                    Err(e) => Err(e),
+                };
+                let failed = piece.is_err();
+                if done_tx.send(piece).is_err() || failed {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        let result = write_in_order(done_rx, |piece| {
+            consume(piece.at, &piece.buf)?;
+            progress(piece.buf.len() as u64);
+            // The writer may have stopped taking buffers back: then nothing waits.
+            let _ = pool_tx.try_send(piece.buf);
+            Ok(())
+        });
+        // Dropping the channels (on return) releases workers waiting on them.
+        drop(pool_tx);
+        result
+    })
+}
+
+/// The next piece for a worker: (number, offset, length), skipping chunks that read
+/// as zeros, or `None` at the end.
+fn claim(
+    image: &Image,
+    from: u64,
+    len: u64,
+    chunk: u64,
+    cursor: &Mutex<Cursor>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<(u64, u64, u64)>> {
+    let mut c = cursor.lock().unwrap_or_else(|e| e.into_inner());
+    while c.at < len {
+        let n = (len - c.at).min(chunk);
+        let status = image.block_status(from + c.at, n);
+        let at = c.at;
+        c.at += n;
+        match status {
+            Ok(s) if s.zero && s.len == n => progress(n),
+            Ok(_) => {
+                c.seq += 1;
+                return Ok(Some((c.seq - 1, at, n)));
+            }
+            Err(e) => {
+                c.at = len;
+                return Err(e);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Hands the pieces to `write` in number order, holding the early ones; the first
+/// error (a worker's or the writer's) ends it.
+fn write_in_order(
+    done: Receiver<Result<Piece, Error>>,
+    mut write: impl FnMut(Piece) -> Result<()>,
+) -> Result<()> {
+    let mut early = BTreeMap::new();
+    let mut next = 0;
+    for piece in done {
+        let piece = piece?;
+        early.insert(piece.seq, piece);
+        while let Some(piece) = early.remove(&next) {
+            write(piece)?;
+            next += 1;
+        }
+    }
+    Ok(())
+}
