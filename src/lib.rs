@@ -40,6 +40,7 @@
 pub mod codec;
 pub mod copy;
 pub mod cow;
+pub mod create;
 pub mod error;
 pub mod format;
 pub mod fuzz;

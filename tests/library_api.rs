@@ -101,3 +101,38 @@ fn snapshot_dates_are_times() {
         u128::from(field("vm-clock-nsec"))
     );
 }
+
+#[test]
+fn images_are_created_and_written_from_the_library() {
+    use cowimg::qcow2::create::CreateOptions;
+    let dir = Scratch::new("api-create");
+    let mut expected = vec![0u8; 2 << 20];
+    expected[1 << 20..(1 << 20) + 4096].fill(0x5a);
+    std::fs::write(dir.path("expected.raw"), expected).unwrap();
+    for (name, format, qemu_format) in [
+        ("new.qcow2", Format::Qcow2, "qcow2"),
+        ("new.qcow", Format::Qcow, "qcow"),
+        ("new.raw", Format::Raw, "raw"),
+    ] {
+        let path = dir.str(name);
+        let options = CreateOptions {
+            size: 2 << 20,
+            ..Default::default()
+        };
+        let mut image = Image::create(&path, format, &options).unwrap();
+        image.write_at(&[0x5a; 4096], 1 << 20).unwrap();
+        image.flush().unwrap();
+        drop(image);
+        if format == Format::Qcow2 {
+            qemu_img(&["check", &path]);
+        }
+        let out = qemu_img(&[
+            "compare",
+            "-f",
+            qemu_format,
+            &path,
+            &dir.str("expected.raw"),
+        ]);
+        assert_eq!(out, "Images are identical.\n", "{name}");
+    }
+}

@@ -1,10 +1,11 @@
 //! `cowimg convert`: copy the virtual disk into a new image (raw, for now), skipping
 //! what reads as zeros so the output stays sparse.
 
-use crate::create::{apply_options, create_file, key_secret};
+use crate::create::{apply_options, key_secret};
 use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::copy::{copy_into, is_zero, workers, CHUNK};
+use cowimg::create::create_file;
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::storage::{FileStorage, Storage};
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
@@ -52,7 +53,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let existed = out.symlink_metadata().is_ok();
     let result = convert(args, &image, target);
     if result.is_err() && !existed {
-        crate::create::remove_created(out);
+        cowimg::create::remove_created(out);
     }
     result
 }

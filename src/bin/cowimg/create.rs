@@ -2,8 +2,7 @@
 
 use crate::source::{format_named, parse_options};
 use cowimg::codec::Compression;
-use cowimg::qcow2::create::{create, CreateOptions, Preallocation};
-use cowimg::storage::Storage;
+use cowimg::qcow2::create::{CreateOptions, Preallocation};
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
@@ -146,140 +145,6 @@ pub fn key_secret(texts: &[String]) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-/// Creates the image file (and its data file) at `path`. `cow_version` picks the UML
-/// cow layout (3, as UML writes; or 2).
-/// A failure leaves nothing behind that this call made: a file (or data file) that did
-/// not exist before is removed again.
-pub fn create_file(
-    format: Format,
-    path: &Path,
-    opts: &CreateOptions,
-    cow_version: u32,
-) -> Result<(), Error> {
-    let data_path = match (format, &opts.data_file) {
-        (Format::Qcow2, Some(name)) => Some(cowimg::image::resolve_backing(path, name)),
-        _ => None,
-    };
-    let made: Vec<&Path> = std::iter::once(path)
-        .chain(data_path.as_deref())
-        .filter(|p| p.symlink_metadata().is_err())
-        .collect();
-    let result = create_files(format, path, data_path.as_deref(), opts, cow_version);
-    if result.is_err() {
-        made.into_iter().for_each(remove_created);
-    }
-    result
-}
-
-/// Removes a file this run created and could not finish; a failure to remove it is
-/// only reported, the error that led here being the one that matters.
-pub fn remove_created(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("cowimg: could not remove '{}': {e}", path.display());
-        }
-    }
-}
-
-fn create_files(
-    format: Format,
-    path: &Path,
-    data_path: Option<&Path>,
-    opts: &CreateOptions,
-    cow_version: u32,
-) -> Result<(), Error> {
-    if format == Format::Cow && opts.backing_file.is_none() {
-        return Err(Error::new(
-            ErrorKind::BadArgument,
-            "a cow file needs a backing file (-b)",
-        ));
-    }
-    let storage = cowimg::image::create_file(path)?;
-    match format {
-        Format::Qcow2 => {
-            let data = data_path
-                .map(|p| {
-                    cowimg::image::create_file(p)
-                        .map_err(|e| e.context("Could not create data file"))
-                })
-                .transpose()?;
-            create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
-        }
-        Format::Raw => storage
-            .set_len(opts.size)
-            .map_err(|e| Error::io("sizing the image", e)),
-        Format::Cow => {
-            let backing = opts.backing_file.as_deref().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::BadArgument,
-                    "a cow file needs a backing file (-b)",
-                )
-            })?;
-            let backing_path = cowimg::image::resolve_backing(path, backing);
-            let mtime = std::fs::metadata(&backing_path)
-                .and_then(|m| m.modified())
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs() as u32
-                })
-                .map_err(|e| {
-                    Error::io(
-                        format!("Could not open backing file '{}'", backing_path.display()),
-                        e,
-                    )
-                })?;
-            let version = match cow_version {
-                2 => cowimg::cow::create::CowVersion::V2,
-                3 => cowimg::cow::create::CowVersion::V3,
-                other => {
-                    return Err(Error::new(
-                        ErrorKind::BadArgument,
-                        format!("cow_version={other}: 2 or 3"),
-                    ))
-                }
-            };
-            cowimg::cow::create::create(&storage, opts.size, backing, mtime, version)
-        }
-        Format::Qcow => {
-            // qcow takes a size, a backing file and legacy encryption; nothing else.
-            let defaults = CreateOptions::default();
-            let refused = [
-                ("compat", opts.version != defaults.version),
-                ("cluster_size", opts.cluster_size != defaults.cluster_size),
-                (
-                    "refcount_bits",
-                    opts.refcount_bits != defaults.refcount_bits,
-                ),
-                (
-                    "preallocation",
-                    opts.preallocation != defaults.preallocation,
-                ),
-                ("lazy_refcounts", opts.lazy_refcounts),
-                ("extended_l2", opts.extended_l2),
-                ("compression_type", opts.compression != defaults.compression),
-                ("data_file", opts.data_file.is_some()),
-            ];
-            if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
-                return Err(Error::new(
-                    ErrorKind::BadArgument,
-                    format!("Invalid parameter '{name}' for format qcow"),
-                ));
-            }
-            cowimg::qcow::create::create(
-                &storage,
-                opts.size,
-                opts.backing_file.as_deref(),
-                opts.encrypt_aes,
-            )
-        }
-        other => Err(Error::new(
-            ErrorKind::Unsupported,
-            format!("creating {other} images is not supported"),
-        )),
-    }
-}
-
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let format = format_named(&args.format)?;
     let mut opts = CreateOptions {
@@ -322,7 +187,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             // cow, which QEMU no longer creates, has no place for one.)
             return refuse("Backing file specified without backing format");
         }
-        if same_file(&path, Path::new(&args.filename)) {
+        if cowimg::create::same_file(&path, Path::new(&args.filename)) {
             return refuse(
                 "Error: Trying to create an image with the same filename as the backing file",
             );
@@ -357,7 +222,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             "Image creation needs a size parameter",
         )
     })?;
-    create_file(format, Path::new(&args.filename), &opts, cow_version)?;
+    cowimg::create::create_file(format, Path::new(&args.filename), &opts, cow_version)?;
     if !args.quiet {
         crate::print_out(&format!(
             "Formatting '{}', fmt={} size={}\n",
@@ -365,15 +230,6 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         ));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether two names are one file (one device and inode), or one name.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => a == b,
-    }
 }
 
 #[cfg(test)]

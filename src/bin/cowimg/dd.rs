@@ -1,8 +1,9 @@
 //! `cowimg dd`: dd's operands (bs, count, skip, if, of) over images, as qemu-img dd.
 
-use crate::create::{create_file, parse_size};
+use crate::create::parse_size;
 use crate::source::{format_named, SourceArgs};
 use cowimg::copy::copy_into;
+use cowimg::create::create_file;
 use cowimg::qcow2::create::CreateOptions;
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;

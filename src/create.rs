@@ -1,0 +1,182 @@
+//! Creating an image file of any format, as qemu-img create does: the file (and a data
+//! file) made, laid out by the format's own creator, and removed again if anything
+//! fails; and `Image::create`, which then opens it for writing.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{Backing, Image, OpenOptions};
+use crate::probe::Format;
+use crate::qcow2::create::{create, CreateOptions};
+use crate::storage::Storage;
+use std::path::Path;
+
+/// Creates the image file (and its data file) at `path`. `cow_version` picks the UML
+/// cow layout (3, as UML writes; or 2).
+/// A failure leaves nothing behind that this call made: a file (or data file) that did
+/// not exist before is removed again.
+pub fn create_file(
+    format: Format,
+    path: &Path,
+    opts: &CreateOptions,
+    cow_version: u32,
+) -> Result<()> {
+    let data_path = match (format, &opts.data_file) {
+        (Format::Qcow2, Some(name)) => Some(crate::image::resolve_backing(path, name)),
+        _ => None,
+    };
+    let made: Vec<&Path> = std::iter::once(path)
+        .chain(data_path.as_deref())
+        .filter(|p| p.symlink_metadata().is_err())
+        .collect();
+    let result = create_files(format, path, data_path.as_deref(), opts, cow_version);
+    if result.is_err() {
+        made.into_iter().for_each(remove_created);
+    }
+    result
+}
+
+/// Removes a file this run created and could not finish; a failure to remove it is
+/// only reported, the error that led here being the one that matters.
+pub fn remove_created(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            eprintln!("cowimg: could not remove '{}': {e}", path.display());
+        }
+    }
+}
+
+fn create_files(
+    format: Format,
+    path: &Path,
+    data_path: Option<&Path>,
+    opts: &CreateOptions,
+    cow_version: u32,
+) -> Result<()> {
+    if format == Format::Cow && opts.backing_file.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "a cow file needs a backing file (-b)",
+        ));
+    }
+    let storage = crate::image::create_file(path)?;
+    match format {
+        Format::Qcow2 => {
+            let data = data_path
+                .map(|p| {
+                    crate::image::create_file(p)
+                        .map_err(|e| e.context("Could not create data file"))
+                })
+                .transpose()?;
+            create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
+        }
+        Format::Raw => storage
+            .set_len(opts.size)
+            .map_err(|e| Error::io("sizing the image", e)),
+        Format::Cow => {
+            let backing = opts.backing_file.as_deref().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    "a cow file needs a backing file (-b)",
+                )
+            })?;
+            let backing_path = crate::image::resolve_backing(path, backing);
+            let mtime = std::fs::metadata(&backing_path)
+                .and_then(|m| m.modified())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs() as u32
+                })
+                .map_err(|e| {
+                    Error::io(
+                        format!("Could not open backing file '{}'", backing_path.display()),
+                        e,
+                    )
+                })?;
+            let version = match cow_version {
+                2 => crate::cow::create::CowVersion::V2,
+                3 => crate::cow::create::CowVersion::V3,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!("cow_version={other}: 2 or 3"),
+                    ))
+                }
+            };
+            crate::cow::create::create(&storage, opts.size, backing, mtime, version)
+        }
+        Format::Qcow => {
+            // qcow takes a size, a backing file and legacy encryption; nothing else.
+            let defaults = CreateOptions::default();
+            let refused = [
+                ("compat", opts.version != defaults.version),
+                ("cluster_size", opts.cluster_size != defaults.cluster_size),
+                (
+                    "refcount_bits",
+                    opts.refcount_bits != defaults.refcount_bits,
+                ),
+                (
+                    "preallocation",
+                    opts.preallocation != defaults.preallocation,
+                ),
+                ("lazy_refcounts", opts.lazy_refcounts),
+                ("extended_l2", opts.extended_l2),
+                ("compression_type", opts.compression != defaults.compression),
+                ("data_file", opts.data_file.is_some()),
+            ];
+            if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Invalid parameter '{name}' for format qcow"),
+                ));
+            }
+            crate::qcow::create::create(
+                &storage,
+                opts.size,
+                opts.backing_file.as_deref(),
+                opts.encrypt_aes,
+            )
+        }
+    }
+}
+
+/// Whether two names are one file (one device and inode), or one name.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
+}
+
+impl Image {
+    /// Creates a new image at `path` (qcow2, qcow, UML cow version 3, or raw) and opens
+    /// it for writing, its backing chain below it.
+    ///
+    /// ```no_run
+    /// use cowimg::qcow2::create::CreateOptions;
+    /// use cowimg::{Format, Image};
+    ///
+    /// let options = CreateOptions { size: 1 << 30, ..Default::default() };
+    /// let mut image = Image::create("new.qcow2", Format::Qcow2, &options)?;
+    /// image.write_at(b"hello", 0)?;
+    /// image.flush()?;
+    /// # Ok::<(), cowimg::Error>(())
+    /// ```
+    pub fn create(
+        path: impl AsRef<Path>,
+        format: Format,
+        options: &CreateOptions,
+    ) -> Result<Image> {
+        let path = path.as_ref();
+        create_file(format, path, options, 3)?;
+        Image::open(
+            path,
+            &OpenOptions {
+                format: Some(format),
+                backing: Backing::Follow,
+                writable: true,
+                ..OpenOptions::default()
+            },
+        )
+    }
+}
