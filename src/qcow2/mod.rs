@@ -9,8 +9,11 @@ pub mod l2cache;
 pub mod layer;
 pub mod measure;
 pub mod refcount;
+mod resize;
 pub mod snapshot;
 pub mod write;
+mod writeback;
+mod zeros;
 
 pub use header::Header;
 pub use layer::{Qcow2, Qcow2Options, SnapshotRef};

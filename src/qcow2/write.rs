@@ -1,4 +1,6 @@
-//! Writing a qcow2 layer: data, zeros, discards and compressed clusters.
+//! Writing data into a qcow2 layer: plain and compressed clusters, and the request
+//! machinery zeros and discards (`zeros.rs`) share; what is held back and the
+//! allocator live in `writeback.rs`, resizing in `resize.rs`.
 //!
 //! Every change keeps one order, so that a crash at any point leaves an image whose
 //! only possible fault is a leak:
@@ -16,21 +18,17 @@
 //! Shared L2 tables are copied before they are changed, and every newly allocated
 //! cluster is checked against the image's metadata before anything is written to it.
 
-use super::header::incompat;
 use super::layer::{Qcow2, Writer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
-use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
-use crate::mapping::Mapping;
 use crate::storage::Storage;
-use std::sync::Arc;
 
 /// Reads guest bytes from the layers below this one (zeros where there are none).
 pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
 
 /// What an L2 entry says about its cluster, for a writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Old {
+pub(super) enum Old {
     Unallocated,
     ZeroPlain,
     ZeroAlloc { host: u64, copied: bool },
@@ -38,10 +36,10 @@ enum Old {
     Compressed { host: u64, len: u64 },
 }
 
-const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
+pub(super) const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
 
 /// The subclusters `[first, end)` as a bitmap mask.
-fn sub_mask(first: u64, end: u64) -> u64 {
+pub(super) fn sub_mask(first: u64, end: u64) -> u64 {
     let n = end - first;
     let ones = if n >= 32 {
         ALL_SUBCLUSTERS
@@ -53,35 +51,35 @@ fn sub_mask(first: u64, end: u64) -> u64 {
 
 /// One cluster of a request, as `for_each_cluster` hands it out.
 #[derive(Clone, Copy, Debug)]
-struct Slot {
+pub(super) struct Slot {
     /// Guest offset of the cluster.
-    gc: u64,
+    pub(super) gc: u64,
     /// The bytes `[a, b)` of the cluster the request covers.
-    a: u64,
-    b: u64,
+    pub(super) a: u64,
+    pub(super) b: u64,
     /// Its L2 entry and (extended L2) subcluster bitmap.
-    raw: u64,
-    bitmap: u64,
+    pub(super) raw: u64,
+    pub(super) bitmap: u64,
     /// Where the entry is: L2 table and index.
     l2_at: u64,
-    index: u64,
+    pub(super) index: u64,
 }
 
 /// Changes to one L2 table, published together.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     /// (entry index, entry, subcluster bitmap for extended L2)
-    entries: Vec<(u64, u64, u64)>,
+    pub(super) entries: Vec<(u64, u64, u64)>,
     /// Host ranges whose refcounts drop once the entries are published.
-    frees: Vec<(u64, u64)>,
+    pub(super) frees: Vec<(u64, u64)>,
 }
 
 impl Qcow2 {
-    fn cs(&self) -> u64 {
+    pub(super) fn cs(&self) -> u64 {
         1 << self.cluster_bits
     }
 
-    fn entry_words(&self) -> u64 {
+    pub(super) fn entry_words(&self) -> u64 {
         if self.extended_l2 {
             2
         } else {
@@ -89,244 +87,7 @@ impl Qcow2 {
         }
     }
 
-    pub(super) fn is_writable(&mut self) -> Result<()> {
-        self.refcounts_mut()?;
-        // With lazy refcounts, as QEMU: the dirty bit first (cleared on a clean close).
-        let lazy = self.header.compatible_features() & super::header::compat::LAZY_REFCOUNTS != 0;
-        if lazy && !self.marked_dirty && self.header.version() >= 3 {
-            let bits = self.header.incompatible_features() | incompat::DIRTY;
-            self.storage
-                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
-                .map_err(|e| Error::io("setting the dirty bit", e))?;
-            self.storage
-                .flush()
-                .map_err(|e| Error::io("flushing the dirty bit", e))?;
-            if let Some(v3) = self.header.v3.as_mut() {
-                v3.incompatible_features = bits;
-            }
-            self.marked_dirty = true;
-        }
-        Ok(())
-    }
-
-    /// `is_writable`, and the held metadata written back first: edits other than plain
-    /// requests (snapshots, resizing, amending) read and write the file directly.
-    pub(super) fn editable(&mut self) -> Result<()> {
-        self.is_writable()?;
-        self.write_back()
-    }
-
-    /// Where data clusters live: the external data file, or the image.
-    pub(crate) fn data_storage(&self) -> &Arc<dyn Storage> {
-        self.data_file.as_ref().unwrap_or(&self.storage)
-    }
-
-    /// Sends what is held back: data for combining (see `store`) and refcount
-    /// changes (see `Refcounts::defer`).
-    fn flush_combined(&mut self) -> Result<()> {
-        if let Some((at, buf)) = self.combined.take() {
-            self.storage
-                .write_at(&buf, at)
-                .map_err(|e| Error::io(format!("writing data at {at:#x}"), e))?;
-        }
-        if let Writer::Open(r) = &mut self.writer {
-            r.write_deferred(self.storage.as_ref())?;
-        }
-        Ok(())
-    }
-
-    /// Makes everything written so far durable before what follows depends on it.
-    fn barrier(&mut self) -> Result<()> {
-        if self.barriers {
-            self.flush()
-        } else {
-            self.write_back()
-        }
-    }
-
-    /// The file (and data file) durable, when barriers are kept.
-    pub(super) fn sync(&self) -> Result<()> {
-        if self.barriers {
-            self.sync_files()
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The file (and data file) durable.
-    fn sync_files(&self) -> Result<()> {
-        self.storage
-            .flush()
-            .map_err(|e| Error::io("flushing the image", e))?;
-        if let Some(d) = &self.data_file {
-            d.flush()
-                .map_err(|e| Error::io("flushing the data file", e))?;
-        }
-        Ok(())
-    }
-
-    /// Writes the held metadata in crash-safe order: data and raised refcounts, barrier,
-    /// changed L2 tables, barrier, then the frees those tables made possible. Called
-    /// before any change that is not a plain request, so that those find the file as
-    /// the cache sees it.
-    pub(super) fn write_back(&mut self) -> Result<()> {
-        self.flush_combined()?;
-        let dirty = self
-            .l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_dirty();
-        if !dirty.is_empty() {
-            let written = self.sync().and_then(|()| {
-                dirty.iter().try_for_each(|(at, table)| {
-                    self.storage
-                        .write_at(&crate::tables::to_be_bytes(table), *at)
-                        .map_err(|e| Error::io("writing an L2 table", e))
-                })
-            });
-            let mut cache = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
-            for (at, table) in dirty {
-                // Held again if anything failed: the frees wait for them.
-                match written {
-                    Ok(()) => cache.insert(at, table),
-                    Err(_) => cache.insert_dirty(at, table),
-                }
-            }
-            written?;
-        }
-        if !self.pending_frees.is_empty() {
-            self.sync()?;
-            for (host, len) in std::mem::take(&mut self.pending_frees) {
-                self.release(host, len)?;
-            }
-            self.flush_combined()?;
-        }
-        Ok(())
-    }
-
-    /// Sets the corrupt bit (as QEMU does for metadata damage found while writing) and
-    /// returns the error to give. The handle takes no more writes afterwards, in either version (QEMU makes the
-    /// node unusable); what it held unwritten is dropped, as a crash would drop it.
-    fn mark_corrupt(&mut self, message: String) -> Error {
-        let bits = self.header.incompatible_features() | incompat::CORRUPT;
-        if self.header.version() >= 3
-            && self
-                .storage
-                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
-                .is_ok()
-        {
-            let _ = self.storage.flush();
-            if let Some(v3) = self.header.v3.as_mut() {
-                v3.incompatible_features = bits;
-            }
-        }
-        self.writer = Writer::Stopped(message.clone());
-        Error::new(
-            ErrorKind::Corrupt,
-            format!("qcow2: Marking image as corrupt: {message}"),
-        )
-    }
-
-    fn alloc(&mut self, n: u64) -> Result<u64> {
-        let storage = self.storage.clone();
-        let at = self.refcounts_mut()?.alloc(storage.as_ref(), n)?;
-        self.check_overlap(at, n << self.cluster_bits)?;
-        Ok(at)
-    }
-
-    /// Host bytes for one compressed cluster (`len` < one cluster), packed right after
-    /// the previous one as QEMU packs them: each host cluster the bytes touch holds one
-    /// more reference. Packing resumes only where nothing was freed in between, so the
-    /// tail can never have been reused for something else.
-    fn alloc_bytes(&mut self, len: u64) -> Result<u64> {
-        let cs = self.cs();
-        let storage = self.storage.clone();
-        let tail = self.compressed_tail.take();
-        let rc = self.refcounts_mut()?;
-        let mut tail = tail
-            .filter(|&(_, frees)| frees == rc.frees())
-            .map(|(at, _)| at);
-        if let Some(at) = tail {
-            if rc.get(storage.as_ref(), at / cs)? >= rc.max() {
-                tail = None;
-            }
-        }
-        let start = match tail {
-            Some(at) if cs - at % cs >= len => {
-                rc.update_range(storage.as_ref(), at, 1, 1)?;
-                at
-            }
-            Some(at) => {
-                // The rest needs the next cluster; packing continues only if that is
-                // where the new cluster lands.
-                let fresh = self.alloc(1)?;
-                let rc = self.refcounts_mut()?;
-                if fresh == at.next_multiple_of(cs) {
-                    rc.update_range(storage.as_ref(), at, 1, 1)?;
-                    at
-                } else {
-                    fresh
-                }
-            }
-            None => self.alloc(1)?,
-        };
-        self.check_overlap(start, len)?;
-        let end = start + len;
-        let frees = self.refcounts_mut()?.frees();
-        self.compressed_tail = (end % cs != 0).then_some((end, frees));
-        Ok(start)
-    }
-
-    fn release(&mut self, host: u64, len: u64) -> Result<()> {
-        let storage = self.storage.clone();
-        self.refcounts_mut()?
-            .update_range(storage.as_ref(), host, len, -1)
-    }
-
-    /// Refuses (and marks the image corrupt) when `[at, at + len)` holds metadata.
-    fn check_overlap(&mut self, at: u64, len: u64) -> Result<()> {
-        match self.metadata_at(at, len) {
-            Some(what) => Err(self.mark_corrupt(format!(
-                "Preventing invalid write on metadata (overlaps with {what}) at {at:#x}"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// Which metadata (QEMU's name for it) `[at, at + len)` overlaps, if any. Runs on
-    /// every allocation: it walks the tables in place, allocating nothing.
-    fn metadata_at(&self, at: u64, len: u64) -> Option<&'static str> {
-        let cs = self.cs();
-        let hits = |start: u64, size: u64| size > 0 && at < start + size && start < at + len;
-        if hits(0, cs) {
-            return Some("qcow2_header");
-        }
-        if hits(self.l1_offset, self.l1.len() as u64 * 8) {
-            return Some("active L1 table");
-        }
-        if let Some(r) = self.refcounts() {
-            if hits(r.table_offset(), r.table().len() as u64 * 8) {
-                return Some("refcount table");
-            }
-            if r.blocks().any(|block| hits(block, cs)) {
-                return Some("refcount block");
-            }
-        }
-        let l2_tables = self.l1.iter().map(|&e| L1Entry::from_raw(e).l2_offset());
-        if l2_tables.filter(|&l2| l2 != 0).any(|l2| hits(l2, cs)) {
-            return Some("active L2 table");
-        }
-        for s in &self.snapshots {
-            let l1 = &s.header;
-            if hits(l1.l1_table_offset, u64::from(l1.l1_size) * 8) {
-                return Some("inactive L1 table");
-            }
-        }
-        let table = super::snapshot::table_len(&self.snapshots);
-        hits(self.header.common.snapshots_offset, table).then_some("snapshot table")
-    }
-
-    fn classify_for_write(&mut self, slot: Slot) -> Result<Old> {
+    pub(super) fn classify_for_write(&mut self, slot: Slot) -> Result<Old> {
         let Slot {
             raw, l2_at, index, ..
         } = slot;
@@ -358,7 +119,7 @@ impl Qcow2 {
     /// rewritten where `data` covers only part of one). Plain data landing right after
     /// the previous piece is combined with it into one write, sent before the next
     /// barrier or when the request ends.
-    fn store(&mut self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
+    pub(super) fn store(&mut self, host: u64, gc: u64, off: u64, data: &[u8]) -> Result<()> {
         const LIMIT: usize = 4 << 20;
         if self.key.is_none() && self.data_file.is_none() {
             let at = host + off;
@@ -382,7 +143,7 @@ impl Qcow2 {
     }
 
     /// Reads guest bytes at `off` of the cluster at guest `gc` stored at host `host`.
-    fn fetch(&self, host: u64, gc: u64, off: u64, buf: &mut [u8]) -> Result<()> {
+    pub(super) fn fetch(&self, host: u64, gc: u64, off: u64, buf: &mut [u8]) -> Result<()> {
         crate::sector_io::read(
             self.data_storage().as_ref(),
             self.key.as_ref(),
@@ -393,7 +154,7 @@ impl Qcow2 {
     }
 
     /// The current content of the cluster at guest `gc` as `old` describes it.
-    fn old_content(&mut self, old: Old, gc: u64, below: &Below) -> Result<Vec<u8>> {
+    pub(super) fn old_content(&mut self, old: Old, gc: u64, below: &Below) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; self.cs() as usize];
         match old {
             Old::Unallocated => below(gc, &mut buf)?,
@@ -409,7 +170,7 @@ impl Qcow2 {
 
     /// The L2 table for L1 entry `l1_index`, made writable: allocated when absent,
     /// copied when shared with a snapshot. Returns its host offset.
-    fn writable_l2(&mut self, l1_index: u64) -> Result<u64> {
+    pub(super) fn writable_l2(&mut self, l1_index: u64) -> Result<u64> {
         let Some(&raw) = self.l1.get(l1_index as usize) else {
             return Err(Error::new(
                 ErrorKind::BadArgument,
@@ -454,45 +215,9 @@ impl Qcow2 {
         Ok(new)
     }
 
-    /// Zeros over `[host, host + len)` without writing them, if the file can.
-    fn zero_range(&mut self, host: u64, len: u64) -> Result<bool> {
-        self.storage
-            .zero_range(host, len)
-            .map_err(|e| Error::io(format!("zeroing the cluster at {host:#x}"), e))
-    }
-
-    /// Changes the L2 table at `l2_at` by the entries of `pending`, held for
-    /// `write_back` with the frees they allow; written back at once when too much waits.
-    fn publish(&mut self, l2_at: u64, pending: Pending) -> Result<()> {
-        /// Frees held at most: each is a range to release after the next barrier.
-        const MAX_PENDING_FREES: usize = 4096;
-        if pending.entries.is_empty() {
-            return Ok(());
-        }
-        let mut table: Vec<u64> = self.l2_table(l2_at)?.to_vec();
-        let words = self.entry_words();
-        for &(index, entry, bitmap) in &pending.entries {
-            table[(index * words) as usize] = entry;
-            if words == 2 {
-                table[(index * 2 + 1) as usize] = bitmap;
-            }
-        }
-        let waiting = {
-            let mut cache = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.insert_dirty(l2_at, table.into());
-            // Held tables are not evicted: half the cache's room at most.
-            cache.dirty_len() > (cache.capacity() / 2).max(1)
-        };
-        self.pending_frees.extend(pending.frees);
-        if waiting || self.pending_frees.len() > MAX_PENDING_FREES {
-            self.write_back()?;
-        }
-        Ok(())
-    }
-
     /// Runs `per_cluster` over every cluster of `[guest, guest + len)`, one L2 table at a
     /// time, publishing each table's changes together.
-    fn for_each_cluster(
+    pub(super) fn for_each_cluster(
         &mut self,
         guest: u64,
         len: u64,
@@ -505,7 +230,7 @@ impl Qcow2 {
 
     /// Runs `body(self, end)` as one request on `[guest, guest + len)`: refcount changes
     /// held to one write per block, and what is held sent out at the end.
-    fn request(
+    pub(super) fn request(
         &mut self,
         guest: u64,
         len: u64,
@@ -536,7 +261,7 @@ impl Qcow2 {
     /// True when `[guest, guest + len)` is whole clusters without host space
     /// (unallocated or plain zero) in a plain image: written whole, nothing of them
     /// needs reading, copying or freeing.
-    fn all_new(&self, guest: u64, len: u64) -> Result<bool> {
+    pub(super) fn all_new(&self, guest: u64, len: u64) -> Result<bool> {
         let cs = self.cs();
         if self.key.is_some()
             || self.data_file.is_some()
@@ -567,7 +292,7 @@ impl Qcow2 {
     /// Writes whole new clusters (see `all_new`) the short way: per L2 table, one run
     /// of contiguous clusters allocated (as QEMU allocates them), the data written
     /// straight from `data` in one call, then the entries published.
-    fn write_new_clusters(&mut self, guest: u64, data: &[u8]) -> Result<()> {
+    pub(super) fn write_new_clusters(&mut self, guest: u64, data: &[u8]) -> Result<()> {
         let cs = self.cs();
         let end = guest + data.len() as u64;
         self.for_each_table(guest, end, |this, at, span_end, _, pending| {
@@ -590,7 +315,7 @@ impl Qcow2 {
 
     /// Runs `body(self, from, to, l2 offset, changes)` for each L2 table's part of
     /// `[guest, end)`, the table made writable first and the changes published after.
-    fn for_each_table(
+    pub(super) fn for_each_table(
         &mut self,
         guest: u64,
         end: u64,
@@ -614,7 +339,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn walk_clusters(
+    pub(super) fn walk_clusters(
         &mut self,
         guest: u64,
         end: u64,
@@ -749,7 +474,7 @@ impl Qcow2 {
 
     /// The extended-L2 case of a write: only the touched subclusters are written; a
     /// subcluster partly covered keeps the rest of its old content.
-    fn write_subclusters(
+    pub(super) fn write_subclusters(
         &mut self,
         slot: Slot,
         src: &[u8],
@@ -863,186 +588,6 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Makes `[guest, guest + len)` read as zeros. Whole clusters (or, with extended L2,
-    /// whole subclusters) are marked zero in version 3 images; with `unmap` their space
-    /// is released. Everything else is written as explicit zeros.
-    pub fn write_zeroes(&mut self, guest: u64, len: u64, unmap: bool, below: &Below) -> Result<()> {
-        self.is_writable()?;
-        let cs = self.cs();
-        let unit = if self.extended_l2 { cs / 32 } else { cs };
-        let alone = self.header.backing_file.is_none() && self.data_file.is_none();
-        if self.header.version() < 3 && alone {
-            return self.write_zeroes_unbacked_v2(guest, len, below);
-        }
-        let explicit = self.header.version() < 3 || self.data_file.is_some();
-        let end = guest + len;
-        // The image's last cluster may be partial: ending at the image's end is whole.
-        let last = if end == self.size {
-            end
-        } else {
-            end / unit * unit
-        };
-        let first = guest.next_multiple_of(unit);
-        if explicit || first >= last {
-            return self.write_explicit_zeroes(guest, len, below);
-        }
-        self.write_explicit_zeroes(guest, first - guest, below)?;
-        self.write_explicit_zeroes(last, end - last, below)?;
-        let mut fallback = Vec::new();
-        self.for_each_cluster(first, last - first, |this, slot, pending| {
-            let Slot {
-                gc,
-                a,
-                b,
-                raw,
-                bitmap,
-                index,
-                ..
-            } = slot;
-            let old = this.classify_for_write(slot)?;
-            if this.extended_l2 {
-                let ss = cs / 32;
-                let mask = sub_mask(a / ss, b.div_ceil(ss));
-                let (alloc, zero) = (bitmap & ALL_SUBCLUSTERS, bitmap >> 32);
-                match old {
-                    Old::Normal { copied: true, .. } => {
-                        pending
-                            .entries
-                            .push((index, raw, (alloc & !mask) | ((zero | mask) << 32)));
-                    }
-                    Old::Unallocated | Old::ZeroPlain => {
-                        pending.entries.push((index, 0, (zero | mask) << 32))
-                    }
-                    _ => fallback.push((gc + a, b - a)),
-                }
-                return Ok(());
-            }
-            let zero_entry = L2Entry::new().with_zero(true);
-            match old {
-                Old::Normal { host, copied: true } | Old::ZeroAlloc { host, copied: true }
-                    if !unmap =>
-                {
-                    pending.entries.push((
-                        index,
-                        zero_entry.with_host_offset(host).with_copied(true).raw(),
-                        0,
-                    ));
-                }
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
-                    pending.entries.push((index, zero_entry.raw(), 0));
-                    pending.frees.push((host, cs));
-                }
-                Old::Compressed { host, len } => {
-                    pending.entries.push((index, zero_entry.raw(), 0));
-                    pending.frees.push((host, len));
-                }
-                Old::Unallocated => pending.entries.push((index, zero_entry.raw(), 0)),
-                Old::ZeroPlain => {}
-            }
-            Ok(())
-        })?;
-        for (at, n) in fallback {
-            self.write_explicit_zeroes(at, n, below)?;
-        }
-        Ok(())
-    }
-
-    /// Zeros in a version 2 image without a backing file, as QEMU writes them: having
-    /// no zero flag, whole clusters are discarded (unallocated reads as zeros), and a
-    /// part of a cluster is left alone when it reads as zeros already, so that nothing
-    /// is allocated for it; only a part holding data gets zeros written.
-    fn write_zeroes_unbacked_v2(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
-        let cs = self.cs();
-        let end = guest + len;
-        let last = if end == self.size { end } else { end / cs * cs };
-        let first = guest.next_multiple_of(cs);
-        if first >= last {
-            return self.zero_part(guest, end, below);
-        }
-        self.zero_part(guest, first, below)?;
-        self.discard(first, last - first, below)?;
-        self.zero_part(last, end, below)
-    }
-
-    /// Zeros over `[from, to)`, part of one cluster, unless it is unallocated.
-    fn zero_part(&mut self, from: u64, to: u64, below: &Below) -> Result<()> {
-        if from >= to {
-            return Ok(());
-        }
-        let extent = self.map(from, to - from)?;
-        if matches!(extent.mapping, Mapping::Unallocated { .. }) && extent.len >= to - from {
-            return Ok(());
-        }
-        self.write_explicit_zeroes(from, to - from, below)
-    }
-
-    fn write_explicit_zeroes(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
-        let chunk = 1u64 << 20;
-        let zeros = vec![0u8; chunk.min(len) as usize];
-        let mut at = guest;
-        while at < guest + len {
-            let n = chunk.min(guest + len - at);
-            self.write_at(at, &zeros[..n as usize], below)?;
-            at += n;
-        }
-        Ok(())
-    }
-
-    /// Discards the whole clusters inside `[guest, guest + len)`, as QEMU does: in a
-    /// version 3 image they then read as zeros; a version 2 image unallocates them when
-    /// it has no backing file and keeps them when it has one.
-    pub fn discard(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
-        self.is_writable()?;
-        let cs = self.cs();
-        let end = guest + len;
-        let last = if end == self.size { end } else { end / cs * cs };
-        let first = guest.next_multiple_of(cs);
-        if first >= last {
-            return Ok(());
-        }
-        if self.data_file.is_some() {
-            // A raw data file must keep reading as the image: zeros are written there.
-            return self.write_explicit_zeroes(first, last - first, below);
-        }
-        let has_backing = self.header.backing_file.is_some();
-        let v3 = self.header.version() >= 3;
-        if !v3 && has_backing {
-            // A version 2 image cannot say "zeros", and unallocating would expose the
-            // backing file: QEMU leaves the clusters as they are.
-            return Ok(());
-        }
-        self.for_each_cluster(first, last - first, |this, slot, pending| {
-            let Slot {
-                raw,
-                bitmap: old_bitmap,
-                index,
-                ..
-            } = slot;
-            let old = this.classify_for_write(slot)?;
-            let allocated = !matches!(old, Old::Unallocated | Old::ZeroPlain);
-            if !(has_backing || allocated) {
-                return Ok(());
-            }
-            let (entry, bitmap) = match (this.extended_l2, v3) {
-                (true, _) => (0, ALL_SUBCLUSTERS << 32),
-                (false, true) => (L2Entry::new().with_zero(true).raw(), 0),
-                (false, false) => (0, 0),
-            };
-            if (raw, old_bitmap) == (entry, bitmap) {
-                return Ok(());
-            }
-            pending.entries.push((index, entry, bitmap));
-            match old {
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
-                    pending.frees.push((host, cs))
-                }
-                Old::Compressed { host, len } => pending.frees.push((host, len)),
-                _ => {}
-            }
-            Ok(())
-        })
-    }
-
     /// Writes whole clusters compressed (a short last piece may end in the image's last
     /// cluster), packed end to end in the file.
     /// A cluster that does not shrink is written normally, as QEMU does.
@@ -1118,132 +663,5 @@ impl Qcow2 {
     pub fn flush(&mut self) -> Result<()> {
         self.write_back()?;
         self.sync_files()
-    }
-}
-
-impl Qcow2 {
-    /// Clears the entries of `[first, first + len)` (whole clusters) and releases their
-    /// space: afterwards they are unallocated.
-    pub(super) fn clear_entries(&mut self, first: u64, len: u64) -> Result<()> {
-        let cs = self.cs();
-        let data_file = self.data_file.is_some();
-        self.for_each_cluster(first, len, |this, slot, pending| {
-            if slot.raw == 0 && slot.bitmap == 0 {
-                return Ok(());
-            }
-            let old = this.classify_for_write(slot)?;
-            pending.entries.push((slot.index, 0, 0));
-            match old {
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } if !data_file => {
-                    pending.frees.push((host, cs))
-                }
-                Old::Compressed { host, len } => pending.frees.push((host, len)),
-                _ => {}
-            }
-            Ok(())
-        })
-    }
-
-    /// Replaces the active L1 table by one with `entries` entries: written in fresh
-    /// clusters, switched with one header write (size and offset are adjacent), then
-    /// the old table freed.
-    fn grow_l1(&mut self, entries: u64) -> Result<()> {
-        let cs = self.cs();
-        if entries * 8 > super::layer::MAX_L1_BYTES {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "Active L1 table too large",
-            ));
-        }
-        let mut l1 = self.l1.clone();
-        l1.resize(entries as usize, 0);
-        let bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
-        let at = self.alloc((entries * 8).div_ceil(cs))?;
-        self.storage
-            .write_at(&bytes, at)
-            .map_err(|e| Error::io("writing the L1 table", e))?;
-        self.barrier()?;
-        let mut switch = [0u8; 12];
-        switch[..4].copy_from_slice(&(entries as u32).to_be_bytes());
-        switch[4..].copy_from_slice(&at.to_be_bytes());
-        self.storage
-            .write_at(&switch, Qcow2Header::L1_SIZE_AT)
-            .map_err(|e| Error::io("switching the L1 table", e))?;
-        self.barrier()?;
-        let (old_at, old_len) = (self.l1_offset, u64::from(self.header.common.l1_size) * 8);
-        self.l1 = l1;
-        self.l1_offset = at;
-        self.header.common.l1_size = entries as u32;
-        self.header.common.l1_table_offset = at;
-        if old_len > 0 {
-            self.release(old_at, old_len)?;
-        }
-        Ok(())
-    }
-
-    fn write_size(&mut self, size: u64) -> Result<()> {
-        self.storage
-            .write_at(&size.to_be_bytes(), Qcow2Header::SIZE_AT)
-            .map_err(|e| Error::io("writing the image size", e))?;
-        self.barrier()?;
-        self.size = size;
-        self.header.common.size = size;
-        Ok(())
-    }
-
-    /// Changes the virtual size. Growing extends the L1 table as needed and makes the
-    /// new range read as zeros; shrinking releases every cluster past the new end.
-    pub fn resize(&mut self, new_size: u64, below: &Below) -> Result<()> {
-        self.editable()?;
-        let cs = self.cs();
-        let old = self.size;
-        let span = 1u64 << (self.cluster_bits + self.l2_bits);
-        if new_size > old {
-            // The grown range must not show the backing file: v3 marks it zero, v2 cannot
-            // (and QEMU refuses the same way).
-            let has_backing = self.header.backing_file.is_some();
-            if has_backing && self.header.version() < 3 {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "Failed to zero out new clusters: Operation not supported",
-                ));
-            }
-            let entries = new_size.div_ceil(span);
-            if entries > self.l1.len() as u64 {
-                self.grow_l1(entries)?;
-            }
-            if let Some(d) = &self.data_file {
-                if d.len()
-                    .map_err(|e| Error::io("reading the data file size", e))?
-                    < new_size
-                {
-                    d.set_len(new_size)
-                        .map_err(|e| Error::io("growing the data file", e))?;
-                }
-            }
-            // The rest of a partial last cluster may hold stale bytes from before a
-            // shrink: the grown range must read as zeros.
-            let tail_end = old.next_multiple_of(cs).min(new_size);
-            self.write_size(new_size)?;
-            if has_backing {
-                return self.write_zeroes(old, new_size - old, false, below);
-            }
-            if tail_end > old {
-                self.write_explicit_zeroes(old, tail_end - old, below)?;
-            }
-            return Ok(());
-        }
-        if new_size == old {
-            return Ok(());
-        }
-        // Shrinking: size first (the clusters past it become unreachable leaks), then
-        // every entry past the end cleared and its space released.
-        self.write_size(new_size)?;
-        let saved = self.size;
-        self.size = old;
-        let result = self.drop_from(new_size);
-        self.size = saved;
-        result?;
-        Ok(())
     }
 }

@@ -1,0 +1,207 @@
+//! Changes to an image beyond writing data: its backing file (rebase), committing into
+//! the backing file, amending the header, internal snapshots.
+
+use super::*;
+
+impl Image {
+    /// Names another backing file in the header, touching no data (`rebase -u`).
+    pub fn set_backing(&mut self, name: Option<&str>, format: Option<Format>) -> Result<()> {
+        self.top_qcow2("a backing file")?
+            .set_backing(name, format.map(Format::name))
+    }
+
+    /// Safe rebase: every range the top image does not hold itself and whose content
+    /// differs between the current backing chain and `new` (or zeros, for none) is
+    /// copied into the top image first; then the header names `new`.
+    pub fn rebase(&mut self, name: Option<&str>, new: Option<&Image>) -> Result<()> {
+        let size = self.size();
+        // Compare and copy by the top image's clusters, so no more is copied than needed.
+        let unit = match self.top() {
+            Layer::Qcow2(q) => q.cluster_size(),
+            Layer::Qcow(q) => q.cluster_size(),
+            Layer::Cow(c) => u64::from(c.header().sector_size),
+            Layer::Raw(_) => 64 << 10,
+        };
+        let mut old_buf = vec![0u8; unit as usize];
+        let mut new_buf = vec![0u8; unit as usize];
+        let mut offset = 0;
+        while offset < size {
+            let (held, len) = self.top_status(offset, size - offset)?;
+            if held {
+                offset += len;
+                self.report(offset, size);
+                continue;
+            }
+            let end = offset + len;
+            while offset < end {
+                let n = unit.min(end - offset) as usize;
+                read_chain(&self.chain[1..], offset, &mut old_buf[..n])?;
+                match new {
+                    Some(image) => read_chain(&image.chain, offset, &mut new_buf[..n])?,
+                    None => new_buf[..n].fill(0),
+                }
+                if old_buf[..n] != new_buf[..n] {
+                    let data = old_buf[..n].to_vec();
+                    self.write_at(&data, offset)?;
+                }
+                offset += n as u64;
+                self.report(offset, size);
+            }
+        }
+        self.flush()?;
+        let format = new.map(|i| i.top().format());
+        self.set_backing(name, format)
+    }
+
+    /// Writes everything the top image holds into its backing file, then (unless
+    /// `keep`) empties the top image so that it reads through to it (`commit`). A
+    /// backing file whose format was probed is written only when `backing_format` states it.
+    pub fn commit(&mut self, keep: bool, backing_format: Option<Format>) -> Result<()> {
+        let Some(below) = self.chain.get(1) else {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Image does not have a backing file",
+            ));
+        };
+        if below.probed && backing_format.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "the backing file's format was probed, not stated, and a probed format is never trusted for writing: state it (commit -F FMT)",
+            ));
+        }
+        let base_path = below.path.clone();
+        let base_format = backing_format.unwrap_or(below.layer.format());
+        // The chain below holds read locks that keep writers out, this one too: it is
+        // closed while the base is written, and opened again after.
+        drop(self.chain.split_off(1));
+        let written = self.copy_into_base(&base_path, base_format);
+        let reopened = Image::open(
+            &base_path,
+            &OpenOptions {
+                format: Some(base_format),
+                backing: Backing::Follow,
+                writable: false,
+                snapshot: None,
+                data_file: None,
+                ..self.options.clone()
+            },
+        );
+        written?;
+        self.chain.extend(reopened?.chain);
+        if !keep {
+            match self.split_top()?.0 {
+                Layer::Qcow2(q) => q.make_empty()?,
+                Layer::Qcow(q) => q.make_empty()?,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "a {} image cannot be emptied after commit (use -d)",
+                            other.format()
+                        ),
+                    ))
+                }
+            }
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The copying half of `commit`: every range the top image holds, written into the
+    /// base image at `path` opened for writing (its own backing chain below it, so that
+    /// a part-written cluster of the base keeps what the base's backing file gives).
+    fn copy_into_base(&self, path: &Path, format: Format) -> Result<()> {
+        let options = OpenOptions {
+            format: Some(format),
+            backing: Backing::Follow,
+            writable: true,
+            snapshot: None,
+            data_file: None,
+            ..self.options.clone()
+        };
+        let mut base = Image::open(path, &options)?;
+        let size = self.size();
+        if base.size() < size {
+            base.resize(size)?;
+        }
+        let unit = 1u64 << 20;
+        let mut buf = vec![0u8; unit as usize];
+        let mut offset = 0;
+        while offset < size {
+            let (held, len) = self.top_status(offset, size - offset)?;
+            if held {
+                let mut at = offset;
+                while at < offset + len {
+                    let n = unit.min(offset + len - at) as usize;
+                    self.read_at(&mut buf[..n], at)?;
+                    base.write_at(&buf[..n], at)?;
+                    at += n as u64;
+                    self.report(at, size);
+                }
+            }
+            offset += len;
+            self.report(offset, size);
+        }
+        base.flush()
+    }
+
+    /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
+    pub fn amend(&mut self, compat: Option<&str>, lazy_refcounts: Option<bool>) -> Result<()> {
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        let Layer::Qcow2(q) = top else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "amend needs a qcow2 image",
+            ));
+        };
+        match compat {
+            Some("0.10") | Some("v2") => q.downgrade_to_v2(&below)?,
+            Some("1.1") | Some("v3") => q.upgrade_to_v3()?,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Invalid compatibility level: '{other}'"),
+                ))
+            }
+            None => {}
+        }
+        if let Some(on) = lazy_refcounts {
+            q.set_lazy_refcounts(on)?;
+        }
+        q.flush()
+    }
+
+    /// The top image's internal snapshots (none for formats without them).
+    pub fn snapshots(&self) -> &[qcow2::Snapshot] {
+        match self.top() {
+            Layer::Qcow2(q) => q.snapshots(),
+            Layer::Qcow(_) | Layer::Cow(_) | Layer::Raw(_) => &[],
+        }
+    }
+
+    fn top_qcow2(&mut self, what: &str) -> Result<&mut Qcow2> {
+        match self.split_top()?.0 {
+            Layer::Qcow2(q) => Ok(q),
+            other => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{what} needs a qcow2 image, not {}", other.format()),
+            )),
+        }
+    }
+
+    /// Takes an internal snapshot of the top image; returns its id.
+    pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
+        self.top_qcow2("a snapshot")?.snapshot_create(name)
+    }
+
+    /// Makes the snapshot with this id (or name) the current state.
+    pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
+        self.top_qcow2("a snapshot")?.snapshot_apply(id_or_name)
+    }
+
+    /// Deletes the snapshot with this id (or name).
+    pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
+        self.top_qcow2("a snapshot")?.snapshot_delete(id_or_name)
+    }
+}

@@ -1,0 +1,474 @@
+//! The format-independent image: a chain of layers (the image, its backing file, that
+//! file's backing file…), read as one virtual disk.
+
+use crate::codec::LegacyAes;
+use crate::cow::{self, Cow};
+use crate::error::{Error, ErrorKind, Result};
+use crate::mapping::{Extent, Mapping};
+use crate::probe::{probe, Format};
+use crate::qcow::{self, Qcow};
+use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
+use crate::raw::Raw;
+use crate::storage::{Access, FileStorage, Storage};
+use std::collections::HashSet;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod edit;
+mod open;
+mod views;
+
+pub use open::{
+    check_backing_name, create_file, file_error, open_file, refuse_overwrite, resolve_backing,
+    Backing, OpenOptions,
+};
+pub use views::{ImageReader, ImageWriter};
+
+/// One opened file of a chain.
+#[derive(Debug)]
+pub enum Layer {
+    Qcow2(Box<Qcow2>),
+    Qcow(Box<Qcow>),
+    Cow(Box<Cow>),
+    Raw(Raw),
+}
+
+impl Layer {
+    pub fn format(&self) -> Format {
+        match self {
+            Layer::Qcow2(_) => Format::Qcow2,
+            Layer::Qcow(_) => Format::Qcow,
+            Layer::Cow(_) => Format::Cow,
+            Layer::Raw(_) => Format::Raw,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Layer::Qcow2(l) => l.size(),
+            Layer::Qcow(l) => l.size(),
+            Layer::Cow(l) => l.size(),
+            Layer::Raw(l) => l.size(),
+        }
+    }
+
+    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
+        match self {
+            Layer::Qcow2(l) => l.map(offset, len),
+            Layer::Qcow(l) => l.map(offset, len),
+            Layer::Cow(l) => l.map(offset, len),
+            Layer::Raw(l) => l.map(offset, len),
+        }
+    }
+
+    fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Layer::Qcow2(l) => l.read_mapped(extent, guest, buf),
+            Layer::Qcow(l) => l.read_mapped(extent, guest, buf),
+            Layer::Cow(l) => l.read_mapped(extent, guest, buf),
+            Layer::Raw(l) => l.read_mapped(extent, guest, buf),
+        }
+    }
+
+    /// For data stored at `host` (`len` bytes): whether the file holding it has a hole
+    /// there (or ends before it), and how far that answer holds. QEMU asks the file
+    /// this only for metadata-preallocated qcow2 images and reports such data as
+    /// zeros; a raw layer answers in its own map.
+    fn host_zeros(&self, host: u64, len: u64) -> (bool, u64) {
+        let storage = match self {
+            Layer::Qcow2(l) if l.metadata_preallocated() => l.data_storage().as_ref(),
+            _ => return (false, len),
+        };
+        match storage.allocation(host) {
+            Ok(Some(run)) => (!run.data, len.min(run.end.saturating_sub(host)).max(1)),
+            Ok(None) => (storage.len().is_ok_and(|end| host >= end), len),
+            Err(_) => (false, len),
+        }
+    }
+
+    /// Host offsets of encrypted data are not reported (as QEMU).
+    fn is_encrypted(&self) -> bool {
+        match self {
+            Layer::Qcow2(l) => l.is_encrypted(),
+            Layer::Qcow(l) => l.is_encrypted(),
+            Layer::Cow(_) | Layer::Raw(_) => false,
+        }
+    }
+
+    /// The backing file as the header names it, and its format if named.
+    pub fn backing_name(&self) -> Option<(String, Option<String>)> {
+        match self {
+            Layer::Qcow2(l) => l.header().backing_file.as_ref().map(|name| {
+                let format = l
+                    .header()
+                    .backing_format()
+                    .map(|f| String::from_utf8_lossy(f).into_owned());
+                (String::from_utf8_lossy(name).into_owned(), format)
+            }),
+            // qcow names no backing format: it is probed, as QEMU does.
+            Layer::Qcow(l) => l
+                .header()
+                .backing_file
+                .as_ref()
+                .map(|n| (String::from_utf8_lossy(n).into_owned(), None)),
+            Layer::Cow(l) => (!l.header().backing_file.is_empty()).then(|| {
+                (
+                    String::from_utf8_lossy(&l.header().backing_file).into_owned(),
+                    None,
+                )
+            }),
+            Layer::Raw(_) => None,
+        }
+    }
+}
+
+/// A layer and where it came from.
+#[derive(Debug)]
+pub struct ChainEntry {
+    pub layer: Layer,
+    /// The path it was opened at (relative names resolved against the image's folder).
+    pub path: PathBuf,
+    /// The external data file holding its data clusters, if it has one.
+    pub data_path: Option<PathBuf>,
+    /// True when its format was guessed rather than stated.
+    pub probed: bool,
+    /// What QEMU (or UML) would warn about when opening it.
+    pub warnings: Vec<String>,
+}
+
+/// What a range is, as `qemu-img map` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStatus {
+    pub start: u64,
+    pub len: u64,
+    /// Which layer decided: 0 the top image, 1 its backing file…
+    pub depth: usize,
+    /// That layer supplies the bytes (false: unallocated down to the bottom).
+    pub present: bool,
+    /// Known to read as zeros.
+    pub zero: bool,
+    /// Read from a file (not zeros, not unallocated).
+    pub data: bool,
+    pub compressed: bool,
+    /// Host offset in that layer's file, where meaningful.
+    pub offset: Option<u64>,
+}
+
+impl BlockStatus {
+    /// qemu-img map's rule for joining `next` onto `self`.
+    fn mergeable(&self, next: &BlockStatus) -> bool {
+        self.start + self.len == next.start
+            && (
+                self.depth,
+                self.present,
+                self.zero,
+                self.data,
+                self.compressed,
+            ) == (
+                next.depth,
+                next.present,
+                next.zero,
+                next.data,
+                next.compressed,
+            )
+            && match (self.offset, next.offset) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a + self.len == b,
+                _ => false,
+            }
+    }
+}
+
+/// Told how far a long operation (rebase, commit) has come: bytes done of the total.
+pub type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A virtual disk: the top image and its backing chain.
+pub struct Image {
+    chain: Vec<ChainEntry>,
+    progress: Option<Progress>,
+    /// What the chain was opened with, for reopening part of it (commit).
+    options: OpenOptions,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Image {
+    /// Has rebase and commit report their progress to `progress` as they go.
+    pub fn on_progress(&mut self, progress: impl Fn(u64, u64) + Send + Sync + 'static) {
+        self.progress = Some(Box::new(progress));
+    }
+
+    fn report(&self, done: u64, total: u64) {
+        if let Some(p) = &self.progress {
+            p(done, total);
+        }
+    }
+
+    /// The images of the chain, top first.
+    pub fn chain(&self) -> &[ChainEntry] {
+        &self.chain
+    }
+
+    pub fn top(&self) -> &Layer {
+        &self.chain[0].layer
+    }
+
+    /// Virtual size in bytes.
+    pub fn size(&self) -> u64 {
+        self.top().size()
+    }
+
+    /// Fills `buf` with the guest bytes at `offset`, the chain resolved.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.size()) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!(
+                    "read of {} bytes at {offset} is past the end of the image ({})",
+                    buf.len(),
+                    self.size()
+                ),
+            ));
+        }
+        self.read_layer(0, offset, buf)
+    }
+
+    fn read_layer(&self, depth: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        read_chain(self.chain.get(depth..).unwrap_or_default(), offset, buf)
+    }
+
+    /// The top layer for writing, and the layers below it for copy-on-write reads.
+    fn split_top(&mut self) -> Result<(&mut Layer, &[ChainEntry])> {
+        let (top, below) = self
+            .chain
+            .split_first_mut()
+            .ok_or_else(|| Error::new(ErrorKind::BadArgument, "the image has no layers"))?;
+        Ok((&mut top.layer, below))
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size()) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!(
+                    "request of {len} bytes at {offset} is past the end of the image ({})",
+                    self.size()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at guest offset `offset` of the top image.
+    pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_at(offset, buf, &below),
+            Layer::Qcow(q) => q.write_at(offset, buf, &below),
+            Layer::Cow(c) => c.write_at(offset, buf, &below),
+            Layer::Raw(r) => r.write_at(offset, buf),
+        }
+    }
+
+    /// Makes a range read as zeros; `unmap` lets the image release its space.
+    pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, &below),
+            // qcow has no zero flag: zeros are written (as QEMU's generic fallback does).
+            Layer::Qcow(q) => {
+                write_zero_buffers(offset, len, |at, zeros| q.write_at(at, zeros, &below))
+            }
+            Layer::Cow(c) => {
+                write_zero_buffers(offset, len, |at, zeros| c.write_at(at, zeros, &below))
+            }
+            Layer::Raw(r) => r.write_zeroes(offset, len),
+        }
+    }
+
+    /// Discards a range: whole clusters stop holding data (what they then read as
+    /// depends on the format, as in QEMU).
+    pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.discard(offset, len, &below),
+            // qcow cannot discard; QEMU ignores the request and so does cowimg.
+            Layer::Qcow(_) | Layer::Cow(_) => Ok(()),
+            Layer::Raw(r) => r.write_zeroes(offset, len),
+        }
+    }
+
+    /// Writes whole clusters compressed.
+    pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
+            Layer::Qcow(q) => q.write_compressed(offset, buf, &below),
+            Layer::Cow(_) | Layer::Raw(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "raw images cannot hold compressed data",
+            )),
+        }
+    }
+
+    /// Changes the virtual size of the top image (growing reads as zeros; shrinking
+    /// drops everything past the new end).
+    pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        let (top, below) = self.split_top()?;
+        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
+        match top {
+            Layer::Qcow2(q) => q.resize(new_size, &below),
+            Layer::Qcow(_) | Layer::Cow(_) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "Image format driver does not support resize",
+            )),
+            Layer::Raw(r) => r.resize(new_size),
+        }
+    }
+
+    /// Makes every completed write durable. qcow2 metadata changed by writes is held
+    /// in memory until then (as in QEMU); dropping the image writes it too, but only
+    /// `flush` reports a failure.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.split_top()?.0 {
+            Layer::Qcow2(q) => q.flush(),
+            Layer::Qcow(q) => q.flush(),
+            Layer::Cow(c) => c.flush(),
+            Layer::Raw(r) => r.flush(),
+        }
+    }
+
+    /// What the range from `offset` (at most `len` bytes) is, as far as one answer
+    /// covers it: QEMU's block status, descending the chain through unallocated ranges.
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
+        let mut len = len.min(self.size().saturating_sub(offset));
+        if len == 0 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset {offset} is past the end of the image"),
+            ));
+        }
+        let mut depth = 0;
+        loop {
+            let layer = &self.chain[depth].layer;
+            let extent = layer.map(offset, len)?;
+            let hide = layer.is_encrypted();
+            let host = extent.mapping.host().filter(|_| !hide).map(|h| h.0);
+            let (host_zeros, span) = match (extent.mapping, host) {
+                (Mapping::Data { .. }, Some(h)) => layer.host_zeros(h, extent.len),
+                _ => (false, extent.len),
+            };
+            let status = |present, zero, data, compressed, offset| BlockStatus {
+                start: extent.start,
+                len: span,
+                depth,
+                present,
+                zero,
+                data,
+                compressed,
+                offset,
+            };
+            return Ok(match extent.mapping {
+                Mapping::Data { .. } => status(true, host_zeros, true, false, host),
+                Mapping::Compressed { .. } => status(true, false, true, true, None),
+                Mapping::Zero { .. } => status(true, true, false, false, host),
+                Mapping::Unallocated { .. } => match self.chain.get(depth + 1) {
+                    Some(below) if offset < below.layer.size() => {
+                        len = extent.len.min(below.layer.size() - offset);
+                        depth += 1;
+                        continue;
+                    }
+                    _ => status(false, true, false, false, host),
+                },
+            });
+        }
+    }
+
+    /// The whole disk as `qemu-img map` lists it: block status from start to end,
+    /// adjacent ranges merged when every attribute agrees and host offsets continue.
+    pub fn map(&self) -> Result<Vec<BlockStatus>> {
+        let mut out: Vec<BlockStatus> = Vec::new();
+        let mut offset = 0;
+        while offset < self.size() {
+            let s = self.block_status(offset, self.size() - offset)?;
+            offset += s.len;
+            if let Some(last) = out.last_mut() {
+                if last.mergeable(&s) {
+                    last.len += s.len;
+                    continue;
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// Whether the top image itself holds the range from `offset` (data, zeros or
+    /// compressed, as opposed to deferring to its backing file), and for how many bytes.
+    pub fn top_status(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
+        let extent = self.top().map(offset, len)?;
+        Ok((
+            !matches!(extent.mapping, Mapping::Unallocated { .. }),
+            extent.len,
+        ))
+    }
+}
+
+/// Writes zeros over a range a megabyte at a time through `write`.
+fn write_zero_buffers(
+    offset: u64,
+    len: u64,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(zeros.len() as u64) as usize;
+        write(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads guest bytes from `chain[0]`, falling through unallocated ranges to the layers
+/// below it; zeros past the end of a layer and below the last one.
+fn read_chain(chain: &[ChainEntry], offset: u64, buf: &mut [u8]) -> Result<()> {
+    let Some((entry, below)) = chain.split_first() else {
+        buf.fill(0);
+        return Ok(());
+    };
+    let layer = &entry.layer;
+    let inside = layer.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    buf[inside..].fill(0);
+    let mut done = 0;
+    while done < inside {
+        let at = offset + done as u64;
+        let extent = layer.map(at, (inside - done) as u64)?;
+        let part = &mut buf[done..done + extent.len as usize];
+        match extent.mapping {
+            Mapping::Zero { .. } => part.fill(0),
+            Mapping::Unallocated { .. } => read_chain(below, at, part)?,
+            Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                layer.read_mapped(&extent, at, part)?
+            }
+        }
+        done += extent.len as usize;
+    }
+    Ok(())
+}

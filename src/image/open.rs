@@ -1,0 +1,515 @@
+//! Opening an image: the options, the chain of files followed from the top image down,
+//! each file opened with QEMU's locks, backing file names checked and resolved, and the
+//! guards against writing onto what is read.
+
+use super::*;
+
+/// What to do about backing files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backing {
+    /// Open the chain as the images name it.
+    #[default]
+    Follow,
+    /// Open no backing file: unallocated ranges read as zeros.
+    Ignore,
+    /// Use this file (and format, else probed) as the top image's backing file.
+    Override {
+        path: PathBuf,
+        format: Option<Format>,
+    },
+}
+
+/// How to open an image: read-only (never writing a byte) unless `writable`. Every file
+/// is locked as QEMU locks it (see [`crate::storage::Access`]).
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// The top image's format; probed when None (reading only).
+    pub format: Option<Format>,
+    pub backing: Backing,
+    /// Passphrase for legacy AES images, anywhere in the chain.
+    pub passphrase: Option<Vec<u8>>,
+    /// The top image's external data file, instead of the one its header names.
+    pub data_file: Option<PathBuf>,
+    /// Read this internal snapshot of the top image instead of its current state.
+    pub snapshot: Option<SnapshotRef>,
+    /// Bytes of L2 tables each qcow2 layer keeps in memory.
+    pub l2_cache_bytes: u64,
+    /// The longest chain accepted, the top image included.
+    pub max_chain_length: usize,
+    /// Open for metadata only (what `info` needs): no key or data file required.
+    pub metadata_only: bool,
+    /// Open the top image for writing. Its format must be stated: a probed format is
+    /// never trusted for writing.
+    pub writable: bool,
+    /// Flush between dependent metadata updates. Only a brand-new image that nobody
+    /// relies on yet (a convert target) may go without.
+    pub barriers: bool,
+    /// Read whatever other processes do to the files (qemu-img's `-U`): take no lock
+    /// that keeps a writer out. Only for read-only opens.
+    pub force_share: bool,
+    /// Open as qemu-img check opens (QEMU's BDRV_O_CHECK): a qcow2 image without a
+    /// refcount table opens, so that a check can report on it.
+    pub for_check: bool,
+}
+
+/// A builder, as `std::fs::OpenOptions`: `OpenOptions::new().format(Format::Qcow2)
+/// .writable(true)`.
+impl OpenOptions {
+    /// The defaults: read-only, format probed, backing chain followed.
+    pub fn new() -> OpenOptions {
+        OpenOptions::default()
+    }
+
+    /// The top image's format (needed for writing; probed otherwise).
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// Open the top image for writing.
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
+        self
+    }
+
+    /// What to do about backing files.
+    pub fn backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// The passphrase of legacy AES images in the chain.
+    pub fn passphrase(mut self, passphrase: impl Into<Vec<u8>>) -> Self {
+        self.passphrase = Some(passphrase.into());
+        self
+    }
+
+    /// Read this internal snapshot of the top image.
+    pub fn snapshot(mut self, snapshot: SnapshotRef) -> Self {
+        self.snapshot = Some(snapshot);
+        self
+    }
+
+    /// Read whatever other processes do to the files (qemu-img's `-U`).
+    pub fn force_share(mut self, force_share: bool) -> Self {
+        self.force_share = force_share;
+        self
+    }
+
+    /// The top image's external data file, instead of the one its header names.
+    pub fn data_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_file = Some(path.into());
+        self
+    }
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            format: None,
+            backing: Backing::Follow,
+            passphrase: None,
+            data_file: None,
+            snapshot: None,
+            l2_cache_bytes: 4 << 20,
+            max_chain_length: 64,
+            metadata_only: false,
+            writable: false,
+            barriers: true,
+            force_share: false,
+            for_check: false,
+        }
+    }
+}
+
+impl Image {
+    /// Opens `path` and, by `options.backing`, its backing chain.
+    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
+        let path = path.as_ref();
+        let mut chain: Vec<ChainEntry> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = Some((path.to_path_buf(), options.format, true));
+        while let Some((path, format, top)) = next.take() {
+            if chain.len() >= options.max_chain_length {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!(
+                        "backing chain longer than {} images",
+                        options.max_chain_length
+                    ),
+                ));
+            }
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if !seen.insert(canonical) {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!("backing chain loops back to '{}'", path.display()),
+                ));
+            }
+            let entry = open_layer(&path, format, top, options).map_err(|e| {
+                if top {
+                    e
+                } else {
+                    // qemu-img's words; the file is named by the error inside.
+                    e.context("Could not open backing file")
+                }
+            })?;
+            next = match (&options.backing, top) {
+                (Backing::Ignore, _) => None,
+                (Backing::Override { path, format }, true) => Some((path.clone(), *format, false)),
+                _ => match entry.layer.backing_name() {
+                    None => None,
+                    Some((name, format_name)) => {
+                        let name = check_backing_name(&name)?;
+                        let format = match format_name {
+                            None => None,
+                            Some(f) => Some(Format::from_name(&f).ok_or_else(|| {
+                                Error::new(ErrorKind::Unsupported, format!("Unknown driver '{f}'"))
+                            })?),
+                        };
+                        Some((resolve_backing(&path, &name), format, false))
+                    }
+                },
+            };
+            chain.push(entry);
+        }
+        Ok(Image {
+            chain,
+            progress: None,
+            options: options.clone(),
+        })
+    }
+
+    /// Opens a single image held by `storage` (memory, a test backend…) in the stated
+    /// format. Backing files named by the image are not opened; `options.backing` may
+    /// name one explicitly.
+    pub fn open_storage(
+        storage: Arc<dyn Storage>,
+        format: Format,
+        options: &OpenOptions,
+    ) -> Result<Image> {
+        let layer = match format {
+            Format::Raw => Layer::Raw(Raw::open(storage)?),
+            Format::Qcow2 => {
+                if options.writable {
+                    repair_if_dirty(storage.as_ref())?;
+                }
+                let header = qcow2::Header::read(storage.as_ref())?;
+                let qopts = Qcow2Options {
+                    key: options
+                        .passphrase
+                        .as_deref()
+                        .map(LegacyAes::from_passphrase),
+                    data_file: None,
+                    l2_cache_bytes: options.l2_cache_bytes,
+                    snapshot: options.snapshot.clone(),
+                    io: !options.metadata_only,
+                    writable: options.writable,
+                    barriers: options.barriers,
+                    for_check: options.for_check,
+                };
+                Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("reading {other} images is not implemented yet"),
+                ))
+            }
+        };
+        let mut chain = vec![ChainEntry {
+            layer,
+            path: PathBuf::new(),
+            data_path: None,
+            probed: false,
+            warnings: Vec::new(),
+        }];
+        if let Backing::Override { path, format } = &options.backing {
+            let below = OpenOptions {
+                writable: false,
+                backing: Backing::Ignore,
+                ..options.clone()
+            };
+            chain.push(open_layer(path, *format, false, &below)?);
+        }
+        Ok(Image {
+            chain,
+            progress: None,
+            options: options.clone(),
+        })
+    }
+}
+
+/// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
+/// stale, so it is checked and repaired (which clears the bit) first.
+fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
+    use qcow2::header::incompat;
+    let header = qcow2::Header::read(storage)?;
+    let bits = header.incompatible_features();
+    if bits & incompat::DIRTY == 0 {
+        return Ok(());
+    }
+    let result = qcow2::check::check(
+        storage,
+        bits & incompat::DATA_FILE != 0,
+        qcow2::check::Repair::All,
+    )?;
+    if result.corruptions > 0 || result.check_errors > 0 || result.failed.is_some() {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "Could not repair dirty image: {} errors remain",
+                result.corruptions + result.check_errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A backing file name from a header, as a path: names that hold a NUL or name one of
+/// QEMU's protocols (`nbd:`, `json:`, …) are refused by name, never opened as files;
+/// a `file:` prefix is just a path.
+pub fn check_backing_name(name: &str) -> Result<String> {
+    const PROTOCOLS: [&str; 14] = [
+        "json", "nbd", "http", "https", "ftp", "ftps", "ssh", "iscsi", "rbd", "gluster", "nfs",
+        "vvfat", "null-co", "blkdebug",
+    ];
+    if name.is_empty() || name.contains('\0') {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            format!("invalid backing file name {name:?}"),
+        ));
+    }
+    if let Some((proto, _)) = name.split_once(':') {
+        if PROTOCOLS.contains(&proto) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("backing file protocol '{proto}' is not supported (backing file {name:?})"),
+            ));
+        }
+        if proto == "file" {
+            return Ok(name["file:".len()..].to_string());
+        }
+    }
+    Ok(name.to_string())
+}
+
+/// Where a backing file named `name` by the image at `image` is: relative names are
+/// relative to the image's folder.
+pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    let name = Path::new(name);
+    if name.is_absolute() {
+        name.to_path_buf()
+    } else {
+        image.parent().unwrap_or(Path::new("")).join(name)
+    }
+}
+
+/// Opens one file of an image (the image, a backing file, a data file) for reading or
+/// writing, with QEMU's locks for that use; `force_share` is qemu-img's `-U`. A lock
+/// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
+pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+    let access = match (writable, force_share) {
+        (true, _) => Access::Write,
+        (false, true) => Access::ForceShare,
+        (false, false) => Access::Read,
+    };
+    FileStorage::open_with(path, writable, access).map_err(|e| file_error(path, e))
+}
+
+/// An error opening the file at `path`, as qemu-img words it.
+pub fn file_error(path: &Path, e: io::Error) -> Error {
+    file_error_as(path, e, &format!("Could not open '{}'", path.display()))
+}
+
+/// An error opening or creating the file at `path`, after `what` ("Could not open
+/// 'x'"); a lock held by another user is [`ErrorKind::InUse`], with qemu-img's hint.
+fn file_error_as(path: &Path, e: io::Error, what: &str) -> Error {
+    match crate::storage::lock::conflict_of(&e) {
+        Some(conflict) => Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{what}: {conflict}\nIs another process using the image [{}]?",
+                path.display()
+            ),
+        ),
+        None => Error::io(what, e),
+    }
+}
+
+/// Creates (or empties) the file at `path` for a new image. QEMU's write lock is taken
+/// before anything is emptied, so a file in use is refused whole, as qemu-img refuses it
+/// (naming only the file).
+pub fn create_file(path: &Path) -> Result<FileStorage> {
+    FileStorage::create(path).map_err(|e| {
+        let what = match crate::storage::lock::conflict_of(&e) {
+            Some(_) => path.display().to_string(),
+            None => format!("Could not create '{}'", path.display()),
+        };
+        file_error_as(path, e, &what)
+    })
+}
+
+/// Refuses to write `target` when it is a file one of `images` reads (an image of its
+/// chain or a data file, by device and inode, whatever the names), before anything
+/// is touched. Locks refuse most of these too, but not with `-U`, nor where a file
+/// system has no locks.
+pub fn refuse_overwrite(target: &Path, images: &[&Image]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(target) else {
+        return Ok(());
+    };
+    let id = (meta.dev(), meta.ino());
+    for image in images {
+        for entry in image.chain() {
+            let files = std::iter::once(&entry.path).chain(entry.data_path.as_ref());
+            for file in files {
+                let same = std::fs::metadata(file).is_ok_and(|m| (m.dev(), m.ino()) == id);
+                if same {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!(
+                            "'{}' is '{}', a file the input image uses: it would be overwritten while it is read",
+                            target.display(),
+                            file.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_layer(
+    path: &Path,
+    format: Option<Format>,
+    top: bool,
+    options: &OpenOptions,
+) -> Result<ChainEntry> {
+    let writable = top && options.writable;
+    if writable && format.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "a format must be given to open an image for writing (a probed format is never trusted for writing)",
+        ));
+    }
+    if writable && options.force_share {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "force-share=on can only be used with read-only images",
+        ));
+    }
+    let storage = open_file(path, writable, options.force_share)?;
+    let storage: Arc<dyn Storage> = Arc::new(storage);
+    let (format, probed) = match format {
+        Some(f) => (f, false),
+        None => (
+            probe(storage.as_ref()).map_err(|e| Error::io("probing the image format", e))?,
+            true,
+        ),
+    };
+    let mut data_path = None;
+    let layer = match format {
+        Format::Raw => Layer::Raw(Raw::open(storage)?),
+        Format::Qcow2 => {
+            if writable {
+                repair_if_dirty(storage.as_ref())?;
+            }
+            let header = qcow2::Header::read(storage.as_ref())?;
+            let data_file =
+                if header.incompatible_features() & qcow2::header::incompat::DATA_FILE != 0 {
+                    let named = header
+                        .data_file()
+                        .map(|n| resolve_backing(path, &String::from_utf8_lossy(n)));
+                    let chosen = if top {
+                        options.data_file.clone().or(named)
+                    } else {
+                        named
+                    };
+                    match chosen {
+                        Some(p) if !options.metadata_only => {
+                            let s = open_file(&p, writable, options.force_share)
+                                .map_err(|e| e.context("Could not open data file"))?;
+                            data_path = Some(p);
+                            Some(Arc::new(s) as Arc<dyn Storage>)
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+            let qopts = Qcow2Options {
+                key: options
+                    .passphrase
+                    .as_deref()
+                    .map(LegacyAes::from_passphrase),
+                data_file,
+                l2_cache_bytes: options.l2_cache_bytes,
+                snapshot: if top { options.snapshot.clone() } else { None },
+                io: !options.metadata_only,
+                writable: top && options.writable,
+                barriers: options.barriers,
+                for_check: top && options.for_check,
+            };
+            Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
+        }
+        Format::Qcow => {
+            let header = qcow::Header::read(storage.as_ref())?;
+            let key = options
+                .passphrase
+                .as_deref()
+                .map(LegacyAes::from_passphrase);
+            Layer::Qcow(Box::new(Qcow::open(
+                storage,
+                header,
+                key,
+                !options.metadata_only,
+                writable,
+            )?))
+        }
+        Format::Cow => {
+            let header = cow::Header::read(storage.as_ref())?;
+            Layer::Cow(Box::new(Cow::open(storage, header, writable)?))
+        }
+    };
+    let mut warnings = Vec::new();
+    if let Layer::Qcow2(q) = &layer {
+        warnings.extend(q.warnings().iter().cloned());
+    }
+    if let Some(w) = cow_mtime_warning(path, &layer) {
+        warnings.push(w);
+    }
+    Ok(ChainEntry {
+        layer,
+        path: path.to_path_buf(),
+        data_path,
+        probed,
+        warnings,
+    })
+}
+
+/// UML records the backing file's modification time in a cow header and complains when
+/// it changed (the backing file may no longer be what the cow file was made over).
+/// QEMU's layout does not keep it.
+fn cow_mtime_warning(path: &Path, layer: &Layer) -> Option<String> {
+    let Layer::Cow(c) = layer else { return None };
+    let h = c.header();
+    if matches!(h.fields, cow::header::Fields::Qemu(_)) || h.backing_file.is_empty() {
+        return None;
+    }
+    let backing = resolve_backing(path, &String::from_utf8_lossy(&h.backing_file));
+    let modified = std::fs::metadata(&backing).ok()?.modified().ok()?;
+    let secs = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as u32;
+    (secs != h.mtime).then(|| {
+        format!(
+            "backing file '{}' was modified (mtime {secs}) since the cow file was made over it (mtime {})",
+            backing.display(),
+            h.mtime
+        )
+    })
+}
