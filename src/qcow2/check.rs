@@ -327,6 +327,28 @@ fn check_once(
         header.common.snapshots_offset,
         snapshot::table_len(&snapshots),
     );
+    count_snapshot_tables(&mut p, &snapshots);
+
+    // Refcount structures.
+    let table_bytes = u64::from(header.common.refcount_table_clusters) * cs;
+    p.reference(header.common.refcount_table_offset, table_bytes);
+    count_bitmaps_and_crypto(&mut p);
+    let mut refcounts = count_refcount_blocks(&mut p, nb)?;
+    let Some(highest) = compare_and_repair(&mut p, &mut refcounts, repair)? else {
+        return Ok(p.res);
+    };
+    check_copied_flags(&mut p, &mut refcounts, repair)?;
+    if p.res.leaks_fixed + p.res.corruptions_fixed > 0 {
+        storage.flush().map_err(io("flushing repairs"))?;
+    }
+    p.res.image_end_offset = highest * cs;
+    Ok(p.res)
+}
+
+/// The L1 tables of the snapshots, and what they reach; a broken entry is reported and
+/// skipped.
+fn count_snapshot_tables(p: &mut Pass, snapshots: &[snapshot::Snapshot]) {
+    let (header, cs) = (p.header, p.cs);
     for (i, s) in snapshots.iter().enumerate() {
         if header.version() >= 3 && s.header.extra_data_size < 16 {
             p.error(format!("ERROR snapshot table entry {i} is incomplete"));
@@ -349,17 +371,17 @@ fn check_once(
         p.reference(offset, size * 8);
         p.l1(offset, size, false);
     }
+}
 
-    // Refcount structures.
-    let table_bytes = u64::from(header.common.refcount_table_clusters) * cs;
-    p.reference(header.common.refcount_table_offset, table_bytes);
-    // Bitmaps, when consistent.
+/// Bitmaps (when consistent) and the encryption header.
+fn count_bitmaps_and_crypto(p: &mut Pass) {
+    let (storage, header, cs) = (p.storage, p.header, p.cs);
     if let (Ok(Some(ext)), true) = (
         header.bitmaps(),
         header.autoclear_features() & autoclear::BITMAPS != 0,
     ) {
         p.reference(ext.bitmap_directory_offset, ext.bitmap_directory_size);
-        if let Ok(bitmaps) = super::bitmaps::read_directory(storage, &header) {
+        if let Ok(bitmaps) = super::bitmaps::read_directory(storage, header) {
             for b in bitmaps {
                 let (table, n) = (
                     b.entry.bitmap_table_offset,
@@ -380,9 +402,13 @@ fn check_once(
     if let Ok(Some(c)) = header.crypto() {
         p.reference(c.offset, c.length);
     }
+}
 
-    // The refcount blocks, last (as QEMU): each must be referenced exactly once.
-    let mut refcounts = Refcounts::load(
+/// The refcount blocks, last (as QEMU): each must be referenced exactly once. Returns
+/// the refcounts as they are on disk.
+fn count_refcount_blocks(p: &mut Pass, nb: u64) -> Result<Refcounts> {
+    let (storage, header, cs) = (p.storage, p.header, p.cs);
+    let refcounts = Refcounts::load(
         storage,
         header.cluster_bits(),
         header.refcount_order(),
@@ -414,11 +440,22 @@ fn check_once(
         }
     }
 
-    // Compare, as QEMU: first only to report; then, when repairing, either rebuild the
-    // refcount structures (a referenced cluster has refcount 0) or compare again, fixing.
+    Ok(refcounts)
+}
+
+/// Compares, as QEMU: first only to report; then, when repairing, either rebuilds the
+/// refcount structures (a referenced cluster has refcount 0) or compares again, fixing.
+/// Returns the end of the last cluster in use (in clusters), or None when the check
+/// cannot go on (structures to rebuild without `-r all`).
+fn compare_and_repair(
+    p: &mut Pass,
+    refcounts: &mut Refcounts,
+    repair: Repair,
+) -> Result<Option<u64>> {
+    let (storage, header, cs) = (p.storage, p.header, p.cs);
     let refs = std::mem::take(&mut p.refs);
     let before = p.res.clone();
-    let mut highest = compare(&mut p, storage, &mut refcounts, &refs, Repair::None)?;
+    let mut highest = compare(p, storage, refcounts, &refs, Repair::None)?;
     if p.rebuild && repair == Repair::All {
         p.res.messages.push("Rebuilding refcount structure".into());
         let (old_table, old_clusters) = (
@@ -431,14 +468,14 @@ fn check_once(
             .map(|e| e & !0x1ff)
             .filter(|b| *b != 0 && b % cs == 0)
             .collect();
-        let (start, end) = rebuild(storage, &header, &refs)?;
+        let (start, end) = rebuild(storage, header, &refs)?;
         p.res.repaired = true;
         p.res.corruptions_fixed += p.res.corruptions;
         p.res.leaks_fixed += p.res.leaks;
         p.res.corruptions = 0;
         p.res.leaks = 0;
         let new_header = Header::read(storage)?;
-        refcounts = Refcounts::load(
+        *refcounts = Refcounts::load(
             storage,
             header.cluster_bits(),
             header.refcount_order(),
@@ -463,7 +500,7 @@ fn check_once(
             }
         }
         let saved = p.res.clone();
-        highest = compare(&mut p, storage, &mut refcounts, &now, Repair::Leaks)?;
+        highest = compare(p, storage, refcounts, &now, Repair::Leaks)?;
         let messages = std::mem::take(&mut p.res.messages);
         p.res = saved;
         p.res.messages = messages;
@@ -474,103 +511,102 @@ fn check_once(
                 .push("ERROR need to rebuild refcount structures".into());
             p.res.check_errors += 1;
             p.res.failed = Some("Input/output error".into());
-            return Ok(p.res);
+            return Ok(None);
         }
         if p.res.leaks > 0 || p.res.corruptions > 0 {
             let messages = std::mem::take(&mut p.res.messages);
             p.res = before;
             p.res.messages = messages;
-            highest = compare(&mut p, storage, &mut refcounts, &refs, repair)?;
+            highest = compare(p, storage, refcounts, &refs, repair)?;
         }
     }
 
-    // COPIED flags of the active tables.
-    {
-        let l1 = p
-            .read_u64s(
-                header.common.l1_table_offset,
-                u64::from(header.common.l1_size),
-            )
-            .unwrap_or_default();
-        let extended = header.incompatible_features() & incompat::EXTENDED_L2 != 0;
-        let words = if extended { 2 } else { 1 };
-        let active = std::mem::take(&mut p.active_l2);
-        // With -r leaks, QEMU repairs COPIED flags too, but only on an otherwise
-        // healthy image (a wrong flag with refcount > 1 is not a leak).
-        let fix = match repair {
-            Repair::All => true,
-            Repair::Leaks => p.res.check_errors == 0 && p.res.corruptions == 0 && p.res.leaks == 0,
-            Repair::None => false,
+    Ok(Some(highest))
+}
+
+/// COPIED flags of the active tables: set exactly where a cluster's refcount is 1.
+fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -> Result<()> {
+    let (storage, header, cs) = (p.storage, p.header, p.cs);
+    let l1 = p
+        .read_u64s(
+            header.common.l1_table_offset,
+            u64::from(header.common.l1_size),
+        )
+        .unwrap_or_default();
+    let extended = header.incompatible_features() & incompat::EXTENDED_L2 != 0;
+    let words = if extended { 2 } else { 1 };
+    let active = std::mem::take(&mut p.active_l2);
+    // With -r leaks, QEMU repairs COPIED flags too, but only on an otherwise
+    // healthy image (a wrong flag with refcount > 1 is not a leak).
+    let fix = match repair {
+        Repair::All => true,
+        Repair::Leaks => p.res.check_errors == 0 && p.res.corruptions == 0 && p.res.leaks == 0,
+        Repair::None => false,
+    };
+    for (index, l2) in active {
+        // An L1 table that cannot be read again (a read error) was counted once
+        // already; its flags go unchecked.
+        let Some(&raw) = l1.get(index as usize) else {
+            continue;
         };
-        for (index, l2) in active {
-            // An L1 table that cannot be read again (a read error) was counted once
-            // already; its flags go unchecked.
-            let Some(&raw) = l1.get(index as usize) else {
+        // A refcount that cannot be read was reported by the comparison already;
+        // QEMU skips the flag then, and so do we.
+        let Ok(rc) = refcounts.get(storage, l2 / cs) else {
+            continue;
+        };
+        let copied = L1Entry::from_raw(raw).copied();
+        if (rc == 1) != copied {
+            p.res.messages.push(format!(
+                "{} OFLAG_COPIED L2 cluster: l1_index={index} l1_entry={raw:x} refcount={rc}",
+                if fix { "Repairing" } else { "ERROR" }
+            ));
+            if fix {
+                let fixed = L1Entry::from_raw(raw).with_copied(rc == 1).raw();
+                storage
+                    .write_at(
+                        &fixed.to_be_bytes(),
+                        header.common.l1_table_offset + index * 8,
+                    )
+                    .map_err(io("repairing the L1 table"))?;
+                p.res.corruptions_fixed += 1;
+            } else {
+                p.res.corruptions += 1;
+            }
+        }
+        if p.data_file {
+            continue;
+        }
+        let Some(table) = p.read_u64s(l2, cs / 8) else {
+            continue;
+        };
+        for j in 0..(cs / 8 / words) {
+            let raw = table[(j * words) as usize];
+            let e = L2Entry::from_raw(raw);
+            let host = e.host_offset();
+            if e.compressed() || host == 0 || host % cs != 0 {
+                continue;
+            }
+            let Ok(rc) = refcounts.get(storage, host / cs) else {
                 continue;
             };
-            // A refcount that cannot be read was reported by the comparison already;
-            // QEMU skips the flag then, and so do we.
-            let Ok(rc) = refcounts.get(storage, l2 / cs) else {
-                continue;
-            };
-            let copied = L1Entry::from_raw(raw).copied();
-            if (rc == 1) != copied {
+            if (rc == 1) != e.copied() {
                 p.res.messages.push(format!(
-                    "{} OFLAG_COPIED L2 cluster: l1_index={index} l1_entry={raw:x} refcount={rc}",
+                    "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",
                     if fix { "Repairing" } else { "ERROR" }
                 ));
                 if fix {
-                    let fixed = L1Entry::from_raw(raw).with_copied(rc == 1).raw();
+                    let fixed = e.with_copied(rc == 1).raw();
                     storage
-                        .write_at(
-                            &fixed.to_be_bytes(),
-                            header.common.l1_table_offset + index * 8,
-                        )
-                        .map_err(io("repairing the L1 table"))?;
+                        .write_at(&fixed.to_be_bytes(), l2 + j * words * 8)
+                        .map_err(io("repairing an L2 table"))?;
                     p.res.corruptions_fixed += 1;
                 } else {
                     p.res.corruptions += 1;
                 }
             }
-            if p.data_file {
-                continue;
-            }
-            let Some(table) = p.read_u64s(l2, cs / 8) else {
-                continue;
-            };
-            for j in 0..(cs / 8 / words) {
-                let raw = table[(j * words) as usize];
-                let e = L2Entry::from_raw(raw);
-                let host = e.host_offset();
-                if e.compressed() || host == 0 || host % cs != 0 {
-                    continue;
-                }
-                let Ok(rc) = refcounts.get(storage, host / cs) else {
-                    continue;
-                };
-                if (rc == 1) != e.copied() {
-                    p.res.messages.push(format!(
-                        "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",
-                        if fix { "Repairing" } else { "ERROR" }
-                    ));
-                    if fix {
-                        let fixed = e.with_copied(rc == 1).raw();
-                        storage
-                            .write_at(&fixed.to_be_bytes(), l2 + j * words * 8)
-                            .map_err(io("repairing an L2 table"))?;
-                        p.res.corruptions_fixed += 1;
-                    } else {
-                        p.res.corruptions += 1;
-                    }
-                }
-            }
         }
     }
-    if p.res.leaks_fixed + p.res.corruptions_fixed > 0 {
-        storage.flush().map_err(io("flushing repairs"))?;
-    }
-    p.res.image_end_offset = highest * cs;
-    Ok(p.res)
+    Ok(())
 }
 
 /// Compares every cluster's refcount with its references, reporting each mismatch
