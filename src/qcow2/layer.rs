@@ -6,8 +6,8 @@ use super::l2cache::{self, L2Cache, Table};
 use super::snapshot::{self, Snapshot};
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::Qcow2HeaderV3;
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap};
+use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
 use crate::mapping::{Extent, HostOffset, Mapping};
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
@@ -193,104 +193,13 @@ impl Qcow2 {
         let cluster_size = 1u64 << cluster_bits;
         let incompatible = header.incompatible_features();
 
-        let unknown = incompatible & !incompat::KNOWN;
-        if unknown != 0 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "Unsupported qcow2 feature(s): {}",
-                    feature_names(&header, unknown)
-                ),
-            ));
-        }
-        if header.common.refcount_table_clusters == 0 && !options.for_check {
-            return Err(Error::new(
-                ErrorKind::InvalidFormat,
-                "Image does not contain a reference count table",
-            ));
-        }
-        let compression_bit = incompatible & incompat::COMPRESSION != 0;
-        match (header.compression_type(), compression_bit) {
-            (0, true) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidFormat,
-                    "qcow2: Compression type incompatible feature bit must not be set",
-                ))
-            }
-            (t, false) if t != 0 => {
-                return Err(Error::new(
-                    ErrorKind::InvalidFormat,
-                    "qcow2: Compression type incompatible feature bit must be set",
-                ))
-            }
-            _ => {}
-        }
-        let compression = Compression::from_header(header.compression_type()).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "qcow2: unknown compression type: {}",
-                    header.compression_type()
-                ),
-            )
-        })?;
+        let compression = check_features(&header, options.for_check)?;
         let extended_l2 = incompatible & incompat::EXTENDED_L2 != 0;
-        if extended_l2 && cluster_bits < 14 {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("Unsupported subcluster size: {}", cluster_size / 32),
-            ));
-        }
-        let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
-
-        // Every guest byte must have an L1 entry.
-        let l1_needed = header
-            .common
-            .size
-            .div_ceil(1u64 << (cluster_bits + l2_bits));
-        if l1_needed > i32::MAX as u64 {
-            return Err(Error::new(ErrorKind::InvalidFormat, "Image is too big"));
-        }
-        if u64::from(header.common.l1_size) < l1_needed {
-            return Err(Error::field(
-                ErrorKind::InvalidFormat,
-                "qcow2 header",
-                "l1_size",
-                36,
-                u64::from(header.common.l1_size),
-                "L1 table is too small",
-            ));
-        }
+        let l2_bits = check_geometry(&header, extended_l2)?;
 
         let has_data_file = incompatible & incompat::DATA_FILE != 0;
         if options.io {
-            if has_data_file && options.data_file.is_none() {
-                return Err(Error::new(
-                    ErrorKind::BadArgument,
-                    "'data-file' is required for this image",
-                ));
-            }
-            if !has_data_file && header.autoclear_features() & autoclear::DATA_FILE_RAW != 0 {
-                return Err(Error::new(
-                    ErrorKind::InvalidFormat,
-                    "data-file-raw requires a data file",
-                ));
-            }
-            match header.common.crypt_method {
-                1 if options.key.is_none() => {
-                    return Err(Error::new(
-                        ErrorKind::BadArgument,
-                        "Parameter 'encrypt.key-secret' is required for cipher",
-                    ))
-                }
-                2 => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "LUKS encryption (crypt_method 2) is not supported; only legacy AES is",
-                    ))
-                }
-                _ => {}
-            }
+            check_io_needs(&header, &options, has_data_file)?;
         }
 
         let mut warnings = Vec::new();
@@ -311,83 +220,12 @@ impl Qcow2 {
             header.common.size,
         )?;
 
-        let (l1_offset, l1_size, size) = match &options.snapshot {
-            None => (
-                header.common.l1_table_offset,
-                u64::from(header.common.l1_size),
-                header.common.size,
-            ),
-            Some(want) => {
-                let s = snapshots
-                    .iter()
-                    .find(|s| match want {
-                        SnapshotRef::Id(id) => &s.id == id,
-                        SnapshotRef::Name(name) => &s.name == name,
-                    })
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::BadArgument,
-                            match want {
-                                SnapshotRef::Id(id) => {
-                                    format!("Can't find snapshot with id '{id}'")
-                                }
-                                SnapshotRef::Name(n) => {
-                                    format!("Can't find snapshot with name '{n}'")
-                                }
-                            },
-                        )
-                    })?;
-                if s.header.l1_table_offset % cluster_size != 0 {
-                    return Err(corrupt("Snapshot L1 table offset invalid".into()));
-                }
-                if u64::from(s.header.l1_size) * 8 > MAX_L1_BYTES {
-                    return Err(corrupt("Snapshot L1 table too large".into()));
-                }
-                (
-                    s.header.l1_table_offset,
-                    u64::from(s.header.l1_size),
-                    s.disk_size,
-                )
-            }
-        };
+        let (l1_offset, l1_size, size) =
+            chosen_state(&header, &snapshots, options.snapshot.as_ref())?;
         let l1 = read_l1(storage.as_ref(), l1_offset, l1_size)?;
 
         let writer = if options.writable {
-            if incompatible & incompat::CORRUPT != 0 {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    "qcow2: Image is corrupt; cannot be opened read/write",
-                ));
-            }
-            if incompatible & incompat::DIRTY != 0 {
-                // Opened for writing by `Image::open`, which repairs dirty images first.
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    "qcow2: Image is dirty (refcounts may be stale); repair it with 'check -r all' first",
-                ));
-            }
-            if options.snapshot.is_some() {
-                return Err(Error::new(
-                    ErrorKind::BadArgument,
-                    "a snapshot can only be opened read-only",
-                ));
-            }
-            // Bits of features a writer must keep up to date: cowimg keeps none but the
-            // raw data file, so the rest are cleared before anything is written.
-            let autoclear_now = header.autoclear_features();
-            let keep = autoclear_now & autoclear::DATA_FILE_RAW;
-            if autoclear_now != keep {
-                storage
-                    .write_at(&keep.to_be_bytes(), Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT)
-                    .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
-            }
-            Writer::Open(super::refcount::Refcounts::load(
-                storage.as_ref(),
-                cluster_bits,
-                header.refcount_order(),
-                header.common.refcount_table_offset,
-                header.common.refcount_table_clusters,
-            )?)
+            open_writer(storage.as_ref(), &header, options.snapshot.is_some())?
         } else {
             Writer::ReadOnly
         };
@@ -696,4 +534,209 @@ fn read_l1(storage: &dyn Storage, offset: u64, entries: u64) -> Result<Vec<u64>>
         ));
     }
     crate::tables::read_be64(storage, offset, entries, "L1 table")
+}
+
+/// QEMU's open-time checks of the feature bits and compression type: an unknown
+/// incompatible feature, a missing refcount table (allowed when opening for check), a
+/// compression bit that contradicts the type. Returns the compression in use.
+fn check_features(header: &Header, for_check: bool) -> Result<Compression> {
+    let incompatible = header.incompatible_features();
+    let unknown = incompatible & !incompat::KNOWN;
+    if unknown != 0 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "Unsupported qcow2 feature(s): {}",
+                feature_names(header, unknown)
+            ),
+        ));
+    }
+    if header.common.refcount_table_clusters == 0 && !for_check {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            "Image does not contain a reference count table",
+        ));
+    }
+    let compression_bit = incompatible & incompat::COMPRESSION != 0;
+    match (header.compression_type(), compression_bit) {
+        (0, true) => {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                "qcow2: Compression type incompatible feature bit must not be set",
+            ))
+        }
+        (t, false) if t != 0 => {
+            return Err(Error::new(
+                ErrorKind::InvalidFormat,
+                "qcow2: Compression type incompatible feature bit must be set",
+            ))
+        }
+        _ => {}
+    }
+    Compression::from_header(header.compression_type()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "qcow2: unknown compression type: {}",
+                header.compression_type()
+            ),
+        )
+    })
+}
+
+/// The cluster geometry QEMU accepts: subclusters of at least 512 bytes, an L1 table
+/// that covers every guest byte and fits QEMU's limit. Returns the L2 index bits.
+fn check_geometry(header: &Header, extended_l2: bool) -> Result<u32> {
+    let cluster_bits = header.cluster_bits();
+    let cluster_size = 1u64 << cluster_bits;
+    if extended_l2 && cluster_bits < 14 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("Unsupported subcluster size: {}", cluster_size / 32),
+        ));
+    }
+    let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
+
+    // Every guest byte must have an L1 entry.
+    let l1_needed = header
+        .common
+        .size
+        .div_ceil(1u64 << (cluster_bits + l2_bits));
+    if l1_needed > i32::MAX as u64 {
+        return Err(Error::new(ErrorKind::InvalidFormat, "Image is too big"));
+    }
+    if u64::from(header.common.l1_size) < l1_needed {
+        return Err(Error::field(
+            ErrorKind::InvalidFormat,
+            "qcow2 header",
+            "l1_size",
+            Qcow2Header::L1_SIZE_AT,
+            u64::from(header.common.l1_size),
+            "L1 table is too small",
+        ));
+    }
+    Ok(l2_bits)
+}
+
+/// What reading data needs that metadata does not: the data file, the key; LUKS is
+/// refused by name.
+fn check_io_needs(header: &Header, options: &Qcow2Options, has_data_file: bool) -> Result<()> {
+    if has_data_file && options.data_file.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "'data-file' is required for this image",
+        ));
+    }
+    if !has_data_file && header.autoclear_features() & autoclear::DATA_FILE_RAW != 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidFormat,
+            "data-file-raw requires a data file",
+        ));
+    }
+    match header.common.crypt_method {
+        1 if options.key.is_none() => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ))
+        }
+        2 => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "LUKS encryption (crypt_method 2) is not supported; only legacy AES is",
+            ))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Where the state to read is: the active L1 table, or the chosen snapshot's (checked
+/// before use). Returns (L1 offset, L1 entries, virtual size).
+fn chosen_state(
+    header: &Header,
+    snapshots: &[Snapshot],
+    want: Option<&SnapshotRef>,
+) -> Result<(u64, u64, u64)> {
+    let cluster_size = header.cluster_size();
+    Ok(match want {
+        None => (
+            header.common.l1_table_offset,
+            u64::from(header.common.l1_size),
+            header.common.size,
+        ),
+        Some(want) => {
+            let s = snapshots
+                .iter()
+                .find(|s| match want {
+                    SnapshotRef::Id(id) => &s.id == id,
+                    SnapshotRef::Name(name) => &s.name == name,
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadArgument,
+                        match want {
+                            SnapshotRef::Id(id) => {
+                                format!("Can't find snapshot with id '{id}'")
+                            }
+                            SnapshotRef::Name(n) => {
+                                format!("Can't find snapshot with name '{n}'")
+                            }
+                        },
+                    )
+                })?;
+            if s.header.l1_table_offset % cluster_size != 0 {
+                return Err(corrupt("Snapshot L1 table offset invalid".into()));
+            }
+            if u64::from(s.header.l1_size) * 8 > MAX_L1_BYTES {
+                return Err(corrupt("Snapshot L1 table too large".into()));
+            }
+            (
+                s.header.l1_table_offset,
+                u64::from(s.header.l1_size),
+                s.disk_size,
+            )
+        }
+    })
+}
+
+/// The write side of a handle opening for writing: refused on a corrupt or dirty image
+/// or a snapshot; stale autoclear bits cleared first, as QEMU clears them.
+fn open_writer(storage: &dyn Storage, header: &Header, snapshot: bool) -> Result<Writer> {
+    let incompatible = header.incompatible_features();
+    if incompatible & incompat::CORRUPT != 0 {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            "qcow2: Image is corrupt; cannot be opened read/write",
+        ));
+    }
+    if incompatible & incompat::DIRTY != 0 {
+        // Opened for writing by `Image::open`, which repairs dirty images first.
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            "qcow2: Image is dirty (refcounts may be stale); repair it with 'check -r all' first",
+        ));
+    }
+    if snapshot {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "a snapshot can only be opened read-only",
+        ));
+    }
+    // Bits of features a writer must keep up to date: cowimg keeps none but the
+    // raw data file, so the rest are cleared before anything is written.
+    let autoclear_now = header.autoclear_features();
+    let keep = autoclear_now & autoclear::DATA_FILE_RAW;
+    if autoclear_now != keep {
+        storage
+            .write_at(&keep.to_be_bytes(), Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT)
+            .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
+    }
+    Ok(Writer::Open(super::refcount::Refcounts::load(
+        storage,
+        header.cluster_bits(),
+        header.refcount_order(),
+        header.common.refcount_table_offset,
+        header.common.refcount_table_clusters,
+    )?))
 }
