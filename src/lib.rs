@@ -25,7 +25,7 @@
 //! ```no_run
 //! use cowimg::{ErrorKind, Format, Image, OpenOptions};
 //!
-//! let options = OpenOptions { format: Some(Format::Qcow2), writable: true, ..Default::default() };
+//! let options = OpenOptions::new().format(Format::Qcow2).writable(true);
 //! match Image::open("disk.qcow2", &options) {
 //!     Ok(mut image) => {
 //!         image.write_at(&[0xab; 4096], 65536)?;

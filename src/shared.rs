@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// ```no_run
 /// use cowimg::{Format, Image, OpenOptions, SharedImage};
 ///
-/// let options = OpenOptions { format: Some(Format::Qcow2), writable: true, ..Default::default() };
+/// let options = OpenOptions::new().format(Format::Qcow2).writable(true);
 /// let disk = SharedImage::new(Image::open("disk.qcow2", &options)?);
 /// let writer = {
 ///     let disk = disk.clone();

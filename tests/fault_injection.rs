@@ -114,17 +114,15 @@ struct Outcome {
 
 /// How the image under test is opened: writable, over `backing` when given.
 fn options_over(backing: Option<&Path>, writable: bool) -> OpenOptions {
-    OpenOptions {
-        writable,
-        backing: match backing {
+    OpenOptions::new()
+        .writable(writable)
+        .backing(match backing {
             Some(path) => Backing::Override {
                 path: path.to_path_buf(),
                 format: Some(Format::Qcow2),
             },
             None => Backing::Ignore,
-        },
-        ..Default::default()
-    }
+        })
 }
 
 /// The guest bytes an operation may change.
@@ -453,10 +451,7 @@ fn a_failed_flush_keeps_what_it_could_not_write() {
         inner: MemoryStorage::new(fresh(&opts)),
         ..Default::default()
     });
-    let options = OpenOptions {
-        writable: true,
-        ..Default::default()
-    };
+    let options = OpenOptions::new().writable(true);
     let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &options).unwrap();
     image.write_at(&[7u8; 8192], 0).unwrap();
     image.flush().unwrap();
@@ -490,10 +485,7 @@ fn full_disk_while_copying_snapshot_shared_clusters() {
     let opts = sized(1 << 20, 4096);
     let cs = opts.cluster_size;
     let storage = Arc::new(MemoryStorage::new(fresh(&opts)));
-    let writable = OpenOptions {
-        writable: true,
-        ..Default::default()
-    };
+    let writable = OpenOptions::new().writable(true);
     let mut start = vec![0u8; opts.size as usize];
     {
         let mut image = Image::open_storage(storage.clone(), Format::Qcow2, &writable).unwrap();

@@ -183,11 +183,7 @@ fn qemu_is_refused_while_cowimg_holds_an_image() {
     let dir = Scratch::new("cowimg-holds");
     let img = dir.str("img.qcow2");
     qemu_img(&["create", "-f", "qcow2", &img, "1M"]);
-    let writable = OpenOptions {
-        format: Some(Format::Qcow2),
-        writable: true,
-        ..Default::default()
-    };
+    let writable = OpenOptions::new().format(Format::Qcow2).writable(true);
     {
         let _held = Image::open(&img, &writable).unwrap();
         let info = run("qemu-img", &["info".into(), img.clone()]);
@@ -207,10 +203,7 @@ fn qemu_is_refused_while_cowimg_holds_an_image() {
         // A second cowimg user is refused as QEMU would be, with its own error kind.
         let second = Image::open(&img, &OpenOptions::default()).unwrap_err();
         assert_eq!(second.kind(), ErrorKind::InUse);
-        let forced = OpenOptions {
-            force_share: true,
-            ..Default::default()
-        };
+        let forced = OpenOptions::new().force_share(true);
         Image::open(&img, &forced).unwrap();
     }
     {

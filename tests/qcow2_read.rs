@@ -78,25 +78,15 @@ fn golden_images_read_and_map_like_qemu() {
 #[test]
 fn backing_can_be_ignored_or_overridden() {
     let path = data_path("v2-backing.qcow2");
-    let alone = Image::open(
-        &path,
-        &OpenOptions {
-            backing: Backing::Ignore,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let alone = Image::open(&path, &OpenOptions::new().backing(Backing::Ignore)).unwrap();
     assert_eq!(alone.chain().len(), 1);
     assert!(our_raw(&alone).iter().all(|b| *b == 0));
     let dir = Scratch::new("override");
     std::fs::write(dir.path("other.raw"), vec![0x77u8; 4096]).unwrap();
-    let options = OpenOptions {
-        backing: Backing::Override {
-            path: dir.path("other.raw"),
-            format: Some(cowimg::Format::Raw),
-        },
-        ..Default::default()
-    };
+    let options = OpenOptions::new().backing(Backing::Override {
+        path: dir.path("other.raw"),
+        format: Some(cowimg::Format::Raw),
+    });
     let image = Image::open(&path, &options).unwrap();
     let data = our_raw(&image);
     // 4 KiB from the shorter backing file, zeros after it.
@@ -205,10 +195,7 @@ fn legacy_aes_reads_plaintext() {
         "the file holds ciphertext only"
     );
 
-    let keyed = OpenOptions {
-        passphrase: Some(b"hunter2".to_vec()),
-        ..Default::default()
-    };
+    let keyed = OpenOptions::new().passphrase(b"hunter2".to_vec());
     let image = Image::open(&img, &keyed).unwrap();
     assert_eq!(our_raw(&image), theirs);
     // Unaligned reads inside encrypted sectors.
@@ -221,10 +208,7 @@ fn legacy_aes_reads_plaintext() {
         e.message(),
         "Parameter 'encrypt.key-secret' is required for cipher"
     );
-    let meta = OpenOptions {
-        metadata_only: true,
-        ..Default::default()
-    };
+    let meta = OpenOptions::new().metadata_only(true);
     assert!(Image::open(&img, &meta).is_ok(), "info needs no key");
 }
 
@@ -347,16 +331,10 @@ fn snapshots_read_as_they_were() {
         ),
         ("snapshot.id=2", cowimg::qcow2::SnapshotRef::Id("2".into())),
     ] {
-        let opts = OpenOptions {
-            snapshot: Some(snapshot),
-            ..Default::default()
-        };
+        let opts = OpenOptions::new().snapshot(snapshot);
         assert_reads_like_qemu(&path, &opts, &["-l", spec]);
     }
-    let opts = OpenOptions {
-        snapshot: Some(cowimg::qcow2::SnapshotRef::Name("nope".into())),
-        ..Default::default()
-    };
+    let opts = OpenOptions::new().snapshot(cowimg::qcow2::SnapshotRef::Name("nope".into()));
     assert_eq!(
         Image::open(&path, &opts).unwrap_err().message(),
         "Can't find snapshot with name 'nope'"
@@ -364,10 +342,7 @@ fn snapshots_read_as_they_were() {
     // The current state differs from the first snapshot: the read is not of the wrong L1.
     let first = Image::open(
         &path,
-        &OpenOptions {
-            snapshot: Some(cowimg::qcow2::SnapshotRef::Id("1".into())),
-            ..Default::default()
-        },
+        &OpenOptions::new().snapshot(cowimg::qcow2::SnapshotRef::Id("1".into())),
     )
     .unwrap();
     let now = Image::open(&path, &OpenOptions::default()).unwrap();
@@ -409,11 +384,9 @@ fn chains_have_a_length_limit_and_no_loops() {
     ]);
     let e = Image::open(&b, &OpenOptions::default()).unwrap_err();
     assert!(e.message().contains("loops back"), "{e}");
-    let short = OpenOptions {
-        max_chain_length: 2,
-        backing: cowimg::Backing::Follow,
-        ..Default::default()
-    };
+    let short = OpenOptions::new()
+        .max_chain_length(2)
+        .backing(cowimg::Backing::Follow);
     let e = Image::open(&c, &short).unwrap_err();
     assert!(e.message().contains("longer than 2"), "{e}");
 }
@@ -532,22 +505,12 @@ fn external_data_file_that_is_not_raw() {
     std::fs::rename(&data_file, dir.path("moved.data")).unwrap();
     let e = Image::open(&img, &OpenOptions::default()).unwrap_err();
     assert!(e.message().starts_with("Could not open data file"), "{e}");
-    let moved = OpenOptions {
-        data_file: Some(dir.path("moved.data")),
-        ..Default::default()
-    };
+    let moved = OpenOptions::new().data_file(dir.path("moved.data"));
     assert_eq!(
         our_raw(&Image::open(&img, &moved).unwrap())[4096..12288],
         [0x31; 8192]
     );
-    assert!(Image::open(
-        &img,
-        &OpenOptions {
-            metadata_only: true,
-            ..Default::default()
-        }
-    )
-    .is_ok());
+    assert!(Image::open(&img, &OpenOptions::new().metadata_only(true)).is_ok());
 }
 
 #[test]
@@ -566,24 +529,10 @@ fn luks_is_refused_by_name_but_described() {
         &img,
         "1M",
     ]);
-    let e = Image::open(
-        &img,
-        &OpenOptions {
-            passphrase: Some(b"x".to_vec()),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let e = Image::open(&img, &OpenOptions::new().passphrase(b"x".to_vec())).unwrap_err();
     assert_eq!(e.kind(), cowimg::ErrorKind::Unsupported);
     assert!(e.message().contains("LUKS"), "{e}");
-    assert!(Image::open(
-        &img,
-        &OpenOptions {
-            metadata_only: true,
-            ..Default::default()
-        }
-    )
-    .is_ok());
+    assert!(Image::open(&img, &OpenOptions::new().metadata_only(true)).is_ok());
 }
 
 #[test]

@@ -388,11 +388,7 @@ fn a_handle_stopped_by_damage_answers_errors() {
     let l1 = be(&b, 40) as usize;
     b[l1 + 8..l1 + 16].copy_from_slice(&(0x8000_0000_0001_0200u64).to_be_bytes());
     std::fs::write(&img, b).unwrap();
-    let options = OpenOptions {
-        format: Some(Format::Qcow2),
-        writable: true,
-        ..Default::default()
-    };
+    let options = OpenOptions::new().format(Format::Qcow2).writable(true);
     let mut image = Image::open(&img, &options).unwrap();
     image.write_at(&[2u8; 65536], 0).unwrap();
     image.flush().unwrap();

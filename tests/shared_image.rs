@@ -61,11 +61,7 @@ fn concurrent_readers_and_writers_match_a_model() {
         "qcow2",
         &top,
     ]);
-    let options = OpenOptions {
-        format: Some(Format::Qcow2),
-        writable: true,
-        ..Default::default()
-    };
+    let options = OpenOptions::new().format(Format::Qcow2).writable(true);
     let disk = SharedImage::new(Image::open(&top, &options).unwrap());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let models: Vec<Vec<u8>> = std::thread::scope(|scope| {

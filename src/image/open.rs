@@ -23,6 +23,7 @@ pub enum Backing {
 /// How to open an image: read-only (never writing a byte) unless `writable`. Every file
 /// is locked as QEMU locks it (see [`crate::storage::Access`]).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct OpenOptions {
     /// The top image's format; probed when None (reading only).
     pub format: Option<Format>,
@@ -61,9 +62,9 @@ impl OpenOptions {
         OpenOptions::default()
     }
 
-    /// The top image's format (needed for writing; probed otherwise).
-    pub fn format(mut self, format: Format) -> Self {
-        self.format = Some(format);
+    /// The top image's format (needed for writing; probed when None).
+    pub fn format(mut self, format: impl Into<Option<Format>>) -> Self {
+        self.format = format.into();
         self
     }
 
@@ -80,14 +81,14 @@ impl OpenOptions {
     }
 
     /// The passphrase of legacy AES images in the chain.
-    pub fn passphrase(mut self, passphrase: impl Into<Vec<u8>>) -> Self {
-        self.passphrase = Some(passphrase.into());
+    pub fn passphrase(mut self, passphrase: impl Into<Option<Vec<u8>>>) -> Self {
+        self.passphrase = passphrase.into();
         self
     }
 
-    /// Read this internal snapshot of the top image.
-    pub fn snapshot(mut self, snapshot: SnapshotRef) -> Self {
-        self.snapshot = Some(snapshot);
+    /// Read this internal snapshot of the top image (None: the current state).
+    pub fn snapshot(mut self, snapshot: impl Into<Option<SnapshotRef>>) -> Self {
+        self.snapshot = snapshot.into();
         self
     }
 
@@ -100,6 +101,37 @@ impl OpenOptions {
     /// The top image's external data file, instead of the one its header names.
     pub fn data_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.data_file = Some(path.into());
+        self
+    }
+
+    /// Open for metadata only (what `info` needs): no key or data file required.
+    pub fn metadata_only(mut self, metadata_only: bool) -> Self {
+        self.metadata_only = metadata_only;
+        self
+    }
+
+    /// Flush between dependent metadata updates (on by default; off only for a new
+    /// image nobody relies on yet).
+    pub fn barriers(mut self, barriers: bool) -> Self {
+        self.barriers = barriers;
+        self
+    }
+
+    /// Open as qemu-img check opens (a qcow2 image without a refcount table opens).
+    pub fn for_check(mut self, for_check: bool) -> Self {
+        self.for_check = for_check;
+        self
+    }
+
+    /// The longest chain accepted, the top image included.
+    pub fn max_chain_length(mut self, n: usize) -> Self {
+        self.max_chain_length = n;
+        self
+    }
+
+    /// Bytes of L2 tables each qcow2 layer keeps in memory.
+    pub fn l2_cache_bytes(mut self, bytes: u64) -> Self {
+        self.l2_cache_bytes = bytes;
         self
     }
 }

@@ -5,7 +5,7 @@ use crate::progress::Progress;
 use crate::source::SourceArgs;
 use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
 use cowimg::qcow2::header::incompat;
-use cowimg::{Error, Format, Image, OpenOptions};
+use cowimg::{Error, Format, Image};
 use std::fmt::Write;
 use std::process::ExitCode;
 
@@ -62,12 +62,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     // `storage` holds this command's lock; the trial open only shares it.
     let opened = Image::open(
         &path,
-        &OpenOptions {
-            format: Some(Format::Qcow2),
-            for_check: true,
-            force_share: true,
-            ..options.clone()
-        },
+        &options
+            .clone()
+            .format(Format::Qcow2)
+            .for_check(true)
+            .force_share(true),
     );
     drop(opened.map_err(|e| {
         if e.message().starts_with("Could not open '") {

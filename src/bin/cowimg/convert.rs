@@ -105,20 +105,19 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
     create_file(format, out, &opts, 3)?;
     // A new image nobody relies on yet: no barriers until the final flush, as qemu-img
     // writes convert targets with cache=unsafe.
-    let target_options = OpenOptions {
-        format: Some(format),
-        // With a backing file, what it gives need not be written (and zeros over it
-        // must be).
-        backing: if opts.backing_file.is_some() {
-            Backing::Follow
-        } else {
-            Backing::Ignore
-        },
-        writable: true,
-        barriers: false,
-        passphrase,
-        ..Default::default()
+    // With a backing file, what it gives need not be written (and zeros over it must
+    // be).
+    let backing = if opts.backing_file.is_some() {
+        Backing::Follow
+    } else {
+        Backing::Ignore
     };
+    let target_options = OpenOptions::new()
+        .format(format)
+        .backing(backing)
+        .writable(true)
+        .barriers(false)
+        .passphrase(passphrase);
     let mut target = Image::open(out, &target_options)?;
     let cs = match target.top() {
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),

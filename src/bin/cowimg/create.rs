@@ -200,12 +200,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if !args.unsafe_backing || size.is_none() {
             let image = Image::open(
                 &path,
-                &OpenOptions {
-                    format: backing_format,
-                    backing: Backing::Ignore,
-                    metadata_only: true,
-                    ..Default::default()
-                },
+                &OpenOptions::new()
+                    .format(backing_format)
+                    .backing(Backing::Ignore)
+                    .metadata_only(true),
             )
             .map_err(|e| {
                 e.context(format_args!(

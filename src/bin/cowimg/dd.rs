@@ -121,13 +121,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     create_file(format, out, &opts, 3)?;
     let mut target = Image::open(
         out,
-        &OpenOptions {
-            format: Some(format),
-            backing: Backing::Ignore,
-            writable: true,
-            barriers: false,
-            ..Default::default()
-        },
+        &OpenOptions::new()
+            .format(format)
+            .backing(Backing::Ignore)
+            .writable(true)
+            .barriers(false),
     )?;
     let cs = match target.top() {
         cowimg::image::Layer::Qcow(q) => q.cluster_size(),

@@ -61,14 +61,7 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         Some(n) => {
             let path = cowimg::image::resolve_backing(Path::new(&args.filename), n);
             Some(
-                Image::open(
-                    &path,
-                    &OpenOptions {
-                        format,
-                        ..Default::default()
-                    },
-                )
-                .map_err(|e| {
+                Image::open(&path, &OpenOptions::new().format(format)).map_err(|e| {
                     e.context(format_args!(
                         "Could not open new backing file '{}'",
                         path.display()

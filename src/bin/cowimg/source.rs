@@ -120,10 +120,7 @@ impl SourceArgs {
     /// The path to open and the options to open it with.
     pub fn resolve(&self, filename: &str) -> Result<(PathBuf, OpenOptions), Error> {
         let secrets = self.secrets()?;
-        let mut options = OpenOptions {
-            force_share: self.force_share,
-            ..OpenOptions::default()
-        };
+        let mut options = OpenOptions::new().force_share(self.force_share);
         let mut path = PathBuf::from(filename);
         let mut key_secret = None;
         if let Some(f) = &self.format {
