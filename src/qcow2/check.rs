@@ -453,6 +453,13 @@ fn compare_and_repair(
     repair: Repair,
 ) -> Result<Option<u64>> {
     let (storage, header, cs) = (p.storage, p.header, p.cs);
+    if repair != Repair::None && p.res.check_errors > 0 {
+        // A table that could not be read left its references uncounted: repairing
+        // from this count would free clusters still in use. As QEMU, the check ends
+        // without repairing anything.
+        p.res.failed = Some("Input/output error".into());
+        return Ok(None);
+    }
     let refs = std::mem::take(&mut p.refs);
     let before = p.res.clone();
     let mut highest = compare(p, storage, refcounts, &refs, Repair::None)?;

@@ -27,6 +27,9 @@ pub enum Fault {
     /// failing disk), for opening, reading and checking under read errors. Writes are
     /// not affected.
     ReadFail,
+    /// As `ReadFail`, but only that one read fails (a transient error): later reads
+    /// succeed, so a reader that goes on does so with a gap in what it read.
+    ReadGlitch,
 }
 
 #[derive(Debug)]
@@ -101,7 +104,9 @@ impl FaultStorage {
 impl State {
     /// Whether a tripped fault fails every write now (not a full disk, not reads).
     fn writes_fail(&self) -> bool {
-        self.tripped && self.capacity.is_none() && !matches!(self.at, Some((_, Fault::ReadFail)))
+        self.tripped
+            && self.capacity.is_none()
+            && !matches!(self.at, Some((_, Fault::ReadFail | Fault::ReadGlitch)))
     }
 
     /// The fault strikes (once): a crash leaves only what is durable.
@@ -130,8 +135,8 @@ impl Storage for FaultStorage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut s = self.lock();
         s.reads += 1;
-        if let Some((at, Fault::ReadFail)) = s.at {
-            if s.reads > at {
+        if let Some((at, fault @ (Fault::ReadFail | Fault::ReadGlitch))) = s.at {
+            if s.reads > at && (fault == Fault::ReadFail || s.reads == at + 1) {
                 s.tripped = true;
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
@@ -155,7 +160,8 @@ impl Storage for FaultStorage {
         let n = s.writes;
         s.writes += 1;
         let start = usize::try_from(offset).map_err(|_| failed())?;
-        if let Some((at, fault)) = s.at.filter(|(_, f)| *f != Fault::ReadFail) {
+        let on_writes = |f: &Fault| !matches!(f, Fault::ReadFail | Fault::ReadGlitch);
+        if let Some((at, fault)) = s.at.filter(|(_, f)| on_writes(f)) {
             if n >= at {
                 s.trip(fault);
                 match s.capacity {
