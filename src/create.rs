@@ -29,18 +29,19 @@ pub fn create_file(
         .collect();
     let result = create_files(format, path, data_path.as_deref(), opts, cow_version);
     if result.is_err() {
-        made.into_iter().for_each(remove_created);
+        for made in made {
+            // The error that led here is the one to report.
+            let _ = remove_created(made);
+        }
     }
     result
 }
 
-/// Removes a file this run created and could not finish; a failure to remove it is
-/// only reported, the error that led here being the one that matters.
-pub fn remove_created(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("cowimg: could not remove '{}': {e}", path.display());
-        }
+/// Removes a file this run created and could not finish (one already gone is fine).
+pub fn remove_created(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -51,18 +52,22 @@ fn create_files(
     opts: &CreateOptions,
     cow_version: u32,
 ) -> Result<()> {
-    if format == Format::Cow && opts.backing_file.is_none() {
-        return Err(Error::new(
-            ErrorKind::BadArgument,
-            "a cow file needs a backing file (-b)",
-        ));
-    }
-    let storage = crate::image::create_file(path)?;
+    // Checked before anything is made.
+    let cow_backing = match (format, opts.backing_file.as_deref()) {
+        (Format::Cow, None) => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "a cow file needs a backing file (-b)",
+            ))
+        }
+        (_, backing) => backing.unwrap_or_default(),
+    };
+    let storage = crate::image::create_locked_file(path)?;
     match format {
         Format::Qcow2 => {
             let data = data_path
                 .map(|p| {
-                    crate::image::create_file(p)
+                    crate::image::create_locked_file(p)
                         .map_err(|e| e.context("Could not create data file"))
                 })
                 .transpose()?;
@@ -72,12 +77,7 @@ fn create_files(
             .set_len(opts.size)
             .map_err(|e| Error::io("sizing the image", e)),
         Format::Cow => {
-            let backing = opts.backing_file.as_deref().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::BadArgument,
-                    "a cow file needs a backing file (-b)",
-                )
-            })?;
+            let backing = cow_backing;
             let backing_path = crate::image::resolve_backing(path, backing);
             let mtime = std::fs::metadata(&backing_path)
                 .and_then(|m| m.modified())
@@ -141,9 +141,8 @@ fn create_files(
 
 /// Whether two names are one file (one device and inode), or one name.
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+    match (crate::image::file_id(a), crate::image::file_id(b)) {
+        (Some(x), Some(y)) => x == y,
         _ => a == b,
     }
 }

@@ -20,8 +20,8 @@ mod open;
 mod views;
 
 pub use open::{
-    check_backing_name, create_file, file_error, open_file, refuse_overwrite, resolve_backing,
-    Backing, OpenOptions,
+    check_backing_name, create_locked_file, file_error, file_id, open_file, refuse_overwrite,
+    resolve_backing, Backing, OpenOptions,
 };
 pub use views::{ImageReader, ImageWriter};
 

@@ -342,11 +342,7 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 /// writing, with QEMU's locks for that use; `force_share` is qemu-img's `-U`. A lock
 /// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
 pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
-    let access = match (writable, force_share) {
-        (true, _) => Access::Write,
-        (false, true) => Access::ForceShare,
-        (false, false) => Access::Read,
-    };
+    let access = Access::for_use(writable, force_share);
     FileStorage::open_with(path, writable, access).map_err(|e| file_error(path, e))
 }
 
@@ -373,7 +369,7 @@ fn file_error_as(path: &Path, e: io::Error, what: &str) -> Error {
 /// Creates (or empties) the file at `path` for a new image. QEMU's write lock is taken
 /// before anything is emptied, so a file in use is refused whole, as qemu-img refuses it
 /// (naming only the file).
-pub fn create_file(path: &Path) -> Result<FileStorage> {
+pub fn create_locked_file(path: &Path) -> Result<FileStorage> {
     FileStorage::create(path).map_err(|e| {
         let what = match crate::storage::lock::conflict_of(&e) {
             Some(_) => path.display().to_string(),
@@ -388,17 +384,14 @@ pub fn create_file(path: &Path) -> Result<FileStorage> {
 /// is touched. Locks refuse most of these too, but not with `-U`, nor where a file
 /// system has no locks.
 pub fn refuse_overwrite(target: &Path, images: &[&Image]) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(target) else {
+    let Some(id) = file_id(target) else {
         return Ok(());
     };
-    let id = (meta.dev(), meta.ino());
     for image in images {
         for entry in image.chain() {
             let files = std::iter::once(&entry.path).chain(entry.data_path.as_ref());
             for file in files {
-                let same = std::fs::metadata(file).is_ok_and(|m| (m.dev(), m.ino()) == id);
-                if same {
+                if file_id(file) == Some(id) {
                     return Err(Error::new(
                         ErrorKind::BadArgument,
                         format!(
@@ -412,6 +405,14 @@ pub fn refuse_overwrite(target: &Path, images: &[&Image]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file's device and inode: two names for one file have the same. None when it
+/// cannot be looked at (it does not exist).
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 fn open_layer(

@@ -203,9 +203,9 @@ impl Qcow2 {
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;
                     *entry = e.with_zero(false).raw();
                 } else if has_backing {
-                    let at = self.refcounts_mut()?.alloc(storage.as_ref(), 1)?;
-                    self.refcounts_mut()?
-                        .set(storage.as_ref(), at / cs, shared)?;
+                    let refcounts = self.refcounts_mut()?;
+                    let at = refcounts.alloc(storage.as_ref(), 1)?;
+                    refcounts.set(storage.as_ref(), at / cs, shared)?;
                     storage
                         .write_at(&zeros, at)
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;

@@ -244,12 +244,11 @@ impl Header {
         let Some(ext) = self.extension(ExtensionMagic::Bitmaps) else {
             return Ok(None);
         };
-        // Without the autoclear bit the extension is stale and QEMU reads none of it.
-        if self.autoclear_features() & autoclear::BITMAPS == 0 {
-            return Ok(Some(BitmapsExtension::parse(&ext.data)?));
-        }
         let b = BitmapsExtension::parse(&ext.data)?;
-        b.validate(ext.offset, self.cluster_bits())?;
+        // Without the autoclear bit the extension is stale and QEMU checks none of it.
+        if self.autoclear_features() & autoclear::BITMAPS != 0 {
+            b.validate(ext.offset, self.cluster_bits())?;
+        }
         Ok(Some(b))
     }
 

@@ -21,12 +21,7 @@ impl FileStorage {
     /// Opens an existing file, read-only unless `writable`, with QEMU's locks for that
     /// use (see [`Access`]).
     pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
-        let access = if writable {
-            Access::Write
-        } else {
-            Access::Read
-        };
-        Self::open_with(path, writable, access)
+        Self::open_with(path, writable, Access::for_use(writable, false))
     }
 
     /// Opens an existing file, read-only unless `writable`, declaring `access` with
@@ -81,12 +76,6 @@ impl FileStorage {
 
     pub fn is_writable(&self) -> bool {
         self.writable
-    }
-
-    /// The file's device and inode: two names for one file have the same.
-    pub fn identity(&self) -> io::Result<(u64, u64)> {
-        let m = self.file.metadata()?;
-        Ok((m.dev(), m.ino()))
     }
 }
 

@@ -41,6 +41,16 @@ pub enum Access {
 }
 
 impl Access {
+    /// What qemu-img declares for a use: writing, or reading (sharing everything with
+    /// `force_share`, its `-U`).
+    pub fn for_use(writable: bool, force_share: bool) -> Access {
+        match (writable, force_share) {
+            (true, _) => Access::Write,
+            (false, true) => Access::ForceShare,
+            (false, false) => Access::Read,
+        }
+    }
+
     /// The permissions used, and those not shared with other openers.
     fn permissions(self) -> (u8, u8) {
         match self {

@@ -53,7 +53,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let existed = out.symlink_metadata().is_ok();
     let result = convert(args, &image, target);
     if result.is_err() && !existed {
-        cowimg::create::remove_created(out);
+        if let Err(e) = cowimg::create::remove_created(out) {
+            eprintln!("cowimg: could not remove '{}': {e}", out.display());
+        }
     }
     result
 }
@@ -142,7 +144,7 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
 
 /// A raw file with the source's content, written by one worker per core.
 fn to_raw(args: &Args, image: &Image) -> Result<ExitCode, Error> {
-    let out = cowimg::image::create_file(Path::new(&args.output))?;
+    let out = cowimg::image::create_locked_file(Path::new(&args.output))?;
     let size = image.size();
     out.set_len(size)
         .map_err(|e| Error::io("sizing the output", e))?;
