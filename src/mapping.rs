@@ -14,6 +14,11 @@ impl std::ops::Add<u64> for HostOffset {
     }
 }
 
+/// A byte offset in the virtual disk, as the guest sees it, as opposed to where a
+/// layer stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestOffset(pub u64);
+
 /// How one layer stores a guest range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

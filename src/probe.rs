@@ -1,5 +1,7 @@
 //! Which format a file holds, from its first bytes, as QEMU's probes decide.
 
+use crate::format::qcow::QcowHeader;
+use crate::format::qcow2::Qcow2Header;
 use crate::storage::Storage;
 use std::fmt;
 use std::io;
@@ -51,8 +53,8 @@ pub fn probe(storage: &dyn Storage) -> io::Result<Format> {
     let magic = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     Ok(match magic {
-        0x5146_49fb if version == 1 => Format::Qcow,
-        0x5146_49fb if version >= 2 => Format::Qcow2,
+        QcowHeader::MAGIC_REQUIRED if version == 1 => Format::Qcow,
+        Qcow2Header::MAGIC_REQUIRED if version >= 2 => Format::Qcow2,
         // cow: the magic in either byte order with a version it has (1 is host-endian).
         crate::cow::header::MAGIC if (1..=3).contains(&version) => Format::Cow,
         _ if u32::from_le_bytes([head[0], head[1], head[2], head[3]])

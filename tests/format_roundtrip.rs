@@ -9,8 +9,8 @@ use common::*;
 use cowimg::format::cow::*;
 use cowimg::format::qcow::*;
 use cowimg::format::qcow2::*;
+use cowimg::format::qcow2::{autoclear, compatible, incompatible};
 use cowimg::format::{ByteArray, Layout};
-use cowimg::qcow2::header::{autoclear, compat, incompat};
 use cowimg::storage::MemoryStorage;
 use std::fmt::Debug;
 use std::io::Read;
@@ -105,14 +105,14 @@ fn qcow2_feature_bits_refcount_order_and_feature_table_from_qemu() {
     let bytes = data("refcount1.qcow2");
     let v3: Qcow2HeaderV3 = view(&bytes, 72);
     assert_eq!(v3.refcount_order, 0);
-    assert_eq!(v3.compatible_features, compat::LAZY_REFCOUNTS);
+    assert_eq!(v3.compatible_features, compatible::LAZY_REFCOUNTS);
 
     // compression_type=zstd, extended_l2=on: two incompatible bits and a feature table.
     let bytes = data("zstd-extl2.qcow2");
     let v3: Qcow2HeaderV3 = view(&bytes, 72);
     assert_eq!(
         v3.incompatible_features,
-        incompat::COMPRESSION | incompat::EXTENDED_L2
+        incompatible::COMPRESSION | incompatible::EXTENDED_L2
     );
     let c: Qcow2HeaderCompression = view(&bytes, 104);
     assert_eq!(c.compression_type, 1);
@@ -145,7 +145,7 @@ fn qcow2_data_file_extension_from_qemu() {
     // data_file=datafile.data, data_file_raw=on
     let bytes = data("datafile.qcow2");
     let v3: Qcow2HeaderV3 = view(&bytes, 72);
-    assert_ne!(v3.incompatible_features & incompat::DATA_FILE, 0);
+    assert_ne!(v3.incompatible_features & incompatible::DATA_FILE, 0);
     assert_ne!(v3.autoclear_features & autoclear::DATA_FILE_RAW, 0);
     let ext: ExtensionHeader = view(&bytes, 112);
     assert_eq!(

@@ -129,11 +129,19 @@ fn header_fields_are_written_at_the_offsets_the_spec_gives() {
                     path.display()
                 ));
             }
+            // Named field offsets belong to the one header writer, which keeps the
+            // in-memory header equal to the file.
+            if offset.ends_with("_AT") && !path.ends_with("qcow2/header_fields.rs") {
+                found.push(format!(
+                    "{}: write_at(…, {offset}) near line {line} (use the setters in qcow2/header_fields.rs)",
+                    path.display()
+                ));
+            }
         }
     }
     assert!(
         found.is_empty(),
-        "literal header offsets (use the generated FIELD_AT constants):\n{}",
+        "header fields written outside the header writer:\n{}",
         found.join("\n")
     );
 }

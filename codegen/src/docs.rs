@@ -157,5 +157,27 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
+    if !family.features.is_empty() {
+        out.push_str("## Feature bits\n\n| field | bit | constant | QEMU's name | meaning |\n|---|---:|---|---|---|\n");
+        for f in &family.features {
+            let _ = writeln!(
+                out,
+                "| `{}_features` | {} | `{}` | {} | {} |",
+                f.group.module(),
+                f.bit,
+                f.name,
+                f.qemu_name,
+                cell(&f.doc)
+            );
+        }
+        out.push('\n');
+    }
+    if !family.constants.is_empty() {
+        out.push_str("## Limits and constants\n\n| constant | value | meaning |\n|---|---:|---|\n");
+        for c in &family.constants {
+            let _ = writeln!(out, "| `{}` | {} | {} |", c.name, c.value, cell(&c.doc));
+        }
+        out.push('\n');
+    }
     out
 }

@@ -2,7 +2,8 @@
 //! parametric descriptors and the header-extension magic table.
 
 use crate::spec::{
-    Bitfield, Check, CrossCheck, Descriptor, Endian, Family, FieldType, Kind, Magic, Struct,
+    Bitfield, Check, Constant, CrossCheck, Descriptor, Endian, Family, Feature, FeatureGroup,
+    FieldType, Kind, Magic, Struct,
 };
 use std::fmt::Write;
 
@@ -55,7 +56,58 @@ pub fn family(family: &Family) -> Result<String, String> {
     if !family.magics.is_empty() {
         magics(&mut out, &family.magics);
     }
+    constants(&mut out, &family.constants);
+    if !family.features.is_empty() {
+        features(&mut out, &family.features);
+    }
     Ok(out)
+}
+
+fn constants(out: &mut String, constants: &[Constant]) {
+    for c in constants {
+        doc_lines(out, "///", &c.doc);
+        let _ = writeln!(out, "pub const {}: {} = {};\n", c.name, c.ty, c.value);
+    }
+}
+
+fn features(out: &mut String, features: &[Feature]) {
+    for group in FeatureGroup::ALL {
+        let bits: Vec<_> = features.iter().filter(|f| f.group == group).collect();
+        if bits.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "/// Bits of the `{}_features` header field.\npub mod {} {{",
+            group.module(),
+            group.module()
+        );
+        let mut known = 0u64;
+        for f in bits {
+            doc_lines(out, "    ///", &format!("\"{}\": {}", f.qemu_name, f.doc));
+            let _ = writeln!(out, "    pub const {}: u64 = 1 << {};", f.name, f.bit);
+            known |= 1 << f.bit;
+        }
+        let _ = writeln!(
+            out,
+            "    /// Every bit this spec knows.\n    pub const KNOWN: u64 = {known:#x};\n}}\n"
+        );
+    }
+    out.push_str(
+        "/// Every feature bit as QEMU names it in the feature name table it writes: (type, \
+         bit, name), types 0 incompatible, 1 compatible, 2 autoclear.\n\
+         pub const FEATURE_NAMES: &[(u8, u8, &str)] = &[\n",
+    );
+    for f in features {
+        let _ = writeln!(
+            out,
+            "    ({}, {}, {:?}),",
+            f.group.table_type(),
+            f.bit,
+            f.qemu_name
+        );
+    }
+    out.push_str("];\n\n");
 }
 
 fn doc_lines(out: &mut String, prefix: &str, text: &str) {
@@ -198,6 +250,29 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
                 "    pub const {}_AT: u64 = {};",
                 field.name.to_uppercase(),
                 base + *offset as u64
+            );
+        }
+        out.push_str("}\n\n");
+    }
+
+    // A field that must hold one value (a magic, a fixed version): that value, for the
+    // writers and the prober.
+    let required: Vec<_> = layout
+        .iter()
+        .filter_map(|(f, ty, _)| {
+            let value = f.checks.iter().find_map(|c| c.equals)?;
+            Some((f, ty, value))
+        })
+        .collect();
+    if !required.is_empty() {
+        let _ = writeln!(out, "impl {} {{", s.name);
+        for (field, ty, value) in required {
+            let _ = writeln!(
+                out,
+                "    /// The only value `{}` may hold.\n    pub const {}_REQUIRED: {} = {value:#x};",
+                field.name,
+                field.name.to_uppercase(),
+                rust_type(*ty)
             );
         }
         out.push_str("}\n\n");

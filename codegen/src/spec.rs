@@ -19,6 +19,64 @@ pub struct Family {
     pub descriptors: Vec<Descriptor>,
     #[serde(default, rename = "magic")]
     pub magics: Vec<Magic>,
+    #[serde(default, rename = "feature")]
+    pub features: Vec<Feature>,
+    #[serde(default, rename = "constant")]
+    pub constants: Vec<Constant>,
+}
+
+/// One feature bit of a version 3 header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    pub group: FeatureGroup,
+    pub bit: u8,
+    /// The Rust constant: `DIRTY`.
+    pub name: String,
+    /// What QEMU calls it in the feature name table it writes: "dirty bit".
+    pub qemu_name: String,
+    pub doc: String,
+}
+
+/// Which of the three feature fields a bit lives in; the number is its type in the
+/// feature name table.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureGroup {
+    Incompatible,
+    Compatible,
+    Autoclear,
+}
+
+impl FeatureGroup {
+    pub const ALL: [FeatureGroup; 3] = [
+        FeatureGroup::Incompatible,
+        FeatureGroup::Compatible,
+        FeatureGroup::Autoclear,
+    ];
+
+    pub fn table_type(self) -> u8 {
+        self as u8
+    }
+
+    pub fn module(self) -> &'static str {
+        match self {
+            FeatureGroup::Incompatible => "incompatible",
+            FeatureGroup::Compatible => "compatible",
+            FeatureGroup::Autoclear => "autoclear",
+        }
+    }
+}
+
+/// A number the format fixes: a limit QEMU enforces, a sector size.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constant {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub value: u64,
+    pub doc: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +337,25 @@ impl Family {
                         ))
                     }
                 }
+            }
+        }
+        for f in &self.features {
+            if f.bit > 63 {
+                return Err(format!("feature {}: bit {} is past 63", f.name, f.bit));
+            }
+            if f.qemu_name.len() > 46 {
+                return Err(format!("feature {}: its name is over 46 bytes", f.name));
+            }
+        }
+        for c in &self.constants {
+            if !matches!(c.ty.as_str(), "u32" | "u64" | "usize") {
+                return Err(format!(
+                    "constant {}: type must be u32, u64 or usize",
+                    c.name
+                ));
+            }
+            if c.ty == "u32" && c.value > u64::from(u32::MAX) {
+                return Err(format!("constant {}: {} is not a u32", c.name, c.value));
             }
         }
         for b in &self.bitfields {

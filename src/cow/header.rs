@@ -7,8 +7,8 @@ use crate::format::Layout;
 use crate::storage::Storage;
 use binrw::Endian;
 
-/// The magic number, 0x4f4f4f4d, in either byte order.
-pub const MAGIC: u32 = 0x4f4f_4f4d;
+/// The magic number, in either byte order; every cow layout shares it.
+pub const MAGIC: u32 = CowHeaderV1::MAGIC_REQUIRED;
 
 /// A cow header in the layout it was found in.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -276,15 +276,15 @@ impl Image {
 /// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
 /// stale, so it is checked and repaired (which clears the bit) first.
 fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
-    use qcow2::header::incompat;
+    use crate::format::qcow2::incompatible;
     let header = qcow2::Header::read(storage)?;
     let bits = header.incompatible_features();
-    if bits & incompat::DIRTY == 0 {
+    if bits & incompatible::DIRTY == 0 {
         return Ok(());
     }
     let result = qcow2::check::check(
         storage,
-        bits & incompat::DATA_FILE != 0,
+        bits & incompatible::DATA_FILE != 0,
         qcow2::check::Repair::All,
     )?;
     if result.corruptions > 0 || result.check_errors > 0 || result.failed.is_some() {
@@ -451,28 +451,30 @@ fn open_layer(
                 repair_if_dirty(storage.as_ref())?;
             }
             let header = qcow2::Header::read(storage.as_ref())?;
-            let data_file =
-                if header.incompatible_features() & qcow2::header::incompat::DATA_FILE != 0 {
-                    let named = header
-                        .data_file()
-                        .map(|n| resolve_backing(path, &String::from_utf8_lossy(n)));
-                    let chosen = if top {
-                        options.data_file.clone().or(named)
-                    } else {
-                        named
-                    };
-                    match chosen {
-                        Some(p) if !options.metadata_only => {
-                            let s = open_file(&p, writable, options.force_share)
-                                .map_err(|e| e.context("Could not open data file"))?;
-                            data_path = Some(p);
-                            Some(Arc::new(s) as Arc<dyn Storage>)
-                        }
-                        _ => None,
-                    }
+            let data_file = if header.incompatible_features()
+                & crate::format::qcow2::incompatible::DATA_FILE
+                != 0
+            {
+                let named = header
+                    .data_file()
+                    .map(|n| resolve_backing(path, &String::from_utf8_lossy(n)));
+                let chosen = if top {
+                    options.data_file.clone().or(named)
                 } else {
-                    None
+                    named
                 };
+                match chosen {
+                    Some(p) if !options.metadata_only => {
+                        let s = open_file(&p, writable, options.force_share)
+                            .map_err(|e| e.context("Could not open data file"))?;
+                        data_path = Some(p);
+                        Some(Arc::new(s) as Arc<dyn Storage>)
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
             let qopts = Qcow2Options {
                 key: options
                     .passphrase

@@ -22,7 +22,7 @@ pub fn create(
         ));
     }
     let name = backing.unwrap_or("");
-    if name.len() > 1023 {
+    if name.len() > crate::format::qcow::MAX_BACKING_NAME_LEN as usize {
         return Err(Error::new(
             ErrorKind::BadArgument,
             "Backing file name too long",
@@ -37,7 +37,7 @@ pub fn create(
     let l1_size = size.div_ceil(1 << shift);
     let l1_offset = (QcowHeader::SIZE as u64 + name.len() as u64).next_multiple_of(8);
     let header = QcowHeader {
-        magic: 0x514649fb,
+        magic: QcowHeader::MAGIC_REQUIRED,
         version: 1,
         backing_file_offset: if name.is_empty() {
             0

@@ -23,7 +23,7 @@ pub fn read_directory(storage: &dyn Storage, header: &Header) -> Result<Vec<Bitm
     let Some(ext) = header.bitmaps()? else {
         return Ok(Vec::new());
     };
-    if header.autoclear_features() & super::header::autoclear::BITMAPS == 0 {
+    if header.autoclear_features() & crate::format::qcow2::autoclear::BITMAPS == 0 {
         return Ok(Vec::new());
     }
     // validate() bounded the directory to 1024 × 65535 bytes.

@@ -2,12 +2,14 @@
 //! compared with its refcount, COPIED flags checked, with QEMU's classification
 //! (corruptions, leaks, check errors) and messages.
 
-use super::header::{autoclear, incompat, Header};
+use super::entry::ClusterEntry;
+use super::geometry::Geometry;
+use super::header::Header;
 use super::refcount::Refcounts;
 use super::snapshot;
 use crate::error::{Error, Result};
+use crate::format::qcow2::{autoclear, incompatible};
 use crate::format::qcow2::{BitmapTableEntry, L1Entry, L2Entry, SubclusterBitmap};
-use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
 use crate::storage::Storage;
 
 /// What `-r` asks to repair.
@@ -105,10 +107,10 @@ impl Pass<'_> {
         let Some(l1) = self.read_u64s(l1_offset, l1_size) else {
             return;
         };
-        let cluster_bits = self.header.cluster_bits();
-        let extended = self.header.incompatible_features() & incompat::EXTENDED_L2 != 0;
-        let words = if extended { 2 } else { 1 };
-        let entries = self.cs / 8 / words;
+        let extended = self.header.incompatible_features() & incompatible::EXTENDED_L2 != 0;
+        let geometry = Geometry::new(self.header.cluster_bits(), extended);
+        let words = geometry.entry_words();
+        let entries = geometry.l2_entries();
         // (table offset, how many L1 entries name it, index of the first)
         let mut tables: Vec<(u64, u64, u64)> = Vec::new();
         let mut seen = std::collections::HashMap::new();
@@ -160,10 +162,9 @@ impl Pass<'_> {
                 } else {
                     0
                 };
-                let e = L2Entry::from_raw(raw);
-                if e.compressed() {
-                    let (host, len) = super::layer::compressed_span(raw, cluster_bits);
-                    if e.copied() {
+                let entry = ClusterEntry::decode(raw, geometry, self.data_file);
+                if let ClusterEntry::Compressed { host, len, copied } = entry {
+                    if copied {
                         self.error(format!(
                             "ERROR: coffset=0x{host:x}: copied flag must never be set for compressed clusters"
                         ));
@@ -182,13 +183,13 @@ impl Pass<'_> {
                     }
                     continue;
                 }
-                if e.reserved_bits() != 0 {
+                if L2Entry::from_raw(raw).reserved_bits() != 0 {
                     self.error(format!(
                         "ERROR found l2 entry with reserved bits set: {raw:x}"
                     ));
                 }
-                let host = e.host_offset();
-                let allocated = host != 0 || (self.data_file && e.copied());
+                let host = entry.standard_host().unwrap_or_default();
+                let allocated = entry.standard_host().is_some();
                 if extended {
                     let b = SubclusterBitmap::from_raw(bitmap);
                     if !allocated && b.allocated() != 0 {
@@ -270,16 +271,11 @@ pub fn check_with_progress(
 
 /// Clears the dirty and corrupt bits once an image is clean.
 fn clear_flags(storage: &dyn Storage) -> Result<()> {
-    let header = Header::read(storage)?;
+    let mut header = Header::read(storage)?;
     let bits = header.incompatible_features();
-    if header.version() >= 3 && bits & (incompat::DIRTY | incompat::CORRUPT) != 0 {
-        let cleared = bits & !(incompat::DIRTY | incompat::CORRUPT);
-        storage
-            .write_at(
-                &cleared.to_be_bytes(),
-                Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT,
-            )
-            .map_err(io("clearing the dirty and corrupt bits"))?;
+    if header.version() >= 3 && bits & (incompatible::DIRTY | incompatible::CORRUPT) != 0 {
+        let cleared = bits & !(incompatible::DIRTY | incompatible::CORRUPT);
+        header.write_incompatible_features(storage, cleared)?;
         storage.flush().map_err(io("flushing the header"))?;
     }
     Ok(())
@@ -361,7 +357,7 @@ fn count_snapshot_tables(p: &mut Pass, snapshots: &[snapshot::Snapshot]) {
             ));
             continue;
         }
-        if size * 8 > 32 << 20 {
+        if size * 8 > crate::format::qcow2::MAX_L1_BYTES {
             p.error(format!(
                 "ERROR snapshot {} ({}) l1_size={size:#x}: L1 table is too large; snapshot table entry corrupted",
                 s.id, s.name
@@ -475,13 +471,13 @@ fn compare_and_repair(
             .map(|e| e & !0x1ff)
             .filter(|b| *b != 0 && b % cs == 0)
             .collect();
-        let (start, end) = rebuild(storage, header, &refs)?;
+        let mut new_header = header.clone();
+        let (start, end) = rebuild(storage, &mut new_header, &refs)?;
         p.res.repaired = true;
         p.res.corruptions_fixed += p.res.corruptions;
         p.res.leaks_fixed += p.res.leaks;
         p.res.corruptions = 0;
         p.res.leaks = 0;
-        let new_header = Header::read(storage)?;
         *refcounts = Refcounts::load(
             storage,
             header.cluster_bits(),
@@ -540,8 +536,9 @@ fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -
             u64::from(header.common.l1_size),
         )
         .unwrap_or_default();
-    let extended = header.incompatible_features() & incompat::EXTENDED_L2 != 0;
-    let words = if extended { 2 } else { 1 };
+    let extended = header.incompatible_features() & incompatible::EXTENDED_L2 != 0;
+    let geometry = Geometry::new(header.cluster_bits(), extended);
+    let words = geometry.entry_words();
     let active = std::mem::take(&mut p.active_l2);
     // With -r leaks, QEMU repairs COPIED flags too, but only on an otherwise
     // healthy image (a wrong flag with refcount > 1 is not a leak).
@@ -586,23 +583,22 @@ fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -
         let Some(table) = p.read_u64s(l2, cs / 8) else {
             continue;
         };
-        for j in 0..(cs / 8 / words) {
+        for j in 0..geometry.l2_entries() {
             let raw = table[(j * words) as usize];
-            let e = L2Entry::from_raw(raw);
-            let host = e.host_offset();
-            if e.compressed() || host == 0 || host % cs != 0 {
+            let entry = ClusterEntry::decode(raw, geometry, false);
+            let Some(host) = entry.standard_host().filter(|h| h % cs == 0) else {
                 continue;
-            }
+            };
             let Ok(rc) = refcounts.get(storage, host / cs) else {
                 continue;
             };
-            if (rc == 1) != e.copied() {
+            if (rc == 1) != entry.copied() {
                 p.res.messages.push(format!(
                     "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",
                     if fix { "Repairing" } else { "ERROR" }
                 ));
                 if fix {
-                    let fixed = e.with_copied(rc == 1).raw();
+                    let fixed = L2Entry::from_raw(raw).with_copied(rc == 1).raw();
                     storage
                         .write_at(&fixed.to_be_bytes(), l2 + j * words * 8)
                         .map_err(io("repairing an L2 table"))?;
@@ -690,7 +686,7 @@ fn compare(
 
 /// Writes new refcount structures computed from `refs` after the last cluster in use
 /// and switches the header to them. Returns where they start and end.
-fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<(u64, u64)> {
+fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(u64, u64)> {
     let cs = header.cluster_size();
     let order = header.refcount_order();
     let entries_per_block = (cs * 8) >> order;
@@ -752,12 +748,7 @@ fn rebuild(storage: &dyn Storage, header: &Header, refs: &[u64]) -> Result<(u64,
     storage
         .flush()
         .map_err(io("flushing the rebuilt refcount structures"))?;
-    let mut switch = [0u8; 12];
-    switch[..8].copy_from_slice(&table_at.to_be_bytes());
-    switch[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
-    storage
-        .write_at(&switch, Qcow2Header::REFCOUNT_TABLE_OFFSET_AT)
-        .map_err(io("switching to the rebuilt refcount table"))?;
+    header.write_refcount_table(storage, table_at, table_clusters as u32)?;
     storage.flush().map_err(io("flushing the header"))?;
     Ok((start * cs, (start + blocks + table_clusters) * cs))
 }

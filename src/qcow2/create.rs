@@ -1,9 +1,10 @@
 //! Creating a qcow2 image with qemu-img's options and checks.
 
-use super::header::{autoclear, compat, incompat, Extension, Header};
+use super::header::{Extension, Header};
 use super::refcount::Refcounts;
 use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::format::qcow2::{
     ExtensionMagic, L1Entry, L2Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
 };
@@ -149,7 +150,11 @@ impl CreateOptions {
                 return Err(bad(format!("Backing format name '{f}' is too long")));
             }
         }
-        if self.backing_file.as_ref().is_some_and(|b| b.len() > 1023) {
+        if self
+            .backing_file
+            .as_ref()
+            .is_some_and(|b| b.len() > crate::format::qcow2::MAX_BACKING_NAME_LEN as usize)
+        {
             return Err(bad("Backing file name too long"));
         }
         Ok(())
@@ -170,7 +175,7 @@ pub fn create(
     let cs = opts.cluster_size;
     let l2_bits = cluster_bits - if opts.extended_l2 { 4 } else { 3 };
     let l1_size = size.div_ceil(1 << (cluster_bits + l2_bits));
-    if l1_size * 8 > 32 << 20 {
+    if l1_size * 8 > crate::format::qcow2::MAX_L1_BYTES {
         return Err(bad("Image size is too big for this cluster size"));
     }
     let order = opts.refcount_bits.trailing_zeros();
@@ -180,13 +185,13 @@ pub fn create(
     let mut incompatible = 0;
     let mut autoclear_bits = 0;
     if opts.compression == Compression::Zstd {
-        incompatible |= incompat::COMPRESSION;
+        incompatible |= incompatible::COMPRESSION;
     }
     if opts.extended_l2 {
-        incompatible |= incompat::EXTENDED_L2;
+        incompatible |= incompatible::EXTENDED_L2;
     }
     if opts.data_file.is_some() {
-        incompatible |= incompat::DATA_FILE;
+        incompatible |= incompatible::DATA_FILE;
     }
     if opts.data_file_raw {
         autoclear_bits |= autoclear::DATA_FILE_RAW;
@@ -210,9 +215,9 @@ pub fn create(
             &super::header::qemu_feature_table(),
         ));
     }
-    let header = Header {
+    let mut header = Header {
         common: Qcow2Header {
-            magic: 0x514649fb,
+            magic: Qcow2Header::MAGIC_REQUIRED,
             version: opts.version,
             backing_file_offset: 0,
             backing_file_size: 0,
@@ -229,7 +234,7 @@ pub fn create(
         v3: (opts.version >= 3).then_some(Qcow2HeaderV3 {
             incompatible_features: incompatible,
             compatible_features: if opts.lazy_refcounts {
-                compat::LAZY_REFCOUNTS
+                compatible::LAZY_REFCOUNTS
             } else {
                 0
             },
@@ -343,9 +348,7 @@ pub fn create(
         }
     }
     // The L1 offset goes in last: until then the image has no L1 table.
-    storage
-        .write_at(&l1_at.to_be_bytes(), Qcow2Header::L1_TABLE_OFFSET_AT)
-        .map_err(io("writing the header"))?;
+    header.write_l1_table(storage, l1_at, l1_size as u32)?;
     storage.flush().map_err(io("flushing the new image"))?;
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Edits of a qcow2 image beyond writing data: header rewrites (backing file, compat
 //! level, lazy refcounts) and emptying the image (for commit).
 
-use super::header::{compat, incompat, Header};
+use super::entry::ClusterEntry;
+use super::header::Header;
 use super::layer::Qcow2;
 use super::write::Below;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::{compatible, incompatible};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2HeaderCompression, Qcow2HeaderV3};
 use crate::format::ByteArray;
 
@@ -43,9 +45,9 @@ impl Qcow2 {
     /// Releases every cluster from guest offset `first` to the end of the image (entries
     /// cleared, data and wholly covered L2 tables freed). The size is unchanged.
     pub(super) fn drop_from(&mut self, first: u64) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
-        let size = self.size;
-        let span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let cs = self.geometry.cluster_size();
+        let size = self.size();
+        let span = self.geometry.l2_span();
         let first = first.next_multiple_of(cs);
         if first < size {
             self.clear_entries(first, size - first)?;
@@ -60,7 +62,7 @@ impl Qcow2 {
                 continue;
             }
             storage
-                .write_at(&0u64.to_be_bytes(), self.l1_offset + index as u64 * 8)
+                .write_at(&0u64.to_be_bytes(), self.l1_offset() + index as u64 * 8)
                 .map_err(|e| Error::io("writing the L1 table", e))?;
             self.l1[index] = 0;
             self.l2_cache
@@ -96,9 +98,9 @@ impl Qcow2 {
                 ));
             };
             if on {
-                v3.compatible_features |= compat::LAZY_REFCOUNTS;
+                v3.compatible_features |= compatible::LAZY_REFCOUNTS;
             } else {
-                v3.compatible_features &= !compat::LAZY_REFCOUNTS;
+                v3.compatible_features &= !compatible::LAZY_REFCOUNTS;
             }
             Ok(())
         })
@@ -142,7 +144,7 @@ impl Qcow2 {
         if self.header.refcount_order() != 4 {
             return refuse("refcount_bits other than 16");
         }
-        if self.extended_l2 {
+        if self.geometry.extended_l2 {
             return refuse("extended L2 entries");
         }
         if self.header.compression_type() != 0 {
@@ -151,7 +153,8 @@ impl Qcow2 {
         if self.data_file.is_some() {
             return refuse("an external data file");
         }
-        if self.header.incompatible_features() & !(incompat::DIRTY | incompat::CORRUPT) != 0 {
+        if self.header.incompatible_features() & !(incompatible::DIRTY | incompatible::CORRUPT) != 0
+        {
             return refuse("incompatible features set");
         }
         self.write_back()?;
@@ -169,7 +172,7 @@ impl Qcow2 {
     /// zero cluster gets zeros written into it; a plain one becomes unallocated, or,
     /// over a backing file, a freshly allocated cluster of zeros.
     fn expand_zero_clusters(&mut self, _below: &Below) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         let has_backing = self.header.backing_file.is_some();
         let storage = self.storage.clone();
         let mut tables: Vec<u64> = Vec::new();
@@ -192,16 +195,14 @@ impl Qcow2 {
             let shared = self.refcounts_mut()?.get(storage.as_ref(), l2 / cs)?;
             let mut changed = false;
             for entry in table.iter_mut() {
-                let e = L2Entry::from_raw(*entry);
-                if e.compressed() || !e.zero() {
-                    continue;
-                }
-                let host = e.host_offset();
-                if host != 0 {
+                let old = ClusterEntry::decode(*entry, self.geometry, false);
+                if let ClusterEntry::ZeroAlloc { host, .. } = old {
                     storage
                         .write_at(&zeros, host)
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;
-                    *entry = e.with_zero(false).raw();
+                    *entry = L2Entry::from_raw(*entry).with_zero(false).raw();
+                } else if old != ClusterEntry::ZeroPlain {
+                    continue;
                 } else if has_backing {
                     let refcounts = self.refcounts_mut()?;
                     let at = refcounts.alloc(storage.as_ref(), 1)?;
@@ -209,10 +210,7 @@ impl Qcow2 {
                     storage
                         .write_at(&zeros, at)
                         .map_err(|err| Error::io("expanding a zero cluster", err))?;
-                    *entry = L2Entry::new()
-                        .with_host_offset(at)
-                        .with_copied(shared == 1)
-                        .raw();
+                    *entry = ClusterEntry::data(at, shared == 1);
                 } else {
                     *entry = 0;
                 }

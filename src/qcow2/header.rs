@@ -7,55 +7,20 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{
     BitmapsExtension, CryptoExtension, ExtensionHeader, ExtensionMagic, FeatureNameEntry,
-    Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
+    Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3, FEATURE_NAMES, MAX_BACKING_NAME_LEN,
 };
 use crate::format::Layout;
 use crate::storage::Storage;
 
-/// Incompatible feature bits.
-pub mod incompat {
-    pub const DIRTY: u64 = 1 << 0;
-    pub const CORRUPT: u64 = 1 << 1;
-    pub const DATA_FILE: u64 = 1 << 2;
-    pub const COMPRESSION: u64 = 1 << 3;
-    pub const EXTENDED_L2: u64 = 1 << 4;
-    /// Every bit cowimg knows.
-    pub const KNOWN: u64 = 0x1f;
-}
-
-/// Compatible feature bits.
-pub mod compat {
-    pub const LAZY_REFCOUNTS: u64 = 1 << 0;
-}
-
-/// Autoclear feature bits.
-pub mod autoclear {
-    pub const BITMAPS: u64 = 1 << 0;
-    pub const DATA_FILE_RAW: u64 = 1 << 1;
-    pub const KNOWN: u64 = 0x3;
-}
-
 /// The feature name table QEMU writes into version 3 headers with clusters over 4 KiB
-/// (smaller header clusters keep the room for the backing file name): (type, bit,
-/// name) for every feature it knows, types 0 incompatible, 1 compatible, 2 autoclear.
-pub const QEMU_FEATURE_NAMES: [(u8, u8, &str); 8] = [
-    (0, 0, "dirty bit"),
-    (0, 1, "corrupt bit"),
-    (0, 2, "external data file"),
-    (0, 3, "compression type"),
-    (0, 4, "extended L2 entries"),
-    (1, 0, "lazy refcounts"),
-    (2, 0, "bitmaps"),
-    (2, 1, "raw external data"),
-];
-
-/// `QEMU_FEATURE_NAMES` as the extension's bytes (48 per entry, names zero-padded).
+/// (smaller header clusters keep the room for the backing file name), as the
+/// extension's bytes: 48 per entry, names zero-padded.
 pub fn qemu_feature_table() -> Vec<u8> {
-    let mut out = Vec::with_capacity(QEMU_FEATURE_NAMES.len() * FeatureNameEntry::SIZE);
-    for (kind, bit, name) in QEMU_FEATURE_NAMES {
+    let mut out = Vec::with_capacity(FEATURE_NAMES.len() * FeatureNameEntry::SIZE);
+    for (kind, bit, name) in FEATURE_NAMES {
         let mut entry = [0u8; FeatureNameEntry::SIZE];
-        entry[0] = kind;
-        entry[1] = bit;
+        entry[0] = *kind;
+        entry[1] = *bit;
         entry[2..2 + name.len()].copy_from_slice(name.as_bytes());
         out.extend_from_slice(&entry);
     }
@@ -63,7 +28,7 @@ pub fn qemu_feature_table() -> Vec<u8> {
 }
 
 /// Length of a version 2 header, where its extensions start.
-pub const V2_HEADER_LENGTH: u32 = 72;
+const V2_HEADER_LENGTH: u32 = Qcow2Header::SIZE as u32;
 
 /// One header extension as found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,7 +211,7 @@ impl Header {
         };
         let b = BitmapsExtension::parse(&ext.data)?;
         // Without the autoclear bit the extension is stale and QEMU checks none of it.
-        if self.autoclear_features() & autoclear::BITMAPS != 0 {
+        if self.autoclear_features() & crate::format::qcow2::autoclear::BITMAPS != 0 {
             b.validate(ext.offset, self.cluster_bits())?;
         }
         Ok(Some(b))
@@ -422,7 +387,7 @@ impl Header {
         out.extend(common.to_bytes());
         out.extend(tail);
         out.extend_from_slice(backing);
-        if out.len() > cs || backing.len() > 1023 {
+        if out.len() > cs || backing.len() > MAX_BACKING_NAME_LEN as usize {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "the header, its extensions and the backing file name do not fit in cluster 0",

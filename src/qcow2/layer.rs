@@ -1,19 +1,20 @@
 //! One qcow2 file opened for reading: open-time checks, guest-to-host mapping through
 //! L1 and L2, and reads of what the mapping finds.
 
-use super::header::{autoclear, incompat, Header};
+use super::entry::ClusterEntry;
+use super::entry::Freed;
+use super::geometry::Geometry;
+use super::header::Header;
 use super::l2cache::{self, L2Cache, Table};
 use super::snapshot::{self, Snapshot};
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor, SubclusterBitmap};
-use crate::format::qcow2::{Qcow2Header, Qcow2HeaderV3};
-use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::format::qcow2::{autoclear, incompatible};
+use crate::format::qcow2::{L1Entry, SubclusterBitmap};
+use crate::format::qcow2::{Qcow2Header, MAX_L1_BYTES};
+use crate::mapping::{Extent, GuestOffset, HostOffset, Mapping};
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
-
-/// QEMU's cap on an L1 table: 32 MiB.
-pub const MAX_L1_BYTES: u64 = 32 << 20;
 
 /// Which L1 table a layer reads through.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,11 +67,8 @@ pub struct Qcow2 {
     pub(super) header: Header,
     pub(super) storage: Arc<dyn Storage>,
     pub(super) data_file: Option<Arc<dyn Storage>>,
-    pub(super) cluster_bits: u32,
-    /// log2 of the entries in an L2 table.
-    pub(super) l2_bits: u32,
-    pub(super) extended_l2: bool,
-    pub(super) size: u64,
+    /// Cluster and L2 table sizes, fixed at open.
+    pub(super) geometry: Geometry,
     /// The L1 table in use: entries past the end of the file are left out (they read as 0).
     pub(super) l1: Vec<u64>,
     pub(super) l2_cache: Mutex<L2Cache>,
@@ -89,17 +87,29 @@ pub struct Qcow2 {
     pub(super) preallocated: std::sync::OnceLock<bool>,
     /// Host ranges whose refcounts drop once the changed L2 tables that stopped
     /// pointing at them are on disk (see `write_back`).
-    pub(super) pending_frees: Vec<(u64, u64)>,
+    pub(super) pending_frees: Vec<Freed>,
     pub(super) snapshots: Vec<Snapshot>,
     pub(super) warnings: Vec<String>,
-    /// Host offset of the L1 table in use.
-    pub(super) l1_offset: u64,
+    /// The state this handle reads: the active one, or a snapshot's.
+    pub(super) view: View,
     /// Whether this handle writes, with the refcounts a writer keeps; reached through
     /// `refcounts_mut`, which answers an error when it may not.
     pub(super) writer: Writer,
     pub(super) barriers: bool,
     /// The dirty bit was set by this handle (lazy refcounts) and is cleared on close.
     pub(super) marked_dirty: bool,
+}
+
+/// Which state of the image a handle reads. The active state's L1 table and size are
+/// the header's, so they are never kept twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum View {
+    Active,
+    /// An internal snapshot (read-only): its own L1 table and disk size.
+    Snapshot {
+        l1_offset: u64,
+        size: u64,
+    },
 }
 
 /// Writable as a type: what the write side of a handle has, or why it has nothing.
@@ -150,11 +160,11 @@ impl Drop for Qcow2 {
             return;
         }
         if self.marked_dirty {
-            let bits = self.header.incompatible_features() & !incompat::DIRTY;
+            let bits = self.header.incompatible_features() & !incompatible::DIRTY;
             if self.storage.flush().is_ok()
                 && self
-                    .storage
-                    .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
+                    .header
+                    .write_incompatible_features(self.storage.as_ref(), bits)
                     .is_ok()
             {
                 let _ = self.storage.flush();
@@ -167,19 +177,9 @@ impl std::fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Qcow2")
             .field("header", &self.header)
-            .field("size", &self.size)
+            .field("size", &self.size())
             .finish_non_exhaustive()
     }
-}
-
-/// Where a compressed cluster's bytes are, from its L2 entry: (host offset, byte
-/// count), whole 512-byte sectors from the one holding the start, as QEMU reads them.
-pub(super) fn compressed_span(entry: u64, cluster_bits: u32) -> (u64, u64) {
-    let d = Qcow2CompressedDescriptor::decode(entry, cluster_bits);
-    (
-        d.host_offset,
-        (d.additional_sectors + 1) * 512 - (d.host_offset & 511),
-    )
 }
 
 fn corrupt(message: String) -> Error {
@@ -188,16 +188,20 @@ fn corrupt(message: String) -> Error {
 
 impl Qcow2 {
     /// Opens a layer whose header was read already, making QEMU's open-time checks.
-    pub fn open(storage: Arc<dyn Storage>, header: Header, options: Qcow2Options) -> Result<Qcow2> {
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        mut header: Header,
+        options: Qcow2Options,
+    ) -> Result<Qcow2> {
         let cluster_bits = header.cluster_bits();
         let cluster_size = 1u64 << cluster_bits;
         let incompatible = header.incompatible_features();
 
         let compression = check_features(&header, options.for_check)?;
-        let extended_l2 = incompatible & incompat::EXTENDED_L2 != 0;
-        let l2_bits = check_geometry(&header, extended_l2)?;
+        let extended_l2 = incompatible & incompatible::EXTENDED_L2 != 0;
+        let geometry = check_geometry(&header, extended_l2)?;
 
-        let has_data_file = incompatible & incompat::DATA_FILE != 0;
+        let has_data_file = incompatible & incompatible::DATA_FILE != 0;
         if options.io {
             check_io_needs(&header, &options, has_data_file)?;
         }
@@ -222,10 +226,14 @@ impl Qcow2 {
 
         let (l1_offset, l1_size, size) =
             chosen_state(&header, &snapshots, options.snapshot.as_ref())?;
+        let view = match options.snapshot {
+            Some(_) => View::Snapshot { l1_offset, size },
+            None => View::Active,
+        };
         let l1 = read_l1(storage.as_ref(), l1_offset, l1_size)?;
 
         let writer = if options.writable {
-            open_writer(storage.as_ref(), &header, options.snapshot.is_some())?
+            open_writer(storage.as_ref(), &mut header, options.snapshot.is_some())?
         } else {
             Writer::ReadOnly
         };
@@ -243,10 +251,7 @@ impl Qcow2 {
             } else {
                 None
             },
-            cluster_bits,
-            l2_bits,
-            extended_l2,
-            size,
+            geometry,
             l1,
             l2_cache: Mutex::new(L2Cache::new(tables)),
             compression,
@@ -258,7 +263,7 @@ impl Qcow2 {
             preallocated: std::sync::OnceLock::new(),
             snapshots,
             warnings,
-            l1_offset,
+            view,
             writer,
             barriers: options.barriers,
             marked_dirty: false,
@@ -276,12 +281,24 @@ impl Qcow2 {
     }
 
     /// Virtual size in bytes (of the snapshot, when one was opened).
+    /// The virtual size of the state this handle reads.
     pub fn size(&self) -> u64 {
-        self.size
+        match self.view {
+            View::Active => self.header.common.size,
+            View::Snapshot { size, .. } => size,
+        }
+    }
+
+    /// Host offset of the L1 table this handle reads.
+    pub(super) fn l1_offset(&self) -> u64 {
+        match self.view {
+            View::Active => self.header.common.l1_table_offset,
+            View::Snapshot { l1_offset, .. } => l1_offset,
+        }
     }
 
     pub fn cluster_size(&self) -> u64 {
-        1 << self.cluster_bits
+        1 << self.geometry.cluster_bits
     }
 
     pub fn snapshots(&self) -> &[Snapshot] {
@@ -304,20 +321,27 @@ impl Qcow2 {
     /// are holes. Unknown sizes or unreadable refcounts answer no.
     pub fn metadata_preallocated(&self) -> bool {
         *self.preallocated.get_or_init(|| {
-            let cs = 1u64 << self.cluster_bits;
+            let cs = self.geometry.cluster_size();
             let (Ok(len), Ok(Some(real))) = (self.storage.len(), self.storage.allocated_size())
             else {
                 return false;
             };
             let real_clusters = real / cs;
             let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
-            let common = &self.header.common;
+            // A writer may have moved the table since the header was read.
+            let (table_at, table_clusters) = match self.refcounts() {
+                Some(r) => (r.table_offset(), r.table_clusters()),
+                None => (
+                    self.header.common.refcount_table_offset,
+                    self.header.common.refcount_table_clusters,
+                ),
+            };
             let Ok(mut refcounts) = super::refcount::Refcounts::load(
                 self.storage.as_ref(),
-                self.cluster_bits,
+                self.geometry.cluster_bits,
                 self.header.refcount_order(),
-                common.refcount_table_offset,
-                common.refcount_table_clusters,
+                table_at,
+                table_clusters,
             ) else {
                 return false;
             };
@@ -341,48 +365,49 @@ impl Qcow2 {
             &self.l2_cache,
             self.storage.as_ref(),
             offset,
-            1 << self.cluster_bits,
+            1 << self.geometry.cluster_bits,
         )
     }
 
     /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
     /// (sub)cluster ends.
     fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
-        let cluster_size = 1u64 << self.cluster_bits;
-        let cluster_start = guest & !(cluster_size - 1);
-        let cluster_end = cluster_start + cluster_size;
-        let l1_index = guest >> (self.cluster_bits + self.l2_bits);
-        let l2_index = (guest >> self.cluster_bits) & ((1 << self.l2_bits) - 1);
+        let g = self.geometry;
+        let at = GuestOffset(guest);
+        let cluster_start = g.cluster_start(at);
+        let cluster_end = cluster_start + g.cluster_size();
+        let (l1_index, l2_index) = (g.l1_index(at), g.l2_index(at));
+        // Past the L1 table (or the part of it inside the file), or no L2 table: a whole
+        // L2 range at once.
+        let whole_table = (
+            Mapping::Unallocated { host: None },
+            (l1_index + 1) * g.l2_span(),
+        );
         let Some(&raw_l1) = self.l1.get(l1_index as usize) else {
-            // Past the L1 table (or the part of it inside the file): a whole L2 range
-            // at once.
-            let end = (l1_index + 1) << (self.cluster_bits + self.l2_bits);
-            return Ok((Mapping::Unallocated { host: None }, end));
+            return Ok(whole_table);
         };
         let l2_offset = L1Entry::from_raw(raw_l1).l2_offset();
         if l2_offset == 0 {
-            // The whole L2 range is unallocated.
-            let end = (l1_index + 1) << (self.cluster_bits + self.l2_bits);
-            return Ok((Mapping::Unallocated { host: None }, end));
+            return Ok(whole_table);
         }
-        if l2_offset % cluster_size != 0 {
+        if l2_offset % g.cluster_size() != 0 {
             return Err(corrupt(format!(
                 "L2 table offset {l2_offset:#x} unaligned (L1 index: {l1_index:#x})"
             )));
         }
         let table = self.l2_table(l2_offset)?;
-        let words = if self.extended_l2 { 2 } else { 1 };
-        let raw = table[(l2_index * words) as usize];
-        let entry = L2Entry::from_raw(raw);
-        let in_cluster = guest - cluster_start;
+        let words = g.entry_words();
+        let data_file = self.data_file.is_some();
+        let entry = ClusterEntry::decode(table[(l2_index * words) as usize], g, data_file);
+        let in_cluster = g.in_cluster(at);
+        let place = format!("L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x}");
 
-        if entry.compressed() {
-            if self.data_file.is_some() {
+        if let ClusterEntry::Compressed { host, len, .. } = entry {
+            if data_file {
                 return Err(corrupt(
                     "Compressed cluster entry found in image with external data file".into(),
                 ));
             }
-            let (host, len) = compressed_span(raw, self.cluster_bits);
             let mapping = Mapping::Compressed {
                 cluster: cluster_start,
                 host: HostOffset(host),
@@ -390,54 +415,45 @@ impl Qcow2 {
             };
             return Ok((mapping, cluster_end));
         }
-
-        let host = entry.host_offset();
-        // Offset 0 with COPIED set is host offset 0 of an external data file.
-        let allocated = host != 0 || (self.data_file.is_some() && entry.copied());
-        if allocated && host % cluster_size != 0 {
+        if let Some(host) = entry.unaligned_host(g) {
             return Err(corrupt(format!(
-                "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
+                "Cluster allocation offset {host:#x} unaligned ({place})"
             )));
         }
-        if allocated && self.data_file.is_some() && host != cluster_start {
+        let host = entry.standard_host();
+        if let Some(host) = host.filter(|h| data_file && *h != cluster_start) {
             return Err(corrupt(format!(
                 "External data file host cluster offset {host:#x} does not match guest cluster offset {cluster_start:#x}"
             )));
         }
+        let host_here = host.map(|h| HostOffset(h + in_cluster));
 
-        if !self.extended_l2 {
-            if entry.zero() {
-                if self.header.version() < 3 {
-                    return Err(corrupt(format!(
-                        "Zero cluster entry found in pre-v3 image (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
-                    )));
+        if !g.extended_l2 {
+            let mapping = match entry {
+                ClusterEntry::ZeroPlain | ClusterEntry::ZeroAlloc { .. } => {
+                    if self.header.version() < 3 {
+                        return Err(corrupt(format!(
+                            "Zero cluster entry found in pre-v3 image ({place})"
+                        )));
+                    }
+                    Mapping::Zero { host: host_here }
                 }
-                let mapping = Mapping::Zero {
-                    host: allocated.then(|| HostOffset(host + in_cluster)),
-                };
-                return Ok((mapping, cluster_end));
-            }
-            let mapping = if allocated {
-                Mapping::Data {
-                    host: HostOffset(host + in_cluster),
-                }
-            } else {
-                Mapping::Unallocated { host: None }
+                ClusterEntry::Normal { .. } => Mapping::Data {
+                    host: HostOffset(host.unwrap_or_default() + in_cluster),
+                },
+                _ => Mapping::Unallocated { host: None },
             };
             return Ok((mapping, cluster_end));
         }
 
         let bitmap = SubclusterBitmap::from_raw(table[(l2_index * 2 + 1) as usize]);
         let (alloc, zero) = (bitmap.allocated(), bitmap.zero());
-        if alloc & zero != 0 || (!allocated && alloc != 0) {
-            return Err(corrupt(format!(
-                "Invalid cluster entry found  (L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x})"
-            )));
+        if alloc & zero != 0 || (host.is_none() && alloc != 0) {
+            return Err(corrupt(format!("Invalid cluster entry found  ({place})")));
         }
-        let sub_bits = self.cluster_bits - 5;
+        let sub_bits = g.subcluster_bits();
         let sub = (in_cluster >> sub_bits) as u32;
         let sub_end = cluster_start + (u64::from(sub + 1) << sub_bits);
-        let host_here = allocated.then(|| HostOffset(host + in_cluster));
         // An allocated bit implies an allocated cluster (checked above).
         let mapping = match (zero & (1 << sub) != 0, alloc & (1 << sub) != 0, host_here) {
             (true, _, _) => Mapping::Zero { host: host_here },
@@ -449,7 +465,7 @@ impl Qcow2 {
 
     /// The longest run from `offset`, at most `len` bytes, that one mapping covers.
     pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        let end = offset.saturating_add(len).min(self.size);
+        let end = offset.saturating_add(len).min(self.size());
         if offset >= end {
             return Err(Error::new(
                 ErrorKind::BadArgument,
@@ -498,7 +514,7 @@ impl Qcow2 {
         self.storage
             .read_zero_padded(&mut input, host)
             .map_err(|e| Error::io(format!("reading the compressed cluster at {host:#x}"), e))?;
-        let mut out = vec![0u8; 1 << self.cluster_bits];
+        let mut out = vec![0u8; 1 << self.geometry.cluster_bits];
         self.compression
             .decompress(&input, &mut out)
             .map_err(|e| e.context(format_args!("compressed cluster at host offset {host:#x}")))?;
@@ -541,7 +557,7 @@ fn read_l1(storage: &dyn Storage, offset: u64, entries: u64) -> Result<Vec<u64>>
 /// compression bit that contradicts the type. Returns the compression in use.
 fn check_features(header: &Header, for_check: bool) -> Result<Compression> {
     let incompatible = header.incompatible_features();
-    let unknown = incompatible & !incompat::KNOWN;
+    let unknown = incompatible & !incompatible::KNOWN;
     if unknown != 0 {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -557,7 +573,7 @@ fn check_features(header: &Header, for_check: bool) -> Result<Compression> {
             "Image does not contain a reference count table",
         ));
     }
-    let compression_bit = incompatible & incompat::COMPRESSION != 0;
+    let compression_bit = incompatible & incompatible::COMPRESSION != 0;
     match (header.compression_type(), compression_bit) {
         (0, true) => {
             return Err(Error::new(
@@ -585,8 +601,8 @@ fn check_features(header: &Header, for_check: bool) -> Result<Compression> {
 }
 
 /// The cluster geometry QEMU accepts: subclusters of at least 512 bytes, an L1 table
-/// that covers every guest byte and fits QEMU's limit. Returns the L2 index bits.
-fn check_geometry(header: &Header, extended_l2: bool) -> Result<u32> {
+/// that covers every guest byte and fits QEMU's limit.
+fn check_geometry(header: &Header, extended_l2: bool) -> Result<Geometry> {
     let cluster_bits = header.cluster_bits();
     let cluster_size = 1u64 << cluster_bits;
     if extended_l2 && cluster_bits < 14 {
@@ -595,13 +611,10 @@ fn check_geometry(header: &Header, extended_l2: bool) -> Result<u32> {
             format!("Unsupported subcluster size: {}", cluster_size / 32),
         ));
     }
-    let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
+    let geometry = Geometry::new(cluster_bits, extended_l2);
 
     // Every guest byte must have an L1 entry.
-    let l1_needed = header
-        .common
-        .size
-        .div_ceil(1u64 << (cluster_bits + l2_bits));
+    let l1_needed = header.common.size.div_ceil(geometry.l2_span());
     if l1_needed > i32::MAX as u64 {
         return Err(Error::new(ErrorKind::InvalidFormat, "Image is too big"));
     }
@@ -615,7 +628,7 @@ fn check_geometry(header: &Header, extended_l2: bool) -> Result<u32> {
             "L1 table is too small",
         ));
     }
-    Ok(l2_bits)
+    Ok(geometry)
 }
 
 /// What reading data needs that metadata does not: the data file, the key; LUKS is
@@ -702,15 +715,15 @@ fn chosen_state(
 
 /// The write side of a handle opening for writing: refused on a corrupt or dirty image
 /// or a snapshot; stale autoclear bits cleared first, as QEMU clears them.
-fn open_writer(storage: &dyn Storage, header: &Header, snapshot: bool) -> Result<Writer> {
+fn open_writer(storage: &dyn Storage, header: &mut Header, snapshot: bool) -> Result<Writer> {
     let incompatible = header.incompatible_features();
-    if incompatible & incompat::CORRUPT != 0 {
+    if incompatible & incompatible::CORRUPT != 0 {
         return Err(Error::new(
             ErrorKind::Corrupt,
             "qcow2: Image is corrupt; cannot be opened read/write",
         ));
     }
-    if incompatible & incompat::DIRTY != 0 {
+    if incompatible & incompatible::DIRTY != 0 {
         // Opened for writing by `Image::open`, which repairs dirty images first.
         return Err(Error::new(
             ErrorKind::Corrupt,
@@ -728,9 +741,7 @@ fn open_writer(storage: &dyn Storage, header: &Header, snapshot: bool) -> Result
     let autoclear_now = header.autoclear_features();
     let keep = autoclear_now & autoclear::DATA_FILE_RAW;
     if autoclear_now != keep {
-        storage
-            .write_at(&keep.to_be_bytes(), Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT)
-            .map_err(|e| Error::io("clearing autoclear feature bits", e))?;
+        header.write_autoclear_features(storage, keep)?;
     }
     Ok(Writer::Open(super::refcount::Refcounts::load(
         storage,

@@ -6,7 +6,6 @@
 //! worst case is a leak).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::Qcow2Header;
 use crate::format::qcow2::RefcountTableEntry;
 use crate::storage::Storage;
 use std::collections::HashMap;
@@ -87,6 +86,11 @@ impl Refcounts {
 
     pub fn table_offset(&self) -> u64 {
         self.table_offset
+    }
+
+    /// The refcount table's length in clusters (it always fills whole clusters).
+    pub fn table_clusters(&self) -> u32 {
+        ((self.table.len() as u64 * 8) >> self.cluster_bits) as u32
     }
 
     /// The refcount table's entries.
@@ -549,7 +553,7 @@ impl Refcounts {
                 "refcount table growth needs more than one new refcount block",
             ));
         }
-        if table_clusters << self.cluster_bits > 8 << 20 {
+        if table_clusters << self.cluster_bits > crate::format::qcow2::MAX_REFCOUNT_TABLE_BYTES {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "Reference count table too large",
@@ -577,12 +581,11 @@ impl Refcounts {
             .flush()
             .map_err(io("flushing the new refcount table"))?;
 
-        let mut header = [0u8; 12];
-        header[..8].copy_from_slice(&table_at.to_be_bytes());
-        header[8..].copy_from_slice(&(table_clusters as u32).to_be_bytes());
-        storage
-            .write_at(&header, Qcow2Header::REFCOUNT_TABLE_OFFSET_AT)
-            .map_err(io("switching the header to the new refcount table"))?;
+        super::header::Header::write_refcount_table_in_file(
+            storage,
+            table_at,
+            table_clusters as u32,
+        )?;
         storage.flush().map_err(io("flushing the header"))?;
 
         let old_at = self.table_offset;

@@ -2,29 +2,20 @@
 //! and the new size in the header.
 
 use super::layer::Qcow2;
-use super::write::{Below, Old};
+use super::write::Below;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::Qcow2Header;
 
 impl Qcow2 {
     /// Clears the entries of `[first, first + len)` (whole clusters) and releases their
     /// space: afterwards they are unallocated.
     pub(super) fn clear_entries(&mut self, first: u64, len: u64) -> Result<()> {
-        let cs = self.cs();
-        let data_file = self.data_file.is_some();
         self.for_each_cluster(first, len, |this, slot, pending| {
             if slot.raw == 0 && slot.bitmap == 0 {
                 return Ok(());
             }
             let old = this.classify_for_write(slot)?;
             pending.entries.push((slot.index, 0, 0));
-            match old {
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } if !data_file => {
-                    pending.frees.push((host, cs))
-                }
-                Old::Compressed { host, len } => pending.frees.push((host, len)),
-                _ => {}
-            }
+            pending.free(this.freed_by_replacing(old));
             Ok(())
         })
     }
@@ -34,7 +25,7 @@ impl Qcow2 {
     /// the old table freed.
     fn grow_l1(&mut self, entries: u64) -> Result<()> {
         let cs = self.cs();
-        if entries * 8 > super::layer::MAX_L1_BYTES {
+        if entries * 8 > crate::format::qcow2::MAX_L1_BYTES {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "Active L1 table too large",
@@ -48,18 +39,11 @@ impl Qcow2 {
             .write_at(&bytes, at)
             .map_err(|e| Error::io("writing the L1 table", e))?;
         self.barrier()?;
-        let mut switch = [0u8; 12];
-        switch[..4].copy_from_slice(&(entries as u32).to_be_bytes());
-        switch[4..].copy_from_slice(&at.to_be_bytes());
-        self.storage
-            .write_at(&switch, Qcow2Header::L1_SIZE_AT)
-            .map_err(|e| Error::io("switching the L1 table", e))?;
+        let (old_at, old_len) = (self.l1_offset(), u64::from(self.header.common.l1_size) * 8);
+        self.header
+            .write_l1_table(self.storage.as_ref(), at, entries as u32)?;
         self.barrier()?;
-        let (old_at, old_len) = (self.l1_offset, u64::from(self.header.common.l1_size) * 8);
         self.l1 = l1;
-        self.l1_offset = at;
-        self.header.common.l1_size = entries as u32;
-        self.header.common.l1_table_offset = at;
         if old_len > 0 {
             self.release(old_at, old_len)?;
         }
@@ -67,12 +51,8 @@ impl Qcow2 {
     }
 
     fn write_size(&mut self, size: u64) -> Result<()> {
-        self.storage
-            .write_at(&size.to_be_bytes(), Qcow2Header::SIZE_AT)
-            .map_err(|e| Error::io("writing the image size", e))?;
+        self.header.write_size(self.storage.as_ref(), size)?;
         self.barrier()?;
-        self.size = size;
-        self.header.common.size = size;
         Ok(())
     }
 
@@ -81,8 +61,8 @@ impl Qcow2 {
     pub fn resize(&mut self, new_size: u64, below: &Below) -> Result<()> {
         self.editable()?;
         let cs = self.cs();
-        let old = self.size;
-        let span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let old = self.size();
+        let span = self.geometry.l2_span();
         if new_size > old {
             // The grown range must not show the backing file: v3 marks it zero, v2 cannot
             // (and QEMU refuses the same way).
@@ -121,14 +101,10 @@ impl Qcow2 {
         if new_size == old {
             return Ok(());
         }
-        // Shrinking: size first (the clusters past it become unreachable leaks), then
-        // every entry past the end cleared and its space released.
-        self.write_size(new_size)?;
-        let saved = self.size;
-        self.size = old;
-        let result = self.drop_from(new_size);
-        self.size = saved;
-        result?;
-        Ok(())
+        // Shrinking, in QEMU's order: every entry past the new end cleared and its
+        // space released, then the new size (a crash between leaves the old size, its
+        // tail discarded).
+        self.drop_from(new_size)?;
+        self.write_size(new_size)
     }
 }

@@ -2,14 +2,10 @@
 //! is used.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::Qcow2Header;
 use crate::format::qcow2::{SnapshotExtraData, SnapshotHeader};
+use crate::format::qcow2::{MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_TABLE_BYTES};
 use crate::format::Layout;
 use crate::storage::Storage;
-
-/// QEMU's limits: 65536 snapshots, a 64 MiB table.
-pub const MAX_SNAPSHOTS: u32 = 65536;
-pub const MAX_TABLE_SIZE: u64 = 64 << 20;
 
 /// One snapshot as the table describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +81,7 @@ pub fn read_table(
     let mut out = Vec::with_capacity(count.min(1024) as usize);
     let mut at = offset;
     for i in 0..count {
-        if at - offset > MAX_TABLE_SIZE {
+        if at - offset > MAX_SNAPSHOT_TABLE_BYTES {
             return Err(Error::new(
                 ErrorKind::InvalidFormat,
                 format!(
@@ -151,6 +147,7 @@ pub fn read_table(
 
 // ---- Taking, applying and deleting snapshots (read-write images).
 
+use super::entry::ClusterEntry;
 use super::layer::{Qcow2, Writer};
 use crate::format::qcow2::{L1Entry, L2Entry};
 
@@ -186,8 +183,9 @@ impl Qcow2 {
         l1: &[u64],
         mut visit: impl FnMut(u64, u64) -> Result<()>,
     ) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
-        let words = if self.extended_l2 { 2 } else { 1 };
+        let cs = self.geometry.cluster_size();
+        let words = self.geometry.entry_words() as usize;
+        let data_file = self.data_file.is_some();
         for raw in l1 {
             let l2 = L1Entry::from_raw(*raw).l2_offset();
             if l2 == 0 {
@@ -195,13 +193,10 @@ impl Qcow2 {
             }
             visit(l2, cs)?;
             let table = self.l2_table(l2)?;
-            for &entry in table.iter().step_by(words) {
-                let e = L2Entry::from_raw(entry);
-                if e.compressed() {
-                    let (host, len) = super::layer::compressed_span(entry, self.cluster_bits);
+            for &raw in table.iter().step_by(words) {
+                let entry = ClusterEntry::decode(raw, self.geometry, data_file);
+                if let Some((host, len)) = entry.refcounted_range(self.geometry, data_file) {
                     visit(host, len)?;
-                } else if e.host_offset() != 0 && self.data_file.is_none() {
-                    visit(e.host_offset(), cs)?;
                 }
             }
         }
@@ -214,7 +209,7 @@ impl Qcow2 {
     /// leaves nothing behind.
     fn check_headroom(&mut self, l1: &[u64], delta: u64) -> Result<()> {
         let mut raises: std::collections::HashMap<u64, u64> = Default::default();
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         self.for_each_tree_range(l1, |from, len| {
             for c in from / cs..=(from + len - 1) / cs {
                 *raises.entry(c).or_default() += delta;
@@ -263,9 +258,10 @@ impl Qcow2 {
     /// Sets every COPIED flag of the active L1 table and its L2 tables: to "refcount is
     /// 1" when `exact`, else cleared (the harmless direction, used before refcounts rise).
     fn set_copied_flags(&mut self, exact: bool) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         let storage = self.storage.clone();
-        let words = if self.extended_l2 { 2 } else { 1 };
+        let words = self.geometry.entry_words() as usize;
+        let data_file = self.data_file.is_some();
         for index in 0..self.l1.len() {
             let e = L1Entry::from_raw(self.l1[index]);
             let l2 = e.l2_offset();
@@ -275,18 +271,14 @@ impl Qcow2 {
             let mut table: Vec<u64> = self.l2_table(l2)?.to_vec();
             let mut changed = false;
             for i in (0..table.len()).step_by(words) {
-                let entry = L2Entry::from_raw(table[i]);
-                if entry.compressed() || (entry.host_offset() == 0 && self.data_file.is_none()) {
+                let entry = ClusterEntry::decode(table[i], self.geometry, data_file);
+                let Some(host) = entry.standard_host() else {
                     continue;
-                }
+                };
                 let want = exact
-                    && (self.data_file.is_some()
-                        || self
-                            .refcounts_mut()?
-                            .get(storage.as_ref(), entry.host_offset() / cs)?
-                            == 1);
+                    && (data_file || self.refcounts_mut()?.get(storage.as_ref(), host / cs)? == 1);
                 if entry.copied() != want {
-                    table[i] = entry.with_copied(want).raw();
+                    table[i] = L2Entry::from_raw(table[i]).with_copied(want).raw();
                     changed = true;
                 }
             }
@@ -304,7 +296,7 @@ impl Qcow2 {
             if e.copied() != want {
                 let raw = e.with_copied(want).raw();
                 storage
-                    .write_at(&raw.to_be_bytes(), self.l1_offset + index as u64 * 8)
+                    .write_at(&raw.to_be_bytes(), self.l1_offset() + index as u64 * 8)
                     .map_err(Self::io_err("writing the L1 table"))?;
                 self.l1[index] = raw;
             }
@@ -315,7 +307,7 @@ impl Qcow2 {
     /// Writes `snapshots` as the new snapshot table in fresh clusters, switches the
     /// header to it in one write, then frees the old table.
     fn write_snapshot_table(&mut self, snapshots: Vec<Snapshot>) -> Result<()> {
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         let bytes: Vec<u8> = snapshots.iter().flat_map(entry_bytes).collect();
         let old_offset = self.header.common.snapshots_offset;
         let old_len = table_len(&self.snapshots);
@@ -331,15 +323,12 @@ impl Qcow2 {
             self.sync()?;
             at
         };
-        let mut header = [0u8; 12];
-        header[..4].copy_from_slice(&(snapshots.len() as u32).to_be_bytes());
-        header[4..].copy_from_slice(&new_offset.to_be_bytes());
-        self.storage
-            .write_at(&header, Qcow2Header::NB_SNAPSHOTS_AT)
-            .map_err(Self::io_err("switching the snapshot table"))?;
+        self.header.write_snapshot_table(
+            self.storage.as_ref(),
+            new_offset,
+            snapshots.len() as u32,
+        )?;
         self.sync()?;
-        self.header.common.nb_snapshots = snapshots.len() as u32;
-        self.header.common.snapshots_offset = new_offset;
         if old_offset != 0 && old_len > 0 {
             let storage = self.storage.clone();
             self.refcounts_mut()?
@@ -350,7 +339,7 @@ impl Qcow2 {
             self.storage.as_ref(),
             new_offset,
             snapshots.len() as u32,
-            self.size,
+            self.size(),
         )?;
         Ok(())
     }
@@ -373,7 +362,7 @@ impl Qcow2 {
         if name.len() > u16::MAX as usize {
             return Err(Error::new(ErrorKind::BadArgument, "snapshot name too long"));
         }
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         let id = self
             .snapshots
             .iter()
@@ -424,7 +413,7 @@ impl Qcow2 {
                 extra_data_size: 0,
             },
             vm_state_size: 0,
-            disk_size: self.size,
+            disk_size: self.size(),
             icount: Some(0),
             id: id.clone(),
             name: name.to_string(),
@@ -444,14 +433,14 @@ impl Qcow2 {
     }
 
     pub(super) fn read_snapshot_l1(&self, s: &Snapshot) -> Result<Vec<u64>> {
-        let cs = 1u64 << self.cluster_bits;
+        let cs = self.geometry.cluster_size();
         if s.header.l1_table_offset % cs != 0 {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 "Snapshot L1 table offset invalid",
             ));
         }
-        if u64::from(s.header.l1_size) * 8 > super::layer::MAX_L1_BYTES {
+        if u64::from(s.header.l1_size) * 8 > MAX_L1_BYTES {
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 "Snapshot L1 table too large",
@@ -507,7 +496,7 @@ impl Qcow2 {
         let target = self.snapshots[index].clone();
         let l1 = self.read_snapshot_l1(&target)?;
         self.check_headroom(&l1, 1)?;
-        if l1.len() > self.l1.len() || target.disk_size != self.size {
+        if l1.len() > self.l1.len() || target.disk_size != self.size() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "applying a snapshot taken at another disk size is not supported yet",
@@ -523,7 +512,7 @@ impl Qcow2 {
         new.resize(self.l1.len(), 0);
         let bytes: Vec<u8> = new.iter().flat_map(|e| e.to_be_bytes()).collect();
         self.storage
-            .write_at(&bytes, self.l1_offset)
+            .write_at(&bytes, self.l1_offset())
             .map_err(Self::io_err("writing the L1 table"))?;
         self.l1 = new;
         self.sync()?;

@@ -18,23 +18,14 @@
 //! Shared L2 tables are copied before they are changed, and every newly allocated
 //! cluster is checked against the image's metadata before anything is written to it.
 
+use super::entry::{ClusterEntry, Freed};
 use super::layer::{Qcow2, Writer};
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::{L1Entry, L2Entry, Qcow2CompressedDescriptor};
+use crate::format::qcow2::L1Entry;
 use crate::storage::Storage;
 
 /// Reads guest bytes from the layers below this one (zeros where there are none).
 pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
-
-/// What an L2 entry says about its cluster, for a writer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Old {
-    Unallocated,
-    ZeroPlain,
-    ZeroAlloc { host: u64, copied: bool },
-    Normal { host: u64, copied: bool },
-    Compressed { host: u64, len: u64 },
-}
 
 pub(super) const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
 
@@ -71,47 +62,47 @@ pub(super) struct Pending {
     /// (entry index, entry, subcluster bitmap for extended L2)
     pub(super) entries: Vec<(u64, u64, u64)>,
     /// Host ranges whose refcounts drop once the entries are published.
-    pub(super) frees: Vec<(u64, u64)>,
+    pub(super) frees: Vec<Freed>,
+}
+
+impl Pending {
+    /// Holds what a replaced entry freed until the entries are published.
+    pub(super) fn free(&mut self, freed: Option<Freed>) {
+        self.frees.extend(freed);
+    }
 }
 
 impl Qcow2 {
     pub(super) fn cs(&self) -> u64 {
-        1 << self.cluster_bits
+        self.geometry.cluster_size()
     }
 
-    pub(super) fn entry_words(&self) -> u64 {
-        if self.extended_l2 {
-            2
-        } else {
-            1
-        }
-    }
-
-    pub(super) fn classify_for_write(&mut self, slot: Slot) -> Result<Old> {
-        let Slot {
-            raw, l2_at, index, ..
-        } = slot;
-        let e = L2Entry::from_raw(raw);
-        let cs = self.cs();
-        if e.compressed() {
-            let (host, len) = super::layer::compressed_span(raw, self.cluster_bits);
-            return Ok(Old::Compressed { host, len });
-        }
-        let host = e.host_offset();
-        let allocated = host != 0 || (self.data_file.is_some() && e.copied());
-        if allocated && host % cs != 0 {
+    /// What the L2 entry in `slot` says, for a writer: a damaged entry marks the image
+    /// corrupt. Clusters of an external data file count as COPIED (they have no
+    /// refcounts, so they are always written in place).
+    pub(super) fn classify_for_write(&mut self, slot: Slot) -> Result<ClusterEntry> {
+        let data_file = self.data_file.is_some();
+        let entry = ClusterEntry::decode(slot.raw, self.geometry, data_file);
+        if let Some(host) = entry.unaligned_host(self.geometry) {
             return Err(self.mark_corrupt(format!(
-                "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2_at:#x}, L2 index: {index:#x})"
+                "Cluster allocation offset {host:#x} unaligned (L2 offset: {:#x}, L2 index: {:#x})",
+                slot.l2_at, slot.index
             )));
         }
-        // An external data file has no refcounts: its clusters are always writable in place.
-        let copied = e.copied() || self.data_file.is_some();
-        Ok(match (allocated, e.zero() && !self.extended_l2) {
-            (false, true) => Old::ZeroPlain,
-            (false, false) => Old::Unallocated,
-            (true, true) => Old::ZeroAlloc { host, copied },
-            (true, false) => Old::Normal { host, copied },
+        Ok(match entry {
+            ClusterEntry::ZeroAlloc { host, .. } if data_file => {
+                ClusterEntry::ZeroAlloc { host, copied: true }
+            }
+            ClusterEntry::Normal { host, .. } if data_file => {
+                ClusterEntry::Normal { host, copied: true }
+            }
+            other => other,
         })
+    }
+
+    /// What replacing `old` frees in this image.
+    pub(super) fn freed_by_replacing(&self, old: ClusterEntry) -> Option<Freed> {
+        old.freed_by_replacing(self.geometry, self.data_file.is_some())
     }
 
     /// Writes guest bytes `data` at `off` of the cluster at guest `gc`, stored at host
@@ -154,13 +145,18 @@ impl Qcow2 {
     }
 
     /// The current content of the cluster at guest `gc` as `old` describes it.
-    pub(super) fn old_content(&mut self, old: Old, gc: u64, below: &Below) -> Result<Vec<u8>> {
+    pub(super) fn old_content(
+        &mut self,
+        old: ClusterEntry,
+        gc: u64,
+        below: &Below,
+    ) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; self.cs() as usize];
         match old {
-            Old::Unallocated => below(gc, &mut buf)?,
-            Old::ZeroPlain | Old::ZeroAlloc { .. } => {}
-            Old::Normal { host, .. } => self.fetch(host, gc, 0, &mut buf)?,
-            Old::Compressed { host, len } => {
+            ClusterEntry::Unallocated => below(gc, &mut buf)?,
+            ClusterEntry::ZeroPlain | ClusterEntry::ZeroAlloc { .. } => {}
+            ClusterEntry::Normal { host, .. } => self.fetch(host, gc, 0, &mut buf)?,
+            ClusterEntry::Compressed { host, len, .. } => {
                 let data = self.decompress(host, len)?;
                 buf.copy_from_slice(&data);
             }
@@ -205,7 +201,7 @@ impl Qcow2 {
         self.barrier()?;
         let entry = L1Entry::new().with_l2_offset(new).with_copied(true).raw();
         self.storage
-            .write_at(&entry.to_be_bytes(), self.l1_offset + l1_index * 8)
+            .write_at(&entry.to_be_bytes(), self.l1_offset() + l1_index * 8)
             .map_err(|e| Error::io("writing the L1 table", e))?;
         self.l1[l1_index as usize] = entry;
         if old != 0 {
@@ -239,7 +235,7 @@ impl Qcow2 {
         self.is_writable()?;
         let end = guest
             .checked_add(len)
-            .filter(|e| *e <= self.size)
+            .filter(|e| *e <= self.size())
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::BadArgument,
@@ -265,15 +261,16 @@ impl Qcow2 {
         let cs = self.cs();
         if self.key.is_some()
             || self.data_file.is_some()
-            || self.extended_l2
+            || self.geometry.extended_l2
             || guest % cs != 0
             || len % cs != 0
             || len == 0
-            || guest.checked_add(len).is_none_or(|end| end > self.size)
+            || guest.checked_add(len).is_none_or(|end| end > self.size())
         {
             return Ok(false);
         }
-        let entries = 1u64 << self.l2_bits;
+        let g = self.geometry;
+        let entries = g.l2_entries();
         for c in guest / cs..(guest + len) / cs {
             let l1 = self.l1.get((c / entries) as usize).copied().unwrap_or(0);
             let l2 = L1Entry::from_raw(l1).l2_offset();
@@ -281,8 +278,7 @@ impl Qcow2 {
                 continue;
             }
             let raw = self.l2_table(l2)?[(c % entries) as usize];
-            let e = L2Entry::from_raw(raw);
-            if e.compressed() || e.host_offset() != 0 {
+            if ClusterEntry::decode(raw, g, false).host_range(g).is_some() {
                 return Ok(false);
             }
         }
@@ -302,13 +298,10 @@ impl Qcow2 {
             this.storage
                 .write_at(&data[from..from + (n * cs) as usize], host)
                 .map_err(|e| Error::io(format!("writing data at {host:#x}"), e))?;
-            let first = (at / cs) % (1 << this.l2_bits);
-            pending.entries.extend((0..n).map(|k| {
-                let entry = L2Entry::new()
-                    .with_host_offset(host + k * cs)
-                    .with_copied(true);
-                (first + k, entry.raw(), 0)
-            }));
+            let first = (at / cs) % (1 << this.geometry.l2_bits);
+            pending
+                .entries
+                .extend((0..n).map(|k| (first + k, ClusterEntry::owned_data(host + k * cs), 0)));
             Ok(())
         })
     }
@@ -321,7 +314,7 @@ impl Qcow2 {
         end: u64,
         mut body: impl FnMut(&mut Self, u64, u64, u64, &mut Pending) -> Result<()>,
     ) -> Result<()> {
-        let table_span = 1u64 << (self.cluster_bits + self.l2_bits);
+        let table_span = self.geometry.l2_span();
         let mut at = guest;
         while at < end {
             let l1_index = at / table_span;
@@ -350,9 +343,9 @@ impl Qcow2 {
             while at < span_end {
                 let gc = at & !(cs - 1);
                 let stop = span_end.min(gc + cs);
-                let index = (at >> this.cluster_bits) & ((1 << this.l2_bits) - 1);
+                let index = (at >> this.geometry.cluster_bits) & ((1 << this.geometry.l2_bits) - 1);
                 let table = this.l2_table(l2_at)?;
-                let words = this.entry_words();
+                let words = this.geometry.entry_words();
                 let raw = table[(index * words) as usize];
                 let bitmap = if words == 2 {
                     table[(index * 2 + 1) as usize]
@@ -384,39 +377,34 @@ impl Qcow2 {
             });
         }
         let cs = self.cs();
-        let size = self.size;
+        let size = self.size();
         self.for_each_cluster(guest, data.len() as u64, |this, slot, pending| {
             let Slot {
                 gc, a, b, index, ..
             } = slot;
             let src = &data[(gc + a - guest) as usize..(gc + b - guest) as usize];
             let old = this.classify_for_write(slot)?;
-            if this.extended_l2 {
+            if this.geometry.extended_l2 {
                 return this.write_subclusters(slot, src, old, pending, below);
             }
             match old {
-                Old::Normal { host, copied: true } => {
+                ClusterEntry::Normal { host, copied: true } => {
                     // In place: a damaged entry must not turn this into a metadata write.
                     if this.data_file.is_none() {
                         this.check_overlap(host, cs)?;
                     }
                     this.store(host, gc, a, src)
                 }
-                Old::ZeroAlloc { host, copied: true } => {
+                ClusterEntry::ZeroAlloc { host, copied: true } => {
                     if this.data_file.is_none() {
                         this.check_overlap(host, cs)?;
                     }
                     let mut buf = vec![0u8; cs as usize];
                     buf[a as usize..b as usize].copy_from_slice(src);
                     this.store(host, gc, 0, &buf)?;
-                    pending.entries.push((
-                        index,
-                        L2Entry::new()
-                            .with_host_offset(host)
-                            .with_copied(true)
-                            .raw(),
-                        0,
-                    ));
+                    pending
+                        .entries
+                        .push((index, ClusterEntry::owned_data(host), 0));
                     Ok(())
                 }
                 _ => {
@@ -427,8 +415,8 @@ impl Qcow2 {
                     } else {
                         this.alloc(1)?
                     };
-                    let was_zeros = old == Old::ZeroPlain
-                        || (old == Old::Unallocated && this.header.backing_file.is_none());
+                    let was_zeros = old == ClusterEntry::ZeroPlain
+                        || (old == ClusterEntry::Unallocated && this.header.backing_file.is_none());
                     if !covers_all
                         && was_zeros
                         && this.key.is_none()
@@ -449,23 +437,10 @@ impl Qcow2 {
                         buf[a as usize..b as usize].copy_from_slice(src);
                         this.store(host, gc, 0, &buf)?;
                     }
-                    pending.entries.push((
-                        index,
-                        L2Entry::new()
-                            .with_host_offset(host)
-                            .with_copied(true)
-                            .raw(),
-                        0,
-                    ));
-                    match old {
-                        Old::Normal { host, .. } | Old::ZeroAlloc { host, .. }
-                            if this.data_file.is_none() =>
-                        {
-                            pending.frees.push((host, cs))
-                        }
-                        Old::Compressed { host, len } => pending.frees.push((host, len)),
-                        _ => {}
-                    }
+                    pending
+                        .entries
+                        .push((index, ClusterEntry::owned_data(host), 0));
+                    pending.free(this.freed_by_replacing(old));
                     Ok(())
                 }
             }
@@ -478,7 +453,7 @@ impl Qcow2 {
         &mut self,
         slot: Slot,
         src: &[u8],
-        old: Old,
+        old: ClusterEntry,
         pending: &mut Pending,
         below: &Below,
     ) -> Result<()> {
@@ -504,10 +479,10 @@ impl Qcow2 {
             }
             let part = &mut span[((k - s0) * ss) as usize..((k - s0 + 1) * ss) as usize];
             match old {
-                Old::Normal { host, .. } if alloc & (1 << k) != 0 => {
+                ClusterEntry::Normal { host, .. } if alloc & (1 << k) != 0 => {
                     self.fetch(host, gc, lo, part)?
                 }
-                Old::Compressed { .. } => {}
+                ClusterEntry::Compressed { .. } => {}
                 _ if zero & (1 << k) != 0 => part.fill(0),
                 _ => below(gc + lo, part)?,
             }
@@ -515,7 +490,7 @@ impl Qcow2 {
         span[(a - s0 * ss) as usize..(b - s0 * ss) as usize].copy_from_slice(src);
         let new_bitmap = |alloc: u64, zero: u64| (alloc | mask) | ((zero & !mask) << 32);
         match old {
-            Old::Normal { host, copied: true } => {
+            ClusterEntry::Normal { host, copied: true } => {
                 if self.data_file.is_none() {
                     self.check_overlap(host, cs)?;
                 }
@@ -523,31 +498,25 @@ impl Qcow2 {
                 if alloc & mask != mask || zero & mask != 0 {
                     pending.entries.push((
                         index,
-                        L2Entry::new()
-                            .with_host_offset(host)
-                            .with_copied(true)
-                            .raw(),
+                        ClusterEntry::owned_data(host),
                         new_bitmap(alloc, zero),
                     ));
                 }
             }
-            Old::Unallocated | Old::ZeroPlain | Old::ZeroAlloc { .. } => {
+            ClusterEntry::Unallocated
+            | ClusterEntry::ZeroPlain
+            | ClusterEntry::ZeroAlloc { .. } => {
                 let host = if self.data_file.is_some() {
                     gc
                 } else {
                     self.alloc(1)?
                 };
                 self.store(host, gc, s0 * ss, &span)?;
-                pending.entries.push((
-                    index,
-                    L2Entry::new()
-                        .with_host_offset(host)
-                        .with_copied(true)
-                        .raw(),
-                    new_bitmap(0, zero),
-                ));
+                pending
+                    .entries
+                    .push((index, ClusterEntry::owned_data(host), new_bitmap(0, zero)));
             }
-            Old::Normal {
+            ClusterEntry::Normal {
                 host: old_host,
                 copied: false,
             } => {
@@ -558,31 +527,20 @@ impl Qcow2 {
                 self.store(host, gc, 0, &whole)?;
                 pending.entries.push((
                     index,
-                    L2Entry::new()
-                        .with_host_offset(host)
-                        .with_copied(true)
-                        .raw(),
+                    ClusterEntry::owned_data(host),
                     new_bitmap(alloc, zero),
                 ));
-                pending.frees.push((old_host, cs));
+                pending.free(self.freed_by_replacing(old));
             }
-            Old::Compressed {
-                host: old_host,
-                len,
-            } => {
+            ClusterEntry::Compressed { .. } => {
                 let mut whole = self.old_content(old, gc, below)?;
                 whole[a as usize..b as usize].copy_from_slice(src);
                 let host = self.alloc(1)?;
                 self.store(host, gc, 0, &whole)?;
-                pending.entries.push((
-                    index,
-                    L2Entry::new()
-                        .with_host_offset(host)
-                        .with_copied(true)
-                        .raw(),
-                    ALL_SUBCLUSTERS,
-                ));
-                pending.frees.push((old_host, len));
+                pending
+                    .entries
+                    .push((index, ClusterEntry::owned_data(host), ALL_SUBCLUSTERS));
+                pending.free(self.freed_by_replacing(old));
             }
         }
         Ok(())
@@ -597,7 +555,7 @@ impl Qcow2 {
         // A short final piece is allowed in the image's last cluster; the rest of that
         // cluster reads as zeros.
         let end = guest + data.len() as u64;
-        if guest % cs != 0 || (end % cs != 0 && end.div_ceil(cs) != self.size.div_ceil(cs)) {
+        if guest % cs != 0 || (end % cs != 0 && end.div_ceil(cs) != self.size().div_ceil(cs)) {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "compressed writes must cover whole clusters",
@@ -621,11 +579,12 @@ impl Qcow2 {
             };
             let clen = compressed.len() as u64;
             let host = self.alloc_bytes(clen)?;
-            let descriptor = Qcow2CompressedDescriptor {
-                host_offset: host,
-                additional_sectors: (host + clen - 1) / 512 - host / 512,
+            let new = ClusterEntry::Compressed {
+                host,
+                len: clen,
+                copied: false,
             };
-            let Some(bits) = descriptor.encode(self.cluster_bits) else {
+            let Some(entry) = new.encode(self.geometry) else {
                 self.release(host, clen)?;
                 self.write_at(gc, chunk, below)?;
                 continue;
@@ -635,12 +594,11 @@ impl Qcow2 {
                 .map_err(|e| Error::io("writing a compressed cluster", e))?;
             // Freed compressed data may have lived at this offset before.
             *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            let entry = bits | 1 << 62;
             let mut refused = false;
             self.for_each_cluster(gc, chunk.len() as u64, |this, slot, pending| {
                 // As QEMU: a compressed cluster never replaces one that has host space.
                 match this.classify_for_write(slot)? {
-                    Old::Unallocated | Old::ZeroPlain => {
+                    ClusterEntry::Unallocated | ClusterEntry::ZeroPlain => {
                         pending.entries.push((slot.index, entry, 0))
                     }
                     _ => refused = true,

@@ -2,11 +2,11 @@
 //! that goes out (write-back in crash-safe order), and the allocator with its guard
 //! against allocating over metadata.
 
-use super::header::incompat;
 use super::layer::{Qcow2, Writer};
 use super::write::Pending;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::qcow2::{L1Entry, Qcow2HeaderV3};
+use crate::format::qcow2::incompatible;
+use crate::format::qcow2::L1Entry;
 use crate::storage::Storage;
 use std::sync::Arc;
 
@@ -14,18 +14,16 @@ impl Qcow2 {
     pub(super) fn is_writable(&mut self) -> Result<()> {
         self.refcounts_mut()?;
         // With lazy refcounts, as QEMU: the dirty bit first (cleared on a clean close).
-        let lazy = self.header.compatible_features() & super::header::compat::LAZY_REFCOUNTS != 0;
+        let lazy = self.header.compatible_features()
+            & crate::format::qcow2::compatible::LAZY_REFCOUNTS
+            != 0;
         if lazy && !self.marked_dirty && self.header.version() >= 3 {
-            let bits = self.header.incompatible_features() | incompat::DIRTY;
-            self.storage
-                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
-                .map_err(|e| Error::io("setting the dirty bit", e))?;
+            let bits = self.header.incompatible_features() | incompatible::DIRTY;
+            self.header
+                .write_incompatible_features(self.storage.as_ref(), bits)?;
             self.storage
                 .flush()
                 .map_err(|e| Error::io("flushing the dirty bit", e))?;
-            if let Some(v3) = self.header.v3.as_mut() {
-                v3.incompatible_features = bits;
-            }
             self.marked_dirty = true;
         }
         Ok(())
@@ -118,8 +116,8 @@ impl Qcow2 {
         }
         if !self.pending_frees.is_empty() {
             self.sync()?;
-            for (host, len) in std::mem::take(&mut self.pending_frees) {
-                self.release(host, len)?;
+            for freed in std::mem::take(&mut self.pending_frees) {
+                self.release(freed.host, freed.len)?;
             }
             self.flush_combined()?;
         }
@@ -130,17 +128,14 @@ impl Qcow2 {
     /// returns the error to give. The handle takes no more writes afterwards, in either version (QEMU makes the
     /// node unusable); what it held unwritten is dropped, as a crash would drop it.
     pub(super) fn mark_corrupt(&mut self, message: String) -> Error {
-        let bits = self.header.incompatible_features() | incompat::CORRUPT;
+        let bits = self.header.incompatible_features() | incompatible::CORRUPT;
         if self.header.version() >= 3
             && self
-                .storage
-                .write_at(&bits.to_be_bytes(), Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT)
+                .header
+                .write_incompatible_features(self.storage.as_ref(), bits)
                 .is_ok()
         {
             let _ = self.storage.flush();
-            if let Some(v3) = self.header.v3.as_mut() {
-                v3.incompatible_features = bits;
-            }
         }
         self.writer = Writer::Stopped(message.clone());
         Error::new(
@@ -152,7 +147,7 @@ impl Qcow2 {
     pub(super) fn alloc(&mut self, n: u64) -> Result<u64> {
         let storage = self.storage.clone();
         let at = self.refcounts_mut()?.alloc(storage.as_ref(), n)?;
-        self.check_overlap(at, n << self.cluster_bits)?;
+        self.check_overlap(at, n << self.geometry.cluster_bits)?;
         Ok(at)
     }
 
@@ -223,7 +218,7 @@ impl Qcow2 {
         if hits(0, cs) {
             return Some("qcow2_header");
         }
-        if hits(self.l1_offset, self.l1.len() as u64 * 8) {
+        if hits(self.l1_offset(), self.l1.len() as u64 * 8) {
             return Some("active L1 table");
         }
         if let Some(r) = self.refcounts() {
@@ -264,7 +259,7 @@ impl Qcow2 {
             return Ok(());
         }
         let mut table: Vec<u64> = self.l2_table(l2_at)?.to_vec();
-        let words = self.entry_words();
+        let words = self.geometry.entry_words();
         for &(index, entry, bitmap) in &pending.entries {
             table[(index * words) as usize] = entry;
             if words == 2 {

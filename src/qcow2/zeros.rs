@@ -2,10 +2,10 @@
 //! version has them, discarded clusters where it does not, and explicit zeros where
 //! nothing else reads right.
 
+use super::entry::ClusterEntry;
 use super::layer::Qcow2;
-use super::write::{sub_mask, Below, Old, Slot, ALL_SUBCLUSTERS};
+use super::write::{sub_mask, Below, Slot, ALL_SUBCLUSTERS};
 use crate::error::Result;
-use crate::format::qcow2::L2Entry;
 use crate::mapping::Mapping;
 
 impl Qcow2 {
@@ -15,7 +15,11 @@ impl Qcow2 {
     pub fn write_zeroes(&mut self, guest: u64, len: u64, unmap: bool, below: &Below) -> Result<()> {
         self.is_writable()?;
         let cs = self.cs();
-        let unit = if self.extended_l2 { cs / 32 } else { cs };
+        let unit = if self.geometry.extended_l2 {
+            cs / 32
+        } else {
+            cs
+        };
         let alone = self.header.backing_file.is_none() && self.data_file.is_none();
         if self.header.version() < 3 && alone {
             return self.write_zeroes_unbacked_v2(guest, len, below);
@@ -23,7 +27,7 @@ impl Qcow2 {
         let explicit = self.header.version() < 3 || self.data_file.is_some();
         let end = guest + len;
         // The image's last cluster may be partial: ending at the image's end is whole.
-        let last = if end == self.size {
+        let last = if end == self.size() {
             end
         } else {
             end / unit * unit
@@ -46,44 +50,37 @@ impl Qcow2 {
                 ..
             } = slot;
             let old = this.classify_for_write(slot)?;
-            if this.extended_l2 {
+            if this.geometry.extended_l2 {
                 let ss = cs / 32;
                 let mask = sub_mask(a / ss, b.div_ceil(ss));
                 let (alloc, zero) = (bitmap & ALL_SUBCLUSTERS, bitmap >> 32);
                 match old {
-                    Old::Normal { copied: true, .. } => {
+                    ClusterEntry::Normal { copied: true, .. } => {
                         pending
                             .entries
                             .push((index, raw, (alloc & !mask) | ((zero | mask) << 32)));
                     }
-                    Old::Unallocated | Old::ZeroPlain => {
+                    ClusterEntry::Unallocated | ClusterEntry::ZeroPlain => {
                         pending.entries.push((index, 0, (zero | mask) << 32))
                     }
                     _ => fallback.push((gc + a, b - a)),
                 }
                 return Ok(());
             }
-            let zero_entry = L2Entry::new().with_zero(true);
             match old {
-                Old::Normal { host, copied: true } | Old::ZeroAlloc { host, copied: true }
+                ClusterEntry::Normal { host, copied: true }
+                | ClusterEntry::ZeroAlloc { host, copied: true }
                     if !unmap =>
                 {
-                    pending.entries.push((
-                        index,
-                        zero_entry.with_host_offset(host).with_copied(true).raw(),
-                        0,
-                    ));
+                    pending
+                        .entries
+                        .push((index, ClusterEntry::owned_zero(host), 0));
                 }
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
-                    pending.entries.push((index, zero_entry.raw(), 0));
-                    pending.frees.push((host, cs));
+                ClusterEntry::ZeroPlain => {}
+                _ => {
+                    pending.entries.push((index, ClusterEntry::plain_zero(), 0));
+                    pending.free(this.freed_by_replacing(old));
                 }
-                Old::Compressed { host, len } => {
-                    pending.entries.push((index, zero_entry.raw(), 0));
-                    pending.frees.push((host, len));
-                }
-                Old::Unallocated => pending.entries.push((index, zero_entry.raw(), 0)),
-                Old::ZeroPlain => {}
             }
             Ok(())
         })?;
@@ -105,7 +102,11 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.cs();
         let end = guest + len;
-        let last = if end == self.size { end } else { end / cs * cs };
+        let last = if end == self.size() {
+            end
+        } else {
+            end / cs * cs
+        };
         let first = guest.next_multiple_of(cs);
         if first >= last {
             return self.zero_part(guest, end, below);
@@ -151,7 +152,11 @@ impl Qcow2 {
         self.is_writable()?;
         let cs = self.cs();
         let end = guest + len;
-        let last = if end == self.size { end } else { end / cs * cs };
+        let last = if end == self.size() {
+            end
+        } else {
+            end / cs * cs
+        };
         let first = guest.next_multiple_of(cs);
         if first >= last {
             return Ok(());
@@ -175,26 +180,20 @@ impl Qcow2 {
                 ..
             } = slot;
             let old = this.classify_for_write(slot)?;
-            let allocated = !matches!(old, Old::Unallocated | Old::ZeroPlain);
+            let allocated = !matches!(old, ClusterEntry::Unallocated | ClusterEntry::ZeroPlain);
             if !(has_backing || allocated) {
                 return Ok(());
             }
-            let (entry, bitmap) = match (this.extended_l2, v3) {
+            let (entry, bitmap) = match (this.geometry.extended_l2, v3) {
                 (true, _) => (0, ALL_SUBCLUSTERS << 32),
-                (false, true) => (L2Entry::new().with_zero(true).raw(), 0),
+                (false, true) => (ClusterEntry::plain_zero(), 0),
                 (false, false) => (0, 0),
             };
             if (raw, old_bitmap) == (entry, bitmap) {
                 return Ok(());
             }
             pending.entries.push((index, entry, bitmap));
-            match old {
-                Old::Normal { host, .. } | Old::ZeroAlloc { host, .. } => {
-                    pending.frees.push((host, cs))
-                }
-                Old::Compressed { host, len } => pending.frees.push((host, len)),
-                _ => {}
-            }
+            pending.free(this.freed_by_replacing(old));
             Ok(())
         })
     }

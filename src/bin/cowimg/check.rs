@@ -3,8 +3,8 @@
 use crate::json::Json;
 use crate::progress::Progress;
 use crate::source::SourceArgs;
+use cowimg::format::qcow2::incompatible;
 use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
-use cowimg::qcow2::header::incompat;
 use cowimg::{Error, Format, Image};
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -78,7 +78,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let header = cowimg::qcow2::Header::read(&storage);
     let has_data_file = header
         .as_ref()
-        .is_ok_and(|h| h.incompatible_features() & incompat::DATA_FILE != 0);
+        .is_ok_and(|h| h.incompatible_features() & incompatible::DATA_FILE != 0);
     // The bar counts tables, not bytes: its length is set once the L1 table is read.
     let bar = Progress::counting(args.progress && !args.quiet, "L2 tables");
     let shown = bar.clone();

@@ -3,8 +3,8 @@
 use crate::human;
 use crate::json::Json;
 use crate::source::SourceArgs;
+use cowimg::format::qcow2::{autoclear, compatible, incompatible};
 use cowimg::image::{ChainEntry, Layer};
-use cowimg::qcow2::header::{autoclear, compat, incompat};
 use cowimg::qcow2::{self, Snapshot};
 use cowimg::{Backing, Error, Format, Image};
 use std::fmt::Write;
@@ -146,7 +146,7 @@ fn describe(entry: &ChainEntry, dump: bool) -> Result<Info, Error> {
             let mut info = base(path, Format::Qcow2, h.common.size / 512 * 512)?;
             info.cluster_size = Some(h.cluster_size());
             info.encrypted = h.common.crypt_method != 0;
-            info.dirty = h.incompatible_features() & incompat::DIRTY != 0;
+            info.dirty = h.incompatible_features() & incompatible::DIRTY != 0;
             info.snapshots = q.snapshots().to_vec();
             info.specific = Some(qcow2_specific(q)?);
             if dump {
@@ -176,7 +176,7 @@ fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
     if v3 {
         data.push((
             "lazy-refcounts",
-            Json::Bool(h.compatible_features() & compat::LAZY_REFCOUNTS != 0),
+            Json::Bool(h.compatible_features() & compatible::LAZY_REFCOUNTS != 0),
         ));
     }
     let bitmaps = qcow2::bitmaps::read_directory(q.storage(), h)?;
@@ -216,11 +216,11 @@ fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
     if v3 {
         data.push((
             "corrupt",
-            Json::Bool(h.incompatible_features() & incompat::CORRUPT != 0),
+            Json::Bool(h.incompatible_features() & incompatible::CORRUPT != 0),
         ));
         data.push((
             "extended-l2",
-            Json::Bool(h.incompatible_features() & incompat::EXTENDED_L2 != 0),
+            Json::Bool(h.incompatible_features() & incompatible::EXTENDED_L2 != 0),
         ));
     }
     Ok(Json::Object(data))

@@ -64,6 +64,13 @@ impl CowHeaderV1 {
 }
 
 impl CowHeaderV1 {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x4f4f4f4d;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x1;
+}
+
+impl CowHeaderV1 {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -161,6 +168,13 @@ impl CowHeaderV2 {
     pub const SIZE_AT: u64 = 4108;
     /// Byte 4116 of the file: `sectorsize`.
     pub const SECTORSIZE_AT: u64 = 4116;
+}
+
+impl CowHeaderV2 {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x4f4f4f4d;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x2;
 }
 
 impl CowHeaderV2 {
@@ -271,6 +285,15 @@ impl CowHeaderV3 {
     pub const COW_FORMAT_AT: u64 = 28;
     /// Byte 32 of the file: `backing_file`.
     pub const BACKING_FILE_AT: u64 = 32;
+}
+
+impl CowHeaderV3 {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x4f4f4f4d;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x3;
+    /// The only value `cow_format` may hold.
+    pub const COW_FORMAT_REQUIRED: u32 = 0x0;
 }
 
 impl CowHeaderV3 {
@@ -425,6 +448,15 @@ impl CowHeaderV3Broken {
 }
 
 impl CowHeaderV3Broken {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x4f4f4f4d;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x3;
+    /// The only value `cow_format` may hold.
+    pub const COW_FORMAT_REQUIRED: u32 = 0x0;
+}
+
+impl CowHeaderV3Broken {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -563,6 +595,13 @@ impl QemuCowHeader {
     pub const SECTORSIZE_AT: u64 = 1048;
     /// Byte 1052 of the file: `tail_padding`.
     pub const TAIL_PADDING_AT: u64 = 1052;
+}
+
+impl QemuCowHeader {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x4f4f4f4d;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x2;
 }
 
 impl QemuCowHeader {

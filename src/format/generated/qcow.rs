@@ -89,6 +89,13 @@ impl QcowHeader {
 }
 
 impl QcowHeader {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x514649fb;
+    /// The only value `version` may hold.
+    pub const VERSION_REQUIRED: u32 = 0x1;
+}
+
+impl QcowHeader {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -185,7 +192,7 @@ impl QcowHeader {
         }
         {
             let v = u64::from(self.backing_file_size);
-            let ok = self.backing_file_offset == 0 || v <= 1023;
+            let ok = self.backing_file_offset == 0 || v <= u64::from(MAX_BACKING_NAME_LEN);
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -300,3 +307,6 @@ impl QcowCompressedDescriptor {
         )
     }
 }
+
+/// QEMU's longest backing file name, in bytes.
+pub const MAX_BACKING_NAME_LEN: u32 = 1023;

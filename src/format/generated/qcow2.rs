@@ -100,6 +100,11 @@ impl Qcow2Header {
 }
 
 impl Qcow2Header {
+    /// The only value `magic` may hold.
+    pub const MAGIC_REQUIRED: u32 = 0x514649fb;
+}
+
+impl Qcow2Header {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64) -> Result<()> {
@@ -133,7 +138,7 @@ impl Qcow2Header {
         }
         {
             let v = u64::from(self.cluster_bits);
-            let ok = (9..=21).contains(&v);
+            let ok = (u64::from(MIN_CLUSTER_BITS)..=u64::from(MAX_CLUSTER_BITS)).contains(&v);
             if !ok {
                 return Err(Error::field(
                     ErrorKind::Unsupported,
@@ -190,7 +195,8 @@ impl Qcow2Header {
         {
             let v = u64::from(self.backing_file_size);
             let ok = self.backing_file_offset == 0
-                || v <= 1023.min(pow2(self.cluster_bits).saturating_sub(self.backing_file_offset));
+                || v <= u64::from(MAX_BACKING_NAME_LEN)
+                    .min(pow2(self.cluster_bits).saturating_sub(self.backing_file_offset));
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -219,7 +225,7 @@ impl Qcow2Header {
         }
         {
             let v = u64::from(self.l1_size);
-            let ok = v * 8 <= 32 * 1024 * 1024;
+            let ok = v * 8 <= MAX_L1_BYTES;
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -249,7 +255,7 @@ impl Qcow2Header {
         }
         {
             let v = u64::from(self.refcount_table_clusters);
-            let ok = v << self.cluster_bits <= 8 * 1024 * 1024;
+            let ok = v << self.cluster_bits <= MAX_REFCOUNT_TABLE_BYTES;
             if !ok {
                 return Err(Error::field(
                     ErrorKind::InvalidFormat,
@@ -516,6 +522,11 @@ impl crate::format::Layout for BitmapsExtension {
 }
 
 impl BitmapsExtension {
+    /// The only value `reserved` may hold.
+    pub const RESERVED_REQUIRED: u32 = 0x0;
+}
+
+impl BitmapsExtension {
     /// Checks every constraint of the spec, field checks first, in order. `at` is the
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, at: u64, cluster_bits: u32) -> Result<()> {
@@ -765,6 +776,11 @@ impl crate::format::Layout for BitmapDirectoryEntry {
         ("name_size", 18),
         ("extra_data_size", 20),
     ];
+}
+
+impl BitmapDirectoryEntry {
+    /// The only value `bitmap_type` may hold.
+    pub const BITMAP_TYPE_REQUIRED: u8 = 0x1;
 }
 
 impl BitmapDirectoryEntry {
@@ -1308,3 +1324,69 @@ impl ExtensionMagic {
         }
     }
 }
+/// The smallest cluster: 512 bytes.
+pub const MIN_CLUSTER_BITS: u32 = 9;
+
+/// The largest cluster: 2 MiB.
+pub const MAX_CLUSTER_BITS: u32 = 21;
+
+/// QEMU's longest backing file name, in bytes.
+pub const MAX_BACKING_NAME_LEN: u32 = 1023;
+
+/// QEMU's largest L1 table: 32 MiB.
+pub const MAX_L1_BYTES: u64 = 33554432;
+
+/// QEMU's largest refcount table: 8 MiB.
+pub const MAX_REFCOUNT_TABLE_BYTES: u64 = 8388608;
+
+/// QEMU's most internal snapshots.
+pub const MAX_SNAPSHOTS: u32 = 65536;
+
+/// QEMU's largest snapshot table: 64 MiB.
+pub const MAX_SNAPSHOT_TABLE_BYTES: u64 = 67108864;
+
+/// Bits of the `incompatible_features` header field.
+pub mod incompatible {
+    /// "dirty bit": Refcounts may be stale (lazy refcounts were on); a writable open rebuilds them.
+    pub const DIRTY: u64 = 1 << 0;
+    /// "corrupt bit": Metadata was found inconsistent; the image may only be opened read-only.
+    pub const CORRUPT: u64 = 1 << 1;
+    /// "external data file": Guest data lives in an external data file named by the DataFile extension.
+    pub const DATA_FILE: u64 = 1 << 2;
+    /// "compression type": The header's compression_type field is in use (not zlib).
+    pub const COMPRESSION: u64 = 1 << 3;
+    /// "extended L2 entries": L2 entries are 128 bits: the entry, then a 32-subcluster bitmap.
+    pub const EXTENDED_L2: u64 = 1 << 4;
+    /// Every bit this spec knows.
+    pub const KNOWN: u64 = 0x1f;
+}
+
+/// Bits of the `compatible_features` header field.
+pub mod compatible {
+    /// "lazy refcounts": Refcount updates may be deferred; the dirty bit marks an image that needs them rebuilt.
+    pub const LAZY_REFCOUNTS: u64 = 1 << 0;
+    /// Every bit this spec knows.
+    pub const KNOWN: u64 = 0x1;
+}
+
+/// Bits of the `autoclear_features` header field.
+pub mod autoclear {
+    /// "bitmaps": The Bitmaps extension is consistent with the image.
+    pub const BITMAPS: u64 = 1 << 0;
+    /// "raw external data": The external data file reads as a raw image of the guest disk.
+    pub const DATA_FILE_RAW: u64 = 1 << 1;
+    /// Every bit this spec knows.
+    pub const KNOWN: u64 = 0x3;
+}
+
+/// Every feature bit as QEMU names it in the feature name table it writes: (type, bit, name), types 0 incompatible, 1 compatible, 2 autoclear.
+pub const FEATURE_NAMES: &[(u8, u8, &str)] = &[
+    (0, 0, "dirty bit"),
+    (0, 1, "corrupt bit"),
+    (0, 2, "external data file"),
+    (0, 3, "compression type"),
+    (0, 4, "extended L2 entries"),
+    (1, 0, "lazy refcounts"),
+    (2, 0, "bitmaps"),
+    (2, 1, "raw external data"),
+];
