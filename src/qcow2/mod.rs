@@ -11,13 +11,16 @@ mod header_fields;
 pub mod l2cache;
 pub mod layer;
 pub mod measure;
+mod open;
 pub mod refcount;
 mod resize;
 pub mod snapshot;
+mod snapshot_ops;
 pub mod write;
 mod writeback;
 mod zeros;
 
 pub use header::Header;
-pub use layer::{Qcow2, Qcow2Options, SnapshotRef};
+pub use layer::Qcow2;
+pub use open::{Qcow2Options, SnapshotRef};
 pub use snapshot::Snapshot;

@@ -1,6 +1,6 @@
-//! `check` and repair: every cluster's references counted from the metadata and
-//! compared with its refcount, COPIED flags checked, with QEMU's classification
-//! (corruptions, leaks, check errors) and messages.
+//! `check`: every cluster's references counted from the metadata and compared with
+//! its refcount, COPIED flags checked, with QEMU's classification (corruptions,
+//! leaks, check errors) and messages. What it repairs is in `repair.rs`.
 
 use super::entry::ClusterEntry;
 use super::geometry::Geometry;
@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::format::qcow2::{autoclear, incompatible};
 use crate::format::qcow2::{BitmapTableEntry, L1Entry, L2Entry, SubclusterBitmap};
 use crate::storage::Storage;
+
+mod repair;
+use repair::{clear_flags, compare_and_repair};
 
 /// What `-r` asks to repair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,17 +272,6 @@ pub fn check_with_progress(
     Ok(result)
 }
 
-/// Clears the dirty and corrupt bits once an image is clean.
-fn clear_flags(storage: &dyn Storage) -> Result<()> {
-    let mut header = Header::read(storage)?;
-    let bits = header.incompatible_features();
-    if header.version() >= 3 && bits & (incompatible::DIRTY | incompatible::CORRUPT) != 0 {
-        let cleared = bits & !(incompatible::DIRTY | incompatible::CORRUPT);
-        header.write_incompatible_features(storage, cleared)?;
-        storage.flush().map_err(io("flushing the header"))?;
-    }
-    Ok(())
-}
 
 fn check_once(
     storage: &dyn Storage,
@@ -439,93 +431,6 @@ fn count_refcount_blocks(p: &mut Pass, nb: u64) -> Result<Refcounts> {
     Ok(refcounts)
 }
 
-/// Compares, as QEMU: first only to report; then, when repairing, either rebuilds the
-/// refcount structures (a referenced cluster has refcount 0) or compares again, fixing.
-/// Returns the end of the last cluster in use (in clusters), or None when the check
-/// cannot go on (structures to rebuild without `-r all`).
-fn compare_and_repair(
-    p: &mut Pass,
-    refcounts: &mut Refcounts,
-    repair: Repair,
-) -> Result<Option<u64>> {
-    let (storage, header, cs) = (p.storage, p.header, p.cs);
-    if repair != Repair::None && p.res.check_errors > 0 {
-        // A table that could not be read left its references uncounted: repairing
-        // from this count would free clusters still in use. As QEMU, the check ends
-        // without repairing anything.
-        p.res.failed = Some("Input/output error".into());
-        return Ok(None);
-    }
-    let refs = std::mem::take(&mut p.refs);
-    let before = p.res.clone();
-    let mut highest = compare(p, storage, refcounts, &refs, Repair::None)?;
-    if p.rebuild && repair == Repair::All {
-        p.res.messages.push("Rebuilding refcount structure".into());
-        let (old_table, old_clusters) = (
-            header.common.refcount_table_offset,
-            header.common.refcount_table_clusters,
-        );
-        let old_blocks: Vec<u64> = refcounts
-            .table()
-            .iter()
-            .map(|e| e & !0x1ff)
-            .filter(|b| *b != 0 && b % cs == 0)
-            .collect();
-        let mut new_header = header.clone();
-        let (start, end) = rebuild(storage, &mut new_header, &refs)?;
-        p.res.repaired = true;
-        p.res.corruptions_fixed += p.res.corruptions;
-        p.res.leaks_fixed += p.res.leaks;
-        p.res.corruptions = 0;
-        p.res.leaks = 0;
-        *refcounts = Refcounts::load(
-            storage,
-            header.cluster_bits(),
-            header.refcount_order(),
-            new_header.common.refcount_table_offset,
-            new_header.common.refcount_table_clusters,
-        )?;
-        // The old structures are now leaked: free them. These repairs are the
-        // rebuild's own and are not counted.
-        // The new structures start after the last cluster in use, which may be inside
-        // the old file (spare space at its end): each of their clusters counts once.
-        let mut now = refs.clone();
-        now.resize(now.len().max((end / cs) as usize), 0);
-        for c in start / cs..end / cs {
-            now[c as usize] = 1;
-        }
-        let old = (old_table..old_table + u64::from(old_clusters) * cs)
-            .step_by(cs as usize)
-            .chain(old_blocks);
-        for at in old {
-            if let Some(r) = now.get_mut((at / cs) as usize) {
-                *r = r.saturating_sub(1);
-            }
-        }
-        let saved = p.res.clone();
-        highest = compare(p, storage, refcounts, &now, Repair::Leaks)?;
-        let messages = std::mem::take(&mut p.res.messages);
-        p.res = saved;
-        p.res.messages = messages;
-    } else if repair != Repair::None {
-        if p.rebuild {
-            p.res
-                .messages
-                .push("ERROR need to rebuild refcount structures".into());
-            p.res.check_errors += 1;
-            p.res.failed = Some("Input/output error".into());
-            return Ok(None);
-        }
-        if p.res.leaks > 0 || p.res.corruptions > 0 {
-            let messages = std::mem::take(&mut p.res.messages);
-            p.res = before;
-            p.res.messages = messages;
-            highest = compare(p, storage, refcounts, &refs, repair)?;
-        }
-    }
-
-    Ok(Some(highest))
-}
 
 /// COPIED flags of the active tables: set exactly where a cluster's refcount is 1.
 fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -> Result<()> {
@@ -612,143 +517,4 @@ fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -
     Ok(())
 }
 
-/// Compares every cluster's refcount with its references, reporting each mismatch
-/// and fixing what `fix` allows; returns the end of the last cluster in use (in
-/// clusters). A referenced cluster with refcount 0 means the structures need a rebuild.
-fn compare(
-    p: &mut Pass,
-    storage: &dyn Storage,
-    refcounts: &mut Refcounts,
-    refs: &[u64],
-    fix: Repair,
-) -> Result<u64> {
-    let max = refcounts.max();
-    let mut highest = 0;
-    for (i, &refs) in refs.iter().enumerate() {
-        let i = i as u64;
-        let rc = match refcounts.get(storage, i) {
-            Ok(v) => v,
-            Err(e) => {
-                p.res
-                    .messages
-                    .push(format!("Can't get refcount for cluster {i}: {e}"));
-                p.res.check_errors += 1;
-                continue;
-            }
-        };
-        if refs > max {
-            p.error(format!("ERROR: overflow cluster offset={:#x}", i * p.cs));
-        }
-        if rc > 0 || refs > 0 {
-            highest = i + 1;
-        }
-        if rc == refs {
-            continue;
-        }
-        let fixing = if rc == 0 {
-            p.rebuild = true;
-            false
-        } else if rc > refs {
-            fix != Repair::None
-        } else {
-            fix == Repair::All
-        };
-        let label = if fixing {
-            "Repairing"
-        } else if rc < refs {
-            "ERROR"
-        } else {
-            "Leaked"
-        };
-        p.res.messages.push(format!(
-            "{label} cluster {i} refcount={rc} reference={refs}"
-        ));
-        if fixing {
-            refcounts.set(storage, i, refs.min(max))?;
-            if rc > refs {
-                p.res.leaks_fixed += 1;
-            } else {
-                p.res.corruptions_fixed += 1;
-            }
-            if refs == 0 && highest == i + 1 {
-                highest = i;
-            }
-            continue;
-        }
-        if rc < refs {
-            p.res.corruptions += 1;
-        } else {
-            p.res.leaks += 1;
-        }
-    }
-    Ok(highest)
-}
 
-/// Writes new refcount structures computed from `refs` after the last cluster in use
-/// and switches the header to them. Returns where they start and end.
-fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(u64, u64)> {
-    let cs = header.cluster_size();
-    let order = header.refcount_order();
-    let entries_per_block = (cs * 8) >> order;
-    let used = refs
-        .iter()
-        .rposition(|r| *r > 0)
-        .map_or(1, |i| i as u64 + 1);
-    // Blocks and table go after everything in use; they must count themselves too.
-    let (mut blocks, mut table_clusters);
-    let mut total = used;
-    loop {
-        blocks = total.div_ceil(entries_per_block);
-        table_clusters = (blocks * 8).div_ceil(cs);
-        let need = used + blocks + table_clusters;
-        if need <= total {
-            break;
-        }
-        total = need;
-    }
-    let start = used;
-    let mut counts = refs.to_vec();
-    counts.resize(total as usize, 0);
-    for c in start..start + blocks + table_clusters {
-        counts[c as usize] = 1;
-    }
-    let mut table = vec![0u8; (table_clusters * cs) as usize];
-    for b in 0..blocks {
-        let block_at = (start + b) * cs;
-        table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&block_at.to_be_bytes());
-        let mut block = vec![0u8; cs as usize];
-        let bits = 1u64 << order;
-        for k in 0..entries_per_block {
-            let c = b * entries_per_block + k;
-            let Some(&v) = counts.get(c as usize) else {
-                break;
-            };
-            if v == 0 {
-                continue;
-            }
-            if bits >= 8 {
-                let len = (bits / 8) as usize;
-                let at = k as usize * len;
-                for (i, byte) in block[at..at + len].iter_mut().enumerate() {
-                    *byte = (v >> (8 * (len - 1 - i))) as u8;
-                }
-            } else {
-                let bit = k * bits;
-                block[(bit / 8) as usize] |= (v << (bit % 8)) as u8;
-            }
-        }
-        storage
-            .write_at(&block, block_at)
-            .map_err(io("writing a rebuilt refcount block"))?;
-    }
-    let table_at = (start + blocks) * cs;
-    storage
-        .write_at(&table, table_at)
-        .map_err(io("writing the rebuilt refcount table"))?;
-    storage
-        .flush()
-        .map_err(io("flushing the rebuilt refcount structures"))?;
-    header.write_refcount_table(storage, table_at, table_clusters as u32)?;
-    storage.flush().map_err(io("flushing the header"))?;
-    Ok((start * cs, (start + blocks + table_clusters) * cs))
-}
