@@ -5,7 +5,8 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Backing, Image, OpenOptions};
 use crate::probe::Format;
-use crate::qcow2::create::{create, CreateOptions};
+use crate::qcow2::create::create;
+pub use crate::qcow2::create::{Compat, CreateOptions, Preallocation};
 use crate::storage::Storage;
 use std::path::Path;
 
@@ -35,6 +36,17 @@ pub fn create_file(
         }
     }
     result
+}
+
+/// Lays out a new qcow2 image in `storage` (and its external data file in
+/// `data_storage`): for storage that is not a file of its own, such as memory or a
+/// fault injector in tests.
+pub fn layout_qcow2(
+    storage: &dyn Storage,
+    data_storage: Option<&dyn Storage>,
+    opts: &CreateOptions,
+) -> Result<()> {
+    create(storage, data_storage, opts)
 }
 
 /// Removes a file this run created and could not finish (one already gone is fine).
@@ -152,10 +164,10 @@ impl Image {
     /// it for writing, its backing chain below it.
     ///
     /// ```no_run
-    /// use cowimg::qcow2::create::CreateOptions;
+    /// use cowimg::CreateOptions;
     /// use cowimg::{Format, Image};
     ///
-    /// let options = CreateOptions { size: 1 << 30, ..Default::default() };
+    /// let options = CreateOptions::new(1 << 30);
     /// let mut image = Image::create("new.qcow2", Format::Qcow2, &options)?;
     /// image.write_at(b"hello", 0)?;
     /// image.flush()?;

@@ -41,6 +41,7 @@ impl ErrorKind {
 
 /// Where on disk an error was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Location {
     /// The structure, as the spec titles it: "qcow2 header".
     pub structure: &'static str,
@@ -107,6 +108,7 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is, for callers that branch on it.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -116,6 +118,7 @@ impl Error {
         &self.message
     }
 
+    /// The structure, field and byte offset a format error is about, when it is about one.
     pub fn location(&self) -> Option<&Location> {
         self.location.as_ref()
     }

@@ -180,6 +180,111 @@ struct Setup {
     size_kib: u16,
 }
 
+impl Setup {
+    fn options(&self) -> CreateOptions {
+        let cluster_bits = 9 + u32::from(self.cluster_bits % 8); // 512 B .. 64 KiB
+        CreateOptions {
+            size: (u64::from(self.size_kib % 2048) + 1) * 1024,
+            version: if self.v2 { 2 } else { 3 },
+            cluster_size: 1 << cluster_bits,
+            refcount_bits: if self.v2 {
+                16
+            } else {
+                1 << (2 + self.refcount_order % 5)
+            },
+            extended_l2: self.extended_l2 && !self.v2 && cluster_bits >= 14,
+            compression: if self.zstd && !self.v2 {
+                crate::codec::Compression::Zstd
+            } else {
+                crate::codec::Compression::Deflate
+            },
+            ..CreateOptions::default()
+        }
+    }
+}
+
+/// The image under test and the model of what the guest should read.
+struct Session {
+    image: Image,
+    model: Vec<u8>,
+    size: u64,
+    cs: u64,
+    refcount_bits: u32,
+    snapshots: u32,
+}
+
+impl Session {
+    /// Guest range from an offset and length drawn from the input, inside the disk.
+    fn range(&self, offset: u32, len: u16) -> (u64, u64) {
+        let at = u64::from(offset) % self.size;
+        (at, u64::from(len).min(self.size - at))
+    }
+
+    fn fill(&mut self, at: u64, n: u64, byte: u8) {
+        self.model[at as usize..(at + n) as usize].fill(byte);
+    }
+
+    fn apply(&mut self, op: Op) {
+        let (size, cs) = (self.size, self.cs);
+        match op {
+            Op::Write {
+                offset,
+                len,
+                pattern,
+            } => {
+                let (at, n) = self.range(offset, len);
+                self.image
+                    .write_at(&vec![pattern; n as usize], at)
+                    .expect("write");
+                self.fill(at, n, pattern);
+            }
+            Op::Zero { offset, len, unmap } => {
+                let (at, n) = self.range(offset, len);
+                self.image.write_zeroes(at, n, unmap).expect("write zeroes");
+                self.fill(at, n, 0);
+            }
+            Op::Discard { offset, len } => {
+                let (at, n) = self.range(offset, len);
+                self.image.discard(at, n).expect("discard");
+                // No backing file: discarded whole clusters read as zeros in v2 and v3.
+                let end = at + n;
+                let last = if end == size { end } else { end / cs * cs };
+                let first = at.next_multiple_of(cs);
+                if first < last {
+                    self.fill(first, last - first, 0);
+                }
+            }
+            Op::Compressed { cluster, pattern } => {
+                let at = u64::from(cluster) * cs % size.next_multiple_of(cs);
+                if at >= size {
+                    return;
+                }
+                let n = cs.min(size - at);
+                // Refused over a cluster that has space; the content is then unchanged.
+                let data = vec![pattern; n as usize];
+                if self.image.write_compressed(&data, at).is_ok() {
+                    self.fill(at, n, pattern);
+                }
+            }
+            Op::Snapshot => {
+                if self.refcount_bits >= 4
+                    && self.snapshots < 4
+                    && self.image.snapshot_create("s").is_ok()
+                {
+                    self.snapshots += 1;
+                }
+            }
+            Op::DeleteSnapshot => {
+                if let Some(id) = self.image.snapshots().first().map(|s| s.id.clone()) {
+                    self.image.snapshot_delete(&id).expect("delete snapshot");
+                    self.snapshots -= 1;
+                }
+            }
+            Op::Flush => self.image.flush().expect("flush"),
+        }
+    }
+}
+
 /// A fresh image and operations drawn from the input, mirrored in a model of the guest
 /// content. Afterwards our check must find no corruption and no leak, and a re-read
 /// must equal the model.
@@ -188,108 +293,40 @@ pub fn write_path(data: &[u8]) {
     let Ok(setup) = Setup::arbitrary(&mut u) else {
         return;
     };
-    let cluster_bits = 9 + u32::from(setup.cluster_bits % 8); // 512 B .. 64 KiB
-    let extended_l2 = setup.extended_l2 && !setup.v2 && cluster_bits >= 14;
-    let opts = CreateOptions {
-        size: (u64::from(setup.size_kib % 2048) + 1) * 1024,
-        version: if setup.v2 { 2 } else { 3 },
-        cluster_size: 1 << cluster_bits,
-        refcount_bits: if setup.v2 {
-            16
-        } else {
-            1 << (2 + setup.refcount_order % 5)
-        },
-        extended_l2,
-        compression: if setup.zstd && !setup.v2 {
-            crate::codec::Compression::Zstd
-        } else {
-            crate::codec::Compression::Deflate
-        },
-        ..CreateOptions::default()
-    };
+    let opts = setup.options();
     let storage = Arc::new(MemoryStorage::new(Vec::new()));
     create(storage.as_ref(), None, &opts).expect("creating a fresh image");
     let writable = OpenOptions {
         writable: true,
         ..OpenOptions::default()
     };
-    let mut image =
-        Image::open_storage(storage.clone(), Format::Qcow2, &writable).expect("opening it");
+    let image = Image::open_storage(storage.clone(), Format::Qcow2, &writable).expect("opening it");
     let size = image.size();
-    let cs = opts.cluster_size;
-    let mut model = vec![0u8; size as usize];
-    let mut snapshots = 0u32;
+    let mut session = Session {
+        image,
+        model: vec![0u8; size as usize],
+        size,
+        cs: opts.cluster_size,
+        refcount_bits: opts.refcount_bits,
+        snapshots: 0,
+    };
+    let trace = std::env::var_os("COWIMG_FUZZ_TRACE").is_some();
     for _ in 0..64 {
         let Ok(op) = Op::arbitrary(&mut u) else { break };
-        if std::env::var_os("COWIMG_FUZZ_TRACE").is_some() {
-            eprintln!("{op:?} (size {size}, cluster {cs}, {opts:?})");
+        if trace {
+            eprintln!("{op:?} (size {size}, {opts:?})");
         }
-        let range = |offset: u32, len: u16| {
-            let at = u64::from(offset) % size;
-            (at, u64::from(len).min(size - at))
-        };
-        match op {
-            Op::Write {
-                offset,
-                len,
-                pattern,
-            } => {
-                let (at, n) = range(offset, len);
-                image
-                    .write_at(&vec![pattern; n as usize], at)
-                    .expect("write");
-                model[at as usize..(at + n) as usize].fill(pattern);
-            }
-            Op::Zero { offset, len, unmap } => {
-                let (at, n) = range(offset, len);
-                image.write_zeroes(at, n, unmap).expect("write zeroes");
-                model[at as usize..(at + n) as usize].fill(0);
-            }
-            Op::Discard { offset, len } => {
-                let (at, n) = range(offset, len);
-                image.discard(at, n).expect("discard");
-                // No backing file: discarded whole clusters read as zeros in v2 and v3.
-                let end = at + n;
-                let last = if end == size { end } else { end / cs * cs };
-                let first = at.next_multiple_of(cs);
-                if first < last {
-                    model[first as usize..last as usize].fill(0);
-                }
-            }
-            Op::Compressed { cluster, pattern } => {
-                let at = u64::from(cluster) * cs % size.next_multiple_of(cs);
-                if at >= size {
-                    continue;
-                }
-                let n = cs.min(size - at);
-                // Refused over a cluster that has space; the content is then unchanged.
-                if image
-                    .write_compressed(&vec![pattern; n as usize], at)
-                    .is_ok()
-                {
-                    model[at as usize..(at + n) as usize].fill(pattern);
-                }
-            }
-            Op::Snapshot => {
-                if opts.refcount_bits >= 4 && snapshots < 4 && image.snapshot_create("s").is_ok() {
-                    snapshots += 1;
-                }
-            }
-            Op::DeleteSnapshot => {
-                if let Some(id) = image.snapshots().first().map(|s| s.id.clone()) {
-                    image.snapshot_delete(&id).expect("delete snapshot");
-                    snapshots -= 1;
-                }
-            }
-            Op::Flush => image.flush().expect("flush"),
-        }
-        if std::env::var_os("COWIMG_FUZZ_TRACE").is_some() {
+        session.apply(op);
+        if trace {
             let r = run_check(storage.as_ref(), false, Repair::None).expect("check");
             if r.corruptions + r.leaks > 0 {
                 eprintln!("  -> {:?}", &r.messages[..r.messages.len().min(6)]);
             }
         }
     }
+    let Session {
+        mut image, model, ..
+    } = session;
     image.flush().expect("flush");
     drop(image);
     let result = run_check(storage.as_ref(), false, Repair::None).expect("check");

@@ -1,9 +1,11 @@
 //! cowimg reads, writes, checks and converts QEMU's copy-on-write disk images: UML cow,
 //! qcow (version 1), qcow2 (versions 2 and 3) and raw.
 //!
-//! Data flows one way: bytes ([`storage`]) → typed views ([`format`], generated from
-//! `spec/`) → each format's runtime ([`qcow2`], [`qcow`], [`cow`]), which knows
-//! clusters → the caller.
+//! Data flows one way: bytes ([`storage`]) → typed views ([`format`](mod@format),
+//! generated from `spec/`) → each format's runtime (qcow2, qcow, cow, raw; private),
+//! which knows clusters → the [`Image`], a chain of layers read as one disk → the
+//! caller. What qemu-img reports is computed here too: [`Image::info`],
+//! [`check::check`], [`measure::measure`].
 //!
 //! Reading what the guest sees, and where it is stored:
 //!
@@ -37,24 +39,68 @@
 //! # Ok::<(), cowimg::Error>(())
 //! ```
 
-pub mod codec;
+/// `Debug` for a type that shows only the named fields (the rest hold files, caches
+/// or locks that say nothing useful): `debug_fields!(Cow: header)`.
+macro_rules! debug_fields {
+    ($ty:ident: $($field:ident),+) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))+
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+/// Builder methods that set the option of the same name: `plain` ones take the value,
+/// `optional` ones anything that converts into an `Option` of it.
+macro_rules! setters {
+    (plain { $($(#[$doc:meta])* $name:ident: $ty:ty;)* } optional { $($(#[$odoc:meta])* $oname:ident: $oty:ty;)* }) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )*
+        $(
+            $(#[$odoc])*
+            pub fn $oname(mut self, $oname: impl Into<Option<$oty>>) -> Self {
+                self.$oname = $oname.into();
+                self
+            }
+        )*
+    };
+}
+
+pub mod check;
+mod codec;
+mod compressed;
 pub mod copy;
-pub mod cow;
+mod cow;
 pub mod create;
 pub mod error;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
+pub mod header;
 pub mod image;
+pub mod info;
+mod l2cache;
 pub mod mapping;
-pub mod probe;
-pub mod qcow;
-pub mod qcow2;
-pub mod raw;
-pub mod sector_io;
-pub mod shared;
+pub mod measure;
+mod probe;
+mod qcow;
+mod qcow2;
+mod raw;
+mod sector_io;
+mod shared;
 pub mod storage;
-pub mod tables;
+mod tables;
 
+pub use codec::Compression;
+pub use create::{Compat, CreateOptions, Preallocation};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Backing, BlockStatus, Image, ImageReader, ImageWriter, OpenOptions};
 pub use probe::{probe, Format};

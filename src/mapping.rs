@@ -14,6 +14,10 @@ impl std::ops::Add<u64> for HostOffset {
     }
 }
 
+/// Reads guest bytes at an offset from the layers below a layer being written (zeros
+/// where there are none): how a write that needs old content sees the backing chain.
+pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> crate::Result<()> + 'a;
+
 /// A byte offset in the virtual disk, as the guest sees it, as opposed to where a
 /// layer stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,21 +27,30 @@ pub struct GuestOffset(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Mapping {
-    /// The bytes are stored at `host`, plainly or (legacy AES) encrypted.
-    Data { host: HostOffset },
-    /// The range lies in a compressed cluster starting at guest offset `cluster`; its
-    /// compressed bytes are `len` bytes at `host`.
-    Compressed {
-        cluster: u64,
+    /// The bytes are stored plainly or (legacy AES) encrypted.
+    Data {
+        /// Where the range's first byte is.
         host: HostOffset,
+    },
+    /// The range lies in one compressed cluster.
+    Compressed {
+        /// Guest offset of the compressed cluster.
+        cluster: u64,
+        /// Where its compressed bytes start.
+        host: HostOffset,
+        /// How many compressed bytes there are (whole sectors, as QEMU reads them).
         len: u64,
     },
-    /// The range reads as zeros here, whatever the backing file says. `host` is the
-    /// cluster preallocated for it, if any.
-    Zero { host: Option<HostOffset> },
+    /// The range reads as zeros here, whatever the backing file says.
+    Zero {
+        /// The cluster preallocated for it, if any.
+        host: Option<HostOffset>,
+    },
     /// This layer does not have the range: the backing file supplies it, or zeros.
-    /// `host` is space this layer has already allocated for it, if any.
-    Unallocated { host: Option<HostOffset> },
+    Unallocated {
+        /// Space this layer has already allocated for it, if any.
+        host: Option<HostOffset>,
+    },
 }
 
 impl Mapping {
@@ -78,10 +91,13 @@ impl Mapping {
 
 /// A run of guest bytes with one mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Extent {
     /// Guest offset of the first byte.
     pub start: u64,
+    /// Length in bytes.
     pub len: u64,
+    /// How the layer stores the run.
     pub mapping: Mapping,
 }
 

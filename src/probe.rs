@@ -10,9 +10,13 @@ use std::io;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
+    /// QEMU's native copy-on-write format, versions 2 and 3.
     Qcow2,
+    /// The older qcow format (version 1).
     Qcow,
+    /// User-mode Linux copy-on-write files.
     Cow,
+    /// A plain disk image: the guest bytes, nothing else.
     Raw,
 }
 

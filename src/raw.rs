@@ -1,7 +1,8 @@
 //! Raw images: guest offset = host offset.
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::error::{Error, Result};
+use crate::image::ReadLayer;
+use crate::mapping::{HostOffset, Mapping};
 use crate::storage::{Run, Storage};
 use std::sync::{Arc, Mutex};
 
@@ -25,37 +26,6 @@ impl Raw {
             storage,
             size,
             last_run: Mutex::new(None),
-        })
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Every byte is at its own offset: data, or a hole in the file.
-    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        let end = offset.saturating_add(len).min(self.size);
-        if offset >= end {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                format!("offset {offset} is past the end of the image"),
-            ));
-        }
-        let host = HostOffset(offset);
-        // Holes in the file read as zeros, and say so, as QEMU's block status does.
-        let (data, end) = match self.allocation(offset) {
-            Some(run) => (run.data, run.end.min(end)),
-            None => (true, end),
-        };
-        let mapping = if data {
-            Mapping::Data { host }
-        } else {
-            Mapping::Zero { host: Some(host) }
-        };
-        Ok(Extent {
-            start: offset,
-            len: end - offset,
-            mapping,
         })
     }
 
@@ -111,17 +81,38 @@ impl Raw {
         self.size = new_size.next_multiple_of(512);
         Ok(())
     }
+}
 
-    pub fn flush(&mut self) -> Result<()> {
-        self.storage
-            .flush()
-            .map_err(|e| Error::io("flushing the image", e))
+impl ReadLayer for Raw {
+    fn file(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
-    pub fn read_mapped(&self, _extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every byte is at its own offset: data, or a hole in the file (holes read as
+    /// zeros, and say so, as QEMU's block status does).
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        let host = HostOffset(guest);
+        let (data, end) = match self.allocation(guest) {
+            Some(run) => (run.data, run.end.min(self.size)),
+            None => (true, self.size),
+        };
+        let mapping = if data {
+            Mapping::Data { host }
+        } else {
+            Mapping::Zero { host: Some(host) }
+        };
+        Ok((mapping, end.max(guest + 1)))
+    }
+
+    /// Every byte is at its own offset; holes and the end of the file read as zeros.
+    fn read_data(&self, host: u64, _guest: u64, buf: &mut [u8]) -> Result<()> {
         self.storage
-            .read_zero_padded(buf, guest)
-            .map_err(|e| Error::io(format!("reading at {guest:#x}"), e))?;
+            .read_zero_padded(buf, host)
+            .map_err(|e| Error::io(format!("reading at {host:#x}"), e))?;
         Ok(())
     }
 }

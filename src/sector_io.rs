@@ -56,3 +56,50 @@ pub fn write(
     key.encrypt((guest - lead) / 512, &mut sectors);
     storage.write_at(&sectors, host - lead).map_err(io)
 }
+
+/// The bytes `[start, end)` widened to whole units of `unit` bytes (sectors,
+/// subclusters): a buffer from the first unit's start holding `data` where it goes,
+/// and each partly covered end unit first filled by `old(unit index, its bytes)`.
+/// Returns the buffer and the index of its first unit.
+pub(crate) fn widen_to_units(
+    start: u64,
+    data: &[u8],
+    unit: u64,
+    mut old: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<(Vec<u8>, u64)> {
+    let end = start + data.len() as u64;
+    let (first, last) = (start / unit, end.div_ceil(unit));
+    let mut span = vec![0u8; ((last - first) * unit) as usize];
+    for k in [first, last - 1] {
+        if start <= k * unit && end >= (k + 1) * unit {
+            continue;
+        }
+        let at = ((k - first) * unit) as usize;
+        old(k, &mut span[at..at + unit as usize])?;
+    }
+    let from = (start - first * unit) as usize;
+    span[from..from + data.len()].copy_from_slice(data);
+    Ok((span, first))
+}
+
+#[cfg(test)]
+mod widen_tests {
+    use super::widen_to_units;
+
+    #[test]
+    fn partial_end_units_are_filled_from_old_content_and_whole_ones_are_not() {
+        let mut asked = Vec::new();
+        // Bytes 5..21 in units of 8: unit 0 partly, unit 1 wholly, unit 2 partly.
+        let (span, first) = widen_to_units(5, &[0xaa; 16], 8, |k, part| {
+            asked.push(k);
+            part.fill(k as u8 + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((first, asked), (0, vec![0, 2]));
+        let mut want = vec![1u8; 5];
+        want.extend([0xaa; 16]);
+        want.extend([3u8; 3]);
+        assert_eq!(span, want);
+    }
+}

@@ -312,7 +312,7 @@ fn extensions_start_at_header_length() {
     assert!(ok, "{err}");
     assert!(ours.contains("\"name\": \"bitmap0\""), "{ours}");
     assert_eq!(ours, qemu_img(&["info", "--output=json", &path]));
-    let header = cowimg::qcow2::Header::read(&cowimg::storage::MemoryStorage::new(bytes)).unwrap();
+    let header = cowimg::header::Qcow2::read(&cowimg::storage::MemoryStorage::new(bytes)).unwrap();
     assert_eq!(header.unknown_fields, b"\x01\x02\x03\x04\x05\x06\x07\x08");
 }
 

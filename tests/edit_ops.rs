@@ -88,7 +88,7 @@ fn unsafe_rebase_rewrites_only_the_name_and_keeps_the_rest() {
     qemu(&dir, "qemu-img", &["check", "ours.qcow2"]);
     qemu(&dir, "qemu-img", &["compare", "ours.qcow2", "twin.qcow2"]);
     // The compression type and the feature table survive the rewrite.
-    let h = cowimg::qcow2::Header::read(
+    let h = cowimg::header::Qcow2::read(
         &cowimg::storage::FileStorage::open(&dir.path("ours.qcow2"), false).unwrap(),
     )
     .unwrap();

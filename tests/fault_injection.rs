@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use cowimg::qcow2::create::{create, CreateOptions};
+use cowimg::create::{layout_qcow2, CreateOptions};
 use cowimg::storage::{Fault, FaultStorage, MemoryStorage};
 use cowimg::{Backing, Format, Image, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -299,16 +299,12 @@ fn verify_allowing(outcome: &Outcome, dir: &Scratch, context: &str, allowed: All
 
 /// Default creation options with this size and cluster size.
 fn sized(size: u64, cluster_size: u64) -> CreateOptions {
-    CreateOptions {
-        size,
-        cluster_size,
-        ..Default::default()
-    }
+    CreateOptions::new(size).cluster_size(cluster_size)
 }
 
 fn fresh(opts: &CreateOptions) -> Vec<u8> {
     let m = MemoryStorage::new(Vec::new());
-    create(&m, None, opts).unwrap();
+    layout_qcow2(&m, None, opts).unwrap();
     m.to_vec()
 }
 
@@ -360,12 +356,7 @@ fn faults_at_points(
 fn crash_or_failure_at_every_write_point() {
     let opts = sized(256 << 10, 4096);
     every_write_point(opts, 11, false, u64::MAX);
-    let opts = CreateOptions {
-        size: 256 << 10,
-        cluster_size: 512,
-        refcount_bits: 1,
-        ..Default::default()
-    };
+    let opts = sized(256 << 10, 512).refcount_bits(1);
     every_write_point(opts, 12, false, u64::MAX);
 }
 
@@ -373,12 +364,7 @@ fn crash_or_failure_at_every_write_point() {
 /// refcounts and 512-byte clusters: a block covers 32 KiB, the first table 2 MiB).
 #[test]
 fn crash_during_refcount_table_growth() {
-    let opts = CreateOptions {
-        size: 6 << 20,
-        cluster_size: 512,
-        refcount_bits: 64,
-        ..Default::default()
-    };
+    let opts = sized(6 << 20, 512).refcount_bits(64);
     let ops = vec![
         Op::Write(0, 3 << 20, 0x61),
         Op::Flush,
@@ -569,11 +555,10 @@ fn full_disk_while_copying_from_a_backing_file() {
         image.flush().unwrap();
     }
     std::fs::write(&backing, backing_storage.to_vec()).unwrap();
-    let overlay = CreateOptions {
-        backing_file: Some(backing.to_str().unwrap().to_string()),
-        backing_format: Some("qcow2".into()),
-        ..opts.clone()
-    };
+    let overlay = opts
+        .clone()
+        .backing_file(backing.to_str().unwrap().to_string())
+        .backing_format("qcow2".to_string());
     let mut ops: Vec<Op> = (0..16u64)
         .map(|i| Op::Write(i * 2 * cs + 1024, 1024, 0xb0 + i as u8))
         .collect();
@@ -605,7 +590,7 @@ fn content_of(bytes: &[u8]) -> Option<Vec<u8>> {
 /// Clusters a fault-free check finds referenced but with refcount 0: what a repair
 /// would have freed while still in use.
 fn in_use_without_refcount(bytes: &[u8]) -> std::collections::BTreeSet<u64> {
-    use cowimg::qcow2::check::{check, Repair};
+    use cowimg::check::{check, Repair};
     let result = check(&MemoryStorage::new(bytes.to_vec()), false, Repair::None).unwrap();
     result
         .messages
@@ -626,7 +611,7 @@ fn in_use_without_refcount(bytes: &[u8]) -> std::collections::BTreeSet<u64> {
 /// ones (a single failed read) both.
 #[test]
 fn read_errors_at_every_read_point() {
-    use cowimg::qcow2::check::{check, Repair};
+    use cowimg::check::{check, Repair};
     // A crashed lazy-refcounts image too, whose repair rebuilds the refcounts: a
     // rebuild from references a read error hid would free live data.
     let dir = Scratch::new("read-faults");

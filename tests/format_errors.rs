@@ -5,11 +5,12 @@
 mod common;
 
 use common::*;
+use cowimg::header::{Cow as CowHeader, Qcow as QcowHeader, Qcow2 as Qcow2Header};
 use cowimg::storage::MemoryStorage;
-use cowimg::{cow, qcow, qcow2, Error, ErrorKind};
+use cowimg::{Error, ErrorKind};
 
 fn qcow2_err(bytes: Vec<u8>) -> Error {
-    qcow2::Header::read(&MemoryStorage::new(bytes)).expect_err("the header should be refused")
+    Qcow2Header::read(&MemoryStorage::new(bytes)).expect_err("the header should be refused")
 }
 
 fn with(mut bytes: Vec<u8>, at: usize, patch: &[u8]) -> Vec<u8> {
@@ -121,7 +122,7 @@ fn qcow2_header_fields_are_checked_with_qemu_messages() {
     // Padding after the compression type is not looked at: qemu-img opens such an
     // image (and its check then reports on it), so it is read here too.
     let padded = with(good.clone(), 107, &[1]);
-    qcow2::Header::read(&MemoryStorage::new(padded.clone())).expect("padding is ignored");
+    Qcow2Header::read(&MemoryStorage::new(padded.clone())).expect("padding is ignored");
     let dir = Scratch::new("padding");
     std::fs::write(dir.path("padded.qcow2"), &padded).unwrap();
     qemu_img(&["info", "-f", "qcow2", &dir.str("padded.qcow2")]);
@@ -202,7 +203,7 @@ fn qcow2_extensions_are_bounded_and_checked() {
         116,
         &3u32.to_be_bytes(),
     );
-    let h = qcow2::Header::read(&MemoryStorage::new(unknown)).unwrap();
+    let h = Qcow2Header::read(&MemoryStorage::new(unknown)).unwrap();
     assert_eq!(h.extensions.len(), 1);
     assert_eq!(
         (h.extensions[0].magic, h.extensions[0].data.len()),
@@ -213,7 +214,7 @@ fn qcow2_extensions_are_bounded_and_checked() {
 #[test]
 fn qcow_v1_header_checks() {
     let good = data("qcow1.qcow");
-    let err = |b: Vec<u8>| qcow::Header::read(&MemoryStorage::new(b)).expect_err("refused");
+    let err = |b: Vec<u8>| QcowHeader::read(&MemoryStorage::new(b)).expect_err("refused");
     let hdr = "qcow header";
     assert_error(
         &err(with(good.clone(), 4, &2u32.to_be_bytes())),
@@ -277,8 +278,8 @@ fn cow_header_checks() {
     v3[20..24].copy_from_slice(&512u32.to_be_bytes());
     v3[24..28].copy_from_slice(&4096u32.to_be_bytes());
     v3[32] = b'b';
-    assert!(cow::Header::read(&MemoryStorage::new(v3.clone())).is_ok());
-    let err = |b: Vec<u8>| cow::Header::read(&MemoryStorage::new(b)).expect_err("refused");
+    assert!(CowHeader::read(&MemoryStorage::new(v3.clone())).is_ok());
+    let err = |b: Vec<u8>| CowHeader::read(&MemoryStorage::new(b)).expect_err("refused");
     assert_error(
         &err(with(v3.clone(), 24, &0u32.to_be_bytes())),
         ErrorKind::InvalidFormat,
@@ -326,9 +327,9 @@ fn no_header_byte_can_make_a_reader_panic() {
                 bytes[at] = value;
                 let storage = MemoryStorage::new(bytes);
                 let result = if name.ends_with(".qcow") {
-                    qcow::Header::read(&storage).map(|_| ())
+                    QcowHeader::read(&storage).map(|_| ())
                 } else {
-                    qcow2::Header::read(&storage).map(|_| ())
+                    Qcow2Header::read(&storage).map(|_| ())
                 };
                 if let Err(e) = result {
                     assert!(!e.message().is_empty());

@@ -93,7 +93,7 @@ fn qcow2_v2_header_and_backing_format_extension_from_qemu() {
     insta::assert_debug_snapshot!("qcow2_v2_header", (h, ext, end));
 
     // The runtime reads the same, and never looks for v3 fields.
-    let header = cowimg::qcow2::Header::read(&MemoryStorage::new(bytes)).unwrap();
+    let header = cowimg::header::Qcow2::read(&MemoryStorage::new(bytes)).unwrap();
     assert!(header.v3.is_none() && header.compression.is_none());
     assert_eq!(header.backing_format(), Some(&b"raw"[..]));
     assert_eq!(header.backing_file.as_deref(), Some(&b"base.raw"[..]));
@@ -358,7 +358,7 @@ fn qcow2_crypto_extension_from_qemu_luks() {
         b"LUKS\xba\xbe"
     );
     assert!(c.length >= 592);
-    let header = cowimg::qcow2::Header::read(&MemoryStorage::new(bytes)).unwrap();
+    let header = cowimg::header::Qcow2::read(&MemoryStorage::new(bytes)).unwrap();
     assert_eq!(header.crypto().unwrap(), Some(c.clone()));
     insta::assert_debug_snapshot!("qcow2_crypto_extension", c);
 }
@@ -401,7 +401,7 @@ fn qcow_v1_header_entries_and_compressed_descriptor_from_qemu() {
         (9, 12, 48, 8)
     );
     assert_eq!(&bytes[48..56], b"base.raw");
-    let header = cowimg::qcow::Header::read(&MemoryStorage::new(bytes)).unwrap();
+    let header = cowimg::header::Qcow::read(&MemoryStorage::new(bytes)).unwrap();
     assert_eq!(header.backing_file.as_deref(), Some(&b"base.raw"[..]));
 }
 
@@ -450,7 +450,7 @@ fn cow_v1_in_both_byte_orders() {
         );
         assert_eq!(h.backing_file.until_nul(), b"/var/base.img");
         h.validate(0).unwrap();
-        let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
+        let header = cowimg::header::Cow::read(&MemoryStorage::new(b)).unwrap();
         // Bitmap right after the 280-byte header; its length floors (9 sectors → 1 byte);
         // data at the next sector boundary.
         assert_eq!(
@@ -478,7 +478,7 @@ fn cow_v2_kernel_layout() {
         (2, 7, 1 << 20, 512)
     );
     h.validate(0).unwrap();
-    let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
+    let header = cowimg::header::Cow::read(&MemoryStorage::new(b)).unwrap();
     assert_eq!(header.layout_name(), "v2");
     // 2048 sectors → 256 bitmap bytes after the 4120-byte header; data at 4608.
     assert_eq!(
@@ -505,7 +505,7 @@ fn cow_v3_and_its_broken_64_bit_layout() {
         (11, 3 << 20, 512, 4096, 0)
     );
     h.validate(0).unwrap();
-    let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
+    let header = cowimg::header::Cow::read(&MemoryStorage::new(b)).unwrap();
     // 6144 sectors → 768 bitmap bytes at 8192 (4128 rounded to 4096); data at 12288.
     assert_eq!(
         (header.bitmap_offset, header.bitmap_len, header.data_offset),
@@ -529,7 +529,7 @@ fn cow_v3_and_its_broken_64_bit_layout() {
         (11, 3 << 20, 512, 4096)
     );
     h.validate(0).unwrap();
-    let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
+    let header = cowimg::header::Cow::read(&MemoryStorage::new(b)).unwrap();
     assert_eq!(header.layout_name(), "v3 (64-bit broken layout)");
     insta::assert_debug_snapshot!("cow_v3_broken", h);
     assert_eq!((header.bitmap_offset, header.data_offset), (8192, 12288));
@@ -549,7 +549,7 @@ fn qemu_cow_layout() {
     let h: QemuCowHeader = view(&b, 0);
     assert_eq!((h.mtime, h.size, h.sectorsize), (5, 1 << 20, 512));
     h.validate(0).unwrap();
-    let header = cowimg::cow::Header::read(&MemoryStorage::new(b)).unwrap();
+    let header = cowimg::header::Cow::read(&MemoryStorage::new(b)).unwrap();
     assert_eq!(header.layout_name(), "v2 (QEMU layout)");
     // 2048 sectors → 256 bytes of bitmap after 1056; data at (1056 + 256 + 511) & !511.
     assert_eq!(

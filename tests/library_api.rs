@@ -104,7 +104,7 @@ fn snapshot_dates_are_times() {
 
 #[test]
 fn images_are_created_and_written_from_the_library() {
-    use cowimg::qcow2::create::CreateOptions;
+    use cowimg::create::CreateOptions;
     let dir = Scratch::new("api-create");
     let mut expected = vec![0u8; 2 << 20];
     expected[1 << 20..(1 << 20) + 4096].fill(0x5a);
@@ -115,10 +115,7 @@ fn images_are_created_and_written_from_the_library() {
         ("new.raw", Format::Raw, "raw"),
     ] {
         let path = dir.str(name);
-        let options = CreateOptions {
-            size: 2 << 20,
-            ..Default::default()
-        };
+        let options = CreateOptions::new(2 << 20);
         let mut image = Image::create(&path, format, &options).unwrap();
         image.write_at(&[0x5a; 4096], 1 << 20).unwrap();
         image.flush().unwrap();

@@ -236,7 +236,7 @@ fn header_rewrites_keep_unknown_fields_and_extensions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let h = cowimg::qcow2::Header::read(
+    let h = cowimg::header::Qcow2::read(
         &cowimg::storage::FileStorage::open(&dir.path("img.qcow2"), false).unwrap(),
     )
     .unwrap();

@@ -49,6 +49,16 @@ fn describe(check: &Check) -> String {
 pub fn family(family: &Family) -> String {
     let mut out = String::from(HEAD);
     let _ = writeln!(out, "# {}\n\n{}\n", family.title, family.doc.trim());
+    structures(&mut out, family);
+    bitfields(&mut out, family);
+    descriptors(&mut out, family);
+    magic_table(&mut out, family);
+    feature_table(&mut out, family);
+    constant_table(&mut out, family);
+    out
+}
+
+fn structures(out: &mut String, family: &Family) {
     for s in &family.structs {
         let layout = match s.layout() {
             Ok(l) => l,
@@ -97,6 +107,9 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
+}
+
+fn bitfields(out: &mut String, family: &Family) {
     for b in &family.bitfields {
         let _ = writeln!(
             out,
@@ -121,6 +134,9 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
+}
+
+fn descriptors(out: &mut String, family: &Family) {
     for d in &family.descriptors {
         let _ = writeln!(out, "## {} (`{}`)\n\n{}\n", d.title, d.name, d.doc.trim());
         let _ = writeln!(
@@ -139,6 +155,9 @@ pub fn family(family: &Family) -> String {
         }
         let _ = writeln!(out, "\n(`{}` is the parameter.)\n", d.param);
     }
+}
+
+fn magic_table(out: &mut String, family: &Family) {
     if !family.magics.is_empty() {
         out.push_str("## Header extension types\n\n| magic | name | payload | limit | meaning |\n|---|---|---|---|---|\n");
         for m in &family.magics {
@@ -157,6 +176,9 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
+}
+
+fn feature_table(out: &mut String, family: &Family) {
     if !family.features.is_empty() {
         out.push_str("## Feature bits\n\n| field | bit | constant | QEMU's name | meaning |\n|---|---:|---|---|---|\n");
         for f in &family.features {
@@ -172,6 +194,9 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
+}
+
+fn constant_table(out: &mut String, family: &Family) {
     if !family.constants.is_empty() {
         out.push_str("## Limits and constants\n\n| constant | value | meaning |\n|---|---:|---|\n");
         for c in &family.constants {
@@ -179,5 +204,4 @@ pub fn family(family: &Family) -> String {
         }
         out.push('\n');
     }
-    out
 }

@@ -196,9 +196,16 @@ fn condition(check: &Check) -> String {
 
 fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     let layout = s.layout()?;
-    let size = s.size()?;
-    let params: Vec<&str> = s.params.iter().map(|p| p.name.as_str()).collect();
+    definition(out, s, &layout, s.size()?);
+    constants_of(out, s, &layout, s.size()?);
+    validate(out, s, &layout);
+    Ok(())
+}
 
+type Layout<'a> = [(&'a crate::spec::Field, FieldType, usize)];
+
+/// The struct itself, with its binrw attributes.
+fn definition(out: &mut String, s: &Struct, layout: &Layout, size: usize) {
     doc_lines(out, "///", &format!("**{}**: {}", s.title, s.doc));
     out.push_str("///\n");
     let endian = match s.endian {
@@ -219,17 +226,20 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     out.push_str("#[derive(Clone, Debug, PartialEq, Eq)]\n");
     out.push_str("#[cfg_attr(feature = \"fuzzing\", derive(arbitrary::Arbitrary))]\n");
     let _ = writeln!(out, "pub struct {} {{", s.name);
-    for (field, ty, offset) in &layout {
+    for (field, ty, offset) in layout {
         doc_lines(out, "    ///", &format!("Byte {offset}. {}", field.doc));
         let _ = writeln!(out, "    pub {}: {},", field.name, rust_type(*ty));
     }
     out.push_str("}\n\n");
+}
 
+/// The `Layout` impl, each fixed-place field's offset and each required value.
+fn constants_of(out: &mut String, s: &Struct, layout: &Layout, size: usize) {
     let _ = writeln!(out, "impl crate::format::Layout for {} {{", s.name);
     let _ = writeln!(out, "    const SIZE: usize = {size};");
     let _ = writeln!(out, "    const NAME: &'static str = {:?};", s.title);
     out.push_str("    const FIELD_OFFSETS: &'static [(&'static str, u64)] = &[");
-    for (field, _, offset) in &layout {
+    for (field, _, offset) in layout {
         let _ = write!(out, "({:?}, {offset}),", field.name);
     }
     out.push_str("];\n}\n\n");
@@ -238,7 +248,7 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     // rewrites one field in place names it instead of a number.
     if let Ok(base) = s.offset.parse::<u64>() {
         let _ = writeln!(out, "impl {} {{", s.name);
-        for (field, _, offset) in &layout {
+        for (field, _, offset) in layout {
             let _ = writeln!(
                 out,
                 "    /// Byte {} of the file: `{}`.",
@@ -277,7 +287,11 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
         }
         out.push_str("}\n\n");
     }
+}
 
+/// The generated `validate`: field checks in order, then the cross-field checks.
+fn validate(out: &mut String, s: &Struct, layout: &Layout) {
+    let params: Vec<&str> = s.params.iter().map(|p| p.name.as_str()).collect();
     let _ = writeln!(out, "impl {} {{", s.name);
     out.push_str(
         "    /// Checks every constraint of the spec, field checks first, in order. `at` is the\n",
@@ -293,7 +307,7 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     }
     let _ = writeln!(out, "    pub fn validate({sig}) -> Result<()> {{");
     let name_of = "<Self as crate::format::Layout>::NAME";
-    for (field, ty, offset) in &layout {
+    for (field, ty, offset) in layout {
         for check in &field.checks {
             let kind = kind_path(check.kind);
             match ty {
@@ -346,7 +360,6 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
         );
     }
     out.push_str("        Ok(())\n    }\n}\n\n");
-    Ok(())
 }
 
 fn bitfield(out: &mut String, b: &Bitfield) -> Result<(), String> {
@@ -435,11 +448,24 @@ fn bitfield(out: &mut String, b: &Bitfield) -> Result<(), String> {
     out.push_str("    /// The reserved bits that are set.\n");
     out.push_str("    pub fn reserved_bits(self) -> u64 {\n        self.raw() & Self::RESERVED_MASK\n    }\n}\n\n");
 
+    bitfield_debug(out, b, &fields);
+
+    out.push_str("#[cfg(feature = \"fuzzing\")]\n");
+    let _ = writeln!(out, "impl<'a> arbitrary::Arbitrary<'a> for {} {{", b.name);
+    out.push_str(
+        "    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {\n",
+    );
+    out.push_str("        Ok(Self::from_raw(u64::arbitrary(u)?))\n    }\n}\n\n");
+    Ok(())
+}
+
+/// A `Debug` that shows each field (offsets in place, flags as bools).
+fn bitfield_debug(out: &mut String, b: &Bitfield, fields: &[(&crate::spec::BitField, u32, u64)]) {
     let _ = writeln!(out, "impl core::fmt::Debug for {} {{", b.name);
     out.push_str("    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {\n");
     out.push_str("        let raw = self.raw();\n");
     let _ = writeln!(out, "        f.debug_struct({:?})", b.name);
-    for (field, lsb, mask) in &fields {
+    for (field, lsb, mask) in fields {
         if field.shift.is_some() {
             let _ = writeln!(
                 out,
@@ -461,14 +487,6 @@ fn bitfield(out: &mut String, b: &Bitfield) -> Result<(), String> {
         }
     }
     out.push_str("            .finish()\n    }\n}\n\n");
-
-    out.push_str("#[cfg(feature = \"fuzzing\")]\n");
-    let _ = writeln!(out, "impl<'a> arbitrary::Arbitrary<'a> for {} {{", b.name);
-    out.push_str(
-        "    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {\n",
-    );
-    out.push_str("        Ok(Self::from_raw(u64::arbitrary(u)?))\n    }\n}\n\n");
-    Ok(())
 }
 
 fn descriptor(out: &mut String, d: &Descriptor) {

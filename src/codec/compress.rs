@@ -9,7 +9,9 @@ use std::io::Read;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Compression {
+    /// zlib (deflate), type 0: every qcow2 image before compression types.
     Deflate,
+    /// Zstandard, type 1 (version 3 images with the compression type bit).
     Zstd,
 }
 

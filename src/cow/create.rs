@@ -25,11 +25,12 @@ pub fn create(
     version: CowVersion,
 ) -> Result<()> {
     let io = |e| Error::io("writing the cow header", e);
+    // Both layouts hold the name NUL-terminated in 4096 bytes.
+    let backing_file = ByteArray::<4096>::from_slice(backing.as_bytes())
+        .filter(|_| backing.len() < 4096)
+        .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Backing file name too long"))?;
     match version {
         CowVersion::V3 => {
-            let backing_file = ByteArray::<4096>::from_slice(backing.as_bytes())
-                .filter(|_| backing.len() < 4096)
-                .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Backing file name too long"))?;
             let h = CowHeaderV3 {
                 magic: super::header::MAGIC,
                 version: 3,
@@ -48,9 +49,6 @@ pub fn create(
             storage.set_len(data_at).map_err(io)?;
         }
         CowVersion::V2 => {
-            let backing_file = ByteArray::<4096>::from_slice(backing.as_bytes())
-                .filter(|_| backing.len() < 4096)
-                .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Backing file name too long"))?;
             let h = CowHeaderV2 {
                 magic: super::header::MAGIC,
                 version: 2,

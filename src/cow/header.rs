@@ -12,6 +12,7 @@ pub const MAGIC: u32 = CowHeaderV1::MAGIC_REQUIRED;
 
 /// A cow header in the layout it was found in.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fields {
     /// Version 1 in the writer's byte order.
     V1(CowHeaderV1, Endian),
@@ -27,7 +28,9 @@ pub enum Fields {
 
 /// A cow header and the geometry it implies.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
+    /// The fields, in the layout they were found in.
     pub fields: Fields,
     /// Backing file path, up to its NUL.
     pub backing_file: Vec<u8>,
@@ -172,52 +175,35 @@ impl Header {
                 (bitmap_offset + len).next_multiple_of(u64::from(align)),
             )
         };
+        // The layouts name these fields alike; only their types and places differ.
+        macro_rules! common {
+            ($h:expr, $off:expr, $geometry:expr) => {
+                (
+                    $h.backing_file.until_nul().to_vec(),
+                    $h.mtime,
+                    $h.size,
+                    $h.sectorsize,
+                    $off,
+                    $geometry,
+                )
+            };
+        }
         let (backing, mtime, size, ss, bitmap_offset, (bitmap_len, data_offset)) = match &fields {
             Fields::V1(h, _) => {
                 let off = CowHeaderV1::SIZE as u64;
-                (
-                    h.backing_file.until_nul().to_vec(),
-                    h.mtime,
-                    h.size,
-                    h.sectorsize,
-                    off,
-                    old(h.size, h.sectorsize, off),
-                )
+                common!(h, off, old(h.size, h.sectorsize, off))
             }
             Fields::V2(h) => {
                 let off = CowHeaderV2::SIZE as u64;
-                (
-                    h.backing_file.until_nul().to_vec(),
-                    h.mtime,
-                    h.size,
-                    h.sectorsize,
-                    off,
-                    old(h.size, h.sectorsize, off),
-                )
+                common!(h, off, old(h.size, h.sectorsize, off))
             }
             Fields::V3(h) => {
                 let off = (CowHeaderV3::SIZE as u64).next_multiple_of(u64::from(h.alignment));
-                let geometry = v3(h.size, h.sectorsize, h.alignment, off);
-                (
-                    h.backing_file.until_nul().to_vec(),
-                    h.mtime,
-                    h.size,
-                    h.sectorsize,
-                    off,
-                    geometry,
-                )
+                common!(h, off, v3(h.size, h.sectorsize, h.alignment, off))
             }
             Fields::V3Broken(h) => {
                 let off = (CowHeaderV3Broken::SIZE as u64).next_multiple_of(u64::from(h.alignment));
-                let geometry = v3(h.size, h.sectorsize, h.alignment, off);
-                (
-                    h.backing_file.until_nul().to_vec(),
-                    h.mtime,
-                    h.size,
-                    h.sectorsize,
-                    off,
-                    geometry,
-                )
+                common!(h, off, v3(h.size, h.sectorsize, h.alignment, off))
             }
             Fields::Qemu(h) => {
                 // QEMU ignores the stored sector size and uses 512.

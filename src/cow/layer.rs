@@ -4,13 +4,13 @@
 
 use super::header::Header;
 use crate::error::{Error, ErrorKind, Result};
-use crate::mapping::{Extent, HostOffset, Mapping};
+use crate::image::ReadLayer;
+use crate::mapping::{HostOffset, Mapping};
 use crate::storage::Storage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Reads guest bytes from the layers below (zeros where there are none).
-pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+pub use crate::mapping::Below;
 
 /// Bitmap bytes read and cached at a time; also the unit in which it is rewritten.
 const PAGE: u64 = 512;
@@ -25,13 +25,7 @@ pub struct Cow {
     writable: bool,
 }
 
-impl std::fmt::Debug for Cow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cow")
-            .field("header", &self.header)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Cow: header);
 
 impl Cow {
     pub fn open(storage: Arc<dyn Storage>, header: Header, writable: bool) -> Result<Cow> {
@@ -45,10 +39,6 @@ impl Cow {
 
     pub fn header(&self) -> &Header {
         &self.header
-    }
-
-    pub fn size(&self) -> u64 {
-        self.header.size
     }
 
     fn ss(&self) -> u64 {
@@ -84,58 +74,6 @@ impl Cow {
         Ok(self.page(byte / PAGE)?[(byte % PAGE) as usize] & (1 << (s % 8)) != 0)
     }
 
-    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
-        let s = guest / self.ss();
-        let present = self.present(s)?;
-        // Sectors to the end of this bitmap byte share the answer when the byte is all
-        // ones or all zeros: step a byte at a time, not a bit.
-        let byte = self.page((s / 8) / PAGE)?[((s / 8) % PAGE) as usize];
-        let uniform = (present && byte == 0xff) || (!present && byte == 0);
-        let end = if uniform {
-            (s / 8 + 1) * 8 * self.ss()
-        } else {
-            (s + 1) * self.ss()
-        };
-        if present {
-            Ok((
-                Mapping::Data {
-                    host: HostOffset(self.header.data_offset + guest),
-                },
-                end,
-            ))
-        } else {
-            Ok((Mapping::Unallocated { host: None }, end))
-        }
-    }
-
-    /// The longest run from `offset` (at most `len` bytes) with one mapping.
-    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        let end = offset.saturating_add(len).min(self.size());
-        if offset >= end {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                format!("offset {offset} is past the end of the image"),
-            ));
-        }
-        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
-    }
-
-    pub fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
-        let Mapping::Data { host } = extent.mapping else {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "read_mapped takes data extents",
-            ));
-        };
-        crate::sector_io::read(
-            self.storage.as_ref(),
-            None,
-            host.0 + (guest - extent.start),
-            guest,
-            buf,
-        )
-    }
-
     /// Writes `data` at `guest`. A partly written sector the file did not hold gets the
     /// rest of its bytes from below first. The data goes in place; then, behind a
     /// barrier, the bitmap blocks covering the new bits are rewritten whole.
@@ -164,22 +102,16 @@ impl Cow {
                 format!("sector {} has no bit inside this cow file's bitmap (the v1/v2 layout's rounding)", s1 - 1),
             ));
         }
-        let mut span = vec![0u8; ((s1 - s0) * ss) as usize];
-        for s in [s0, s1 - 1] {
-            let (lo, hi) = (s * ss, (s + 1) * ss);
-            if guest <= lo && end >= hi {
-                continue;
-            }
-            let part = &mut span[((s - s0) * ss) as usize..((s - s0 + 1) * ss) as usize];
+        let (span, _) = crate::sector_io::widen_to_units(guest, data, ss, |s, part| {
             if self.present(s)? {
                 self.storage
-                    .read_zero_padded(part, self.header.data_offset + lo)
+                    .read_zero_padded(part, self.header.data_offset + s * ss)
                     .map_err(|e| Error::io("reading cow data", e))?;
+                Ok(())
             } else {
-                below(lo, part)?;
+                below(s * ss, part)
             }
-        }
-        span[(guest - s0 * ss) as usize..(end - s0 * ss) as usize].copy_from_slice(data);
+        })?;
         self.storage
             .write_at(&span, self.header.data_offset + s0 * ss)
             .map_err(|e| Error::io("writing cow data", e))?;
@@ -214,10 +146,71 @@ impl Cow {
         }
         Ok(())
     }
+}
 
-    pub fn flush(&mut self) -> Result<()> {
-        self.storage
-            .flush()
-            .map_err(|e| Error::io("flushing the image", e))
+impl Cow {
+    /// UML records the backing file's modification time in a cow header and complains
+    /// when it changed (the backing file may no longer be what the cow file was made
+    /// over); QEMU's layout does not keep it. `backing` is the backing file's path.
+    pub fn backing_mtime_warning(&self, backing: &std::path::Path) -> Option<String> {
+        let h = &self.header;
+        if matches!(h.fields, super::header::Fields::Qemu(_)) || h.backing_file.is_empty() {
+            return None;
+        }
+        let modified = std::fs::metadata(backing).ok()?.modified().ok()?;
+        let secs = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs() as u32;
+        (secs != h.mtime).then(|| {
+            format!(
+                "backing file '{}' was modified (mtime {secs}) since the cow file was made over it (mtime {})",
+                backing.display(),
+                h.mtime
+            )
+        })
+    }
+}
+
+impl ReadLayer for Cow {
+    fn file(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    fn size(&self) -> u64 {
+        self.header.size
+    }
+
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        let s = guest / self.ss();
+        let present = self.present(s)?;
+        // Sectors to the end of this bitmap byte share the answer when the byte is all
+        // ones or all zeros: step a byte at a time, not a bit.
+        let byte = self.page((s / 8) / PAGE)?[((s / 8) % PAGE) as usize];
+        let uniform = (present && byte == 0xff) || (!present && byte == 0);
+        let end = if uniform {
+            (s / 8 + 1) * 8 * self.ss()
+        } else {
+            (s + 1) * self.ss()
+        };
+        if present {
+            Ok((
+                Mapping::Data {
+                    host: HostOffset(self.header.data_offset + guest),
+                },
+                end,
+            ))
+        } else {
+            Ok((Mapping::Unallocated { host: None }, end))
+        }
+    }
+
+    fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {
+        crate::sector_io::read(self.storage.as_ref(), None, host, guest, buf)
+    }
+
+    fn backing_name(&self) -> Option<(String, Option<String>)> {
+        let name = &self.header().backing_file;
+        (!name.is_empty()).then(|| (String::from_utf8_lossy(name).into_owned(), None))
     }
 }

@@ -47,6 +47,16 @@ pub trait Layout: Sized + for<'a> BinRead<Args<'a> = ()> + for<'a> BinWrite<Args
         Self::read_options(&mut Cursor::new(bytes), endian, ()).map_err(|e| from_binrw::<Self>(e))
     }
 
+    /// Reads and parses the structure at byte `at` of `storage` (big-endian; a file
+    /// that ends early gives the truncation error naming the structure).
+    fn read_from(storage: &dyn crate::storage::Storage, at: u64) -> Result<Self> {
+        let mut bytes = vec![0u8; Self::SIZE];
+        let got = storage
+            .read_full(&mut bytes, at)
+            .map_err(|e| Error::io(format!("reading the {}", Self::NAME), e))?;
+        Self::parse(&bytes[..got])
+    }
+
     /// The structure's bytes (big-endian unless its byte order is the caller's).
     fn to_bytes(&self) -> Vec<u8> {
         self.to_bytes_endian(Endian::Big)

@@ -64,6 +64,7 @@ impl<const N: usize> ByteArray<N> {
         Some(ByteArray(out))
     }
 
+    /// All zero bytes.
     pub fn zeroed() -> Self {
         ByteArray([0; N])
     }

@@ -2,6 +2,7 @@
 //! the backing file, amending the header, internal snapshots.
 
 use super::*;
+use crate::create::Compat;
 
 impl Image {
     /// Names another backing file in the header, touching no data (`rebase -u`).
@@ -146,30 +147,24 @@ impl Image {
     }
 
     /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
-    pub fn amend(&mut self, compat: Option<&str>, lazy_refcounts: Option<bool>) -> Result<()> {
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        let Layer::Qcow2(q) = top else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "amend needs a qcow2 image",
-            ));
-        };
-        match compat {
-            Some("0.10") | Some("v2") => q.downgrade_to_v2(&below)?,
-            Some("1.1") | Some("v3") => q.upgrade_to_v3()?,
-            Some(other) => {
+    pub fn amend(&mut self, compat: Option<Compat>, lazy_refcounts: Option<bool>) -> Result<()> {
+        self.on_top(|top, below| {
+            let Layer::Qcow2(q) = top else {
                 return Err(Error::new(
-                    ErrorKind::BadArgument,
-                    format!("Invalid compatibility level: '{other}'"),
-                ))
+                    ErrorKind::Unsupported,
+                    "amend needs a qcow2 image",
+                ));
+            };
+            match compat {
+                Some(Compat::V0_10) => q.downgrade_to_v2(below)?,
+                Some(Compat::V1_1) => q.upgrade_to_v3()?,
+                None => {}
             }
-            None => {}
-        }
-        if let Some(on) = lazy_refcounts {
-            q.set_lazy_refcounts(on)?;
-        }
-        q.flush()
+            if let Some(on) = lazy_refcounts {
+                q.set_lazy_refcounts(on)?;
+            }
+            q.flush()
+        })
     }
 
     /// The top image's internal snapshots (none for formats without them).

@@ -4,7 +4,7 @@
 use crate::codec::LegacyAes;
 use crate::cow::{self, Cow};
 use crate::error::{Error, ErrorKind, Result};
-use crate::mapping::{Extent, Mapping};
+use crate::mapping::{Below, Mapping};
 use crate::probe::{probe, Format};
 use crate::qcow::{self, Qcow};
 use crate::qcow2::{self, Qcow2, Qcow2Options, SnapshotRef};
@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod edit;
+mod layer;
 mod open;
 mod views;
+
+pub(crate) use layer::{Layer, ReadLayer};
 
 pub use open::{
     check_backing_name, create_locked_file, file_error, file_id, open_file, refuse_overwrite,
@@ -25,108 +28,11 @@ pub use open::{
 };
 pub use views::{ImageReader, ImageWriter};
 
-/// One opened file of a chain.
-#[derive(Debug)]
-pub enum Layer {
-    Qcow2(Box<Qcow2>),
-    Qcow(Box<Qcow>),
-    Cow(Box<Cow>),
-    Raw(Raw),
-}
-
-impl Layer {
-    pub fn format(&self) -> Format {
-        match self {
-            Layer::Qcow2(_) => Format::Qcow2,
-            Layer::Qcow(_) => Format::Qcow,
-            Layer::Cow(_) => Format::Cow,
-            Layer::Raw(_) => Format::Raw,
-        }
-    }
-
-    pub fn size(&self) -> u64 {
-        match self {
-            Layer::Qcow2(l) => l.size(),
-            Layer::Qcow(l) => l.size(),
-            Layer::Cow(l) => l.size(),
-            Layer::Raw(l) => l.size(),
-        }
-    }
-
-    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        match self {
-            Layer::Qcow2(l) => l.map(offset, len),
-            Layer::Qcow(l) => l.map(offset, len),
-            Layer::Cow(l) => l.map(offset, len),
-            Layer::Raw(l) => l.map(offset, len),
-        }
-    }
-
-    fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
-        match self {
-            Layer::Qcow2(l) => l.read_mapped(extent, guest, buf),
-            Layer::Qcow(l) => l.read_mapped(extent, guest, buf),
-            Layer::Cow(l) => l.read_mapped(extent, guest, buf),
-            Layer::Raw(l) => l.read_mapped(extent, guest, buf),
-        }
-    }
-
-    /// For data stored at `host` (`len` bytes): whether the file holding it has a hole
-    /// there (or ends before it), and how far that answer holds. QEMU asks the file
-    /// this only for metadata-preallocated qcow2 images and reports such data as
-    /// zeros; a raw layer answers in its own map.
-    fn host_zeros(&self, host: u64, len: u64) -> (bool, u64) {
-        let storage = match self {
-            Layer::Qcow2(l) if l.metadata_preallocated() => l.data_storage().as_ref(),
-            _ => return (false, len),
-        };
-        match storage.allocation(host) {
-            Ok(Some(run)) => (!run.data, len.min(run.end.saturating_sub(host)).max(1)),
-            Ok(None) => (storage.len().is_ok_and(|end| host >= end), len),
-            Err(_) => (false, len),
-        }
-    }
-
-    /// Host offsets of encrypted data are not reported (as QEMU).
-    fn is_encrypted(&self) -> bool {
-        match self {
-            Layer::Qcow2(l) => l.is_encrypted(),
-            Layer::Qcow(l) => l.is_encrypted(),
-            Layer::Cow(_) | Layer::Raw(_) => false,
-        }
-    }
-
-    /// The backing file as the header names it, and its format if named.
-    pub fn backing_name(&self) -> Option<(String, Option<String>)> {
-        match self {
-            Layer::Qcow2(l) => l.header().backing_file.as_ref().map(|name| {
-                let format = l
-                    .header()
-                    .backing_format()
-                    .map(|f| String::from_utf8_lossy(f).into_owned());
-                (String::from_utf8_lossy(name).into_owned(), format)
-            }),
-            // qcow names no backing format: it is probed, as QEMU does.
-            Layer::Qcow(l) => l
-                .header()
-                .backing_file
-                .as_ref()
-                .map(|n| (String::from_utf8_lossy(n).into_owned(), None)),
-            Layer::Cow(l) => (!l.header().backing_file.is_empty()).then(|| {
-                (
-                    String::from_utf8_lossy(&l.header().backing_file).into_owned(),
-                    None,
-                )
-            }),
-            Layer::Raw(_) => None,
-        }
-    }
-}
-
 /// A layer and where it came from.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct ChainEntry {
-    pub layer: Layer,
+    pub(crate) layer: Layer,
     /// The path it was opened at (relative names resolved against the image's folder).
     pub path: PathBuf,
     /// The external data file holding its data clusters, if it has one.
@@ -139,8 +45,11 @@ pub struct ChainEntry {
 
 /// What a range is, as `qemu-img map` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BlockStatus {
+    /// Guest offset of the first byte.
     pub start: u64,
+    /// Length in bytes.
     pub len: u64,
     /// Which layer decided: 0 the top image, 1 its backing file…
     pub depth: usize,
@@ -150,6 +59,7 @@ pub struct BlockStatus {
     pub zero: bool,
     /// Read from a file (not zeros, not unallocated).
     pub data: bool,
+    /// The range is compressed in the layer that holds it.
     pub compressed: bool,
     /// Host offset in that layer's file, where meaningful.
     pub offset: Option<u64>,
@@ -191,13 +101,7 @@ pub struct Image {
     options: OpenOptions,
 }
 
-impl std::fmt::Debug for Image {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Image")
-            .field("chain", &self.chain)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Image: chain);
 
 impl Image {
     /// Has rebase and commit report their progress to `progress` as they go.
@@ -216,13 +120,27 @@ impl Image {
         &self.chain
     }
 
-    pub fn top(&self) -> &Layer {
+    pub(crate) fn top(&self) -> &Layer {
         &self.chain[0].layer
     }
 
     /// Virtual size in bytes.
     pub fn size(&self) -> u64 {
         self.top().size()
+    }
+
+    /// The image's format (the top file's).
+    pub fn format(&self) -> Format {
+        self.top().format()
+    }
+
+    /// The image's cluster size, for the formats that have clusters (qcow, qcow2).
+    pub fn cluster_size(&self) -> Option<u64> {
+        match self.top() {
+            Layer::Qcow2(q) => Some(q.cluster_size()),
+            Layer::Qcow(q) => Some(q.cluster_size()),
+            Layer::Cow(_) | Layer::Raw(_) => None,
+        }
     }
 
     /// Fills `buf` with the guest bytes at `offset`, the chain resolved.
@@ -267,79 +185,78 @@ impl Image {
         Ok(())
     }
 
+    /// Runs `op` on the top layer, with the layers below it as copy-on-write reads.
+    pub(super) fn on_top(
+        &mut self,
+        op: impl FnOnce(&mut Layer, &Below) -> Result<()>,
+    ) -> Result<()> {
+        let (top, below) = self.split_top()?;
+        op(top, &|at: u64, b: &mut [u8]| read_chain(below, at, b))
+    }
+
     /// Writes `buf` at guest offset `offset` of the top image.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        match top {
-            Layer::Qcow2(q) => q.write_at(offset, buf, &below),
-            Layer::Qcow(q) => q.write_at(offset, buf, &below),
-            Layer::Cow(c) => c.write_at(offset, buf, &below),
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.write_at(offset, buf, below),
+            Layer::Qcow(q) => q.write_at(offset, buf, below),
+            Layer::Cow(c) => c.write_at(offset, buf, below),
             Layer::Raw(r) => r.write_at(offset, buf),
-        }
+        })
     }
 
     /// Makes a range read as zeros; `unmap` lets the image release its space.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.check_range(offset, len)?;
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        match top {
-            Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, &below),
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, below),
             // qcow has no zero flag: zeros are written (as QEMU's generic fallback does).
             Layer::Qcow(q) => {
-                write_zero_buffers(offset, len, |at, zeros| q.write_at(at, zeros, &below))
+                write_zero_buffers(offset, len, |at, zeros| q.write_at(at, zeros, below))
             }
             Layer::Cow(c) => {
-                write_zero_buffers(offset, len, |at, zeros| c.write_at(at, zeros, &below))
+                write_zero_buffers(offset, len, |at, zeros| c.write_at(at, zeros, below))
             }
             Layer::Raw(r) => r.write_zeroes(offset, len),
-        }
+        })
     }
 
     /// Discards a range: whole clusters stop holding data (what they then read as
     /// depends on the format, as in QEMU).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        match top {
-            Layer::Qcow2(q) => q.discard(offset, len, &below),
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.discard(offset, len, below),
             // qcow cannot discard; QEMU ignores the request and so does cowimg.
             Layer::Qcow(_) | Layer::Cow(_) => Ok(()),
             Layer::Raw(r) => r.write_zeroes(offset, len),
-        }
+        })
     }
 
     /// Writes whole clusters compressed.
     pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        match top {
-            Layer::Qcow2(q) => q.write_compressed(offset, buf, &below),
-            Layer::Qcow(q) => q.write_compressed(offset, buf, &below),
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.write_compressed(offset, buf, below),
+            Layer::Qcow(q) => q.write_compressed(offset, buf, below),
             Layer::Cow(_) | Layer::Raw(_) => Err(Error::new(
                 ErrorKind::Unsupported,
                 "raw images cannot hold compressed data",
             )),
-        }
+        })
     }
 
     /// Changes the virtual size of the top image (growing reads as zeros; shrinking
     /// drops everything past the new end).
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
-        let (top, below) = self.split_top()?;
-        let below = |at: u64, b: &mut [u8]| read_chain(below, at, b);
-        match top {
-            Layer::Qcow2(q) => q.resize(new_size, &below),
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.resize(new_size, below),
             Layer::Qcow(_) | Layer::Cow(_) => Err(Error::new(
                 ErrorKind::Unsupported,
                 "Image format driver does not support resize",
             )),
             Layer::Raw(r) => r.resize(new_size),
-        }
+        })
     }
 
     /// Makes every completed write durable. qcow2 metadata changed by writes is held
@@ -348,9 +265,12 @@ impl Image {
     pub fn flush(&mut self) -> Result<()> {
         match self.split_top()?.0 {
             Layer::Qcow2(q) => q.flush(),
-            Layer::Qcow(q) => q.flush(),
-            Layer::Cow(c) => c.flush(),
-            Layer::Raw(r) => r.flush(),
+            // The other formats hold nothing back: their file is flushed.
+            other => other
+                .reader()
+                .file()
+                .flush()
+                .map_err(|e| Error::io("flushing the image", e)),
         }
     }
 

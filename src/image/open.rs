@@ -15,7 +15,9 @@ pub enum Backing {
     Ignore,
     /// Use this file (and format, else probed) as the top image's backing file.
     Override {
+        /// The backing file to open instead.
         path: PathBuf,
+        /// Its format; probed when not given.
         format: Option<Format>,
     },
 }
@@ -27,6 +29,7 @@ pub enum Backing {
 pub struct OpenOptions {
     /// The top image's format; probed when None (reading only).
     pub format: Option<Format>,
+    /// Which backing files to open (`Backing::Header`: the ones the headers name).
     pub backing: Backing,
     /// Passphrase for legacy AES images, anywhere in the chain.
     pub passphrase: Option<Vec<u8>>,
@@ -62,76 +65,39 @@ impl OpenOptions {
         OpenOptions::default()
     }
 
-    /// The top image's format (needed for writing; probed when None).
-    pub fn format(mut self, format: impl Into<Option<Format>>) -> Self {
-        self.format = format.into();
-        self
-    }
-
-    /// Open the top image for writing.
-    pub fn writable(mut self, writable: bool) -> Self {
-        self.writable = writable;
-        self
-    }
-
-    /// What to do about backing files.
-    pub fn backing(mut self, backing: Backing) -> Self {
-        self.backing = backing;
-        self
-    }
-
-    /// The passphrase of legacy AES images in the chain.
-    pub fn passphrase(mut self, passphrase: impl Into<Option<Vec<u8>>>) -> Self {
-        self.passphrase = passphrase.into();
-        self
-    }
-
-    /// Read this internal snapshot of the top image (None: the current state).
-    pub fn snapshot(mut self, snapshot: impl Into<Option<SnapshotRef>>) -> Self {
-        self.snapshot = snapshot.into();
-        self
-    }
-
-    /// Read whatever other processes do to the files (qemu-img's `-U`).
-    pub fn force_share(mut self, force_share: bool) -> Self {
-        self.force_share = force_share;
-        self
+    setters! {
+        plain {
+        /// Open the top image for writing.
+        writable: bool;
+        /// What to do about backing files.
+        backing: Backing;
+        /// Read whatever other processes do to the files (qemu-img's `-U`).
+        force_share: bool;
+        /// Open for metadata only (what `info` needs): no key or data file required.
+        metadata_only: bool;
+        /// Flush between dependent metadata updates (on by default; off only for a new
+        /// image nobody relies on yet).
+        barriers: bool;
+        /// Open as qemu-img check opens (a qcow2 image without a refcount table opens).
+        for_check: bool;
+        /// The longest chain accepted, the top image included.
+        max_chain_length: usize;
+        /// Bytes of L2 tables each qcow2 layer keeps in memory.
+        l2_cache_bytes: u64;
+        }
+        optional {
+        /// The top image's format (needed for writing; probed when None).
+        format: Format;
+        /// The passphrase of legacy AES images in the chain.
+        passphrase: Vec<u8>;
+        /// Read this internal snapshot of the top image (None: the current state).
+        snapshot: SnapshotRef;
+        }
     }
 
     /// The top image's external data file, instead of the one its header names.
     pub fn data_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.data_file = Some(path.into());
-        self
-    }
-
-    /// Open for metadata only (what `info` needs): no key or data file required.
-    pub fn metadata_only(mut self, metadata_only: bool) -> Self {
-        self.metadata_only = metadata_only;
-        self
-    }
-
-    /// Flush between dependent metadata updates (on by default; off only for a new
-    /// image nobody relies on yet).
-    pub fn barriers(mut self, barriers: bool) -> Self {
-        self.barriers = barriers;
-        self
-    }
-
-    /// Open as qemu-img check opens (a qcow2 image without a refcount table opens).
-    pub fn for_check(mut self, for_check: bool) -> Self {
-        self.for_check = for_check;
-        self
-    }
-
-    /// The longest chain accepted, the top image included.
-    pub fn max_chain_length(mut self, n: usize) -> Self {
-        self.max_chain_length = n;
-        self
-    }
-
-    /// Bytes of L2 tables each qcow2 layer keeps in memory.
-    pub fn l2_cache_bytes(mut self, bytes: u64) -> Self {
-        self.l2_cache_bytes = bytes;
         self
     }
 }
@@ -225,7 +191,7 @@ impl Image {
             Format::Raw => Layer::Raw(Raw::open(storage)?),
             Format::Qcow2 => {
                 if options.writable {
-                    repair_if_dirty(storage.as_ref())?;
+                    qcow2::check::repair_if_dirty(storage.as_ref())?;
                 }
                 let header = qcow2::Header::read(storage.as_ref())?;
                 let qopts = Qcow2Options {
@@ -271,32 +237,6 @@ impl Image {
             options: options.clone(),
         })
     }
-}
-
-/// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
-/// stale, so it is checked and repaired (which clears the bit) first.
-fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
-    use crate::format::qcow2::incompatible;
-    let header = qcow2::Header::read(storage)?;
-    let bits = header.incompatible_features();
-    if bits & incompatible::DIRTY == 0 {
-        return Ok(());
-    }
-    let result = qcow2::check::check(
-        storage,
-        bits & incompatible::DATA_FILE != 0,
-        qcow2::check::Repair::All,
-    )?;
-    if result.corruptions > 0 || result.check_errors > 0 || result.failed.is_some() {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!(
-                "Could not repair dirty image: {} errors remain",
-                result.corruptions + result.check_errors
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A backing file name from a header, as a path: names that hold a NUL or name one of
@@ -448,7 +388,7 @@ fn open_layer(
         Format::Raw => Layer::Raw(Raw::open(storage)?),
         Format::Qcow2 => {
             if writable {
-                repair_if_dirty(storage.as_ref())?;
+                qcow2::check::repair_if_dirty(storage.as_ref())?;
             }
             let header = qcow2::Header::read(storage.as_ref())?;
             let data_file = if header.incompatible_features()
@@ -513,8 +453,9 @@ fn open_layer(
     if let Layer::Qcow2(q) = &layer {
         warnings.extend(q.warnings().iter().cloned());
     }
-    if let Some(w) = cow_mtime_warning(path, &layer) {
-        warnings.push(w);
+    if let Layer::Cow(c) = &layer {
+        let backing = String::from_utf8_lossy(&c.header().backing_file).into_owned();
+        warnings.extend(c.backing_mtime_warning(&resolve_backing(path, &backing)));
     }
     Ok(ChainEntry {
         layer,
@@ -522,29 +463,5 @@ fn open_layer(
         data_path,
         probed,
         warnings,
-    })
-}
-
-/// UML records the backing file's modification time in a cow header and complains when
-/// it changed (the backing file may no longer be what the cow file was made over).
-/// QEMU's layout does not keep it.
-fn cow_mtime_warning(path: &Path, layer: &Layer) -> Option<String> {
-    let Layer::Cow(c) = layer else { return None };
-    let h = c.header();
-    if matches!(h.fields, cow::header::Fields::Qemu(_)) || h.backing_file.is_empty() {
-        return None;
-    }
-    let backing = resolve_backing(path, &String::from_utf8_lossy(&h.backing_file));
-    let modified = std::fs::metadata(&backing).ok()?.modified().ok()?;
-    let secs = modified
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs() as u32;
-    (secs != h.mtime).then(|| {
-        format!(
-            "backing file '{}' was modified (mtime {secs}) since the cow file was made over it (mtime {})",
-            backing.display(),
-            h.mtime
-        )
     })
 }

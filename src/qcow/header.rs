@@ -7,7 +7,9 @@ use crate::storage::Storage;
 
 /// The parsed header of a qcow image.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
+    /// The fixed-size header.
     pub fields: QcowHeader,
     /// The backing file name as stored (not NUL-terminated).
     pub backing_file: Option<Vec<u8>>,
@@ -16,11 +18,7 @@ pub struct Header {
 impl Header {
     /// Reads and validates the header as QEMU's qcow driver does.
     pub fn read(storage: &dyn Storage) -> Result<Header> {
-        let mut bytes = [0u8; QcowHeader::SIZE];
-        let got = storage
-            .read_full(&mut bytes, 0)
-            .map_err(|e| Error::io("reading the qcow header", e))?;
-        let fields = QcowHeader::parse(&bytes[..got])?;
+        let fields = QcowHeader::read_from(storage, 0)?;
         fields.validate(0)?;
         let backing_file = if fields.backing_file_offset != 0 && fields.backing_file_size != 0 {
             // validate() capped the size at 1023 bytes.
@@ -47,10 +45,12 @@ impl Header {
         })
     }
 
+    /// log2 of the cluster size.
     pub fn cluster_bits(&self) -> u32 {
         u32::from(self.fields.cluster_bits)
     }
 
+    /// log2 of the entries in an L2 table.
     pub fn l2_bits(&self) -> u32 {
         u32::from(self.fields.l2_bits)
     }

@@ -6,13 +6,13 @@ use super::header::Header;
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow::{QcowCompressedDescriptor, QcowL2Entry};
-use crate::mapping::{Extent, HostOffset, Mapping};
-use crate::qcow2::l2cache::{self, L2Cache, Table};
+use crate::image::ReadLayer;
+use crate::l2cache::{self, L2Cache, Table};
+use crate::mapping::{HostOffset, Mapping};
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
 
-/// Reads guest bytes from the layers below (zeros where there are none).
-pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+pub use crate::mapping::Below;
 
 /// A qcow layer.
 pub struct Qcow {
@@ -24,17 +24,11 @@ pub struct Qcow {
     l1: Vec<u64>,
     l2_cache: Mutex<L2Cache>,
     key: Option<LegacyAes>,
-    decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
+    decompressed: crate::compressed::LastCluster,
     writable: bool,
 }
 
-impl std::fmt::Debug for Qcow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qcow")
-            .field("header", &self.header)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Qcow: header);
 
 fn corrupt(message: String) -> Error {
     Error::new(ErrorKind::Corrupt, message)
@@ -77,7 +71,7 @@ impl Qcow {
             } else {
                 None
             },
-            decompressed: Mutex::new(None),
+            decompressed: Default::default(),
             writable,
             storage,
             header,
@@ -86,10 +80,6 @@ impl Qcow {
 
     pub fn header(&self) -> &Header {
         &self.header
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -120,95 +110,10 @@ impl Qcow {
         )
     }
 
-    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
-        let cs = 1u64 << self.cluster_bits;
-        let cluster = guest & !(cs - 1);
-        let (l1_index, l2_offset, l2_index) = self.locate(guest);
-        if l2_offset == 0 {
-            let end = (l1_index as u64 + 1) << (self.cluster_bits + self.l2_bits);
-            return Ok((Mapping::Unallocated { host: None }, end));
-        }
-        let raw = self.l2_table(l2_offset)?[l2_index as usize];
-        let entry = QcowL2Entry::from_raw(raw);
-        if entry.compressed() {
-            let d = QcowCompressedDescriptor::decode(entry.host_offset(), self.cluster_bits);
-            let mapping = Mapping::Compressed {
-                cluster,
-                host: HostOffset(d.host_offset),
-                len: d.compressed_size,
-            };
-            return Ok((mapping, cluster + cs));
-        }
-        let host = entry.host_offset();
-        if host == 0 {
-            return Ok((Mapping::Unallocated { host: None }, cluster + cs));
-        }
-        if host % 512 != 0 {
-            return Err(corrupt(format!(
-                "qcow cluster offset {host:#x} is not sector-aligned (L2 index {l2_index})"
-            )));
-        }
-        Ok((
-            Mapping::Data {
-                host: HostOffset(host + (guest - cluster)),
-            },
-            cluster + cs,
-        ))
-    }
-
-    /// The longest run from `offset` (at most `len` bytes) with one mapping.
-    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        let end = offset.saturating_add(len).min(self.size);
-        if offset >= end {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                format!("offset {offset} is past the end of the image"),
-            ));
-        }
-        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
-    }
-
     fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
-        if let Some((at, data)) = &*self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *at == host {
-                return Ok(data.clone());
-            }
-        }
         // The size field has cluster_bits bits: at most one cluster of input.
-        let mut input = vec![0u8; len as usize];
-        self.storage
-            .read_zero_padded(&mut input, host)
-            .map_err(|e| Error::io(format!("reading the compressed cluster at {host:#x}"), e))?;
-        let mut out = vec![0u8; 1 << self.cluster_bits];
-        Compression::Deflate
-            .decompress(&input, &mut out)
-            .map_err(|e| e.context(format_args!("compressed cluster at host offset {host:#x}")))?;
-        let data: Arc<[u8]> = out.into();
-        *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = Some((host, data.clone()));
-        Ok(data)
-    }
-
-    /// Reads bytes of an extent this layer mapped as data or compressed.
-    pub fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
-        match extent.mapping {
-            Mapping::Data { host } => crate::sector_io::read(
-                self.storage.as_ref(),
-                self.key.as_ref(),
-                host.0 + (guest - extent.start),
-                guest,
-                buf,
-            ),
-            Mapping::Compressed { cluster, host, len } => {
-                let data = self.decompress(host.0, len)?;
-                let from = (guest - cluster) as usize;
-                buf.copy_from_slice(&data[from..from + buf.len()]);
-                Ok(())
-            }
-            _ => Err(Error::new(
-                ErrorKind::BadArgument,
-                "read_mapped takes data or compressed extents",
-            )),
-        }
+        let cs = 1usize << self.cluster_bits;
+        (self.decompressed).get(self.storage.as_ref(), Compression::Deflate, host, len, cs)
     }
 
     // ---- Writing.
@@ -403,10 +308,70 @@ impl Qcow {
         *self.l2_cache.lock().unwrap_or_else(|e| e.into_inner()) = L2Cache::new(2);
         Ok(())
     }
+}
 
-    pub fn flush(&mut self) -> Result<()> {
-        self.storage
-            .flush()
-            .map_err(|e| Error::io("flushing the image", e))
+impl ReadLayer for Qcow {
+    fn file(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        let cs = 1u64 << self.cluster_bits;
+        let cluster = guest & !(cs - 1);
+        let (l1_index, l2_offset, l2_index) = self.locate(guest);
+        if l2_offset == 0 {
+            let end = (l1_index as u64 + 1) << (self.cluster_bits + self.l2_bits);
+            return Ok((Mapping::Unallocated { host: None }, end));
+        }
+        let raw = self.l2_table(l2_offset)?[l2_index as usize];
+        let entry = QcowL2Entry::from_raw(raw);
+        if entry.compressed() {
+            let d = QcowCompressedDescriptor::decode(entry.host_offset(), self.cluster_bits);
+            let mapping = Mapping::Compressed {
+                cluster,
+                host: HostOffset(d.host_offset),
+                len: d.compressed_size,
+            };
+            return Ok((mapping, cluster + cs));
+        }
+        let host = entry.host_offset();
+        if host == 0 {
+            return Ok((Mapping::Unallocated { host: None }, cluster + cs));
+        }
+        if host % 512 != 0 {
+            return Err(corrupt(format!(
+                "qcow cluster offset {host:#x} is not sector-aligned (L2 index {l2_index})"
+            )));
+        }
+        Ok((
+            Mapping::Data {
+                host: HostOffset(host + (guest - cluster)),
+            },
+            cluster + cs,
+        ))
+    }
+
+    fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {
+        crate::sector_io::read(self.storage.as_ref(), self.key.as_ref(), host, guest, buf)
+    }
+
+    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+        Qcow::decompress(self, host, len)
+    }
+
+    fn is_encrypted(&self) -> bool {
+        Qcow::is_encrypted(self)
+    }
+
+    /// qcow names no backing format: it is probed, as QEMU does.
+    fn backing_name(&self) -> Option<(String, Option<String>)> {
+        self.header()
+            .backing_file
+            .as_ref()
+            .map(|n| (String::from_utf8_lossy(n).into_owned(), None))
     }
 }

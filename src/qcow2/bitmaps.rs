@@ -8,12 +8,18 @@ use crate::storage::Storage;
 
 /// One persistent bitmap.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Bitmap {
+    /// The bitmap's name.
     pub name: String,
     /// Bytes one bit covers.
     pub granularity: u64,
+    /// QEMU had the bitmap open for writing and did not close it cleanly: its bits cannot
+    /// be trusted.
     pub in_use: bool,
+    /// QEMU keeps the bitmap up to date with every write.
     pub auto: bool,
+    /// The directory entry as stored.
     pub entry: BitmapDirectoryEntry,
 }
 

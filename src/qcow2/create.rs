@@ -1,12 +1,15 @@
 //! Creating a qcow2 image with qemu-img's options and checks.
 
+use super::entry::ClusterEntry;
+use super::geometry::Geometry;
 use super::header::{Extension, Header};
 use super::refcount::Refcounts;
+use super::write::ALL_SUBCLUSTERS;
 use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::format::qcow2::{
-    ExtensionMagic, L1Entry, L2Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
+    ExtensionMagic, L1Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
 };
 use crate::format::ByteArray;
 use crate::storage::Storage;
@@ -15,6 +18,7 @@ use crate::storage::Storage;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Preallocation {
+    /// Nothing allocated beyond the metadata a new image needs.
     #[default]
     Off,
     /// L2 tables and data clusters allocated; the data reads as zeros (sparse file).
@@ -26,6 +30,7 @@ pub enum Preallocation {
 }
 
 impl Preallocation {
+    /// The mode qemu-img names `name` (off, metadata, falloc, full).
     pub fn from_name(name: &str) -> Option<Preallocation> {
         Some(match name {
             "off" => Preallocation::Off,
@@ -37,25 +42,68 @@ impl Preallocation {
     }
 }
 
-/// What a new qcow2 image is to be.
+/// qemu-img's `compat` option: which qcow2 version an image is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compat {
+    /// "0.10": version 2, what QEMU before 1.1 reads.
+    V0_10,
+    /// "1.1": version 3 (zero clusters, feature bits, lazy refcounts, extended L2).
+    V1_1,
+}
+
+impl Compat {
+    /// The level qemu-img names `name` ("0.10" or "v2", "1.1" or "v3").
+    pub fn from_name(name: &str) -> Option<Compat> {
+        match name {
+            "0.10" | "v2" => Some(Compat::V0_10),
+            "1.1" | "v3" => Some(Compat::V1_1),
+            _ => None,
+        }
+    }
+
+    /// The header version: 2 or 3.
+    pub fn version(self) -> u32 {
+        match self {
+            Compat::V0_10 => 2,
+            Compat::V1_1 => 3,
+        }
+    }
+}
+
+/// What a new image is to be (qcow2 uses every option; the other formats the size and
+/// backing file). Built like [`OpenOptions`](crate::OpenOptions):
+/// `CreateOptions::new(1 << 30).cluster_size(4096).lazy_refcounts(true)`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CreateOptions {
     /// Virtual size in bytes (rounded up to 512).
     pub size: u64,
     /// 2 ("0.10") or 3 ("1.1").
     pub version: u32,
+    /// Bytes per cluster: a power of two from 512 to 2 MiB.
     pub cluster_size: u64,
+    /// Width of a reference count: 1 to 64 bits, a power of two.
     pub refcount_bits: u32,
+    /// The backing file to name in the header.
     pub backing_file: Option<String>,
+    /// Its format, named in the header (required with a backing file, as QEMU asks).
+    /// A name rather than a [`Format`](crate::Format): QEMU stores any driver's name
+    /// here, and an image may name one cowimg cannot open.
     pub backing_format: Option<String>,
     /// Legacy AES (crypt_method 1); the passphrase is needed only for writing data.
     pub encrypt_aes: bool,
+    /// How much to allocate up front.
     pub preallocation: Preallocation,
+    /// Defer refcount updates (version 3 only).
     pub lazy_refcounts: bool,
+    /// 128-bit L2 entries with 32 subclusters (version 3 only).
     pub extended_l2: bool,
+    /// How clusters written compressed are compressed.
     pub compression: Compression,
     /// External data file name, stored in the header.
     pub data_file: Option<String>,
+    /// The data file is a raw image of the guest disk (with `data_file`).
     pub data_file_raw: bool,
 }
 
@@ -84,6 +132,52 @@ fn bad(message: impl Into<String>) -> Error {
 }
 
 impl CreateOptions {
+    /// The defaults (qcow2 version 3, 64 KiB clusters, 16-bit refcounts, nothing
+    /// preallocated) for a disk of `size` bytes.
+    pub fn new(size: u64) -> CreateOptions {
+        CreateOptions {
+            size,
+            ..CreateOptions::default()
+        }
+    }
+
+    setters! {
+        plain {
+        /// Virtual size in bytes (rounded up to 512).
+        size: u64;
+        /// Bytes per cluster: a power of two from 512 to 2 MiB.
+        cluster_size: u64;
+        /// Width of a reference count: 1 to 64 bits, a power of two.
+        refcount_bits: u32;
+        /// Legacy AES (crypt_method 1).
+        encrypt_aes: bool;
+        /// How much to allocate up front.
+        preallocation: Preallocation;
+        /// Defer refcount updates (version 3 only).
+        lazy_refcounts: bool;
+        /// 128-bit L2 entries with 32 subclusters (version 3 only).
+        extended_l2: bool;
+        /// How clusters written compressed are compressed.
+        compression: Compression;
+        /// The data file is a raw image of the guest disk (with `data_file`).
+        data_file_raw: bool;
+        }
+        optional {
+        /// The backing file to name in the header.
+        backing_file: String;
+        /// Its format's name.
+        backing_format: String;
+        /// External data file name, stored in the header.
+        data_file: String;
+        }
+    }
+
+    /// The qcow2 compatibility level: 0.10 (version 2) or 1.1 (version 3).
+    pub fn compat(mut self, compat: Compat) -> Self {
+        self.version = compat.version();
+        self
+    }
+
     /// qemu-img's refusals, in its words.
     pub fn check(&self) -> Result<()> {
         let cs = self.cluster_size;
@@ -163,100 +257,29 @@ impl CreateOptions {
 
 /// Writes a new, empty qcow2 image into `storage` (which should be empty).
 /// `data_storage` is the external data file, when there is one and it is to be sized.
+///
+/// Cluster 0 holds the header, extensions and backing name; cluster 1 the refcount
+/// table; cluster 2 the first refcount block; then the L1 table (and, preallocated,
+/// every L2 table and data cluster). The L1 offset goes into the header last: until
+/// then the image has no L1 table.
 pub fn create(
     storage: &dyn Storage,
     data_storage: Option<&dyn Storage>,
     opts: &CreateOptions,
 ) -> Result<()> {
     opts.check()?;
-    let io = |what: &'static str| move |e| Error::io(what, e);
     let size = opts.size.next_multiple_of(512);
-    let cluster_bits = opts.cluster_size.trailing_zeros();
-    let cs = opts.cluster_size;
-    let l2_bits = cluster_bits - if opts.extended_l2 { 4 } else { 3 };
-    let l1_size = size.div_ceil(1 << (cluster_bits + l2_bits));
+    let geometry = Geometry::new(opts.cluster_size.trailing_zeros(), opts.extended_l2);
+    let cs = geometry.cluster_size();
+    let l1_size = size.div_ceil(geometry.l2_span());
     if l1_size * 8 > crate::format::qcow2::MAX_L1_BYTES {
         return Err(bad("Image size is too big for this cluster size"));
     }
     let order = opts.refcount_bits.trailing_zeros();
 
-    // Cluster 0: header, extensions, backing name. Cluster 1: refcount table.
-    // Cluster 2: the first refcount block. Then the L1 table.
-    let mut incompatible = 0;
-    let mut autoclear_bits = 0;
-    if opts.compression == Compression::Zstd {
-        incompatible |= incompatible::COMPRESSION;
-    }
-    if opts.extended_l2 {
-        incompatible |= incompatible::EXTENDED_L2;
-    }
-    if opts.data_file.is_some() {
-        incompatible |= incompatible::DATA_FILE;
-    }
-    if opts.data_file_raw {
-        autoclear_bits |= autoclear::DATA_FILE_RAW;
-    }
-    let mut extensions = Vec::new();
-    let ext = |magic: ExtensionMagic, data: &[u8]| Extension {
-        magic: magic.value(),
-        offset: 0,
-        data: data.to_vec(),
-    };
-    if let Some(f) = &opts.backing_format {
-        extensions.push(ext(ExtensionMagic::BackingFormat, f.as_bytes()));
-    }
-    if let Some(d) = &opts.data_file {
-        extensions.push(ext(ExtensionMagic::DataFile, d.as_bytes()));
-    }
-    // Like qemu-img, the feature name table only where the header cluster has room.
-    if opts.version >= 3 && cs > 4096 {
-        extensions.push(ext(
-            ExtensionMagic::FeatureTable,
-            &super::header::qemu_feature_table(),
-        ));
-    }
-    let mut header = Header {
-        common: Qcow2Header {
-            magic: Qcow2Header::MAGIC_REQUIRED,
-            version: opts.version,
-            backing_file_offset: 0,
-            backing_file_size: 0,
-            cluster_bits,
-            size,
-            crypt_method: u32::from(opts.encrypt_aes),
-            l1_size: l1_size as u32,
-            l1_table_offset: 0,
-            refcount_table_offset: cs,
-            refcount_table_clusters: 1,
-            nb_snapshots: 0,
-            snapshots_offset: 0,
-        },
-        v3: (opts.version >= 3).then_some(Qcow2HeaderV3 {
-            incompatible_features: incompatible,
-            compatible_features: if opts.lazy_refcounts {
-                compatible::LAZY_REFCOUNTS
-            } else {
-                0
-            },
-            autoclear_features: autoclear_bits,
-            refcount_order: order,
-            header_length: 112,
-        }),
-        compression: (opts.version >= 3).then(|| Qcow2HeaderCompression {
-            compression_type: if opts.compression == Compression::Zstd {
-                1
-            } else {
-                0
-            },
-            padding: ByteArray::zeroed(),
-        }),
-        unknown_fields: Vec::new(),
-        extensions,
-        backing_file: opts.backing_file.as_ref().map(|b| b.as_bytes().to_vec()),
-    };
-    let cluster0 = header.to_cluster()?;
+    let mut header = new_header(opts, geometry, size, l1_size as u32)?;
     storage
-        .write_at(&cluster0, 0)
+        .write_at(&header.to_cluster()?, 0)
         .map_err(io("writing the header"))?;
     let mut reftable = vec![0u8; cs as usize];
     reftable[..8].copy_from_slice(&(2 * cs).to_be_bytes());
@@ -267,66 +290,33 @@ pub fn create(
         .write_at(&vec![0u8; cs as usize], 2 * cs)
         .map_err(io("writing the refcount block"))?;
 
-    let mut refcounts = Refcounts::load(storage, cluster_bits, order, cs, 1)?;
+    let mut refcounts = Refcounts::load(storage, geometry.cluster_bits, order, cs, 1)?;
     for c in 0..3 {
         refcounts.set(storage, c, 1)?;
     }
     // An empty image has no L1 table at all (offset 0), as qemu-img makes it.
-    let l1_clusters = (l1_size * 8).div_ceil(cs);
     let l1_at = if l1_size == 0 {
         0
     } else {
-        refcounts.alloc(storage, l1_clusters)?
+        refcounts.alloc(storage, (l1_size * 8).div_ceil(cs))?
     };
     let mut l1 = vec![0u64; l1_size as usize];
 
-    // Preallocation: every L2 table, and every data cluster (in the data file, at the
-    // guest offset, when there is one). `end` tracks the highest byte allocated.
-    // The file ends where the L1 table does (not at its cluster's end), as qemu-img's.
+    // `end` tracks the highest byte allocated. The file ends where the L1 table does
+    // (not at its cluster's end), as qemu-img's.
     let mut end = l1_at + l1_size * 8;
     // A raw data file is the disk: every cluster is mapped to it from the start (QEMU
     // makes data-file-raw imply preallocation=metadata), or writes made to the data
     // file directly would not show through the image.
     if opts.preallocation != Preallocation::Off || opts.data_file_raw {
-        let entries = 1u64 << l2_bits;
-        let clusters = size.div_ceil(cs);
-        let zeros = vec![0u8; cs as usize];
-        let width = if opts.extended_l2 { 16 } else { 8 };
-        for (l1_index, l1_entry) in l1.iter_mut().enumerate() {
-            let l2_at = refcounts.alloc(storage, 1)?;
-            end = end.max(l2_at + cs);
-            let first = l1_index as u64 * entries;
-            let n = entries.min(clusters - first);
-            let mut table = vec![0u8; cs as usize];
-            // The table's clusters as one run, as QEMU allocates them.
-            let run = match opts.data_file {
-                Some(_) => first * cs,
-                None => {
-                    let run = refcounts.alloc(storage, n)?;
-                    end = end.max(run + n * cs);
-                    run
-                }
-            };
-            for i in 0..n {
-                let host = run + i * cs;
-                if opts.preallocation == Preallocation::Full {
-                    data_storage
-                        .unwrap_or(storage)
-                        .write_at(&zeros, host)
-                        .map_err(io("preallocating"))?;
-                }
-                let entry = L2Entry::new().with_host_offset(host).with_copied(true);
-                let at = (i * width) as usize;
-                table[at..at + 8].copy_from_slice(&entry.raw().to_be_bytes());
-                if opts.extended_l2 {
-                    table[at + 8..at + 16].copy_from_slice(&0xffff_ffffu64.to_be_bytes());
-                }
-            }
-            storage
-                .write_at(&table, l2_at)
-                .map_err(io("writing an L2 table"))?;
-            *l1_entry = L1Entry::new().with_l2_offset(l2_at).with_copied(true).raw();
-        }
+        let place = Placement {
+            storage,
+            data_storage,
+            opts,
+            geometry,
+            size,
+        };
+        end = end.max(place.preallocate(&mut refcounts, &mut l1)?);
     }
     if !l1.is_empty() {
         storage
@@ -347,8 +337,144 @@ pub fn create(
             d.set_len(want).map_err(io("sizing the data file"))?;
         }
     }
-    // The L1 offset goes in last: until then the image has no L1 table.
     header.write_l1_table(storage, l1_at, l1_size as u32)?;
     storage.flush().map_err(io("flushing the new image"))?;
     Ok(())
+}
+
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |e| Error::io(what, e)
+}
+
+/// The header of a new image (its L1 table offset still 0).
+fn new_header(opts: &CreateOptions, geometry: Geometry, size: u64, l1_size: u32) -> Result<Header> {
+    let zstd = opts.compression == Compression::Zstd;
+    let mut incompatible = 0;
+    if zstd {
+        incompatible |= incompatible::COMPRESSION;
+    }
+    if opts.extended_l2 {
+        incompatible |= incompatible::EXTENDED_L2;
+    }
+    if opts.data_file.is_some() {
+        incompatible |= incompatible::DATA_FILE;
+    }
+    let autoclear_bits = if opts.data_file_raw {
+        autoclear::DATA_FILE_RAW
+    } else {
+        0
+    };
+    let mut extensions = Vec::new();
+    let ext = |magic: ExtensionMagic, data: &[u8]| Extension {
+        magic: magic.value(),
+        offset: 0,
+        data: data.to_vec(),
+    };
+    if let Some(f) = &opts.backing_format {
+        extensions.push(ext(ExtensionMagic::BackingFormat, f.as_bytes()));
+    }
+    if let Some(d) = &opts.data_file {
+        extensions.push(ext(ExtensionMagic::DataFile, d.as_bytes()));
+    }
+    // Like qemu-img, the feature name table only where the header cluster has room.
+    let cs = geometry.cluster_size();
+    if opts.version >= 3 && cs > 4096 {
+        extensions.push(ext(
+            ExtensionMagic::FeatureTable,
+            &super::header::qemu_feature_table(),
+        ));
+    }
+    Ok(Header {
+        common: Qcow2Header {
+            magic: Qcow2Header::MAGIC_REQUIRED,
+            version: opts.version,
+            backing_file_offset: 0,
+            backing_file_size: 0,
+            cluster_bits: geometry.cluster_bits,
+            size,
+            crypt_method: u32::from(opts.encrypt_aes),
+            l1_size,
+            l1_table_offset: 0,
+            refcount_table_offset: cs,
+            refcount_table_clusters: 1,
+            nb_snapshots: 0,
+            snapshots_offset: 0,
+        },
+        v3: (opts.version >= 3).then_some(Qcow2HeaderV3 {
+            incompatible_features: incompatible,
+            compatible_features: if opts.lazy_refcounts {
+                compatible::LAZY_REFCOUNTS
+            } else {
+                0
+            },
+            autoclear_features: autoclear_bits,
+            refcount_order: opts.refcount_bits.trailing_zeros(),
+            header_length: 112,
+        }),
+        compression: (opts.version >= 3).then(|| Qcow2HeaderCompression {
+            compression_type: u8::from(zstd),
+            padding: ByteArray::zeroed(),
+        }),
+        unknown_fields: Vec::new(),
+        extensions,
+        backing_file: opts.backing_file.as_ref().map(|b| b.as_bytes().to_vec()),
+    })
+}
+
+/// Where a preallocated image's clusters go.
+struct Placement<'a> {
+    storage: &'a dyn Storage,
+    data_storage: Option<&'a dyn Storage>,
+    opts: &'a CreateOptions,
+    geometry: Geometry,
+    size: u64,
+}
+
+impl Placement<'_> {
+    /// Allocates every L2 table and every data cluster (in the data file, at the guest
+    /// offset, when there is one) and fills `l1`. Returns the highest byte allocated.
+    fn preallocate(&self, refcounts: &mut Refcounts, l1: &mut [u64]) -> Result<u64> {
+        let (storage, g) = (self.storage, self.geometry);
+        let cs = g.cluster_size();
+        let entries = g.l2_entries();
+        let clusters = self.size.div_ceil(cs);
+        let zeros = vec![0u8; cs as usize];
+        let width = g.entry_words() * 8;
+        let mut end = 0;
+        for (l1_index, l1_entry) in l1.iter_mut().enumerate() {
+            let l2_at = refcounts.alloc(storage, 1)?;
+            end = end.max(l2_at + cs);
+            let first = l1_index as u64 * entries;
+            let n = entries.min(clusters - first);
+            let mut table = vec![0u8; cs as usize];
+            // The table's clusters as one run, as QEMU allocates them.
+            let run = match self.opts.data_file {
+                Some(_) => first * cs,
+                None => {
+                    let run = refcounts.alloc(storage, n)?;
+                    end = end.max(run + n * cs);
+                    run
+                }
+            };
+            for i in 0..n {
+                let host = run + i * cs;
+                if self.opts.preallocation == Preallocation::Full {
+                    self.data_storage
+                        .unwrap_or(storage)
+                        .write_at(&zeros, host)
+                        .map_err(io("preallocating"))?;
+                }
+                let at = (i * width) as usize;
+                table[at..at + 8].copy_from_slice(&ClusterEntry::owned_data(host).to_be_bytes());
+                if g.extended_l2 {
+                    table[at + 8..at + 16].copy_from_slice(&ALL_SUBCLUSTERS.to_be_bytes());
+                }
+            }
+            storage
+                .write_at(&table, l2_at)
+                .map_err(io("writing an L2 table"))?;
+            *l1_entry = L1Entry::new().with_l2_offset(l2_at).with_copied(true).raw();
+        }
+        Ok(end)
+    }
 }

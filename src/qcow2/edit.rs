@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{compatible, incompatible};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2HeaderCompression, Qcow2HeaderV3};
 use crate::format::ByteArray;
+use crate::image::ReadLayer;
 
 impl Qcow2 {
     /// Rewrites cluster 0 from what is on disk now, changed by `change`. Unknown header
@@ -218,14 +219,7 @@ impl Qcow2 {
             }
             if changed {
                 self.sync()?;
-                let bytes = crate::tables::to_be_bytes(&table);
-                storage
-                    .write_at(&bytes, l2)
-                    .map_err(|e| Error::io("writing an L2 table", e))?;
-                self.l2_cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(l2, table.into());
+                self.put_l2_table(l2, table.into())?;
             }
         }
         Ok(())

@@ -32,6 +32,7 @@ const V2_HEADER_LENGTH: u32 = Qcow2Header::SIZE as u32;
 
 /// One header extension as found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Extension {
     /// The extension's magic.
     pub magic: u32,
@@ -50,7 +51,9 @@ impl Extension {
 
 /// The parsed contents of cluster 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
+    /// The part versions 2 and 3 share.
     pub common: Qcow2Header,
     /// Present for version 3 only.
     pub v3: Option<Qcow2HeaderV3>,
@@ -68,11 +71,7 @@ impl Header {
     /// Reads and validates cluster 0. Checks follow QEMU's open: the header fields, then
     /// the extension area, then the extensions themselves.
     pub fn read(storage: &dyn Storage) -> Result<Header> {
-        let mut first = [0u8; Qcow2Header::SIZE];
-        let got = storage
-            .read_full(&mut first, 0)
-            .map_err(|e| Error::io("reading the qcow2 header", e))?;
-        let common = Qcow2Header::parse(&first[..got])?;
+        let common = Qcow2Header::read_from(storage, 0)?;
         common.validate(0)?;
         let cluster_size = 1u64 << common.cluster_bits;
 
@@ -135,26 +134,32 @@ impl Header {
         Ok(header)
     }
 
+    /// 2 or 3.
     pub fn version(&self) -> u32 {
         self.common.version
     }
 
+    /// log2 of the cluster size.
     pub fn cluster_bits(&self) -> u32 {
         self.common.cluster_bits
     }
 
+    /// Bytes per cluster.
     pub fn cluster_size(&self) -> u64 {
         1 << self.common.cluster_bits
     }
 
+    /// Incompatible feature bits (0 for version 2).
     pub fn incompatible_features(&self) -> u64 {
         self.v3.as_ref().map_or(0, |v| v.incompatible_features)
     }
 
+    /// Compatible feature bits (0 for version 2).
     pub fn compatible_features(&self) -> u64 {
         self.v3.as_ref().map_or(0, |v| v.compatible_features)
     }
 
+    /// Autoclear feature bits (0 for version 2).
     pub fn autoclear_features(&self) -> u64 {
         self.v3.as_ref().map_or(0, |v| v.autoclear_features)
     }
@@ -164,6 +169,7 @@ impl Header {
         self.v3.as_ref().map_or(4, |v| v.refcount_order)
     }
 
+    /// Length of the header proper, where the extensions start.
     pub fn header_length(&self) -> u32 {
         self.v3
             .as_ref()

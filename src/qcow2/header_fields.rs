@@ -17,44 +17,24 @@ const _: () =
     assert!(Qcow2Header::REFCOUNT_TABLE_CLUSTERS_AT == Qcow2Header::REFCOUNT_TABLE_OFFSET_AT + 8);
 const _: () = assert!(Qcow2Header::SNAPSHOTS_OFFSET_AT == Qcow2Header::NB_SNAPSHOTS_AT + 4);
 
-fn put(storage: &dyn Storage, bytes: &[u8], at: u64, field: &str) -> Result<()> {
+/// Writes the adjacent fields `parts` (big-endian bytes) from `at`, in one write.
+fn put(storage: &dyn Storage, at: u64, field: &str, parts: &[&[u8]]) -> Result<()> {
     storage
-        .write_at(bytes, at)
+        .write_at(&parts.concat(), at)
         .map_err(|e| Error::io(format!("writing {field} in the qcow2 header"), e))
 }
 
-fn pair(first: &[u8], second: &[u8]) -> [u8; 12] {
-    let mut out = [0u8; 12];
-    out[..first.len()].copy_from_slice(first);
-    out[first.len()..].copy_from_slice(second);
-    out
-}
-
 impl Header {
-    fn v3_mut(&mut self, field: &str) -> Result<&mut Qcow2HeaderV3> {
-        self.v3.as_mut().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!("a version 2 qcow2 header has no {field}"),
-            )
-        })
-    }
-
     /// Rewrites `incompatible_features` (version 3 only).
     pub(crate) fn write_incompatible_features(
         &mut self,
         storage: &dyn Storage,
         bits: u64,
     ) -> Result<()> {
-        self.v3_mut("incompatible_features")?;
-        put(
-            storage,
-            &bits.to_be_bytes(),
-            Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT,
-            "incompatible_features",
-        )?;
-        self.v3_mut("incompatible_features")?.incompatible_features = bits;
-        Ok(())
+        let at = Qcow2HeaderV3::INCOMPATIBLE_FEATURES_AT;
+        self.write_v3_bits(storage, at, "incompatible_features", bits, |v3| {
+            &mut v3.incompatible_features
+        })
     }
 
     /// Rewrites `autoclear_features` (version 3 only).
@@ -63,20 +43,40 @@ impl Header {
         storage: &dyn Storage,
         bits: u64,
     ) -> Result<()> {
-        self.v3_mut("autoclear_features")?;
-        put(
-            storage,
-            &bits.to_be_bytes(),
-            Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT,
-            "autoclear_features",
-        )?;
-        self.v3_mut("autoclear_features")?.autoclear_features = bits;
+        let at = Qcow2HeaderV3::AUTOCLEAR_FEATURES_AT;
+        self.write_v3_bits(storage, at, "autoclear_features", bits, |v3| {
+            &mut v3.autoclear_features
+        })
+    }
+
+    /// Writes a version 3 feature field, then sets it in memory at `place`.
+    fn write_v3_bits(
+        &mut self,
+        storage: &dyn Storage,
+        at: u64,
+        field: &str,
+        bits: u64,
+        place: impl FnOnce(&mut Qcow2HeaderV3) -> &mut u64,
+    ) -> Result<()> {
+        let v3 = self.v3.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("a version 2 qcow2 header has no {field}"),
+            )
+        })?;
+        put(storage, at, field, &[&bits.to_be_bytes()])?;
+        *place(v3) = bits;
         Ok(())
     }
 
     /// Rewrites the virtual disk size.
     pub(crate) fn write_size(&mut self, storage: &dyn Storage, size: u64) -> Result<()> {
-        put(storage, &size.to_be_bytes(), Qcow2Header::SIZE_AT, "size")?;
+        put(
+            storage,
+            Qcow2Header::SIZE_AT,
+            "size",
+            &[&size.to_be_bytes()],
+        )?;
         self.common.size = size;
         Ok(())
     }
@@ -89,13 +89,8 @@ impl Header {
         offset: u64,
         entries: u32,
     ) -> Result<()> {
-        let bytes = pair(&entries.to_be_bytes(), &offset.to_be_bytes());
-        put(
-            storage,
-            &bytes,
-            Qcow2Header::L1_SIZE_AT,
-            "the L1 table size and offset",
-        )?;
+        let parts: [&[u8]; 2] = [&entries.to_be_bytes(), &offset.to_be_bytes()];
+        put(storage, Qcow2Header::L1_SIZE_AT, "the L1 table", &parts)?;
         self.common.l1_size = entries;
         self.common.l1_table_offset = offset;
         Ok(())
@@ -123,13 +118,9 @@ impl Header {
         offset: u64,
         clusters: u32,
     ) -> Result<()> {
-        let bytes = pair(&offset.to_be_bytes(), &clusters.to_be_bytes());
-        put(
-            storage,
-            &bytes,
-            Qcow2Header::REFCOUNT_TABLE_OFFSET_AT,
-            "the refcount table offset and size",
-        )
+        let parts: [&[u8]; 2] = [&offset.to_be_bytes(), &clusters.to_be_bytes()];
+        let at = Qcow2Header::REFCOUNT_TABLE_OFFSET_AT;
+        put(storage, at, "the refcount table", &parts)
     }
 
     /// Points the header at a snapshot table of `count` entries at `offset`: both
@@ -140,12 +131,12 @@ impl Header {
         offset: u64,
         count: u32,
     ) -> Result<()> {
-        let bytes = pair(&count.to_be_bytes(), &offset.to_be_bytes());
+        let parts: [&[u8]; 2] = [&count.to_be_bytes(), &offset.to_be_bytes()];
         put(
             storage,
-            &bytes,
             Qcow2Header::NB_SNAPSHOTS_AT,
-            "the snapshot count and table offset",
+            "the snapshot table",
+            &parts,
         )?;
         self.common.nb_snapshots = count;
         self.common.snapshots_offset = offset;

@@ -6,13 +6,14 @@ use super::entry::ClusterEntry;
 use super::entry::Freed;
 use super::geometry::Geometry;
 use super::header::Header;
-use super::l2cache::{self, L2Cache, Table};
 use super::snapshot::Snapshot;
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::incompatible;
 use crate::format::qcow2::{L1Entry, SubclusterBitmap};
-use crate::mapping::{Extent, GuestOffset, HostOffset, Mapping};
+use crate::image::ReadLayer;
+use crate::l2cache::{self, L2Cache, Table};
+use crate::mapping::{GuestOffset, HostOffset, Mapping};
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
 
@@ -29,7 +30,7 @@ pub struct Qcow2 {
     pub(super) compression: Compression,
     pub(super) key: Option<LegacyAes>,
     /// The last cluster decompressed, by host offset of its compressed bytes.
-    pub(super) decompressed: Mutex<Option<(u64, Arc<[u8]>)>>,
+    pub(super) decompressed: crate::compressed::LastCluster,
     /// Where the next compressed cluster may be packed (mid-cluster, after the last
     /// one written), and the refcount free count at which that was true.
     pub(super) compressed_tail: Option<(u64, u64)>,
@@ -151,14 +152,6 @@ impl Qcow2 {
     }
 
     /// Virtual size in bytes (of the snapshot, when one was opened).
-    /// The virtual size of the state this handle reads.
-    pub fn size(&self) -> u64 {
-        match self.view {
-            View::Active => self.header.common.size,
-            View::Snapshot { size, .. } => size,
-        }
-    }
-
     /// Host offset of the L1 table this handle reads.
     pub(super) fn l1_offset(&self) -> u64 {
         match self.view {
@@ -229,6 +222,19 @@ impl Qcow2 {
         })
     }
 
+    /// Writes the L2 table at `offset` now, and caches it (whatever the cache held for
+    /// that cluster is stale). Only for changes that may not wait for write-back.
+    pub(super) fn put_l2_table(&self, offset: u64, table: Table) -> Result<()> {
+        self.storage
+            .write_at(&crate::tables::to_be_bytes(&table), offset)
+            .map_err(|e| Error::io("writing an L2 table", e))?;
+        self.l2_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(offset, table);
+        Ok(())
+    }
+
     /// The L2 table at `offset`, from the cache or the file.
     pub(super) fn l2_table(&self, offset: u64) -> Result<Table> {
         l2cache::load(
@@ -237,6 +243,26 @@ impl Qcow2 {
             offset,
             1 << self.geometry.cluster_bits,
         )
+    }
+
+    pub(super) fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+        // len ≤ 2 × cluster size: the descriptor's sector count has cluster_bits − 8 bits.
+        let cs = self.geometry.cluster_size() as usize;
+        (self.decompressed).get(self.storage.as_ref(), self.compression, host, len, cs)
+    }
+}
+
+impl ReadLayer for Qcow2 {
+    fn file(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// The virtual size of the state this handle reads.
+    fn size(&self) -> u64 {
+        match self.view {
+            View::Active => self.header.common.size,
+            View::Snapshot { size, .. } => size,
+        }
     }
 
     /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
@@ -333,63 +359,26 @@ impl Qcow2 {
         Ok((mapping, sub_end))
     }
 
-    /// The longest run from `offset`, at most `len` bytes, that one mapping covers.
-    pub fn map(&self, offset: u64, len: u64) -> Result<Extent> {
-        let end = offset.saturating_add(len).min(self.size());
-        if offset >= end {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                format!("offset {offset} is past the end of the image"),
-            ));
-        }
-        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
+    fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {
+        let storage = self.data_storage();
+        crate::sector_io::read(storage.as_ref(), self.key.as_ref(), host, guest, buf)
     }
 
-    /// Reads `buf.len()` guest bytes at `guest`, all inside `extent` (which this layer
-    /// returned, mapped as data or compressed).
-    pub fn read_mapped(&self, extent: &Extent, guest: u64, buf: &mut [u8]) -> Result<()> {
-        let skip = guest - extent.start;
-        match extent.mapping {
-            Mapping::Data { host } => {
-                let storage = self.data_file.as_ref().unwrap_or(&self.storage);
-                crate::sector_io::read(
-                    storage.as_ref(),
-                    self.key.as_ref(),
-                    host.0 + skip,
-                    guest,
-                    buf,
-                )
-            }
-            Mapping::Compressed { cluster, host, len } => {
-                let data = self.decompress(host.0, len)?;
-                let from = (guest - cluster) as usize;
-                buf.copy_from_slice(&data[from..from + buf.len()]);
-                Ok(())
-            }
-            _ => Err(Error::new(
-                ErrorKind::BadArgument,
-                "read_mapped takes data or compressed extents",
-            )),
-        }
+    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+        Qcow2::decompress(self, host, len)
     }
 
-    pub(super) fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
-        if let Some((at, data)) = &*self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *at == host {
-                return Ok(data.clone());
-            }
-        }
-        // len ≤ 2 × cluster size: the descriptor's sector count has cluster_bits − 8 bits.
-        let mut input = vec![0u8; len as usize];
-        self.storage
-            .read_zero_padded(&mut input, host)
-            .map_err(|e| Error::io(format!("reading the compressed cluster at {host:#x}"), e))?;
-        let mut out = vec![0u8; 1 << self.geometry.cluster_bits];
-        self.compression
-            .decompress(&input, &mut out)
-            .map_err(|e| e.context(format_args!("compressed cluster at host offset {host:#x}")))?;
-        let data: Arc<[u8]> = out.into();
-        *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = Some((host, data.clone()));
-        Ok(data)
+    fn is_encrypted(&self) -> bool {
+        Qcow2::is_encrypted(self)
+    }
+
+    fn backing_name(&self) -> Option<(String, Option<String>)> {
+        let header = self.header();
+        header.backing_file.as_ref().map(|name| {
+            let format = header
+                .backing_format()
+                .map(|f| String::from_utf8_lossy(f).into_owned());
+            (String::from_utf8_lossy(name).into_owned(), format)
+        })
     }
 }

@@ -8,7 +8,6 @@ mod entry;
 mod geometry;
 pub mod header;
 mod header_fields;
-pub mod l2cache;
 pub mod layer;
 pub mod measure;
 mod open;

@@ -3,13 +3,13 @@
 
 use super::geometry::Geometry;
 use super::header::Header;
-use super::l2cache::L2Cache;
 use super::layer::{corrupt, Qcow2, View, Writer};
 use super::snapshot::{self, Snapshot};
 use crate::codec::{Compression, LegacyAes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{autoclear, incompatible};
 use crate::format::qcow2::{Qcow2Header, MAX_L1_BYTES};
+use crate::l2cache::L2Cache;
 use crate::storage::Storage;
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SnapshotRef {
+    /// The snapshot with this ID.
     Id(String),
+    /// The snapshot with this name.
     Name(String),
 }
 
@@ -129,7 +131,7 @@ impl Qcow2 {
             l2_cache: Mutex::new(L2Cache::new(tables)),
             compression,
             key,
-            decompressed: Mutex::new(None),
+            decompressed: Default::default(),
             compressed_tail: None,
             combined: None,
             pending_frees: Vec::new(),

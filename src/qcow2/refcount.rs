@@ -140,7 +140,7 @@ impl Refcounts {
 
 /// Sets entry `index` of a block of `bits`-wide entries to `value` (which fits);
 /// returns the bytes changed (start, length).
-fn set_entry(bits: u32, block: &mut [u8], index: u64, value: u64) -> (usize, usize) {
+pub(super) fn set_entry(bits: u32, block: &mut [u8], index: u64, value: u64) -> (usize, usize) {
     let bits = u64::from(bits);
     if bits >= 8 {
         let len = (bits / 8) as usize;
@@ -156,6 +156,23 @@ fn set_entry(bits: u32, block: &mut [u8], index: u64, value: u64) -> (usize, usi
         block[at] = ((u64::from(block[at]) & !mask) | ((value << (bit % 8)) & mask)) as u8;
         (at, 1)
     }
+}
+
+/// Writes each `(bytes, at)` of a refcount structure, then flushes: what comes next
+/// (a table entry, a header switch) may only point at it once it is on disk.
+pub(super) fn write_then_flush(
+    storage: &dyn Storage,
+    parts: &[(&[u8], u64)],
+    what: &str,
+) -> Result<()> {
+    for (bytes, at) in parts {
+        storage
+            .write_at(bytes, *at)
+            .map_err(|e| Error::io(format!("writing {what}"), e))?;
+    }
+    storage
+        .flush()
+        .map_err(|e| Error::io(format!("flushing {what}"), e))
 }
 
 /// The length of the table's prefix holding every nonzero entry.
@@ -451,12 +468,7 @@ impl Refcounts {
         block_at: u64,
         bytes: Vec<u8>,
     ) -> Result<u64> {
-        storage
-            .write_at(&bytes, block_at)
-            .map_err(io("writing a new refcount block"))?;
-        storage
-            .flush()
-            .map_err(io("flushing a new refcount block"))?;
+        write_then_flush(storage, &[(&bytes, block_at)], "a new refcount block")?;
         self.blocks.insert(block_at, bytes);
         self.write_table_entry(storage, table_index, block_at)?;
         Ok(block_at)
@@ -571,15 +583,8 @@ impl Refcounts {
         table.resize(new_entries as usize, 0);
         table[range as usize] = block_at;
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
-        storage
-            .write_at(&block, block_at)
-            .map_err(io("writing a refcount block"))?;
-        storage
-            .write_at(&bytes, table_at)
-            .map_err(io("writing the new refcount table"))?;
-        storage
-            .flush()
-            .map_err(io("flushing the new refcount table"))?;
+        let parts: [(&[u8], u64); 2] = [(&block, block_at), (&bytes, table_at)];
+        write_then_flush(storage, &parts, "the new refcount table")?;
 
         super::header::Header::write_refcount_table_in_file(
             storage,

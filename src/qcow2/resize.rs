@@ -4,6 +4,7 @@
 use super::layer::Qcow2;
 use super::write::Below;
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::ReadLayer;
 
 impl Qcow2 {
     /// Clears the entries of `[first, first + len)` (whole clusters) and releases their

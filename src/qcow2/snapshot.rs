@@ -10,7 +10,9 @@ use crate::storage::Storage;
 
 /// One snapshot as the table describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
+    /// The table entry's fixed part as stored.
     pub header: SnapshotHeader,
     /// Full VM state size (from the extra data, else the 32-bit field).
     pub vm_state_size: u64,
@@ -18,7 +20,9 @@ pub struct Snapshot {
     pub disk_size: u64,
     /// Instruction count, if recorded.
     pub icount: Option<u64>,
+    /// Its unique ID string.
     pub id: String,
+    /// Its name (not necessarily unique).
     pub name: String,
     /// Extra data bytes past the fields cowimg knows, kept for rewrites.
     pub unknown_extra: Vec<u8>,
@@ -39,12 +43,15 @@ impl Snapshot {
         std::time::Duration::from_nanos(self.header.vm_clock_nsec)
     }
 
+    /// When it was taken: seconds since the epoch (see `created`).
     pub fn date_sec(&self) -> u32 {
         self.header.date_sec
     }
+    /// The nanoseconds part of when it was taken.
     pub fn date_nsec(&self) -> u32 {
         self.header.date_nsec
     }
+    /// The guest clock when it was taken, in nanoseconds.
     pub fn vm_clock_nsec(&self) -> u64 {
         self.header.vm_clock_nsec
     }

@@ -8,6 +8,7 @@ use super::snapshot::{entry_bytes, read_table, table_len, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{L1Entry, L2Entry};
 use crate::format::qcow2::{SnapshotHeader, MAX_L1_BYTES, MAX_SNAPSHOTS};
+use crate::image::ReadLayer;
 use crate::storage::Storage;
 
 impl Qcow2 {
@@ -121,14 +122,7 @@ impl Qcow2 {
                 }
             }
             if changed {
-                let bytes: Vec<u8> = table.iter().flat_map(|w| w.to_be_bytes()).collect();
-                storage
-                    .write_at(&bytes, l2)
-                    .map_err(Self::io_err("writing an L2 table"))?;
-                self.l2_cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(l2, table.into());
+                self.put_l2_table(l2, table.into())?;
             }
             let want = exact && self.refcounts_mut()?.get(storage.as_ref(), l2 / cs)? == 1;
             if e.copied() != want {
@@ -291,16 +285,21 @@ impl Qcow2 {
         Ok(crate::tables::from_be_bytes(&bytes))
     }
 
+    /// The index of the snapshot `id_or_name` names, or QEMU's error for `verb`.
+    fn snapshot_for(&self, verb: &str, id_or_name: &str) -> Result<usize> {
+        self.find_snapshot(id_or_name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("Could not {verb} snapshot '{id_or_name}': snapshot not found"),
+            )
+        })
+    }
+
     /// Deletes a snapshot: first from the table (so it is gone even after a crash), then
     /// its references; finally COPIED flags are set where clusters are no longer shared.
     pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
         self.editable()?;
-        let index = self.find_snapshot(id_or_name).ok_or_else(|| {
-            Error::new(
-                ErrorKind::BadArgument,
-                format!("Could not delete snapshot '{id_or_name}': snapshot not found"),
-            )
-        })?;
+        let index = self.snapshot_for("delete", id_or_name)?;
         let victim = self.snapshots[index].clone();
         let l1 = self.read_snapshot_l1(&victim)?;
         let mut snapshots = self.snapshots.clone();
@@ -325,12 +324,7 @@ impl Qcow2 {
     /// flags are recomputed.
     pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
         self.editable()?;
-        let index = self.find_snapshot(id_or_name).ok_or_else(|| {
-            Error::new(
-                ErrorKind::BadArgument,
-                format!("Could not apply snapshot '{id_or_name}': snapshot not found"),
-            )
-        })?;
+        let index = self.snapshot_for("apply", id_or_name)?;
         let target = self.snapshots[index].clone();
         let l1 = self.read_snapshot_l1(&target)?;
         self.check_headroom(&l1, 1)?;

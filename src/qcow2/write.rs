@@ -22,10 +22,10 @@ use super::entry::{ClusterEntry, Freed};
 use super::layer::{Qcow2, Writer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::L1Entry;
+use crate::image::ReadLayer;
 use crate::storage::Storage;
 
-/// Reads guest bytes from the layers below this one (zeros where there are none).
-pub type Below<'a> = dyn Fn(u64, &mut [u8]) -> Result<()> + 'a;
+pub use crate::mapping::Below;
 
 pub(super) const ALL_SUBCLUSTERS: u64 = 0xffff_ffff;
 
@@ -124,8 +124,9 @@ impl Qcow2 {
             self.combined = Some((at, data.to_vec()));
             return Ok(());
         }
+        let storage = self.data_storage();
         crate::sector_io::write(
-            self.data_storage().as_ref(),
+            storage.as_ref(),
             self.key.as_ref(),
             host + off,
             gc + off,
@@ -135,13 +136,7 @@ impl Qcow2 {
 
     /// Reads guest bytes at `off` of the cluster at guest `gc` stored at host `host`.
     pub(super) fn fetch(&self, host: u64, gc: u64, off: u64, buf: &mut [u8]) -> Result<()> {
-        crate::sector_io::read(
-            self.data_storage().as_ref(),
-            self.key.as_ref(),
-            host + off,
-            gc + off,
-            buf,
-        )
+        self.read_data(host + off, gc + off, buf)
     }
 
     /// The current content of the cluster at guest `gc` as `old` describes it.
@@ -184,20 +179,14 @@ impl Qcow2 {
             return Ok(old);
         }
         let new = self.alloc(1)?;
-        let fresh: super::l2cache::Table = if old != 0 {
+        let fresh: crate::l2cache::Table = if old != 0 {
             self.l2_table(old)?
         } else {
             vec![0u64; (self.cs() / 8) as usize].into()
         };
-        self.storage
-            .write_at(&crate::tables::to_be_bytes(&fresh), new)
-            .map_err(|e| Error::io("writing an L2 table", e))?;
         // The cluster may have held a table before (freed since): the cache must not
         // answer with that one.
-        self.l2_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(new, fresh);
+        self.put_l2_table(new, fresh)?;
         self.barrier()?;
         let entry = L1Entry::new().with_l2_offset(new).with_copied(true).raw();
         self.storage
@@ -471,23 +460,17 @@ impl Qcow2 {
         let mask = sub_mask(s0, s1);
         let (alloc, zero) = (bitmap & ALL_SUBCLUSTERS, bitmap >> 32);
         // The span of whole subclusters, with the old content at its partial ends.
-        let mut span = vec![0u8; ((s1 - s0) * ss) as usize];
-        for k in [s0, s1 - 1] {
-            let (lo, hi) = (k * ss, (k + 1) * ss);
-            if a <= lo && b >= hi {
-                continue;
+        let (span, _) = crate::sector_io::widen_to_units(a, src, ss, |k, part| match old {
+            ClusterEntry::Normal { host, .. } if alloc & (1 << k) != 0 => {
+                self.fetch(host, gc, k * ss, part)
             }
-            let part = &mut span[((k - s0) * ss) as usize..((k - s0 + 1) * ss) as usize];
-            match old {
-                ClusterEntry::Normal { host, .. } if alloc & (1 << k) != 0 => {
-                    self.fetch(host, gc, lo, part)?
-                }
-                ClusterEntry::Compressed { .. } => {}
-                _ if zero & (1 << k) != 0 => part.fill(0),
-                _ => below(gc + lo, part)?,
+            ClusterEntry::Compressed { .. } => Ok(()),
+            _ if zero & (1 << k) != 0 => {
+                part.fill(0);
+                Ok(())
             }
-        }
-        span[(a - s0 * ss) as usize..(b - s0 * ss) as usize].copy_from_slice(src);
+            _ => below(gc + k * ss, part),
+        })?;
         let new_bitmap = |alloc: u64, zero: u64| (alloc | mask) | ((zero & !mask) << 32);
         match old {
             ClusterEntry::Normal { host, copied: true } => {
@@ -593,7 +576,7 @@ impl Qcow2 {
                 .write_at(&compressed, host)
                 .map_err(|e| Error::io("writing a compressed cluster", e))?;
             // Freed compressed data may have lived at this offset before.
-            *self.decompressed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.decompressed.clear();
             let mut refused = false;
             self.for_each_cluster(gc, chunk.len() as u64, |this, slot, pending| {
                 // As QEMU: a compressed cluster never replaces one that has host space.

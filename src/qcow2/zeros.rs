@@ -6,9 +6,23 @@ use super::entry::ClusterEntry;
 use super::layer::Qcow2;
 use super::write::{sub_mask, Below, Slot, ALL_SUBCLUSTERS};
 use crate::error::Result;
+use crate::image::ReadLayer;
 use crate::mapping::Mapping;
 
 impl Qcow2 {
+    /// The whole `unit`-sized pieces inside `[guest, guest + len)`, as `[first, last)`
+    /// (empty when `first >= last`). The image's last cluster may be partial: a range
+    /// ending at the image's end ends on a whole one.
+    fn whole_units(&self, guest: u64, len: u64, unit: u64) -> (u64, u64) {
+        let end = guest + len;
+        let last = if end == self.size() {
+            end
+        } else {
+            end / unit * unit
+        };
+        (guest.next_multiple_of(unit), last)
+    }
+
     /// Makes `[guest, guest + len)` read as zeros. Whole clusters (or, with extended L2,
     /// whole subclusters) are marked zero in version 3 images; with `unmap` their space
     /// is released. Everything else is written as explicit zeros.
@@ -25,19 +39,12 @@ impl Qcow2 {
             return self.write_zeroes_unbacked_v2(guest, len, below);
         }
         let explicit = self.header.version() < 3 || self.data_file.is_some();
-        let end = guest + len;
-        // The image's last cluster may be partial: ending at the image's end is whole.
-        let last = if end == self.size() {
-            end
-        } else {
-            end / unit * unit
-        };
-        let first = guest.next_multiple_of(unit);
+        let (first, last) = self.whole_units(guest, len, unit);
         if explicit || first >= last {
             return self.write_explicit_zeroes(guest, len, below);
         }
         self.write_explicit_zeroes(guest, first - guest, below)?;
-        self.write_explicit_zeroes(last, end - last, below)?;
+        self.write_explicit_zeroes(last, guest + len - last, below)?;
         let mut fallback = Vec::new();
         self.for_each_cluster(first, last - first, |this, slot, pending| {
             let Slot {
@@ -100,14 +107,8 @@ impl Qcow2 {
         len: u64,
         below: &Below,
     ) -> Result<()> {
-        let cs = self.cs();
         let end = guest + len;
-        let last = if end == self.size() {
-            end
-        } else {
-            end / cs * cs
-        };
-        let first = guest.next_multiple_of(cs);
+        let (first, last) = self.whole_units(guest, len, self.cs());
         if first >= last {
             return self.zero_part(guest, end, below);
         }
@@ -151,13 +152,7 @@ impl Qcow2 {
     pub fn discard(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
         self.is_writable()?;
         let cs = self.cs();
-        let end = guest + len;
-        let last = if end == self.size() {
-            end
-        } else {
-            end / cs * cs
-        };
-        let first = guest.next_multiple_of(cs);
+        let (first, last) = self.whole_units(guest, len, cs);
         if first >= last {
             return Ok(());
         }

@@ -74,6 +74,7 @@ impl FileStorage {
         })
     }
 
+    /// Whether the file was opened for writing.
     pub fn is_writable(&self) -> bool {
         self.writable
     }

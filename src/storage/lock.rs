@@ -64,6 +64,7 @@ impl Access {
 
 /// Another opener holds the file in a way this access cannot live with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockConflict {
     /// QEMU's name of the permission: "write", "resize"…
     pub permission: &'static str,

@@ -11,6 +11,7 @@ pub struct MemoryStorage {
 }
 
 impl MemoryStorage {
+    /// Storage holding `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
         MemoryStorage {
             bytes: RwLock::new(bytes),

@@ -15,8 +15,11 @@ use std::io;
 
 /// A run of stored data or of a hole, from some offset up to `end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Run {
+    /// Whether the run holds data (else it is a hole).
     pub data: bool,
+    /// Where the run ends.
     pub end: u64,
 }
 

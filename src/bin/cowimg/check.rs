@@ -1,10 +1,11 @@
 //! `cowimg check`: qemu-img check's findings, output, JSON and exit codes.
 
+use crate::flags::{OutputArgs, ProgressArgs};
 use crate::json::Json;
 use crate::progress::Progress;
 use crate::source::SourceArgs;
+use cowimg::check::{check_with_progress, CheckResult, Repair};
 use cowimg::format::qcow2::incompatible;
-use cowimg::qcow2::check::{check_with_progress, CheckResult, Repair};
 use cowimg::{Error, Format, Image};
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -13,18 +14,14 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human", value_parser = ["human", "json"])]
-    output: String,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Repair: leaks, or all.
     #[arg(short = 'r', value_name = "leaks|all", value_parser = ["leaks", "all"])]
     repair: Option<String>,
-    /// Show a progress bar (over the active L2 tables).
-    #[arg(short = 'p')]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q')]
-    quiet: bool,
+    /// -p: a progress bar (over the active L2 tables); -q: quiet.
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// The image file.
     filename: String,
 }
@@ -75,12 +72,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             e.context(format_args!("Could not open '{}'", path.display()))
         }
     })?);
-    let header = cowimg::qcow2::Header::read(&storage);
+    let header = cowimg::header::Qcow2::read(&storage);
     let has_data_file = header
         .as_ref()
         .is_ok_and(|h| h.incompatible_features() & incompatible::DATA_FILE != 0);
     // The bar counts tables, not bytes: its length is set once the L1 table is read.
-    let bar = Progress::counting(args.progress && !args.quiet, "L2 tables");
+    let bar = Progress::counting(args.progress.bar(), "L2 tables");
     let shown = bar.clone();
     let outcome = check_with_progress(&storage, has_data_file, repair, &move |done, total| {
         shown.set(done, total)
@@ -101,12 +98,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         eprintln!("cowimg: Check failed: {why}");
         return Ok(ExitCode::from(1));
     }
-    let out = if args.output == "json" {
+    let out = if args.output.json() {
         json(&result, &args.filename)
     } else {
         human(&result)
     };
-    if !args.quiet {
+    if !args.progress.quiet {
         crate::print_out(&out);
     }
     Ok(ExitCode::from(if result.check_errors > 0 {
@@ -173,26 +170,23 @@ fn human(r: &CheckResult) -> String {
 
 /// qemu-img's `ImageCheck` JSON: zero counters are left out, in qemu's key order.
 fn json(r: &CheckResult, filename: &str) -> String {
-    let mut fields = Vec::new();
-    let mut opt = |key: &'static str, v: u64| {
-        if v != 0 {
-            fields.push((key, Json::int(v)));
-        }
-    };
-    opt("image-end-offset", r.image_end_offset);
-    opt("compressed-clusters", r.compressed_clusters);
-    opt("total-clusters", r.total_clusters);
-    opt("corruptions", r.corruptions);
-    opt("corruptions-fixed", r.corruptions_fixed);
-    fields.push(("check-errors", Json::int(r.check_errors)));
-    let mut opt = |key: &'static str, v: u64| {
-        if v != 0 {
-            fields.push((key, Json::int(v)));
-        }
-    };
-    opt("leaks", r.leaks);
-    opt("leaks-fixed", r.leaks_fixed);
-    opt("allocated-clusters", r.allocated_clusters);
+    // (key, value, kept when zero)
+    let counters = [
+        ("image-end-offset", r.image_end_offset, false),
+        ("compressed-clusters", r.compressed_clusters, false),
+        ("total-clusters", r.total_clusters, false),
+        ("corruptions", r.corruptions, false),
+        ("corruptions-fixed", r.corruptions_fixed, false),
+        ("check-errors", r.check_errors, true),
+        ("leaks", r.leaks, false),
+        ("leaks-fixed", r.leaks_fixed, false),
+        ("allocated-clusters", r.allocated_clusters, false),
+    ];
+    let mut fields: Vec<_> = counters
+        .into_iter()
+        .filter(|(_, v, always)| *always || *v != 0)
+        .map(|(key, v, _)| (key, Json::int(v)))
+        .collect();
     fields.push(("filename", Json::str(filename)));
     fields.push(("format", Json::str("qcow2")));
     if r.fragmented_clusters != 0 {

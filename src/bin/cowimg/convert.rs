@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::copy::{copy_into, is_zero, workers, CHUNK};
 use cowimg::create::create_file;
-use cowimg::qcow2::create::CreateOptions;
+use cowimg::create::CreateOptions;
 use cowimg::storage::{FileStorage, Storage};
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
@@ -121,8 +121,9 @@ fn to_image(args: &Args, image: &Image, format: Format) -> Result<ExitCode, Erro
         .barriers(false)
         .passphrase(passphrase);
     let mut target = Image::open(out, &target_options)?;
-    let cs = match target.top() {
-        cowimg::image::Layer::Qcow(q) => q.cluster_size(),
+    // A qcow target compresses in its own clusters; the others in the ones asked for.
+    let cs = match (target.format(), target.cluster_size()) {
+        (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
     let progress = Progress::new(args.progress && !args.quiet, image.size());

@@ -1,8 +1,8 @@
 //! `cowimg create`: a new image, with qemu-img's options.
 
 use crate::source::{format_named, parse_options};
-use cowimg::codec::Compression;
-use cowimg::qcow2::create::{CreateOptions, Preallocation};
+use cowimg::create::{CreateOptions, Preallocation};
+use cowimg::Compression;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
@@ -147,11 +147,9 @@ pub fn key_secret(texts: &[String]) -> Option<String> {
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let format = format_named(&args.format)?;
-    let mut opts = CreateOptions {
-        backing_file: args.backing.clone(),
-        backing_format: args.backing_format.clone(),
-        ..Default::default()
-    };
+    let mut opts = CreateOptions::default()
+        .backing_file(args.backing.clone())
+        .backing_format(args.backing_format.clone());
     let mut size = args.size.as_deref().map(parse_size).transpose()?;
     // cow's one option, the layout version; the rest are qcow2's.
     let mut cow_version = 3;

@@ -4,8 +4,8 @@ use crate::create::parse_size;
 use crate::source::{format_named, SourceArgs};
 use cowimg::copy::copy_into;
 use cowimg::create::create_file;
-use cowimg::qcow2::create::CreateOptions;
-use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
+use cowimg::create::CreateOptions;
+use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -112,10 +112,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         None => 0,
     };
 
-    let opts = CreateOptions {
-        size: size.next_multiple_of(512),
-        ..Default::default()
-    };
+    let opts = CreateOptions::new(size.next_multiple_of(512));
     let out = Path::new(output);
     cowimg::image::refuse_overwrite(out, &[&image])?;
     create_file(format, out, &opts, 3)?;
@@ -127,8 +124,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             .writable(true)
             .barriers(false),
     )?;
-    let cs = match target.top() {
-        cowimg::image::Layer::Qcow(q) => q.cluster_size(),
+    // A qcow target compresses in its own clusters; the others in the ones asked for.
+    let cs = match (target.format(), target.cluster_size()) {
+        (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
     copy_into(&image, from, size, &mut target, cs, false, &|_| {})?;

@@ -1,7 +1,9 @@
 //! `cowimg rebase`, `commit` and `amend`: edits to an image's chain and header.
 
+use crate::flags::ProgressArgs;
 use crate::progress::Progress;
 use crate::source::{format_named, parse_options, SourceArgs};
+use cowimg::create::Compat;
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,12 +29,8 @@ pub struct RebaseArgs {
     /// The new backing file's format.
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
-    /// Show a progress bar.
-    #[arg(short = 'p')]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// The image file.
     filename: String,
 }
@@ -75,7 +73,7 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         // The new chain must not hold the image being rebased.
         cowimg::image::refuse_overwrite(Path::new(&args.filename), &[new])?;
     }
-    let bar = watch(&mut image, args.progress && !args.quiet);
+    let bar = watch(&mut image, args.progress.bar());
     image.rebase(name, new.as_ref())?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
@@ -91,12 +89,8 @@ pub struct CommitArgs {
     /// The backing file's format, when the image does not record it (qcow, cow).
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
-    /// Show a progress bar.
-    #[arg(short = 'p')]
-    progress: bool,
-    /// Quiet.
-    #[arg(short = 'q')]
-    quiet: bool,
+    #[command(flatten)]
+    progress: ProgressArgs,
     /// The image file.
     filename: String,
 }
@@ -108,10 +102,10 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(format_named)
         .transpose()?;
-    let bar = watch(&mut image, args.progress && !args.quiet);
+    let bar = watch(&mut image, args.progress.bar());
     image.commit(args.keep, format)?;
     bar.finish();
-    if !args.quiet {
+    if !args.progress.quiet {
         crate::print_out("Image committed.\n");
     }
     Ok(ExitCode::SUCCESS)
@@ -161,6 +155,17 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
         }
     }
     let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
-    image.amend(compat.as_deref(), lazy)?;
+    // Named after the image opened, as QEMU's driver checks it.
+    let compat = compat
+        .map(|name| {
+            Compat::from_name(&name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Invalid compatibility level: '{name}'"),
+                )
+            })
+        })
+        .transpose()?;
+    image.amend(compat, lazy)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,24 +1,20 @@
 //! `cowimg info`: what an image is, in qemu-img's words and JSON shape.
 
+use crate::flags::OutputArgs;
 use crate::human;
 use crate::json::Json;
 use crate::source::SourceArgs;
-use cowimg::format::qcow2::{autoclear, compatible, incompatible};
-use cowimg::image::{ChainEntry, Layer};
-use cowimg::qcow2::{self, Snapshot};
-use cowimg::{Backing, Error, Format, Image};
+use cowimg::info::{ImageInfo, Qcow2Info};
+use cowimg::{Backing, Error, Image, Snapshot};
 use std::fmt::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human", value_parser = ["human", "json"])]
-    output: String,
+    #[command(flatten)]
+    output: OutputArgs,
     /// Show every image of the backing chain.
     #[arg(long = "backing-chain")]
     backing_chain: bool,
@@ -29,26 +25,6 @@ pub struct Args {
     filename: String,
 }
 
-/// What `info` says about one file.
-struct Info {
-    filename: String,
-    format: Format,
-    virtual_size: u64,
-    file_length: u64,
-    actual_size: u64,
-    cluster_size: Option<u64>,
-    encrypted: bool,
-    dirty: bool,
-    backing_filename: Option<String>,
-    full_backing_filename: Option<String>,
-    backing_format: Option<String>,
-    snapshots: Vec<Snapshot>,
-    /// `format-specific.data` for qcow2.
-    specific: Option<Json>,
-    /// The parsed header, for --header.
-    header_dump: String,
-}
-
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, mut options) = args.source.resolve(&args.filename)?;
     options.metadata_only = true;
@@ -57,11 +33,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     }
     let image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
-    let mut infos = Vec::new();
-    for entry in image.chain() {
-        infos.push(describe(entry, args.header)?);
-    }
-    let out = if args.output == "json" {
+    let infos = image.info()?;
+    let out = if args.output.json() {
         let mut values: Vec<Json> = infos.iter().map(to_json).collect();
         let value = if args.backing_chain {
             Json::Array(values)
@@ -70,118 +43,30 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         };
         value.pretty() + "\n"
     } else {
-        infos.iter().map(to_human).collect::<Vec<_>>().join("\n")
+        let dumps = image.header_dumps();
+        infos
+            .iter()
+            .zip(dumps)
+            .map(|(info, dump)| to_human(info, if args.header { &dump } else { "" }))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     crate::print_out(&out);
     Ok(ExitCode::SUCCESS)
 }
 
-fn file_sizes(path: &Path) -> Result<(u64, u64), Error> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
-    // QEMU's file layer counts whole 512-byte sectors.
-    Ok((meta.len().next_multiple_of(512), meta.blocks() * 512))
-}
-
-fn base(path: &Path, format: Format, virtual_size: u64) -> Result<Info, Error> {
-    let (file_length, actual_size) = file_sizes(path)?;
-    Ok(Info {
-        filename: path.display().to_string(),
-        format,
-        virtual_size,
-        file_length,
-        actual_size,
-        cluster_size: None,
-        encrypted: false,
-        dirty: false,
-        backing_filename: None,
-        full_backing_filename: None,
-        backing_format: None,
-        snapshots: Vec::new(),
-        specific: None,
-        header_dump: String::new(),
-    })
-}
-
-fn with_backing(mut info: Info, path: &Path, name: Option<String>, format: Option<String>) -> Info {
-    info.full_backing_filename = name.as_deref().map(|n| {
-        cowimg::image::resolve_backing(path, n)
-            .display()
-            .to_string()
-    });
-    info.backing_filename = name;
-    info.backing_format = format;
-    info
-}
-
-fn describe(entry: &ChainEntry, dump: bool) -> Result<Info, Error> {
-    let path = &entry.path;
-    match &entry.layer {
-        Layer::Raw(raw) => base(path, Format::Raw, raw.size()),
-        Layer::Cow(c) => {
-            let h = c.header();
-            let mut info = base(path, Format::Cow, c.size())?;
-            info.header_dump = format!("cow layout: {}\n", h.layout_name());
-            if dump {
-                info.header_dump += &format!("{h:#?}");
-            }
-            let backing = entry.layer.backing_name();
-            let (name, format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
-            Ok(with_backing(info, path, name, format))
-        }
-        Layer::Qcow(q) => {
-            let h = q.header();
-            let mut info = base(path, Format::Qcow, q.size())?;
-            info.cluster_size = Some(q.cluster_size());
-            info.encrypted = q.is_encrypted();
-            if dump {
-                info.header_dump = format!("{h:#?}");
-            }
-            let backing = entry.layer.backing_name();
-            let (name, format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
-            Ok(with_backing(info, path, name, format))
-        }
-        Layer::Qcow2(q) => {
-            let h = q.header();
-            let mut info = base(path, Format::Qcow2, h.common.size / 512 * 512)?;
-            info.cluster_size = Some(h.cluster_size());
-            info.encrypted = h.common.crypt_method != 0;
-            info.dirty = h.incompatible_features() & incompatible::DIRTY != 0;
-            info.snapshots = q.snapshots().to_vec();
-            info.specific = Some(qcow2_specific(q)?);
-            if dump {
-                info.header_dump = format!("{h:#?}");
-            }
-            let backing = entry.layer.backing_name();
-            let (name, format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
-            Ok(with_backing(info, path, name, format))
-        }
-    }
-}
-
-fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
-    let h = q.header();
-    let v3 = h.version() >= 3;
+/// `format-specific.data` for qcow2, in QEMU's field order.
+fn qcow2_json(q: &Qcow2Info) -> Json {
     let mut data = vec![
-        ("compat", Json::str(if v3 { "1.1" } else { "0.10" })),
-        (
-            "compression-type",
-            Json::str(if h.compression_type() == 1 {
-                "zstd"
-            } else {
-                "zlib"
-            }),
-        ),
+        ("compat", Json::str(q.compat())),
+        ("compression-type", Json::str(q.compression.name())),
     ];
-    if v3 {
-        data.push((
-            "lazy-refcounts",
-            Json::Bool(h.compatible_features() & compatible::LAZY_REFCOUNTS != 0),
-        ));
+    if let Some(lazy) = q.lazy_refcounts {
+        data.push(("lazy-refcounts", Json::Bool(lazy)));
     }
-    let bitmaps = qcow2::bitmaps::read_directory(q.storage(), h)?;
-    if !bitmaps.is_empty() {
-        let list = bitmaps
+    if !q.bitmaps.is_empty() {
+        let list = q
+            .bitmaps
             .iter()
             .map(|b| {
                 let mut flags = Vec::new();
@@ -200,30 +85,21 @@ fn qcow2_specific(q: &qcow2::Qcow2) -> Result<Json, Error> {
             .collect();
         data.push(("bitmaps", Json::Array(list)));
     }
-    data.push(("refcount-bits", Json::int(1u64 << h.refcount_order())));
-    match h.common.crypt_method {
-        1 => data.push(("encrypt", Json::Object(vec![("format", Json::str("aes"))]))),
-        2 => data.push(("encrypt", Json::Object(vec![("format", Json::str("luks"))]))),
-        _ => {}
+    data.push(("refcount-bits", Json::int(q.refcount_bits)));
+    if let Some(format) = q.encryption {
+        data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])));
     }
-    if let Some(name) = h.data_file() {
-        data.push(("data-file", Json::str(String::from_utf8_lossy(name))));
-        data.push((
-            "data-file-raw",
-            Json::Bool(h.autoclear_features() & autoclear::DATA_FILE_RAW != 0),
-        ));
+    if let Some(name) = &q.data_file {
+        data.push(("data-file", Json::str(name)));
+        data.push(("data-file-raw", Json::Bool(q.data_file_raw)));
     }
-    if v3 {
-        data.push((
-            "corrupt",
-            Json::Bool(h.incompatible_features() & incompatible::CORRUPT != 0),
-        ));
-        data.push((
-            "extended-l2",
-            Json::Bool(h.incompatible_features() & incompatible::EXTENDED_L2 != 0),
-        ));
+    if let Some(corrupt) = q.corrupt {
+        data.push(("corrupt", Json::Bool(corrupt)));
     }
-    Ok(Json::Object(data))
+    if let Some(extended) = q.extended_l2 {
+        data.push(("extended-l2", Json::Bool(extended)));
+    }
+    Json::Object(data)
 }
 
 fn snapshot_json(s: &Snapshot) -> Json {
@@ -246,11 +122,12 @@ fn snapshot_json(s: &Snapshot) -> Json {
     Json::Object(fields)
 }
 
-fn to_json(info: &Info) -> Json {
+fn to_json(info: &ImageInfo) -> Json {
+    let filename = info.filename.display().to_string();
     let file = Json::Object(vec![
         ("children", Json::Array(vec![])),
         ("virtual-size", Json::int(info.file_length)),
-        ("filename", Json::str(&info.filename)),
+        ("filename", Json::str(&filename)),
         ("format", Json::str("file")),
         ("actual-size", Json::int(info.actual_size)),
         (
@@ -279,25 +156,28 @@ fn to_json(info: &Info) -> Json {
         fields.push(("backing-filename-format", Json::str(f)));
     }
     fields.push(("virtual-size", Json::int(info.virtual_size)));
-    fields.push(("filename", Json::str(&info.filename)));
+    fields.push(("filename", Json::str(&filename)));
     if let Some(cs) = info.cluster_size {
         fields.push(("cluster-size", Json::int(cs)));
     }
     fields.push(("format", Json::str(info.format.name())));
     fields.push(("actual-size", Json::int(info.actual_size)));
-    if let Some(data) = &info.specific {
+    if let Some(q) = &info.qcow2 {
         fields.push((
             "format-specific",
             Json::Object(vec![
                 ("type", Json::str(info.format.name())),
-                ("data", data.clone()),
+                ("data", qcow2_json(q)),
             ]),
         ));
     }
-    if let Some(full) = &info.full_backing_filename {
-        fields.push(("full-backing-filename", Json::str(full)));
+    if let Some(full) = &info.full_backing_file {
+        fields.push((
+            "full-backing-filename",
+            Json::str(full.display().to_string()),
+        ));
     }
-    if let Some(name) = &info.backing_filename {
+    if let Some(name) = &info.backing_file {
         fields.push(("backing-filename", Json::str(name)));
     }
     if info.encrypted {
@@ -307,19 +187,11 @@ fn to_json(info: &Info) -> Json {
     Json::Object(fields)
 }
 
-fn to_human(info: &Info) -> String {
+fn to_human(info: &ImageInfo, header_dump: &str) -> String {
+    let filename = info.filename.display().to_string();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "image: {}\nfile format: {}",
-        info.filename, info.format
-    );
-    let _ = writeln!(
-        out,
-        "virtual size: {} ({} bytes)",
-        human::size(info.virtual_size),
-        info.virtual_size
-    );
+    let _ = writeln!(out, "image: {}\nfile format: {}", filename, info.format);
+    let _ = writeln!(out, "virtual size: {}", with_bytes(info.virtual_size));
     let _ = writeln!(out, "disk size: {}", human::size(info.actual_size));
     if info.encrypted {
         out.push_str("encrypted: yes\n");
@@ -330,10 +202,14 @@ fn to_human(info: &Info) -> String {
     if info.dirty {
         out.push_str("cleanly shut down: no\n");
     }
-    if let Some(name) = &info.backing_filename {
+    if let Some(name) = &info.backing_file {
         let _ = write!(out, "backing file: {name}");
-        match &info.full_backing_filename {
-            Some(full) if full != name => {
+        match info
+            .full_backing_file
+            .as_ref()
+            .map(|f| f.display().to_string())
+        {
+            Some(full) if &full != name => {
                 let _ = write!(out, " (actual path: {full})");
             }
             _ => {}
@@ -347,28 +223,27 @@ fn to_human(info: &Info) -> String {
         out.push_str("Snapshot list:\n");
         out.push_str(&snapshot_table(&info.snapshots));
     }
-    if let Some(data) = &info.specific {
+    if let Some(q) = &info.qcow2 {
         out.push_str("Format specific information:\n");
-        human_tree(&mut out, data, 1);
+        human_tree(&mut out, &qcow2_json(q), 1);
     }
-    out.push_str(&info.header_dump);
-    if !info.header_dump.is_empty() && !info.header_dump.ends_with('\n') {
+    if let Some(layout) = info.cow_layout {
+        let _ = writeln!(out, "cow layout: {layout}");
+    }
+    out.push_str(header_dump);
+    if !header_dump.is_empty() && !header_dump.ends_with('\n') {
         out.push('\n');
     }
     let _ = writeln!(out, "Child node '/file':");
-    let _ = writeln!(
-        out,
-        "    filename: {}\n    protocol type: file",
-        info.filename
-    );
-    let _ = writeln!(
-        out,
-        "    file length: {} ({} bytes)",
-        human::size(info.file_length),
-        info.file_length
-    );
+    let _ = writeln!(out, "    filename: {filename}\n    protocol type: file");
+    let _ = writeln!(out, "    file length: {}", with_bytes(info.file_length));
     let _ = writeln!(out, "    disk size: {}", human::size(info.actual_size));
     out
+}
+
+/// A size as qemu-img prints it with its exact count: "1 MiB (1048576 bytes)".
+fn with_bytes(n: u64) -> String {
+    format!("{} ({n} bytes)", human::size(n))
 }
 
 /// qemu-img's snapshot table, header line included.

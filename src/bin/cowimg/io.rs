@@ -151,83 +151,8 @@ fn run_command(
         return Ok(());
     };
     match name {
-        "read" | "r" => {
-            let (flags, rest) = split_args(args, "P")?;
-            let (off, len) = offset_len(&rest)?;
-            let quiet = flags.iter().any(|(c, _)| *c == 'q');
-            let started = Instant::now();
-            let mut buf = vec![0u8; len as usize];
-            image
-                .read_at(&mut buf, off)
-                .map_err(|e| e.context("read failed"))?;
-            if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
-                let pattern = number(p)? as u8;
-                if let Some(i) = buf.iter().position(|b| *b != pattern) {
-                    *failed = true;
-                    let _ = writeln!(
-                        out,
-                        "Pattern verification failed at offset {}, {} bytes",
-                        off + i as u64,
-                        len - i as u64
-                    );
-                }
-            }
-            if flags.iter().any(|(c, _)| *c == 'v') {
-                hexdump(out, off, &buf);
-            }
-            if !quiet {
-                let _ = writeln!(out, "read {len}/{len} bytes at offset {off}");
-                stats(out, len, started);
-            }
-            Ok(())
-        }
-        "write" | "w" => {
-            let (flags, rest) = split_args(args, "Ps")?;
-            let (off, len) = offset_len(&rest)?;
-            let has = |f: char| flags.iter().any(|(c, _)| *c == f);
-            let started = Instant::now();
-            let result = if has('z') {
-                if has('P') || has('c') {
-                    return Err(Error::new(
-                        ErrorKind::BadArgument,
-                        "-z supports neither -P nor -c",
-                    ));
-                }
-                image.write_zeroes(off, len, has('u'))
-            } else {
-                let buf = match flags.iter().find(|(c, _)| *c == 's') {
-                    Some((_, Some(file))) => {
-                        let data = std::fs::read(file)
-                            .map_err(|e| Error::io(format!("reading '{file}'"), e))?;
-                        if (data.len() as u64) < len {
-                            return Err(Error::new(
-                                ErrorKind::BadArgument,
-                                format!("'{file}' is shorter than {len} bytes"),
-                            ));
-                        }
-                        data[..len as usize].to_vec()
-                    }
-                    _ => {
-                        let pattern = match flags.iter().find(|(c, _)| *c == 'P') {
-                            Some((_, Some(p))) => number(p)? as u8,
-                            _ => 0xcd,
-                        };
-                        vec![pattern; len as usize]
-                    }
-                };
-                if has('c') {
-                    image.write_compressed(&buf, off)
-                } else {
-                    image.write_at(&buf, off)
-                }
-            };
-            result.map_err(|e| e.context("write failed"))?;
-            if !has('q') {
-                let _ = writeln!(out, "wrote {len}/{len} bytes at offset {off}");
-                stats(out, len, started);
-            }
-            Ok(())
-        }
+        "read" | "r" => read(image, args, out, failed),
+        "write" | "w" => write(image, args, out),
         "discard" | "d" => {
             let (flags, rest) = split_args(args, "")?;
             let (off, len) = offset_len(&rest)?;
@@ -258,39 +183,7 @@ fn run_command(
             let _ = writeln!(out, "{}", cvtstr(image.size()));
             Ok(())
         }
-        "map" => {
-            // Allocation in the top image alone, as qemu-io reports it.
-            let size = image.size();
-            let mut at = 0;
-            while at < size {
-                let mut end = at;
-                let mut allocated = None;
-                while end < size {
-                    let s = image.top_status(end, size - end)?;
-                    match allocated {
-                        None => allocated = Some(s.0),
-                        Some(a) if a != s.0 => break,
-                        _ => {}
-                    }
-                    end += s.1;
-                }
-                let _ = writeln!(
-                    out,
-                    "{} ({:#x}) bytes {} at offset {} ({:#x})",
-                    cvtstr(end - at),
-                    end - at,
-                    if allocated == Some(true) {
-                        "    allocated"
-                    } else {
-                        "not allocated"
-                    },
-                    cvtstr(at),
-                    at
-                );
-                at = end;
-            }
-            Ok(())
-        }
+        "map" => map(image, out),
         "abort" => {
             crate::print_out(out);
             std::process::abort();
@@ -300,6 +193,121 @@ fn run_command(
             format!("command \"{other}\" not found"),
         )),
     }
+}
+
+/// `read [-P pattern] [-q] [-v] offset length`.
+fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Result<(), Error> {
+    let (flags, rest) = split_args(args, "P")?;
+    let (off, len) = offset_len(&rest)?;
+    let quiet = flags.iter().any(|(c, _)| *c == 'q');
+    let started = Instant::now();
+    let mut buf = vec![0u8; len as usize];
+    image
+        .read_at(&mut buf, off)
+        .map_err(|e| e.context("read failed"))?;
+    if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
+        let pattern = number(p)? as u8;
+        if let Some(i) = buf.iter().position(|b| *b != pattern) {
+            *failed = true;
+            let _ = writeln!(
+                out,
+                "Pattern verification failed at offset {}, {} bytes",
+                off + i as u64,
+                len - i as u64
+            );
+        }
+    }
+    if flags.iter().any(|(c, _)| *c == 'v') {
+        hexdump(out, off, &buf);
+    }
+    if !quiet {
+        let _ = writeln!(out, "read {len}/{len} bytes at offset {off}");
+        stats(out, len, started);
+    }
+    Ok(())
+}
+
+/// `write [-P pattern | -s file | -z [-u]] [-c] [-q] offset length`.
+fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error> {
+    let (flags, rest) = split_args(args, "Ps")?;
+    let (off, len) = offset_len(&rest)?;
+    let has = |f: char| flags.iter().any(|(c, _)| *c == f);
+    let started = Instant::now();
+    let result = if has('z') {
+        if has('P') || has('c') {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "-z supports neither -P nor -c",
+            ));
+        }
+        image.write_zeroes(off, len, has('u'))
+    } else {
+        let buf = match flags.iter().find(|(c, _)| *c == 's') {
+            Some((_, Some(file))) => {
+                let data =
+                    std::fs::read(file).map_err(|e| Error::io(format!("reading '{file}'"), e))?;
+                if (data.len() as u64) < len {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!("'{file}' is shorter than {len} bytes"),
+                    ));
+                }
+                data[..len as usize].to_vec()
+            }
+            _ => {
+                let pattern = match flags.iter().find(|(c, _)| *c == 'P') {
+                    Some((_, Some(p))) => number(p)? as u8,
+                    _ => 0xcd,
+                };
+                vec![pattern; len as usize]
+            }
+        };
+        if has('c') {
+            image.write_compressed(&buf, off)
+        } else {
+            image.write_at(&buf, off)
+        }
+    };
+    result.map_err(|e| e.context("write failed"))?;
+    if !has('q') {
+        let _ = writeln!(out, "wrote {len}/{len} bytes at offset {off}");
+        stats(out, len, started);
+    }
+    Ok(())
+}
+
+/// `map`: allocation in the top image alone, as qemu-io reports it.
+fn map(image: &Image, out: &mut String) -> Result<(), Error> {
+    let size = image.size();
+    let mut at = 0;
+    while at < size {
+        let mut end = at;
+        let mut allocated = None;
+        while end < size {
+            let s = image.top_status(end, size - end)?;
+            match allocated {
+                None => allocated = Some(s.0),
+                Some(a) if a != s.0 => break,
+                _ => {}
+            }
+            end += s.1;
+        }
+        let _ = writeln!(
+            out,
+            "{} ({:#x}) bytes {} at offset {} ({:#x})",
+            cvtstr(end - at),
+            end - at,
+            if allocated == Some(true) {
+                "    allocated"
+            } else {
+                "not allocated"
+            },
+            cvtstr(at),
+            at
+        );
+        at = end;
+    }
+    Ok(())
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {

@@ -7,6 +7,7 @@ mod convert;
 mod create;
 mod dd;
 mod edit;
+mod flags;
 mod human;
 mod info;
 mod io;

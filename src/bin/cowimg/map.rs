@@ -1,5 +1,6 @@
 //! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
 
+use crate::flags::OutputArgs;
 use crate::json::Json;
 use crate::source::SourceArgs;
 use cowimg::{Error, ErrorKind, Image};
@@ -9,9 +10,8 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Output format: human or json.
-    #[arg(long = "output", default_value = "human", value_parser = ["human", "json"])]
-    output: String,
+    #[command(flatten)]
+    output: OutputArgs,
     /// The image file.
     filename: String,
 }
@@ -22,7 +22,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     crate::print_warnings(&image);
     let ranges = image.map()?;
     let mut out = String::new();
-    if args.output == "json" {
+    if args.output.json() {
         for (i, r) in ranges.iter().enumerate() {
             let mut fields = vec![
                 ("start", Json::int(r.start)),

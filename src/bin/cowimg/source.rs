@@ -2,7 +2,7 @@
 //! `--image-opts` and `-U`, plus the COWIMG_PASSPHRASE environment variable, so that a
 //! passphrase never has to appear on the command line.
 
-use cowimg::qcow2::SnapshotRef;
+use cowimg::SnapshotRef;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -13,29 +13,44 @@ use crate::format::qcow2::{BitmapTableEntry, L1Entry, L2Entry, SubclusterBitmap}
 use crate::storage::Storage;
 
 mod repair;
+pub(crate) use repair::repair_if_dirty;
 use repair::{clear_flags, compare_and_repair};
 
 /// What `-r` asks to repair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Repair {
+    /// Report only.
     None,
+    /// Free leaked clusters (`-r leaks`).
     Leaks,
+    /// Repair leaks and corruptions (`-r all`).
     All,
 }
 
 /// The outcome of a check, as qemu-img reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckResult {
+    /// References that disagree with the metadata in a way that can lose data.
     pub corruptions: u64,
+    /// Clusters counted as used that nothing references (harmless; space lost).
     pub leaks: u64,
+    /// Metadata that could not be read at all.
     pub check_errors: u64,
+    /// Corruptions repaired.
     pub corruptions_fixed: u64,
+    /// Leaks repaired.
     pub leaks_fixed: u64,
+    /// Where the last used cluster ends.
     pub image_end_offset: u64,
+    /// Clusters the guest disk has.
     pub total_clusters: u64,
+    /// Of those, clusters allocated in the active state.
     pub allocated_clusters: u64,
+    /// Allocated clusters not right after the previous one in the file.
     pub fragmented_clusters: u64,
+    /// Allocated clusters stored compressed.
     pub compressed_clusters: u64,
     /// The lines QEMU prints on standard error, in its order.
     pub messages: Vec<String>,
@@ -62,6 +77,24 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// A COPIED flag that disagrees with its refcount: reported, and with `fix` the
+    /// entry rewritten as `fixed` at `at` (else counted as a corruption).
+    fn copied_flag_wrong(&mut self, fix: bool, what: &str, fixed: u64, at: u64) -> Result<()> {
+        let verb = if fix { "Repairing" } else { "ERROR" };
+        self.res
+            .messages
+            .push(format!("{verb} OFLAG_COPIED {what}"));
+        if !fix {
+            self.res.corruptions += 1;
+            return Ok(());
+        }
+        self.storage
+            .write_at(&fixed.to_be_bytes(), at)
+            .map_err(io("repairing a COPIED flag"))?;
+        self.res.corruptions_fixed += 1;
+        Ok(())
+    }
+
     fn error(&mut self, message: String) {
         self.res.messages.push(message);
         self.res.corruptions += 1;
@@ -272,7 +305,6 @@ pub fn check_with_progress(
     Ok(result)
 }
 
-
 fn check_once(
     storage: &dyn Storage,
     data_file: bool,
@@ -431,7 +463,6 @@ fn count_refcount_blocks(p: &mut Pass, nb: u64) -> Result<Refcounts> {
     Ok(refcounts)
 }
 
-
 /// COPIED flags of the active tables: set exactly where a cluster's refcount is 1.
 fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -> Result<()> {
     let (storage, header, cs) = (p.storage, p.header, p.cs);
@@ -463,24 +494,12 @@ fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -
         let Ok(rc) = refcounts.get(storage, l2 / cs) else {
             continue;
         };
-        let copied = L1Entry::from_raw(raw).copied();
-        if (rc == 1) != copied {
-            p.res.messages.push(format!(
-                "{} OFLAG_COPIED L2 cluster: l1_index={index} l1_entry={raw:x} refcount={rc}",
-                if fix { "Repairing" } else { "ERROR" }
-            ));
-            if fix {
-                let fixed = L1Entry::from_raw(raw).with_copied(rc == 1).raw();
-                storage
-                    .write_at(
-                        &fixed.to_be_bytes(),
-                        header.common.l1_table_offset + index * 8,
-                    )
-                    .map_err(io("repairing the L1 table"))?;
-                p.res.corruptions_fixed += 1;
-            } else {
-                p.res.corruptions += 1;
-            }
+        let l1_entry = L1Entry::from_raw(raw);
+        if (rc == 1) != l1_entry.copied() {
+            let what = format!("L2 cluster: l1_index={index} l1_entry={raw:x} refcount={rc}");
+            let fixed = l1_entry.with_copied(rc == 1).raw();
+            let at = header.common.l1_table_offset + index * 8;
+            p.copied_flag_wrong(fix, &what, fixed, at)?;
         }
         if p.data_file {
             continue;
@@ -498,23 +517,11 @@ fn check_copied_flags(p: &mut Pass, refcounts: &mut Refcounts, repair: Repair) -
                 continue;
             };
             if (rc == 1) != entry.copied() {
-                p.res.messages.push(format!(
-                    "{} OFLAG_COPIED data cluster: l2_entry={raw:x} refcount={rc}",
-                    if fix { "Repairing" } else { "ERROR" }
-                ));
-                if fix {
-                    let fixed = L2Entry::from_raw(raw).with_copied(rc == 1).raw();
-                    storage
-                        .write_at(&fixed.to_be_bytes(), l2 + j * words * 8)
-                        .map_err(io("repairing an L2 table"))?;
-                    p.res.corruptions_fixed += 1;
-                } else {
-                    p.res.corruptions += 1;
-                }
+                let what = format!("data cluster: l2_entry={raw:x} refcount={rc}");
+                let fixed = L2Entry::from_raw(raw).with_copied(rc == 1).raw();
+                p.copied_flag_wrong(fix, &what, fixed, l2 + j * words * 8)?;
             }
         }
     }
     Ok(())
 }
-
-

@@ -4,10 +4,10 @@
 //! an image a second check can still repair.
 
 use super::{io, Pass, Repair};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::incompatible;
 use crate::qcow2::header::Header;
-use crate::qcow2::refcount::Refcounts;
+use crate::qcow2::refcount::{set_entry, write_then_flush, Refcounts};
 use crate::storage::Storage;
 
 /// Clears the dirty and corrupt bits once an image is clean.
@@ -215,24 +215,13 @@ fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(
         let block_at = (start + b) * cs;
         table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&block_at.to_be_bytes());
         let mut block = vec![0u8; cs as usize];
-        let bits = 1u64 << order;
         for k in 0..entries_per_block {
             let c = b * entries_per_block + k;
             let Some(&v) = counts.get(c as usize) else {
                 break;
             };
-            if v == 0 {
-                continue;
-            }
-            if bits >= 8 {
-                let len = (bits / 8) as usize;
-                let at = k as usize * len;
-                for (i, byte) in block[at..at + len].iter_mut().enumerate() {
-                    *byte = (v >> (8 * (len - 1 - i))) as u8;
-                }
-            } else {
-                let bit = k * bits;
-                block[(bit / 8) as usize] |= (v << (bit % 8)) as u8;
+            if v != 0 {
+                set_entry(1 << order, &mut block, k, v);
             }
         }
         storage
@@ -240,13 +229,33 @@ fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(
             .map_err(io("writing a rebuilt refcount block"))?;
     }
     let table_at = (start + blocks) * cs;
-    storage
-        .write_at(&table, table_at)
-        .map_err(io("writing the rebuilt refcount table"))?;
-    storage
-        .flush()
-        .map_err(io("flushing the rebuilt refcount structures"))?;
+    write_then_flush(
+        storage,
+        &[(&table, table_at)],
+        "the rebuilt refcount structures",
+    )?;
     header.write_refcount_table(storage, table_at, table_clusters as u32)?;
     storage.flush().map_err(io("flushing the header"))?;
     Ok((start * cs, (start + blocks + table_clusters) * cs))
+}
+
+/// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
+/// stale, so it is checked and repaired (which clears the bit) first.
+pub(crate) fn repair_if_dirty(storage: &dyn Storage) -> Result<()> {
+    let header = Header::read(storage)?;
+    let bits = header.incompatible_features();
+    if bits & incompatible::DIRTY == 0 {
+        return Ok(());
+    }
+    let result = super::check(storage, bits & incompatible::DATA_FILE != 0, Repair::All)?;
+    if result.corruptions > 0 || result.check_errors > 0 || result.failed.is_some() {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "Could not repair dirty image: {} errors remain",
+                result.corruptions + result.check_errors
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
-//! A bounded least-recently-used cache of L2 tables, keyed by host offset, and the
-//! tables changed but not yet written (write-back: they are never evicted, only
-//! written out by their owner in the order crash safety asks for).
+//! A bounded least-recently-used cache of L2 tables (qcow and qcow2), keyed by host
+//! offset, and the tables changed but not yet written (write-back: they are never
+//! evicted, only written out by their owner in the order crash safety asks for).
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -86,14 +86,6 @@ impl L2Cache {
         self.tables.remove(&offset);
         self.dirty.remove(&offset);
     }
-
-    pub fn len(&self) -> usize {
-        self.tables.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tables.is_empty()
-    }
 }
 
 /// The table of `len` bytes at `offset`: from `cache`, or read from `storage` (a short
@@ -128,7 +120,7 @@ mod tests {
         c.insert(2, Arc::from(vec![2u64]));
         assert!(c.get(1).is_some());
         c.insert(3, Arc::from(vec![3u64]));
-        assert_eq!(c.len(), 2);
+        assert_eq!(c.tables.len(), 2);
         assert!(c.get(2).is_none() && c.get(1).is_some() && c.get(3).is_some());
     }
 
