@@ -7,7 +7,6 @@ use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::image::{ChainEntry, Image, Layer};
 use crate::probe::Format;
 use crate::qcow2::Snapshot;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 pub use crate::qcow2::bitmaps::Bitmap;
@@ -105,16 +104,19 @@ impl Image {
 
 fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
     let path = &entry.path;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    // Asked of the storage, not the path: an image need not be a local file.
+    let file = entry.layer.reader().file();
+    let stat = |e| Error::io(format!("Could not open '{}'", path.display()), e);
+    let file_length = file.len().map_err(stat)?;
+    let actual_size = file.allocated_size().map_err(stat)?.unwrap_or(file_length);
     let backing = entry.layer.backing_name();
     let (backing_file, backing_format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
     let mut info = ImageInfo {
         filename: path.clone(),
         format: entry.layer.format(),
         virtual_size: entry.layer.size(),
-        file_length: meta.len().next_multiple_of(512),
-        actual_size: meta.blocks() * 512,
+        file_length: file_length.next_multiple_of(512),
+        actual_size,
         cluster_size: None,
         encrypted: false,
         dirty: false,

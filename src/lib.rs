@@ -77,6 +77,7 @@ macro_rules! setters {
 pub mod check;
 mod codec;
 mod compressed;
+pub mod convert;
 pub mod copy;
 mod cow;
 pub mod create;
@@ -94,6 +95,7 @@ mod probe;
 mod qcow;
 mod qcow2;
 mod raw;
+pub mod report;
 mod sector_io;
 mod shared;
 pub mod storage;

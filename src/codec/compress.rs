@@ -25,6 +25,13 @@ impl Compression {
         }
     }
 
+    /// The type qemu-img names `name` ("zlib" or "zstd").
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [Compression::Deflate, Compression::Zstd]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
     /// The name qemu-img uses: "zlib" or "zstd".
     pub fn name(self) -> &'static str {
         match self {

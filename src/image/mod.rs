@@ -43,6 +43,13 @@ pub struct ChainEntry {
     pub warnings: Vec<String>,
 }
 
+impl ChainEntry {
+    /// The file's format.
+    pub fn format(&self) -> Format {
+        self.layer.format()
+    }
+}
+
 /// What a range is, as `qemu-img map` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

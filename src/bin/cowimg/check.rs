@@ -1,11 +1,11 @@
 //! `cowimg check`: qemu-img check's findings, output, JSON and exit codes.
 
 use crate::flags::{OutputArgs, ProgressArgs};
-use crate::json::Json;
 use crate::progress::Progress;
 use crate::source::SourceArgs;
 use cowimg::check::{check_with_progress, CheckResult, Repair};
 use cowimg::format::qcow2::incompatible;
+use cowimg::report;
 use cowimg::{Error, Format, Image};
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -99,7 +99,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         return Ok(ExitCode::from(1));
     }
     let out = if args.output.json() {
-        json(&result, &args.filename)
+        report::check(&result, &args.filename).pretty() + "\n"
     } else {
         human(&result)
     };
@@ -166,31 +166,4 @@ fn human(r: &CheckResult) -> String {
         let _ = writeln!(out, "Image end offset: {}", r.image_end_offset);
     }
     out
-}
-
-/// qemu-img's `ImageCheck` JSON: zero counters are left out, in qemu's key order.
-fn json(r: &CheckResult, filename: &str) -> String {
-    // (key, value, kept when zero)
-    let counters = [
-        ("image-end-offset", r.image_end_offset, false),
-        ("compressed-clusters", r.compressed_clusters, false),
-        ("total-clusters", r.total_clusters, false),
-        ("corruptions", r.corruptions, false),
-        ("corruptions-fixed", r.corruptions_fixed, false),
-        ("check-errors", r.check_errors, true),
-        ("leaks", r.leaks, false),
-        ("leaks-fixed", r.leaks_fixed, false),
-        ("allocated-clusters", r.allocated_clusters, false),
-    ];
-    let mut fields: Vec<_> = counters
-        .into_iter()
-        .filter(|(_, v, always)| *always || *v != 0)
-        .map(|(key, v, _)| (key, Json::int(v)))
-        .collect();
-    fields.push(("filename", Json::str(filename)));
-    fields.push(("format", Json::str("qcow2")));
-    if r.fragmented_clusters != 0 {
-        fields.push(("fragmented-clusters", Json::int(r.fragmented_clusters)));
-    }
-    Json::Object(fields).pretty() + "\n"
 }

@@ -121,11 +121,9 @@ pub fn apply_options(
                 "lazy_refcounts" => opts.lazy_refcounts = flag(&value)?,
                 "extended_l2" => opts.extended_l2 = flag(&value)?,
                 "compression_type" => {
-                    opts.compression = match value.as_str() {
-                        "zlib" => Compression::Deflate,
-                        "zstd" => Compression::Zstd,
-                        _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))),
-                    }
+                    opts.compression = Compression::from_name(&value).ok_or_else(|| {
+                        Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))
+                    })?
                 }
                 "data_file" => opts.data_file = Some(value),
                 "data_file_raw" => opts.data_file_raw = flag(&value)?,

@@ -2,9 +2,9 @@
 
 use crate::flags::OutputArgs;
 use crate::human;
-use crate::json::Json;
 use crate::source::SourceArgs;
-use cowimg::info::{ImageInfo, Qcow2Info};
+use cowimg::info::ImageInfo;
+use cowimg::report::{self, Json};
 use cowimg::{Backing, Error, Image, Snapshot};
 use std::fmt::Write;
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     crate::print_warnings(&image);
     let infos = image.info()?;
     let out = if args.output.json() {
-        let mut values: Vec<Json> = infos.iter().map(to_json).collect();
+        let mut values: Vec<Json> = infos.iter().map(report::info).collect();
         let value = if args.backing_chain {
             Json::Array(values)
         } else {
@@ -53,138 +53,6 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     };
     crate::print_out(&out);
     Ok(ExitCode::SUCCESS)
-}
-
-/// `format-specific.data` for qcow2, in QEMU's field order.
-fn qcow2_json(q: &Qcow2Info) -> Json {
-    let mut data = vec![
-        ("compat", Json::str(q.compat())),
-        ("compression-type", Json::str(q.compression.name())),
-    ];
-    if let Some(lazy) = q.lazy_refcounts {
-        data.push(("lazy-refcounts", Json::Bool(lazy)));
-    }
-    if !q.bitmaps.is_empty() {
-        let list = q
-            .bitmaps
-            .iter()
-            .map(|b| {
-                let mut flags = Vec::new();
-                if b.in_use {
-                    flags.push(Json::str("in-use"));
-                }
-                if b.auto {
-                    flags.push(Json::str("auto"));
-                }
-                Json::Object(vec![
-                    ("flags", Json::Array(flags)),
-                    ("name", Json::str(&b.name)),
-                    ("granularity", Json::int(b.granularity)),
-                ])
-            })
-            .collect();
-        data.push(("bitmaps", Json::Array(list)));
-    }
-    data.push(("refcount-bits", Json::int(q.refcount_bits)));
-    if let Some(format) = q.encryption {
-        data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])));
-    }
-    if let Some(name) = &q.data_file {
-        data.push(("data-file", Json::str(name)));
-        data.push(("data-file-raw", Json::Bool(q.data_file_raw)));
-    }
-    if let Some(corrupt) = q.corrupt {
-        data.push(("corrupt", Json::Bool(corrupt)));
-    }
-    if let Some(extended) = q.extended_l2 {
-        data.push(("extended-l2", Json::Bool(extended)));
-    }
-    Json::Object(data)
-}
-
-fn snapshot_json(s: &Snapshot) -> Json {
-    let mut fields = Vec::new();
-    if let Some(icount) = s.icount {
-        fields.push(("icount", Json::int(icount)));
-    }
-    fields.extend([
-        (
-            "vm-clock-nsec",
-            Json::int(s.vm_clock_nsec() % 1_000_000_000),
-        ),
-        ("name", Json::str(&s.name)),
-        ("date-sec", Json::int(s.date_sec())),
-        ("date-nsec", Json::int(s.date_nsec())),
-        ("vm-clock-sec", Json::int(s.vm_clock_nsec() / 1_000_000_000)),
-        ("id", Json::str(&s.id)),
-        ("vm-state-size", Json::int(s.vm_state_size)),
-    ]);
-    Json::Object(fields)
-}
-
-fn to_json(info: &ImageInfo) -> Json {
-    let filename = info.filename.display().to_string();
-    let file = Json::Object(vec![
-        ("children", Json::Array(vec![])),
-        ("virtual-size", Json::int(info.file_length)),
-        ("filename", Json::str(&filename)),
-        ("format", Json::str("file")),
-        ("actual-size", Json::int(info.actual_size)),
-        (
-            "format-specific",
-            Json::Object(vec![
-                ("type", Json::str("file")),
-                ("data", Json::Object(vec![])),
-            ]),
-        ),
-        ("dirty-flag", Json::Bool(false)),
-    ]);
-    let mut fields = vec![(
-        "children",
-        Json::Array(vec![Json::Object(vec![
-            ("name", Json::str("file")),
-            ("info", file),
-        ])]),
-    )];
-    if !info.snapshots.is_empty() {
-        fields.push((
-            "snapshots",
-            Json::Array(info.snapshots.iter().map(snapshot_json).collect()),
-        ));
-    }
-    if let Some(f) = &info.backing_format {
-        fields.push(("backing-filename-format", Json::str(f)));
-    }
-    fields.push(("virtual-size", Json::int(info.virtual_size)));
-    fields.push(("filename", Json::str(&filename)));
-    if let Some(cs) = info.cluster_size {
-        fields.push(("cluster-size", Json::int(cs)));
-    }
-    fields.push(("format", Json::str(info.format.name())));
-    fields.push(("actual-size", Json::int(info.actual_size)));
-    if let Some(q) = &info.qcow2 {
-        fields.push((
-            "format-specific",
-            Json::Object(vec![
-                ("type", Json::str(info.format.name())),
-                ("data", qcow2_json(q)),
-            ]),
-        ));
-    }
-    if let Some(full) = &info.full_backing_file {
-        fields.push((
-            "full-backing-filename",
-            Json::str(full.display().to_string()),
-        ));
-    }
-    if let Some(name) = &info.backing_file {
-        fields.push(("backing-filename", Json::str(name)));
-    }
-    if info.encrypted {
-        fields.push(("encrypted", Json::Bool(true)));
-    }
-    fields.push(("dirty-flag", Json::Bool(info.dirty)));
-    Json::Object(fields)
 }
 
 fn to_human(info: &ImageInfo, header_dump: &str) -> String {
@@ -225,7 +93,7 @@ fn to_human(info: &ImageInfo, header_dump: &str) -> String {
     }
     if let Some(q) = &info.qcow2 {
         out.push_str("Format specific information:\n");
-        human_tree(&mut out, &qcow2_json(q), 1);
+        human_tree(&mut out, &report::qcow2_specific(q), 1);
     }
     if let Some(layout) = info.cow_layout {
         let _ = writeln!(out, "cow layout: {layout}");

@@ -11,7 +11,6 @@ mod flags;
 mod human;
 mod info;
 mod io;
-mod json;
 mod map;
 mod measure;
 mod progress;

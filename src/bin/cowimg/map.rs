@@ -1,8 +1,8 @@
 //! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
 
 use crate::flags::OutputArgs;
-use crate::json::Json;
 use crate::source::SourceArgs;
+use cowimg::report;
 use cowimg::{Error, ErrorKind, Image};
 use std::process::ExitCode;
 
@@ -23,23 +23,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let ranges = image.map()?;
     let mut out = String::new();
     if args.output.json() {
-        for (i, r) in ranges.iter().enumerate() {
-            let mut fields = vec![
-                ("start", Json::int(r.start)),
-                ("length", Json::int(r.len)),
-                ("depth", Json::int(r.depth as u64)),
-                ("present", Json::Bool(r.present)),
-                ("zero", Json::Bool(r.zero)),
-                ("data", Json::Bool(r.data)),
-                ("compressed", Json::Bool(r.compressed)),
-            ];
-            if let Some(offset) = r.offset {
-                fields.push(("offset", Json::int(offset)));
-            }
-            out.push_str(if i == 0 { "[" } else { ",\n" });
-            Json::Object(fields).write_compact(&mut out);
-        }
-        out.push_str("]\n");
+        out = report::map(&ranges);
     } else {
         // Only ranges stored as plain data (and not over holes) are listed; data that
         // cannot be (compressed, encrypted, external) is an error.

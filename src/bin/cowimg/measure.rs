@@ -2,10 +2,10 @@
 
 use crate::create::{apply_options, parse_size};
 use crate::flags::OutputArgs;
-use crate::json::Json;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::create::CreateOptions;
 use cowimg::measure::measure;
+use cowimg::report::Json;
 use cowimg::{Error, ErrorKind};
 use std::process::ExitCode;
 

@@ -3,20 +3,29 @@
 
 use std::fmt::Write;
 
-#[derive(Clone, Debug)]
+/// A JSON value whose objects keep their keys in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Json {
+    /// `true` or `false`.
     Bool(bool),
+    /// An integer (wide enough for every u64 and i64).
     Int(i128),
+    /// A string.
     Str(String),
+    /// A list.
     Array(Vec<Json>),
+    /// Keys and values, in order.
     Object(Vec<(&'static str, Json)>),
 }
 
 impl Json {
+    /// An integer value.
     pub fn int(n: impl Into<i128>) -> Json {
         Json::Int(n.into())
     }
 
+    /// A string value.
     pub fn str(s: impl Into<String>) -> Json {
         Json::Str(s.into())
     }

@@ -1,0 +1,224 @@
+//! `qemu-img convert`: the virtual disk copied into a new image file. Raw targets are
+//! written sparse by one worker per core; qcow2 and qcow targets leave zero clusters
+//! unallocated and may compress. A target this call made is removed when it fails.
+
+use crate::copy::{copy_into, is_zero, workers, CHUNK};
+use crate::create::{create_file, remove_created, CreateOptions};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{create_locked_file, refuse_overwrite, Backing, Image, OpenOptions};
+use crate::probe::Format;
+use crate::storage::{FileStorage, Storage};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Runs of zeros at least this long inside data are left as holes (qemu-img's -S).
+const SPARSE: usize = 4096;
+
+/// What the new image is to be.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConvertOptions {
+    /// The target's format: raw, qcow2 or qcow.
+    pub format: Format,
+    /// The target's creation options (its size is the source's).
+    pub create: CreateOptions,
+    /// Compress every cluster (qcow2, qcow).
+    pub compress: bool,
+    /// The passphrase of an encrypted target.
+    pub passphrase: Option<Vec<u8>>,
+    /// Flush the target before returning (qemu-img's default cache mode, unsafe, does
+    /// not).
+    pub flush: bool,
+}
+
+impl ConvertOptions {
+    /// A target of `format` with default creation options, not compressed, not flushed.
+    pub fn new(format: Format) -> ConvertOptions {
+        ConvertOptions {
+            format,
+            create: CreateOptions::default(),
+            compress: false,
+            passphrase: None,
+            flush: false,
+        }
+    }
+
+    setters! {
+        plain {
+        /// The target's creation options.
+        create: CreateOptions;
+        /// Compress every cluster.
+        compress: bool;
+        /// Flush the target before returning.
+        flush: bool;
+        }
+        optional {
+        /// The passphrase of an encrypted target.
+        passphrase: Vec<u8>;
+        }
+    }
+}
+
+/// Copies `source` into a new file at `out`, telling `progress` how many bytes of the
+/// virtual disk each step covered. The target may not be one of the source's files.
+pub fn convert(
+    source: &Image,
+    out: &Path,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    refuse_overwrite(out, &[source])?;
+    let existed = out.symlink_metadata().is_ok();
+    let result = match options.format {
+        Format::Raw if !options.compress => to_raw(source, out, options, progress),
+        Format::Qcow2 | Format::Qcow => to_image(source, out, options, progress),
+        Format::Raw => Err(Error::new(
+            ErrorKind::BadArgument,
+            "Compression not supported for this file format",
+        )),
+        other => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("converting to {other} is not implemented yet"),
+        )),
+    };
+    if result.is_err() && !existed {
+        // The error that led here is the one to report.
+        let _ = remove_created(out);
+    }
+    result
+}
+
+/// A new qcow2 or qcow image with the source's content: whole zero clusters are left
+/// unallocated, the rest written (or compressed).
+fn to_image(
+    source: &Image,
+    out: &Path,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let mut opts = options.create.clone();
+    opts.size = source.size();
+    if opts.encrypt_aes && options.passphrase.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Parameter 'encrypt.key-secret' is required for cipher",
+        ));
+    }
+    if options.compress && (opts.encrypt_aes || opts.data_file.is_some()) {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Compression not supported with encryption or a data file",
+        ));
+    }
+    create_file(options.format, out, &opts, 3)?;
+    // A new image nobody relies on yet: no barriers until the final flush, as qemu-img
+    // writes convert targets with cache=unsafe. With a backing file, what it gives
+    // need not be written (and zeros over it must be).
+    let backing = if opts.backing_file.is_some() {
+        Backing::Follow
+    } else {
+        Backing::Ignore
+    };
+    let target_options = OpenOptions::new()
+        .format(options.format)
+        .backing(backing)
+        .writable(true)
+        .barriers(false)
+        .passphrase(options.passphrase.clone());
+    let mut target = Image::open(out, &target_options)?;
+    // A qcow target compresses in its own clusters; the others in the ones asked for.
+    let cs = match (target.format(), target.cluster_size()) {
+        (Format::Qcow, Some(cs)) => cs,
+        _ => opts.cluster_size,
+    };
+    let size = source.size();
+    copy_into(source, 0, size, &mut target, cs, options.compress, progress)?;
+    if options.flush {
+        target.flush()?;
+    }
+    Ok(())
+}
+
+/// A raw file with the source's content, written by one worker per core.
+fn to_raw(
+    source: &Image,
+    out_path: &Path,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let out = create_locked_file(out_path)?;
+    let size = source.size();
+    out.set_len(size)
+        .map_err(|e| Error::io("sizing the output", e))?;
+
+    // Plan from metadata alone: the pieces that are not known zeros.
+    let mut pieces = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let status = source.block_status(offset, (size - offset).min(CHUNK))?;
+        if !status.zero {
+            pieces.push((offset, status.len));
+        }
+        offset += status.len;
+    }
+    progress(size - pieces.iter().map(|&(_, len)| len).sum::<u64>());
+    let writing = |e| Error::io(format!("writing '{}'", out_path.display()), e);
+    // Copy them with one worker per core, as qemu-img keeps several requests in flight.
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..workers() {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; CHUNK as usize];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(at, len)) = pieces.get(i) else {
+                        break;
+                    };
+                    let chunk = &mut buf[..len as usize];
+                    let result = source
+                        .read_at(chunk, at)
+                        .and_then(|()| write_sparse(&out, chunk, at).map_err(writing));
+                    progress(len);
+                    if let Err(e) = result {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        next.store(pieces.len(), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    if options.flush {
+        out.flush()
+            .map_err(|e| Error::io(format!("flushing '{}'", out_path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.
+fn write_sparse(out: &FileStorage, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut start = None;
+    for (i, block) in data.chunks(SPARSE).enumerate() {
+        let zero = is_zero(block);
+        match (zero, start) {
+            (false, None) => start = Some(i * SPARSE),
+            (true, Some(s)) => {
+                out.write_at(&data[s..i * SPARSE], offset + s as u64)?;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.write_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
+}

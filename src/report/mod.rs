@@ -1,0 +1,195 @@
+//! What the library reports, in the JSON shapes `qemu-img … --output=json` prints
+//! (keys in QEMU's order), so that the command line and the bindings answer alike.
+
+mod json;
+
+pub use json::Json;
+
+use crate::check::CheckResult;
+use crate::image::BlockStatus;
+use crate::info::{ImageInfo, Qcow2Info};
+use crate::qcow2::Snapshot;
+
+/// One file of a chain as `qemu-img info --output=json` prints it.
+pub fn info(info: &ImageInfo) -> Json {
+    let filename = info.filename.display().to_string();
+    let file = Json::Object(vec![
+        ("children", Json::Array(vec![])),
+        ("virtual-size", Json::int(info.file_length)),
+        ("filename", Json::str(&filename)),
+        ("format", Json::str("file")),
+        ("actual-size", Json::int(info.actual_size)),
+        (
+            "format-specific",
+            Json::Object(vec![
+                ("type", Json::str("file")),
+                ("data", Json::Object(vec![])),
+            ]),
+        ),
+        ("dirty-flag", Json::Bool(false)),
+    ]);
+    let mut fields = vec![(
+        "children",
+        Json::Array(vec![Json::Object(vec![
+            ("name", Json::str("file")),
+            ("info", file),
+        ])]),
+    )];
+    if !info.snapshots.is_empty() {
+        fields.push((
+            "snapshots",
+            Json::Array(info.snapshots.iter().map(snapshot).collect()),
+        ));
+    }
+    if let Some(f) = &info.backing_format {
+        fields.push(("backing-filename-format", Json::str(f)));
+    }
+    fields.push(("virtual-size", Json::int(info.virtual_size)));
+    fields.push(("filename", Json::str(&filename)));
+    if let Some(cs) = info.cluster_size {
+        fields.push(("cluster-size", Json::int(cs)));
+    }
+    fields.push(("format", Json::str(info.format.name())));
+    fields.push(("actual-size", Json::int(info.actual_size)));
+    if let Some(q) = &info.qcow2 {
+        fields.push((
+            "format-specific",
+            Json::Object(vec![
+                ("type", Json::str(info.format.name())),
+                ("data", qcow2_specific(q)),
+            ]),
+        ));
+    }
+    if let Some(full) = &info.full_backing_file {
+        fields.push((
+            "full-backing-filename",
+            Json::str(full.display().to_string()),
+        ));
+    }
+    if let Some(name) = &info.backing_file {
+        fields.push(("backing-filename", Json::str(name)));
+    }
+    if info.encrypted {
+        fields.push(("encrypted", Json::Bool(true)));
+    }
+    fields.push(("dirty-flag", Json::Bool(info.dirty)));
+    Json::Object(fields)
+}
+
+/// `format-specific.data` for qcow2, in QEMU's field order.
+pub fn qcow2_specific(q: &Qcow2Info) -> Json {
+    let mut data = vec![
+        ("compat", Json::str(q.compat())),
+        ("compression-type", Json::str(q.compression.name())),
+    ];
+    if let Some(lazy) = q.lazy_refcounts {
+        data.push(("lazy-refcounts", Json::Bool(lazy)));
+    }
+    if !q.bitmaps.is_empty() {
+        let list = q
+            .bitmaps
+            .iter()
+            .map(|b| {
+                let mut flags = Vec::new();
+                if b.in_use {
+                    flags.push(Json::str("in-use"));
+                }
+                if b.auto {
+                    flags.push(Json::str("auto"));
+                }
+                Json::Object(vec![
+                    ("flags", Json::Array(flags)),
+                    ("name", Json::str(&b.name)),
+                    ("granularity", Json::int(b.granularity)),
+                ])
+            })
+            .collect();
+        data.push(("bitmaps", Json::Array(list)));
+    }
+    data.push(("refcount-bits", Json::int(q.refcount_bits)));
+    if let Some(format) = q.encryption {
+        data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])));
+    }
+    if let Some(name) = &q.data_file {
+        data.push(("data-file", Json::str(name)));
+        data.push(("data-file-raw", Json::Bool(q.data_file_raw)));
+    }
+    if let Some(corrupt) = q.corrupt {
+        data.push(("corrupt", Json::Bool(corrupt)));
+    }
+    if let Some(extended) = q.extended_l2 {
+        data.push(("extended-l2", Json::Bool(extended)));
+    }
+    Json::Object(data)
+}
+
+/// One snapshot as `qemu-img info` lists it.
+pub fn snapshot(s: &Snapshot) -> Json {
+    let mut fields = Vec::new();
+    if let Some(icount) = s.icount {
+        fields.push(("icount", Json::int(icount)));
+    }
+    fields.extend([
+        (
+            "vm-clock-nsec",
+            Json::int(s.vm_clock_nsec() % 1_000_000_000),
+        ),
+        ("name", Json::str(&s.name)),
+        ("date-sec", Json::int(s.date_sec())),
+        ("date-nsec", Json::int(s.date_nsec())),
+        ("vm-clock-sec", Json::int(s.vm_clock_nsec() / 1_000_000_000)),
+        ("id", Json::str(&s.id)),
+        ("vm-state-size", Json::int(s.vm_state_size)),
+    ]);
+    Json::Object(fields)
+}
+
+/// qemu-img's `ImageCheck` JSON: zero counters are left out, in qemu's key order.
+pub fn check(r: &CheckResult, filename: &str) -> Json {
+    // (key, value, kept when zero)
+    let counters = [
+        ("image-end-offset", r.image_end_offset, false),
+        ("compressed-clusters", r.compressed_clusters, false),
+        ("total-clusters", r.total_clusters, false),
+        ("corruptions", r.corruptions, false),
+        ("corruptions-fixed", r.corruptions_fixed, false),
+        ("check-errors", r.check_errors, true),
+        ("leaks", r.leaks, false),
+        ("leaks-fixed", r.leaks_fixed, false),
+        ("allocated-clusters", r.allocated_clusters, false),
+    ];
+    let mut fields: Vec<_> = counters
+        .into_iter()
+        .filter(|(_, v, always)| *always || *v != 0)
+        .map(|(key, v, _)| (key, Json::int(v)))
+        .collect();
+    fields.push(("filename", Json::str(filename)));
+    fields.push(("format", Json::str("qcow2")));
+    if r.fragmented_clusters != 0 {
+        fields.push(("fragmented-clusters", Json::int(r.fragmented_clusters)));
+    }
+    Json::Object(fields)
+}
+
+/// The ranges as `qemu-img map --output=json` prints them: one compact object a line.
+pub fn map(ranges: &[BlockStatus]) -> String {
+    let mut out = String::new();
+    for (i, r) in ranges.iter().enumerate() {
+        let mut fields = vec![
+            ("start", Json::int(r.start)),
+            ("length", Json::int(r.len)),
+            ("depth", Json::int(r.depth as u64)),
+            ("present", Json::Bool(r.present)),
+            ("zero", Json::Bool(r.zero)),
+            ("data", Json::Bool(r.data)),
+            ("compressed", Json::Bool(r.compressed)),
+        ];
+        if let Some(offset) = r.offset {
+            fields.push(("offset", Json::int(offset)));
+        }
+        out.push_str(if i == 0 { "[" } else { ",\n" });
+        Json::Object(fields).write_compact(&mut out);
+    }
+    out.push_str("]\n");
+    out
+}
