@@ -7,7 +7,7 @@
 # fixed, is kept in fuzz/regressions/TARGET so the replay test (cargo test) runs it.
 set -euo pipefail
 cd "$(dirname "$0")"
-targets=${1:-"qcow2_header qcow_header cow_header image check write_path"}
+targets=${1:-"qcow2_header qcow_header cow_header image check write_path nbd"}
 seconds=${2:-600}
 if rustup toolchain list 2>/dev/null | grep -q nightly; then
   fuzz=(cargo +nightly fuzz run)

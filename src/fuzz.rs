@@ -344,3 +344,27 @@ pub fn write_path(data: &[u8]) {
         "the image does not read back what was written"
     );
 }
+
+/// The input as everything an NBD client sends: greeting reply, options, requests,
+/// to a server exporting a small writable qcow2 image and a read-only one. Whatever the
+/// bytes, the session ends with an error or a clean close, never a panic, and its
+/// memory stays bounded by the protocol limits.
+pub fn nbd(data: &[u8]) {
+    use crate::nbd::{serve, Export};
+    use crate::shared::SharedImage;
+    let storage = Arc::new(MemoryStorage::new(Vec::new()));
+    let opts = CreateOptions::new(1 << 20).cluster_size(4096);
+    create(storage.as_ref(), None, &opts).expect("creating the exported image");
+    let writable = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let image = Image::open_storage(storage.clone(), Format::Qcow2, &writable).expect("opening it");
+    let image = Arc::new(SharedImage::new(image));
+    let exports = [
+        Export::new("", image.clone()).read_only(false).allocation_depth(true),
+        Export::new("ro", image),
+    ];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let _ = serve(data, std::io::sink(), &exports, &stop);
+}

@@ -91,6 +91,7 @@ pub mod info;
 mod l2cache;
 pub mod mapping;
 pub mod measure;
+pub mod nbd;
 mod probe;
 mod qcow;
 mod qcow2;

@@ -59,3 +59,8 @@ fn check() {
 fn write_path() {
     replay("write_path", cowimg::fuzz::write_path);
 }
+
+#[test]
+fn nbd() {
+    replay("nbd", cowimg::fuzz::nbd);
+}

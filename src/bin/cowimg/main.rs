@@ -13,6 +13,7 @@ mod info;
 mod io;
 mod map;
 mod measure;
+mod nbd;
 mod progress;
 mod resize;
 mod snapshot;
@@ -65,6 +66,8 @@ enum Command {
     Create(create::Args),
     /// Run qemu-io commands (read, write, discard, flush, map, length, abort…).
     Io(io::Args),
+    /// Serve an image over NBD (qemu-nbd's options: -r, -x, -p, -b, -k, -t, -e, -l, -A).
+    Nbd(nbd::Args),
 }
 
 /// Prints what the images of a chain warn about, as qemu-img prints its warnings.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(&args),
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),
+        Command::Nbd(args) => nbd::run(&args),
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),
         Command::Bench(args) => bench::run(&args),
