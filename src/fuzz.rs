@@ -362,7 +362,9 @@ pub fn nbd(data: &[u8]) {
     let image = Image::open_storage(storage.clone(), Format::Qcow2, &writable).expect("opening it");
     let image = Arc::new(SharedImage::new(image));
     let exports = [
-        Export::new("", image.clone()).read_only(false).allocation_depth(true),
+        Export::new("", image.clone())
+            .read_only(false)
+            .allocation_depth(true),
         Export::new("ro", image),
     ];
     let stop = std::sync::atomic::AtomicBool::new(false);

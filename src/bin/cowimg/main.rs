@@ -13,6 +13,7 @@ mod info;
 mod io;
 mod map;
 mod measure;
+mod mount;
 mod nbd;
 mod progress;
 mod resize;
@@ -68,6 +69,8 @@ enum Command {
     Io(io::Args),
     /// Serve an image over NBD (qemu-nbd's options: -r, -x, -p, -b, -k, -t, -e, -l, -A).
     Nbd(nbd::Args),
+    /// Mount the guest disk (and each snapshot) as files through FUSE.
+    Mount(mount::Args),
 }
 
 /// Prints what the images of a chain warn about, as qemu-img prints its warnings.
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),
         Command::Nbd(args) => nbd::run(&args),
+        Command::Mount(args) => mount::run(&args),
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),
         Command::Bench(args) => bench::run(&args),
