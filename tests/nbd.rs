@@ -422,3 +422,64 @@ fn allocation_depth_through_a_chain_matches_qemu_nbd() {
         assert_eq!(ours_map, depth(&theirs.uri("")));
     }
 }
+
+#[test]
+fn several_clients_at_once_and_a_forked_server_with_a_pid_file() {
+    let dir = Scratch::new("nbd-many");
+    let image = sample(&dir);
+    let port = free_port().to_string();
+    let pid_file = dir.path("nbd.pid");
+    let status = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["nbd", "--fork", "--pid-file", pid_file.to_str().unwrap()])
+        .args([
+            "-r",
+            "-t",
+            "-e",
+            "3",
+            "-f",
+            "qcow2",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port,
+        ])
+        .args(["-D", "the sample disk", &image])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the parent of --fork failed");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new("qemu-img")
+                .args(["compare", "-f", "qcow2", "-F", "raw", &image, &uri])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in clients {
+        assert!(
+            c.wait().unwrap().success(),
+            "a concurrent client saw other bytes"
+        );
+    }
+    if have("nbdinfo") {
+        let list = common::run_ok(None, "nbdinfo", &["--list", "--json", &uri]);
+        assert!(list.contains("the sample disk"), "{list}");
+    }
+    // SAFETY: kill(2) on the server this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pid_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the forked server did not end on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -200,18 +200,53 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
     Ok(out)
 }
 
-/// Detaches into the background: the parent exits once the child is listening.
-fn daemonize() -> Result<(), Error> {
+/// Detaches into the background. The parent waits for the child's word through a pipe
+/// and exits with success once the server is ready (exports open, pid file written),
+/// with failure if the child gives up first. Returns the pipe's writing end.
+fn daemonize() -> Result<libc::c_int, Error> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe(2) fills the two descriptors of `fds`.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(Error::io("pipe", std::io::Error::last_os_error()));
+    }
     // SAFETY: fork in a process that has started no threads yet; the child goes on
-    // alone and the parent only exits.
+    // alone and the parent only waits and exits.
     match unsafe { libc::fork() } {
         -1 => Err(Error::io("fork", std::io::Error::last_os_error())),
         0 => {
-            // SAFETY: setsid has no memory-safety preconditions.
-            unsafe { libc::setsid() };
-            Ok(())
+            // SAFETY: closing our copy of the reading end; setsid has no preconditions.
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+            }
+            Ok(fds[1])
         }
-        _ => std::process::exit(0),
+        _ => {
+            let mut byte = 0u8;
+            // SAFETY: closing our copy of the writing end, then one read into `byte`.
+            let n = unsafe {
+                libc::close(fds[1]);
+                libc::read(fds[0], (&mut byte as *mut u8).cast(), 1)
+            };
+            std::process::exit(if n == 1 { 0 } else { 1 })
+        }
+    }
+}
+
+/// Tells the waiting parent the server is ready, and lets go of the terminal.
+fn ready(pipe: libc::c_int) {
+    // SAFETY: writing one byte to, then closing, the pipe daemonize made; /dev/null is
+    // opened and put in place of stdin, stdout and stderr.
+    unsafe {
+        libc::write(pipe, b"1".as_ptr().cast(), 1);
+        libc::close(pipe);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+        }
     }
 }
 
@@ -227,13 +262,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         return Err(bad("-e/--shared must be at least 1"));
     }
     let listener = Listener::bind(args)?;
-    if args.fork {
-        daemonize()?;
-    }
+    let pipe = if args.fork { Some(daemonize()?) } else { None };
     let exports = Arc::new(exports(args)?);
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .map_err(|e| Error::io(format!("writing '{}'", path.display()), e))?;
+    }
+    if let Some(pipe) = pipe {
+        ready(pipe);
     }
     // SAFETY: the handler only stores to an atomic.
     unsafe {
