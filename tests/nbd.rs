@@ -121,6 +121,26 @@ fn qemu_img_reads_and_maps_through_cowimg_as_through_qemu_nbd() {
     qemu_img(&["compare", "-f", "qcow2", "-F", "raw", &image, &ours.uri("")]);
     let map = |uri: &str| qemu_img(&["map", "--output=json", "-f", "raw", uri]);
     assert_eq!(map(&ours.uri("")), map(&theirs.uri("")));
+    // And the same ranges as the local map (where the bytes live aside): what reads as
+    // data and what as zeros.
+    let shape = |entries: Vec<common::MapEntry>| {
+        let mut runs: Vec<(u64, u64, bool, bool)> = Vec::new();
+        for e in entries {
+            match runs.last_mut() {
+                Some(last)
+                    if (last.2, last.3) == (e.data, e.zero) && last.0 + last.1 == e.start =>
+                {
+                    last.1 += e.length
+                }
+                _ => runs.push((e.start, e.length, e.data, e.zero)),
+            }
+        }
+        runs
+    };
+    assert_eq!(
+        shape(common::qemu_map(Path::new(&ours.uri("")), "raw")),
+        shape(common::qemu_map(Path::new(&image), "qcow2"))
+    );
     let info = |uri: &str| qemu_img(&["info", "--output=json", "-f", "raw", uri]);
     assert_eq!(
         info(&ours.uri("")).replace(&ours.port.to_string(), "PORT"),
