@@ -27,12 +27,25 @@ impl FileStorage {
     /// Opens an existing file, read-only unless `writable`, declaring `access` with
     /// QEMU's locks. Only regular files and devices are opened: a FIFO or socket would
     /// block the open or every read.
+    ///
+    /// A read-only open also asks for `O_NOATIME` (where the caller owns the file, or
+    /// is root), so that examining an image leaves even its access time as it was.
     pub fn open_with(path: &Path, writable: bool, access: Access) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)?;
+        let open = |extra: libc::c_int| {
+            OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .custom_flags(libc::O_NONBLOCK | extra)
+                .open(path)
+        };
+        let file = match writable {
+            true => open(0)?,
+            // Not permitted on another user's file: then without it.
+            false => match open(libc::O_NOATIME) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0)?,
+                other => other?,
+            },
+        };
         let kind = file.metadata()?.file_type();
         if !(kind.is_file() || kind.is_block_device() || kind.is_char_device()) {
             return Err(io::Error::new(
