@@ -85,6 +85,7 @@ pub mod error;
 pub mod format;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
+pub mod hash;
 pub mod header;
 pub mod image;
 pub mod info;

@@ -98,6 +98,14 @@ fn every_command(dir: &Scratch, image: &str, files: &[PathBuf]) {
         vec!["snapshot", "-l", image],
         vec!["io", "-r", "-c", "read 0 4k", "-c", "map", image],
         vec!["bench", "-c", "64", image],
+        vec![
+            "hash",
+            "--snapshot",
+            "all",
+            "--algorithm",
+            "sha256,md5",
+            image,
+        ],
     ];
     for case in cases {
         let watched = Watched::new(files);

@@ -8,6 +8,7 @@ mod create;
 mod dd;
 mod edit;
 mod flags;
+mod hash;
 mod human;
 mod info;
 mod io;
@@ -69,6 +70,8 @@ enum Command {
     Io(io::Args),
     /// Serve an image over NBD (qemu-nbd's options: -r, -x, -p, -b, -k, -t, -e, -l, -A).
     Nbd(nbd::Args),
+    /// Digests of the guest disk and its snapshots (sha256, sha1, md5; per window too).
+    Hash(hash::Args),
     /// Mount the guest disk (and each snapshot) as files through FUSE.
     Mount(mount::Args),
 }
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Create(args) => create::run(&args),
         Command::Io(args) => io::run(&args),
         Command::Nbd(args) => nbd::run(&args),
+        Command::Hash(args) => hash::run(&args),
         Command::Mount(args) => mount::run(&args),
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),

@@ -1,0 +1,152 @@
+//! `cowimg hash`: digests of the guest disk, for the current state and any internal
+//! snapshot, with several algorithms in one pass and optionally per window.
+
+use crate::create::parse_size;
+use crate::flags::OutputArgs;
+use crate::source::SourceArgs;
+use cowimg::hash::{hash, Algorithm, Digests};
+use cowimg::report::Json;
+use cowimg::{Error, ErrorKind, Image, SnapshotRef};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Also hash internal snapshots: all, or one snapshot's ID or name.
+    #[arg(long = "snapshot", value_name = "all|ID|NAME")]
+    snapshot: Option<String>,
+    /// Digest algorithms, comma-separated: sha256, sha1, md5.
+    #[arg(long = "algorithm", value_name = "LIST", default_value = "sha256")]
+    algorithm: String,
+    /// Also a digest per window of this many bytes (piecewise hashing).
+    #[arg(long = "window", value_name = "SIZE")]
+    window: Option<String>,
+    /// The image file.
+    filename: String,
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::BadArgument, message)
+}
+
+/// One state hashed: its label, the snapshot's id and name if it is one, the digests.
+struct Hashed {
+    label: String,
+    snapshot: Option<(String, String)>,
+    whole: Digests,
+    windows: Vec<Digests>,
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let algorithms = args
+        .algorithm
+        .split(',')
+        .map(|n| {
+            Algorithm::from_name(n.trim())
+                .ok_or_else(|| bad(format!("Unknown digest algorithm '{n}'")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let window = args.window.as_deref().map(parse_size).transpose()?;
+    let (path, options) = args.source.resolve(&args.filename)?;
+    let image = Image::open(&path, &options)?;
+    crate::print_warnings(&image);
+    let snapshots: Vec<(String, String)> = image
+        .snapshots()
+        .iter()
+        .map(|s| (s.id.clone(), s.name.clone()))
+        .collect();
+    let wanted: Vec<(String, String)> = match args.snapshot.as_deref() {
+        None => Vec::new(),
+        Some("all") => snapshots,
+        Some(which) => {
+            let found = snapshots
+                .iter()
+                .find(|(id, _)| id == which)
+                .or_else(|| snapshots.iter().find(|(_, name)| name == which))
+                .ok_or_else(|| bad(format!("Can't find snapshot '{which}'")))?;
+            vec![found.clone()]
+        }
+    };
+    let mut results = Vec::new();
+    let digests = hash(&image, &algorithms, window, &|_| {})?;
+    results.push(Hashed {
+        label: args.filename.clone(),
+        snapshot: None,
+        whole: digests.whole,
+        windows: digests.windows,
+    });
+    drop(image);
+    for (id, name) in wanted {
+        let at = Image::open(
+            &path,
+            &options.clone().snapshot(SnapshotRef::Id(id.clone())),
+        )?;
+        let digests = hash(&at, &algorithms, window, &|_| {})?;
+        results.push(Hashed {
+            label: format!("{}@{name}", args.filename),
+            snapshot: Some((id, name)),
+            whole: digests.whole,
+            windows: digests.windows,
+        });
+    }
+    let text = if args.output.json() {
+        Json::Array(results.iter().map(to_json).collect()).pretty() + "\n"
+    } else {
+        results.iter().map(to_text).collect()
+    };
+    crate::print_out(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn digest_fields(d: &Digests) -> Vec<(&'static str, Json)> {
+    d.digests
+        .iter()
+        .map(|(a, hex)| (a.name(), Json::str(hex)))
+        .collect()
+}
+
+fn to_json(h: &Hashed) -> Json {
+    let mut fields = vec![("filename", Json::str(&h.label))];
+    if let Some((id, name)) = &h.snapshot {
+        fields.push(("snapshot-id", Json::str(id)));
+        fields.push(("snapshot-name", Json::str(name)));
+    }
+    fields.push(("virtual-size", Json::int(h.whole.len)));
+    fields.push(("digests", Json::Object(digest_fields(&h.whole))));
+    if !h.windows.is_empty() {
+        let windows = h
+            .windows
+            .iter()
+            .map(|w| {
+                let mut f = vec![("start", Json::int(w.start)), ("length", Json::int(w.len))];
+                f.extend(digest_fields(w));
+                Json::Object(f)
+            })
+            .collect();
+        fields.push(("windows", Json::Array(windows)));
+    }
+    Json::Object(fields)
+}
+
+/// sha256sum's shape, with the algorithm in front: "sha256  HEX  LABEL".
+fn to_text(h: &Hashed) -> String {
+    let mut out = String::new();
+    for (a, hex) in &h.whole.digests {
+        out.push_str(&format!("{:<7}{hex}  {}\n", a.name(), h.label));
+    }
+    for w in &h.windows {
+        for (a, hex) in &w.digests {
+            out.push_str(&format!(
+                "{:<7}{hex}  {} [{}, {})\n",
+                a.name(),
+                h.label,
+                w.start,
+                w.start + w.len
+            ));
+        }
+    }
+    out
+}
