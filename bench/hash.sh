@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `cowimg hash` beside what an examiner would otherwise run, in one run: qemu-img
-# convert to raw on a pipe into sha256sum, on a 1 GiB compressed qcow2 image (a quarter
+# convert to a raw file, then sha256sum of it (qemu-img cannot write to a pipe), on a 1 GiB compressed qcow2 image (a quarter
 # each of random data, repetitive text and written zeros, and a hole). Rounds alternate
 # the order; the medians are reported as a ratio (pipeline ÷ cowimg: above 1 means
 # cowimg is faster). The two digests must agree.
@@ -24,7 +24,11 @@ qemu-img convert -c -f raw -O qcow2 "$raw" "$img"
 rm "$raw"
 
 ns() { date +%s%N; }
-pipeline() { qemu-img convert -f qcow2 -O raw "$img" /dev/stdout | sha256sum | cut -d' ' -f1; }
+pipeline() {
+  qemu-img convert -f qcow2 -O raw "$img" "$work/out.raw"
+  sha256sum "$work/out.raw" | cut -d' ' -f1
+  rm -f "$work/out.raw"
+}
 ours() { "$cowimg" hash "$img" | awk '{print $2}'; }
 p=() c=()
 for r in $(seq "$rounds"); do
@@ -39,4 +43,4 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 pm=$(printf '%s\n' "${p[@]}" | median); cm=$(printf '%s\n' "${c[@]}" | median)
 awk -v p="$pm" -v c="$cm" -v f="$(stat -c %s "$img")" 'BEGIN {
   printf "sha256 of a 1 GiB compressed qcow2 (%d MiB file), median of rounds:\n", f / 1048576
-  printf "  qemu-img convert | sha256sum  %6.2f s\n  cowimg hash                  %6.2f s\n  ratio (pipeline / cowimg)    %6.2f\n", p / 1e9, c / 1e9, p / c }'
+  printf "  qemu-img convert + sha256sum  %6.2f s\n  cowimg hash                   %6.2f s\n  ratio (pipeline / cowimg)     %6.2f\n", p / 1e9, c / 1e9, p / c }'

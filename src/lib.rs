@@ -93,6 +93,7 @@ mod l2cache;
 pub mod mapping;
 pub mod measure;
 pub mod nbd;
+pub mod partitions;
 mod probe;
 mod qcow;
 mod qcow2;

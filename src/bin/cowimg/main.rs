@@ -16,6 +16,7 @@ mod map;
 mod measure;
 mod mount;
 mod nbd;
+mod partitions;
 mod progress;
 mod resize;
 mod snapshot;
@@ -72,6 +73,8 @@ enum Command {
     Nbd(nbd::Args),
     /// Digests of the guest disk and its snapshots (sha256, sha1, md5; per window too).
     Hash(hash::Args),
+    /// The guest disk's partition table (GPT or MBR), offsets in bytes.
+    Partitions(partitions::Args),
     /// Mount the guest disk (and each snapshot) as files through FUSE.
     Mount(mount::Args),
 }
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Io(args) => io::run(&args),
         Command::Nbd(args) => nbd::run(&args),
         Command::Hash(args) => hash::run(&args),
+        Command::Partitions(args) => partitions::run(&args),
         Command::Mount(args) => mount::run(&args),
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),

@@ -1,0 +1,144 @@
+//! `cowimg partitions` against sfdisk: tables made by sfdisk on a raw disk, the disk
+//! converted to qcow2 by qemu-img, and every partition's start, size and type read
+//! through the image equal to what `sfdisk --json` says of the raw disk.
+
+mod common;
+
+use common::{qemu_img, Scratch};
+use std::process::{Command, Stdio};
+
+/// (start, size) in sectors and type of each partition sfdisk lists, in its order.
+fn sfdisk_json(raw: &str) -> Vec<(u64, u64, String)> {
+    let text = common::run_ok(None, "sfdisk", &["--json", raw]);
+    let value = |obj: &str, key: &str| -> String {
+        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
+        obj[at..]
+            .trim_start_matches('"')
+            .split(['"', ',', '\n', '}'])
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    text.split("\"node\"")
+        .skip(1)
+        .map(|obj| {
+            (
+                value(obj, "start").parse().unwrap(),
+                value(obj, "size").parse().unwrap(),
+                value(obj, "type"),
+            )
+        })
+        .collect()
+}
+
+fn make(dir: &Scratch, name: &str, script: &str) -> (String, String) {
+    let raw = dir.str(&format!("{name}.raw"));
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["-q", &raw])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let image = dir.str(&format!("{name}.qcow2"));
+    qemu_img(&["convert", "-O", "qcow2", &raw, &image]);
+    (raw, image)
+}
+
+fn ours(image: &str) -> Vec<(u64, u64, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["partitions", "--output=json", image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let num = |obj: &str, key: &str| -> u64 {
+        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
+        obj[at..]
+            .split([',', '\n'])
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let word = |obj: &str, key: &str| -> String {
+        let at = obj.find(&format!("\"{key}\": \"")).unwrap() + key.len() + 5;
+        obj[at..].split('"').next().unwrap().to_string()
+    };
+    text.split("\"number\"")
+        .skip(1)
+        .map(|obj| {
+            (
+                num(obj, "start") / 512,
+                num(obj, "length") / 512,
+                word(obj, "type"),
+            )
+        })
+        .collect()
+}
+
+fn have_sfdisk() -> bool {
+    let ok = Command::new("sfdisk").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("skipped: sfdisk (util-linux fdisk) is not installed");
+    }
+    ok
+}
+
+#[test]
+fn mbr_with_logical_partitions_matches_sfdisk() {
+    if !have_sfdisk() {
+        return;
+    }
+    let dir = Scratch::new("partitions-mbr");
+    let (raw, image) = make(
+        &dir,
+        "mbr",
+        "label: dos\n,8M,83,*\n,8M,82\n,,5\n,4M,83\n,4M,7\n",
+    );
+    // sfdisk lists the extended container too; cowimg lists what holds data.
+    let want: Vec<_> = sfdisk_json(&raw)
+        .into_iter()
+        .filter(|(_, _, t)| t != "5")
+        .collect();
+    assert_eq!(ours(&image), want);
+}
+
+#[test]
+fn gpt_matches_sfdisk() {
+    if !have_sfdisk() {
+        return;
+    }
+    let dir = Scratch::new("partitions-gpt");
+    let script = "label: gpt\nsize=8M, type=L, name=root\nsize=16M, type=S, name=swap\n,\n";
+    let (raw, image) = make(&dir, "gpt", script);
+    assert_eq!(ours(&image), sfdisk_json(&raw));
+}
+
+#[test]
+fn a_disk_without_a_table_is_refused() {
+    let dir = Scratch::new("partitions-none");
+    let image = dir.str("blank.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "8M"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["partitions", &image])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no partition table"));
+}
