@@ -142,3 +142,114 @@ fn a_disk_without_a_table_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no partition table"));
 }
+
+/// The bytes of `raw` from `start` for `len`, as dd would cut them.
+fn cut(raw: &str, start: u64, len: u64) -> Vec<u8> {
+    let bytes = std::fs::read(raw).unwrap();
+    bytes[start as usize..(start + len) as usize].to_vec()
+}
+
+#[test]
+fn one_partition_through_convert_hash_map_and_nbd_is_that_range_of_the_disk() {
+    if !have_sfdisk() {
+        return;
+    }
+    let dir = Scratch::new("partitions-select");
+    let script = "label: gpt\nsize=8M, type=L\nsize=16M, type=L\n";
+    let (raw, image) = make(&dir, "gpt", script);
+    // Distinct content in each partition, written through QEMU.
+    common::qemu_io(&[
+        "-c",
+        "write -P 0x61 1M 3M",
+        "-c",
+        "write -P 0x62 9M 64k",
+        &image,
+    ]);
+    qemu_img(&["convert", "-O", "raw", &image, &raw]);
+    let (start, len) = (9 << 20, 16 << 20);
+    let want = cut(&raw, start, len);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = dir.str("p2.raw");
+    run(&["convert", "--partition", "2", "-O", "raw", &image, &out]);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "convert --partition 2"
+    );
+    let piece = dir.str("piece");
+    std::fs::write(&piece, &want).unwrap();
+    let digest = common::run_ok(None, "sha256sum", &[&piece]);
+    let ours = run(&["hash", "--partition", "2", &image]);
+    assert!(
+        ours.contains(digest.split_whitespace().next().unwrap()),
+        "{ours}"
+    );
+    // The map starts at the partition's first byte, and its data is where QEMU wrote.
+    let map = run(&["map", "--output=json", "--partition", "2", &image]);
+    assert!(
+        map.starts_with("[{ \"start\": 0, \"length\": 65536,"),
+        "{map}"
+    );
+    // Over NBD, the export is the partition.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port = port.to_string();
+    let server = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args([
+            "nbd",
+            "-r",
+            "-t",
+            "--partition",
+            "2",
+            "-f",
+            "qcow2",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            &port,
+            &image,
+        ])
+        .spawn()
+        .unwrap();
+    let server = Stopped(server);
+    let uri = format!("nbd://127.0.0.1:{port}/");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let served = dir.str("served.raw");
+    qemu_img(&["convert", "-f", "raw", "-O", "raw", &uri, &served]);
+    drop(server);
+    assert!(std::fs::read(&served).unwrap() == want, "nbd --partition 2");
+    // Whole-image operations are refused on a selected partition, and a missing
+    // partition is named.
+    let mut image_handle = cowimg::Image::open(&image, &cowimg::OpenOptions::new()).unwrap();
+    assert!(image_handle.select_partition(7).is_err());
+    image_handle.select_partition(1).unwrap();
+    assert_eq!(image_handle.size(), 8 << 20);
+}
+
+/// A server stopped (SIGTERM, then waited for) when dropped, even by a failed assertion.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the server this test started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}

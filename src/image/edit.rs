@@ -7,6 +7,7 @@ use crate::create::Compat;
 impl Image {
     /// Names another backing file in the header, touching no data (`rebase -u`).
     pub fn set_backing(&mut self, name: Option<&str>, format: Option<Format>) -> Result<()> {
+        self.whole_disk("rebase")?;
         self.top_qcow2("a backing file")?
             .set_backing(name, format.map(Format::name))
     }
@@ -15,6 +16,7 @@ impl Image {
     /// differs between the current backing chain and `new` (or zeros, for none) is
     /// copied into the top image first; then the header names `new`.
     pub fn rebase(&mut self, name: Option<&str>, new: Option<&Image>) -> Result<()> {
+        self.whole_disk("rebase")?;
         let size = self.size();
         // Compare and copy by the top image's clusters, so no more is copied than needed.
         let unit = match self.top() {
@@ -58,6 +60,7 @@ impl Image {
     /// `keep`) empties the top image so that it reads through to it (`commit`). A
     /// backing file whose format was probed is written only when `backing_format` states it.
     pub fn commit(&mut self, keep: bool, backing_format: Option<Format>) -> Result<()> {
+        self.whole_disk("commit")?;
         let Some(below) = self.chain.get(1) else {
             return Err(Error::new(
                 ErrorKind::BadArgument,
@@ -148,6 +151,7 @@ impl Image {
 
     /// `amend`: the compat level (both ways) and lazy refcounts of a qcow2 image.
     pub fn amend(&mut self, compat: Option<Compat>, lazy_refcounts: Option<bool>) -> Result<()> {
+        self.whole_disk("amend")?;
         self.on_top(|top, below| {
             let Layer::Qcow2(q) = top else {
                 return Err(Error::new(
@@ -187,16 +191,19 @@ impl Image {
 
     /// Takes an internal snapshot of the top image; returns its id.
     pub fn snapshot_create(&mut self, name: &str) -> Result<String> {
+        self.whole_disk("a snapshot")?;
         self.top_qcow2("a snapshot")?.snapshot_create(name)
     }
 
     /// Makes the snapshot with this id (or name) the current state.
     pub fn snapshot_apply(&mut self, id_or_name: &str) -> Result<()> {
+        self.whole_disk("a snapshot")?;
         self.top_qcow2("a snapshot")?.snapshot_apply(id_or_name)
     }
 
     /// Deletes the snapshot with this id (or name).
     pub fn snapshot_delete(&mut self, id_or_name: &str) -> Result<()> {
+        self.whole_disk("a snapshot")?;
         self.top_qcow2("a snapshot")?.snapshot_delete(id_or_name)
     }
 }

@@ -104,6 +104,9 @@ pub type Progress = Box<dyn Fn(u64, u64) + Send + Sync>;
 pub struct Image {
     chain: Vec<ChainEntry>,
     progress: Option<Progress>,
+    /// The part of the disk this handle shows (start, length), when one partition was
+    /// selected; the whole disk otherwise.
+    window: Option<(u64, u64)>,
     /// What the chain was opened with, for reopening part of it (commit).
     options: OpenOptions,
 }
@@ -133,7 +136,39 @@ impl Image {
 
     /// Virtual size in bytes.
     pub fn size(&self) -> u64 {
-        self.top().size()
+        self.window
+            .map_or_else(|| self.top().size(), |(_, len)| len)
+    }
+
+    /// Where this handle's offset 0 is on the whole disk.
+    fn base(&self) -> u64 {
+        self.window.map_or(0, |(start, _)| start)
+    }
+
+    /// Shows only partition `number` of the guest disk from now on: offset 0 is the
+    /// partition's first byte and the size is the partition's. Reads, writes and block
+    /// status stay inside it; operations on the whole image are then refused.
+    pub fn select_partition(&mut self, number: u32) -> Result<()> {
+        let (_, list) = crate::partitions::partitions(self)?;
+        let p = list.iter().find(|p| p.number == number).ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("the guest disk has no partition {number}"),
+            )
+        })?;
+        self.window = Some((p.start, p.len));
+        Ok(())
+    }
+
+    /// Refuses what changes the whole image while a partition is selected.
+    pub(crate) fn whole_disk(&self, what: &str) -> Result<()> {
+        match self.window {
+            Some(_) => Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("{what} works on the whole image, not on a selected partition"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The image's format (the top file's).
@@ -163,7 +198,7 @@ impl Image {
                 ),
             ));
         }
-        self.read_layer(0, offset, buf)
+        self.read_layer(0, self.base() + offset, buf)
     }
 
     fn read_layer(&self, depth: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -204,6 +239,7 @@ impl Image {
     /// Writes `buf` at guest offset `offset` of the top image.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        let offset = self.base() + offset;
         self.on_top(|top, below| match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, below),
             Layer::Qcow(q) => q.write_at(offset, buf, below),
@@ -215,6 +251,7 @@ impl Image {
     /// Makes a range read as zeros; `unmap` lets the image release its space.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
         self.check_range(offset, len)?;
+        let offset = self.base() + offset;
         self.on_top(|top, below| match top {
             Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, below),
             // qcow has no zero flag: zeros are written (as QEMU's generic fallback does).
@@ -232,6 +269,7 @@ impl Image {
     /// depends on the format, as in QEMU).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        let offset = self.base() + offset;
         self.on_top(|top, below| match top {
             Layer::Qcow2(q) => q.discard(offset, len, below),
             // qcow cannot discard; QEMU ignores the request and so does cowimg.
@@ -243,6 +281,7 @@ impl Image {
     /// Writes whole clusters compressed.
     pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        let offset = self.base() + offset;
         self.on_top(|top, below| match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, below),
             Layer::Qcow(q) => q.write_compressed(offset, buf, below),
@@ -256,6 +295,7 @@ impl Image {
     /// Changes the virtual size of the top image (growing reads as zeros; shrinking
     /// drops everything past the new end).
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.whole_disk("resize")?;
         self.on_top(|top, below| match top {
             Layer::Qcow2(q) => q.resize(new_size, below),
             Layer::Qcow(_) | Layer::Cow(_) => Err(Error::new(
@@ -284,13 +324,21 @@ impl Image {
     /// What the range from `offset` (at most `len` bytes) is, as far as one answer
     /// covers it: QEMU's block status, descending the chain through unallocated ranges.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {
-        let mut len = len.min(self.size().saturating_sub(offset));
+        let len = len.min(self.size().saturating_sub(offset));
         if len == 0 {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 format!("offset {offset} is past the end of the image"),
             ));
         }
+        let base = self.base();
+        let mut status = self.whole_disk_status(base + offset, len)?;
+        status.start -= base;
+        Ok(status)
+    }
+
+    /// `block_status` at an offset of the whole disk.
+    fn whole_disk_status(&self, offset: u64, mut len: u64) -> Result<BlockStatus> {
         let mut depth = 0;
         loop {
             let layer = &self.chain[depth].layer;
@@ -349,7 +397,7 @@ impl Image {
     /// Whether the top image itself holds the range from `offset` (data, zeros or
     /// compressed, as opposed to deferring to its backing file), and for how many bytes.
     pub fn top_status(&self, offset: u64, len: u64) -> Result<(bool, u64)> {
-        let extent = self.top().map(offset, len)?;
+        let extent = self.top().map(self.base() + offset, len)?;
         Ok((
             !matches!(extent.mapping, Mapping::Unallocated { .. }),
             extent.len,

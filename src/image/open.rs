@@ -175,6 +175,7 @@ impl Image {
         Ok(Image {
             chain,
             progress: None,
+            window: None,
             options: options.clone(),
         })
     }
@@ -234,6 +235,7 @@ impl Image {
         Ok(Image {
             chain,
             progress: None,
+            window: None,
             options: options.clone(),
         })
     }

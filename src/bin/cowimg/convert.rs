@@ -2,6 +2,7 @@
 //! what reads as zeros so the output stays sparse.
 
 use crate::create::{apply_options, key_secret};
+use crate::flags::PartitionArgs;
 use crate::progress::Progress;
 use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
 use cowimg::convert::{convert, ConvertOptions};
@@ -15,6 +16,8 @@ pub struct Args {
     input: SnapshotSourceArgs,
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    partition: PartitionArgs,
     /// Cache mode of the output: unsafe (qemu-img's default: not forced to disk at
     /// the end) or writeback, writethrough, directsync, none (flushed before exit).
     #[arg(short = 't', value_name = "CACHE", default_value = "unsafe",
@@ -37,7 +40,8 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let target = format_named(&args.target.output_format)?;
-    let image = args.input.open(&args.filename)?;
+    let mut image = args.input.open(&args.filename)?;
+    args.partition.apply(&mut image)?;
     let mut options = ConvertOptions::new(target)
         .compress(args.compress)
         .flush(args.cache != "unsafe");

@@ -32,3 +32,21 @@ impl ProgressArgs {
         self.progress && !self.quiet
     }
 }
+
+/// `--partition N`: one partition of the guest disk instead of the whole disk.
+#[derive(clap::Args)]
+pub struct PartitionArgs {
+    /// Only this partition of the guest disk (its number as `cowimg partitions` lists it).
+    #[arg(long = "partition", value_name = "N")]
+    partition: Option<u32>,
+}
+
+impl PartitionArgs {
+    /// Narrows `image` to the partition, if one was asked for.
+    pub fn apply(&self, image: &mut cowimg::Image) -> Result<(), cowimg::Error> {
+        match self.partition {
+            Some(n) => image.select_partition(n),
+            None => Ok(()),
+        }
+    }
+}

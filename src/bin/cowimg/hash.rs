@@ -2,7 +2,7 @@
 //! snapshot, with several algorithms in one pass and optionally per window.
 
 use crate::create::parse_size;
-use crate::flags::OutputArgs;
+use crate::flags::{OutputArgs, PartitionArgs};
 use crate::source::SourceArgs;
 use cowimg::hash::{hash, Algorithm, Digests};
 use cowimg::report::Json;
@@ -15,6 +15,8 @@ pub struct Args {
     source: SourceArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    partition: PartitionArgs,
     /// Also hash internal snapshots: all, or one snapshot's ID or name.
     #[arg(long = "snapshot", value_name = "all|ID|NAME")]
     snapshot: Option<String>,
@@ -51,8 +53,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let window = args.window.as_deref().map(parse_size).transpose()?;
     let (path, options) = args.source.resolve(&args.filename)?;
-    let image = Image::open(&path, &options)?;
+    let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
+    args.partition.apply(&mut image)?;
     let snapshots: Vec<(String, String)> = image
         .snapshots()
         .iter()
@@ -80,10 +83,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     });
     drop(image);
     for (id, name) in wanted {
-        let at = Image::open(
+        let mut at = Image::open(
             &path,
             &options.clone().snapshot(SnapshotRef::Id(id.clone())),
         )?;
+        args.partition.apply(&mut at)?;
         let digests = hash(&at, &algorithms, window, &|_| {})?;
         results.push(Hashed {
             label: format!("{}@{name}", args.filename),

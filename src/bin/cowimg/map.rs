@@ -1,6 +1,6 @@
 //! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
 
-use crate::flags::OutputArgs;
+use crate::flags::{OutputArgs, PartitionArgs};
 use crate::source::SourceArgs;
 use cowimg::report;
 use cowimg::{Error, ErrorKind, Image};
@@ -12,13 +12,16 @@ pub struct Args {
     source: SourceArgs,
     #[command(flatten)]
     output: OutputArgs,
+    #[command(flatten)]
+    partition: PartitionArgs,
     /// The image file.
     filename: String,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, options) = args.source.resolve(&args.filename)?;
-    let image = Image::open(&path, &options)?;
+    let mut image = Image::open(&path, &options)?;
+    args.partition.apply(&mut image)?;
     crate::print_warnings(&image);
     let ranges = image.map()?;
     let mut out = String::new();

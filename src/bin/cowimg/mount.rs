@@ -5,6 +5,7 @@
 //! image, which stays untouched). Runs in the foreground until unmounted or sent
 //! SIGINT/SIGTERM; `-d` detaches once mounted.
 
+use crate::flags::PartitionArgs;
 use crate::source::SourceArgs;
 use cowimg::create::create_file;
 use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, SharedImage, SnapshotRef};
@@ -23,6 +24,8 @@ use std::time::{Duration, SystemTime};
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    partition: PartitionArgs,
     /// Let writes into the image (qcow2, or a stated raw/qcow/cow format).
     #[arg(short = 'w', long = "writable")]
     writable: bool,
@@ -317,12 +320,13 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
     let snapshot_options = options.clone().force_share(args.writable);
     let mut snapshots = Vec::new();
     for ((id, _), name) in list.iter().zip(names) {
-        let at = Image::open(
+        let mut at = Image::open(
             &path,
             &snapshot_options
                 .clone()
                 .snapshot(SnapshotRef::Id(id.clone())),
         )?;
+        args.partition.apply(&mut at)?;
         snapshots.push((name, Arc::new(SharedImage::new(at))));
     }
     let disk = if let Some(overlay) = &args.overlay {
@@ -340,6 +344,8 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
     } else {
         base
     };
+    let mut disk = disk;
+    args.partition.apply(&mut disk)?;
     Ok(DiskFs {
         disk: Arc::new(SharedImage::new(disk)),
         writable: args.writable || args.overlay.is_some(),

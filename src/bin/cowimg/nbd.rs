@@ -2,6 +2,7 @@
 //! internal snapshots) over TCP or a Unix socket, one thread per client, until the last
 //! client leaves (or, with `-t`, until SIGINT/SIGTERM), then flushes and exits.
 
+use crate::flags::PartitionArgs;
 use crate::source::SnapshotSourceArgs;
 use cowimg::nbd::{serve, Export};
 use cowimg::{Error, ErrorKind, Image, SharedImage, SnapshotRef};
@@ -18,6 +19,8 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     input: SnapshotSourceArgs,
+    #[command(flatten)]
+    partition: PartitionArgs,
     /// Export read-only.
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
@@ -157,7 +160,8 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
     let (path, mut options) = args.input.source.resolve(&args.filename)?;
     let read_only = args.read_only || args.input.snapshot.is_some();
     if args.input.snapshot.is_some() {
-        let image = args.input.open(&args.filename)?;
+        let mut image = args.input.open(&args.filename)?;
+        args.partition.apply(&mut image)?;
         let export = Export::new(args.export_name.clone(), Arc::new(SharedImage::new(image)));
         return Ok(vec![export
             .description(args.description.clone())
@@ -169,8 +173,9 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
             "the image's format was probed: state it with -f to serve it writable",
         ));
     }
-    let image = Image::open(&path, &options)?;
+    let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
+    args.partition.apply(&mut image)?;
     let snapshots: Vec<(String, String)> = image
         .snapshots()
         .iter()
@@ -184,10 +189,11 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
     let mut out = vec![main];
     if read_only {
         for (id, name) in snapshots {
-            let image = Image::open(
+            let mut image = Image::open(
                 &path,
                 &options.clone().snapshot(SnapshotRef::Id(id.clone())),
             )?;
+            args.partition.apply(&mut image)?;
             let export = Export::new(
                 format!("snapshot:{name}"),
                 Arc::new(SharedImage::new(image)),
@@ -285,6 +291,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if !args.persistent && served_any && active.load(Ordering::SeqCst) == 0 {
             break;
         }
+        if active.load(Ordering::SeqCst) >= args.shared {
+            // At the limit: new clients wait in the listen queue, as qemu-nbd's do,
+            // until one of these leaves.
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let stream = match listener.accept() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -293,11 +305,6 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             }
             Err(e) => return Err(Error::io("accepting a connection", e)),
         };
-        if active.load(Ordering::SeqCst) >= args.shared {
-            // Over the limit: the client is turned away before the greeting.
-            stream.shutdown(Shutdown::Both);
-            continue;
-        }
         served_any = true;
         active.fetch_add(1, Ordering::SeqCst);
         let (reader, writer) = stream
