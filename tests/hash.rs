@@ -12,17 +12,7 @@ fn sum(tool: &str, path: &str) -> String {
 }
 
 fn ours(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-        .arg("hash")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::cowimg(&[&["hash"], args].concat())
 }
 
 /// (algorithm, digest, label) of each line.

@@ -56,16 +56,7 @@ fn make(dir: &Scratch, name: &str, script: &str) -> (String, String) {
 }
 
 fn ours(image: &str) -> Vec<(u64, u64, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-        .args(["partitions", "--output=json", image])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = common::cowimg(&["partitions", "--output=json", image]);
     let num = |obj: &str, key: &str| -> u64 {
         let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
         obj[at..]
@@ -168,18 +159,7 @@ fn one_partition_through_convert_hash_map_and_nbd_is_that_range_of_the_disk() {
     qemu_img(&["convert", "-O", "raw", &image, &raw]);
     let (start, len) = (9 << 20, 16 << 20);
     let want = cut(&raw, start, len);
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = common::cowimg;
     let out = dir.str("p2.raw");
     run(&["convert", "--partition", "2", "-O", "raw", &image, &out]);
     assert!(
@@ -224,7 +204,7 @@ fn one_partition_through_convert_hash_map_and_nbd_is_that_range_of_the_disk() {
         ])
         .spawn()
         .unwrap();
-    let server = Stopped(server);
+    let server = common::Stopped(server);
     let uri = format!("nbd://127.0.0.1:{port}/");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err() {
@@ -241,15 +221,4 @@ fn one_partition_through_convert_hash_map_and_nbd_is_that_range_of_the_disk() {
     assert!(image_handle.select_partition(7).is_err());
     image_handle.select_partition(1).unwrap();
     assert_eq!(image_handle.size(), 8 << 20);
-}
-
-/// A server stopped (SIGTERM, then waited for) when dropped, even by a failed assertion.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the server this test started.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
 }

@@ -39,9 +39,21 @@ pub fn run_ok(dir: Option<&Path>, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs cowimg, which must succeed.
-pub fn cowimg(args: &[&str]) {
-    run_ok(None, env!("CARGO_BIN_EXE_cowimg"), args);
+/// Runs cowimg, which must succeed; its standard output.
+pub fn cowimg(args: &[&str]) -> String {
+    run_ok(None, env!("CARGO_BIN_EXE_cowimg"), args)
+}
+
+/// A child process stopped (SIGTERM, then waited for) when dropped, even by a failed
+/// assertion, so that no server outlives its test.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child this test started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
 
 pub fn qemu_io(args: &[&str]) -> String {
