@@ -171,6 +171,14 @@ impl Image {
         })
     }
 
+    /// (ID, name) of each internal snapshot of the top image, in table order.
+    pub fn snapshot_names(&self) -> Vec<(String, String)> {
+        self.snapshots()
+            .iter()
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect()
+    }
+
     /// The top image's internal snapshots (none for formats without them).
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {

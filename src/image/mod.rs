@@ -227,6 +227,19 @@ impl Image {
         Ok(())
     }
 
+    /// Runs `op` on the top layer for the range `[offset, offset + len)` (checked
+    /// against the disk, handed to `op` as an offset of the whole disk).
+    fn on_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        op: impl FnOnce(&mut Layer, &Below, u64) -> Result<()>,
+    ) -> Result<()> {
+        self.check_range(offset, len)?;
+        let offset = self.base() + offset;
+        self.on_top(|top, below| op(top, below, offset))
+    }
+
     /// Runs `op` on the top layer, with the layers below it as copy-on-write reads.
     pub(super) fn on_top(
         &mut self,
@@ -238,9 +251,7 @@ impl Image {
 
     /// Writes `buf` at guest offset `offset` of the top image.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
-        let offset = self.base() + offset;
-        self.on_top(|top, below| match top {
+        self.on_range(offset, buf.len() as u64, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, below),
             Layer::Qcow(q) => q.write_at(offset, buf, below),
             Layer::Cow(c) => c.write_at(offset, buf, below),
@@ -250,9 +261,7 @@ impl Image {
 
     /// Makes a range read as zeros; `unmap` lets the image release its space.
     pub fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> Result<()> {
-        self.check_range(offset, len)?;
-        let offset = self.base() + offset;
-        self.on_top(|top, below| match top {
+        self.on_range(offset, len, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_zeroes(offset, len, unmap, below),
             // qcow has no zero flag: zeros are written (as QEMU's generic fallback does).
             Layer::Qcow(q) => {
@@ -268,9 +277,7 @@ impl Image {
     /// Discards a range: whole clusters stop holding data (what they then read as
     /// depends on the format, as in QEMU).
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.check_range(offset, len)?;
-        let offset = self.base() + offset;
-        self.on_top(|top, below| match top {
+        self.on_range(offset, len, |top, below, offset| match top {
             Layer::Qcow2(q) => q.discard(offset, len, below),
             // qcow cannot discard; QEMU ignores the request and so does cowimg.
             Layer::Qcow(_) | Layer::Cow(_) => Ok(()),
@@ -280,9 +287,7 @@ impl Image {
 
     /// Writes whole clusters compressed.
     pub fn write_compressed(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
-        let offset = self.base() + offset;
-        self.on_top(|top, below| match top {
+        self.on_range(offset, buf.len() as u64, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, below),
             Layer::Qcow(q) => q.write_compressed(offset, buf, below),
             Layer::Cow(_) | Layer::Raw(_) => Err(Error::new(

@@ -1,8 +1,7 @@
 //! `cowimg check`: qemu-img check's findings, output, JSON and exit codes.
 
-use crate::flags::{OutputArgs, ProgressArgs};
+use crate::flags::{ProgressArgs, ReportArgs};
 use crate::progress::Progress;
-use crate::source::SourceArgs;
 use cowimg::check::{check_with_progress, CheckResult, Repair};
 use cowimg::format::qcow2::incompatible;
 use cowimg::report;
@@ -13,9 +12,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    report: ReportArgs,
     /// Repair: leaks, or all.
     #[arg(short = 'r', value_name = "leaks|all", value_parser = ["leaks", "all"])]
     repair: Option<String>,
@@ -35,7 +32,7 @@ fn percent(part: u64, whole: u64) -> f64 {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let (path, options) = args.source.resolve(&args.filename)?;
+    let (path, options) = args.report.source.resolve(&args.filename)?;
     let repair = match args.repair.as_deref() {
         Some("leaks") => Repair::Leaks,
         Some("all") => Repair::All,
@@ -98,7 +95,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         eprintln!("cowimg: Check failed: {why}");
         return Ok(ExitCode::from(1));
     }
-    let out = if args.output.json() {
+    let out = if args.report.output.json() {
         report::check(&result, &args.filename).pretty() + "\n"
     } else {
         human(&result)

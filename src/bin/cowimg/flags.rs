@@ -42,6 +42,21 @@ pub struct PartitionArgs {
 }
 
 impl PartitionArgs {
+    /// Opens the image at `path` at internal snapshot `id`, narrowed to the partition.
+    pub fn open_snapshot(
+        &self,
+        path: &std::path::Path,
+        options: &cowimg::OpenOptions,
+        id: &str,
+    ) -> Result<cowimg::Image, cowimg::Error> {
+        let at = options
+            .clone()
+            .snapshot(cowimg::SnapshotRef::Id(id.to_string()));
+        let mut image = cowimg::Image::open(path, &at)?;
+        self.apply(&mut image)?;
+        Ok(image)
+    }
+
     /// Narrows `image` to the partition, if one was asked for.
     pub fn apply(&self, image: &mut cowimg::Image) -> Result<(), cowimg::Error> {
         match self.partition {
@@ -49,4 +64,13 @@ impl PartitionArgs {
             None => Ok(()),
         }
     }
+}
+
+/// What every reporting command takes: how to open the image, and `--output`.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub source: crate::source::SourceArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

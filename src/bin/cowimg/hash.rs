@@ -2,19 +2,16 @@
 //! snapshot, with several algorithms in one pass and optionally per window.
 
 use crate::create::parse_size;
-use crate::flags::{OutputArgs, PartitionArgs};
-use crate::source::SourceArgs;
+use crate::flags::{PartitionArgs, ReportArgs};
 use cowimg::hash::{hash, Algorithm, Digests};
 use cowimg::report::Json;
-use cowimg::{Error, ErrorKind, Image, SnapshotRef};
+use cowimg::{Error, ErrorKind, Image};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    report: ReportArgs,
     #[command(flatten)]
     partition: PartitionArgs,
     /// Also hash internal snapshots: all, or one snapshot's ID or name.
@@ -52,15 +49,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let window = args.window.as_deref().map(parse_size).transpose()?;
-    let (path, options) = args.source.resolve(&args.filename)?;
+    let (path, options) = args.report.source.resolve(&args.filename)?;
     let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
     args.partition.apply(&mut image)?;
-    let snapshots: Vec<(String, String)> = image
-        .snapshots()
-        .iter()
-        .map(|s| (s.id.clone(), s.name.clone()))
-        .collect();
+    let snapshots: Vec<(String, String)> = image.snapshot_names();
     let wanted: Vec<(String, String)> = match args.snapshot.as_deref() {
         None => Vec::new(),
         Some("all") => snapshots,
@@ -83,11 +76,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     });
     drop(image);
     for (id, name) in wanted {
-        let mut at = Image::open(
-            &path,
-            &options.clone().snapshot(SnapshotRef::Id(id.clone())),
-        )?;
-        args.partition.apply(&mut at)?;
+        let at = args.partition.open_snapshot(&path, &options, &id)?;
         let digests = hash(&at, &algorithms, window, &|_| {})?;
         results.push(Hashed {
             label: format!("{}@{name}", args.filename),
@@ -96,7 +85,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             windows: digests.windows,
         });
     }
-    let text = if args.output.json() {
+    let text = if args.report.output.json() {
         Json::Array(results.iter().map(to_json).collect()).pretty() + "\n"
     } else {
         results.iter().map(to_text).collect()

@@ -1,8 +1,7 @@
 //! `cowimg info`: what an image is, in qemu-img's words and JSON shape.
 
-use crate::flags::OutputArgs;
+use crate::flags::ReportArgs;
 use crate::human;
-use crate::source::SourceArgs;
 use cowimg::info::ImageInfo;
 use cowimg::report::{self, Json};
 use cowimg::{Backing, Error, Image, Snapshot};
@@ -12,9 +11,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    report: ReportArgs,
     /// Show every image of the backing chain.
     #[arg(long = "backing-chain")]
     backing_chain: bool,
@@ -26,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let (path, mut options) = args.source.resolve(&args.filename)?;
+    let (path, mut options) = args.report.source.resolve(&args.filename)?;
     options.metadata_only = true;
     if !args.backing_chain {
         options.backing = Backing::Ignore;
@@ -34,7 +31,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
     let infos = image.info()?;
-    let out = if args.output.json() {
+    let out = if args.report.output.json() {
         let mut values: Vec<Json> = infos.iter().map(report::info).collect();
         let value = if args.backing_chain {
             Json::Array(values)

@@ -1,7 +1,6 @@
 //! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
 
-use crate::flags::{OutputArgs, PartitionArgs};
-use crate::source::SourceArgs;
+use crate::flags::{PartitionArgs, ReportArgs};
 use cowimg::report;
 use cowimg::{Error, ErrorKind, Image};
 use std::process::ExitCode;
@@ -9,9 +8,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: SourceArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    report: ReportArgs,
     #[command(flatten)]
     partition: PartitionArgs,
     /// The image file.
@@ -19,13 +16,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let (path, options) = args.source.resolve(&args.filename)?;
+    let (path, options) = args.report.source.resolve(&args.filename)?;
     let mut image = Image::open(&path, &options)?;
     args.partition.apply(&mut image)?;
     crate::print_warnings(&image);
     let ranges = image.map()?;
     let mut out = String::new();
-    if args.output.json() {
+    if args.report.output.json() {
         out = report::map(&ranges);
     } else {
         // Only ranges stored as plain data (and not over holes) are listed; data that

@@ -8,7 +8,7 @@
 use crate::flags::PartitionArgs;
 use crate::source::SourceArgs;
 use cowimg::create::create_file;
-use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, SharedImage, SnapshotRef};
+use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, SharedImage};
 use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyWrite, Request,
@@ -309,24 +309,14 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
     let (path, options) = args.source.resolve(&args.filename)?;
     let base = Image::open(&path, &options)?;
     crate::print_warnings(&base);
-    let list: Vec<(String, String)> = base
-        .snapshots()
-        .iter()
-        .map(|s| (s.id.clone(), s.name.clone()))
-        .collect();
+    let list: Vec<(String, String)> = base.snapshot_names();
     let names = snapshot_file_names(&list);
     // With -w the image is about to be opened for writing: the snapshot views share
     // the file (writes to the current state never touch a snapshot's clusters).
     let snapshot_options = options.clone().force_share(args.writable);
     let mut snapshots = Vec::new();
     for ((id, _), name) in list.iter().zip(names) {
-        let mut at = Image::open(
-            &path,
-            &snapshot_options
-                .clone()
-                .snapshot(SnapshotRef::Id(id.clone())),
-        )?;
-        args.partition.apply(&mut at)?;
+        let at = args.partition.open_snapshot(&path, &snapshot_options, id)?;
         snapshots.push((name, Arc::new(SharedImage::new(at))));
     }
     let disk = if let Some(overlay) = &args.overlay {

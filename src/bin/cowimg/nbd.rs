@@ -5,7 +5,7 @@
 use crate::flags::PartitionArgs;
 use crate::source::SnapshotSourceArgs;
 use cowimg::nbd::{serve, Export};
-use cowimg::{Error, ErrorKind, Image, SharedImage, SnapshotRef};
+use cowimg::{Error, ErrorKind, Image, SharedImage};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -176,11 +176,7 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
     let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);
     args.partition.apply(&mut image)?;
-    let snapshots: Vec<(String, String)> = image
-        .snapshots()
-        .iter()
-        .map(|s| (s.id.clone(), s.name.clone()))
-        .collect();
+    let snapshots: Vec<(String, String)> = image.snapshot_names();
     let main = Export::new(args.export_name.clone(), Arc::new(SharedImage::new(image)))
         .read_only(read_only)
         .description(args.description.clone())
@@ -189,11 +185,7 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
     let mut out = vec![main];
     if read_only {
         for (id, name) in snapshots {
-            let mut image = Image::open(
-                &path,
-                &options.clone().snapshot(SnapshotRef::Id(id.clone())),
-            )?;
-            args.partition.apply(&mut image)?;
+            let image = args.partition.open_snapshot(&path, &options, &id)?;
             let export = Export::new(
                 format!("snapshot:{name}"),
                 Arc::new(SharedImage::new(image)),
