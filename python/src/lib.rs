@@ -450,12 +450,16 @@ fn convert_file(
     let options = ConvertOptions::new(format)
         .compress(compress)
         .create(create);
-    let done = std::sync::atomic::AtomicU64::new(0);
+    // Workers report from several threads: one lock keeps the calls in order, so the
+    // callback sees `done` only grow.
+    let done = Mutex::new(0u64);
     py.allow_threads(|| {
         let image = Image::open(&source, &open)?;
         let total = image.size();
         convert(&image, &destination, &options, &|n| {
-            let now = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+            *done += n;
+            let now = *done;
             if let Some(callback) = &progress {
                 // A callback that fails is the caller's to see in its own output.
                 Python::with_gil(|py| {
