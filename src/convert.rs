@@ -2,7 +2,7 @@
 //! written sparse by one worker per core; qcow2 and qcow targets leave zero clusters
 //! unallocated and may compress. A target this call made is removed when it fails.
 
-use crate::copy::{copy_into, is_zero, workers, CHUNK};
+use crate::copy::{copy_into, is_zero, read_into, workers, Salvage, Unreadable, CHUNK};
 use crate::create::{create_file, remove_created, CreateOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{create_locked_file, refuse_overwrite, Backing, Image, OpenOptions};
@@ -30,6 +30,9 @@ pub struct ConvertOptions {
     /// Flush the target before returning (qemu-img's default cache mode, unsafe, does
     /// not).
     pub flush: bool,
+    /// Read what cannot be read as zeros and go on (qemu-img's `--salvage`); the
+    /// ranges are returned.
+    pub salvage: bool,
 }
 
 impl ConvertOptions {
@@ -41,6 +44,7 @@ impl ConvertOptions {
             compress: false,
             passphrase: None,
             flush: false,
+            salvage: false,
         }
     }
 
@@ -52,6 +56,8 @@ impl ConvertOptions {
         compress: bool;
         /// Flush the target before returning.
         flush: bool;
+        /// Read what cannot be read as zeros and go on.
+        salvage: bool;
         }
         optional {
         /// The passphrase of an encrypted target.
@@ -62,17 +68,21 @@ impl ConvertOptions {
 
 /// Copies `source` into a new file at `out`, telling `progress` how many bytes of the
 /// virtual disk each step covered. The target may not be one of the source's files.
+/// Returns the ranges that could not be read (only when salvaging; they were written
+/// as zeros).
 pub fn convert(
     source: &Image,
     out: &Path,
     options: &ConvertOptions,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<()> {
+) -> Result<Vec<Unreadable>> {
     refuse_overwrite(out, &[source])?;
     let existed = out.symlink_metadata().is_ok();
+    let salvage = options.salvage.then(Salvage::new);
+    let s = salvage.as_ref();
     let result = match options.format {
-        Format::Raw if !options.compress => to_raw(source, out, options, progress),
-        Format::Qcow2 | Format::Qcow => to_image(source, out, options, progress),
+        Format::Raw if !options.compress => to_raw(source, out, options, s, progress),
+        Format::Qcow2 | Format::Qcow => to_image(source, out, options, s, progress),
         Format::Raw => Err(Error::new(
             ErrorKind::BadArgument,
             "Compression not supported for this file format",
@@ -86,7 +96,8 @@ pub fn convert(
         // The error that led here is the one to report.
         let _ = remove_created(out);
     }
-    result
+    result?;
+    Ok(salvage.map(Salvage::into_ranges).unwrap_or_default())
 }
 
 /// A new qcow2 or qcow image with the source's content: whole zero clusters are left
@@ -95,6 +106,7 @@ fn to_image(
     source: &Image,
     out: &Path,
     options: &ConvertOptions,
+    salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let mut opts = options.create.clone();
@@ -133,7 +145,16 @@ fn to_image(
         _ => opts.cluster_size,
     };
     let size = source.size();
-    copy_into(source, 0, size, &mut target, cs, options.compress, progress)?;
+    copy_into(
+        source,
+        0,
+        size,
+        &mut target,
+        cs,
+        options.compress,
+        salvage,
+        progress,
+    )?;
     if options.flush {
         target.flush()?;
     }
@@ -145,6 +166,7 @@ fn to_raw(
     source: &Image,
     out_path: &Path,
     options: &ConvertOptions,
+    salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let out = create_locked_file(out_path)?;
@@ -156,11 +178,21 @@ fn to_raw(
     let mut pieces = Vec::new();
     let mut offset = 0;
     while offset < size {
-        let status = source.block_status(offset, (size - offset).min(CHUNK))?;
-        if !status.zero {
-            pieces.push((offset, status.len));
-        }
-        offset += status.len;
+        let len = match source.block_status(offset, (size - offset).min(CHUNK)) {
+            Ok(status) if status.zero => status.len,
+            Ok(status) => {
+                pieces.push((offset, status.len));
+                status.len
+            }
+            // Salvaging: what cannot be told is read (and salvaged) as data.
+            Err(_) if salvage.is_some() => {
+                let len = (size - offset).min(CHUNK);
+                pieces.push((offset, len));
+                len
+            }
+            Err(e) => return Err(e),
+        };
+        offset += len;
     }
     progress(size - pieces.iter().map(|&(_, len)| len).sum::<u64>());
     let writing = |e| Error::io(format!("writing '{}'", out_path.display()), e);
@@ -177,8 +209,7 @@ fn to_raw(
                         break;
                     };
                     let chunk = &mut buf[..len as usize];
-                    let result = source
-                        .read_at(chunk, at)
+                    let result = read_into(source, salvage, chunk, at)
                         .and_then(|()| write_sparse(&out, chunk, at).map_err(writing));
                     progress(len);
                     if let Err(e) = result {

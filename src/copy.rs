@@ -12,6 +12,86 @@ use std::sync::Mutex;
 /// Bytes read and written at a time.
 pub const CHUNK: u64 = 2 << 20;
 
+/// The unit a salvaging read retries in, once a larger read failed.
+const SALVAGE_UNIT: u64 = 4096;
+
+/// A range that could not be read while salvaging: it was read as zeros.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unreadable {
+    /// Guest offset of its first byte.
+    pub start: u64,
+    /// Its length.
+    pub len: u64,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+/// Reading as qemu-img's `--salvage` does: what cannot be read reads as zeros, and is
+/// listed, instead of ending the copy at the first bad table or cluster.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    ranges: Mutex<Vec<Unreadable>>,
+}
+
+impl Salvage {
+    /// A salvage with nothing found yet.
+    pub fn new() -> Salvage {
+        Salvage::default()
+    }
+
+    /// Reads `buf` at `offset`; when that fails, again 4 KiB at a time, each piece that
+    /// still fails reading as zeros and recorded.
+    pub fn read(&self, image: &Image, buf: &mut [u8], offset: u64) -> Result<()> {
+        if image.read_at(buf, offset).is_ok() {
+            return Ok(());
+        }
+        for (i, piece) in buf.chunks_mut(SALVAGE_UNIT as usize).enumerate() {
+            let at = offset + i as u64 * SALVAGE_UNIT;
+            if let Err(e) = image.read_at(piece, at) {
+                piece.fill(0);
+                self.record(at, piece.len() as u64, e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, start: u64, len: u64, error: String) {
+        let mut ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        ranges.push(Unreadable { start, len, error });
+    }
+
+    /// The ranges that could not be read, in offset order, adjacent ones with the same
+    /// error merged.
+    pub fn into_ranges(self) -> Vec<Unreadable> {
+        let mut list = self.ranges.into_inner().unwrap_or_else(|e| e.into_inner());
+        list.sort_by_key(|r| r.start);
+        let mut out: Vec<Unreadable> = Vec::new();
+        for r in list {
+            match out.last_mut() {
+                Some(last) if last.start + last.len == r.start && last.error == r.error => {
+                    last.len += r.len
+                }
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+}
+
+/// Reads `buf` at `offset`, salvaging when asked.
+pub(crate) fn read_into(
+    image: &Image,
+    salvage: Option<&Salvage>,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    match salvage {
+        Some(s) => s.read(image, buf, offset),
+        None => image.read_at(buf, offset),
+    }
+}
+
 /// What one cluster of the copy needs in the target.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Need {
@@ -35,6 +115,7 @@ pub fn copy_into(
     target: &mut Image,
     cs: u64,
     compress: bool,
+    salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let cs_us = cs as usize;
@@ -48,45 +129,53 @@ pub fn copy_into(
     let backed = target.chain().len() > 1;
     let mut below = vec![0u8; cs_us];
     let range = (from, len);
-    read_ahead(image, range, piece, readers, progress, |done, chunk| {
-        // Runs of clusters that need the same are written in one call each (so a
-        // compressed run is compressed on every core).
-        let mut run: Option<(usize, Need)> = None;
-        let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
-        for (i, cluster) in clusters.enumerate() {
-            let need = match cluster {
-                None => Need::Nothing,
-                Some(c) if backed => {
-                    let now = &mut below[..c.len()];
-                    target.read_at(now, done + (i * cs_us) as u64)?;
-                    if now == c {
-                        Need::Nothing
-                    } else if is_zero(c) {
-                        Need::Zeros
-                    } else {
-                        Need::Data
+    read_ahead(
+        image,
+        range,
+        piece,
+        readers,
+        salvage,
+        progress,
+        |done, chunk| {
+            // Runs of clusters that need the same are written in one call each (so a
+            // compressed run is compressed on every core).
+            let mut run: Option<(usize, Need)> = None;
+            let clusters = chunk.chunks(cs_us).map(Some).chain([None]);
+            for (i, cluster) in clusters.enumerate() {
+                let need = match cluster {
+                    None => Need::Nothing,
+                    Some(c) if backed => {
+                        let now = &mut below[..c.len()];
+                        target.read_at(now, done + (i * cs_us) as u64)?;
+                        if now == c {
+                            Need::Nothing
+                        } else if is_zero(c) {
+                            Need::Zeros
+                        } else {
+                            Need::Data
+                        }
+                    }
+                    Some(c) if is_zero(c) => Need::Nothing,
+                    Some(_) => Need::Data,
+                };
+                if run.is_some_and(|(_, kind)| kind == need) {
+                    continue;
+                }
+                if let Some((first, kind)) = run.take() {
+                    let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
+                    let at = done + (first * cs_us) as u64;
+                    match kind {
+                        Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
+                        Need::Data if compress => target.write_compressed(bytes, at)?,
+                        Need::Data => target.write_at(bytes, at)?,
+                        Need::Nothing => {}
                     }
                 }
-                Some(c) if is_zero(c) => Need::Nothing,
-                Some(_) => Need::Data,
-            };
-            if run.is_some_and(|(_, kind)| kind == need) {
-                continue;
+                run = Some((i, need));
             }
-            if let Some((first, kind)) = run.take() {
-                let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
-                let at = done + (first * cs_us) as u64;
-                match kind {
-                    Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
-                    Need::Data if compress => target.write_compressed(bytes, at)?,
-                    Need::Data => target.write_at(bytes, at)?,
-                    Need::Nothing => {}
-                }
-            }
-            run = Some((i, need));
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// Threads for copying: one per core, at most eight.
@@ -124,6 +213,7 @@ pub fn read_ahead(
     (from, len): (u64, u64),
     chunk: u64,
     workers: usize,
+    salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
     mut consume: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
@@ -147,14 +237,16 @@ pub fn read_ahead(
                 let Ok(mut buf) = pool_rx.lock().unwrap_or_else(|e| e.into_inner()).recv() else {
                     return;
                 };
-                let claimed = claim(image, from, len, chunk, cursor, progress);
+                let claimed = claim(image, from, len, chunk, cursor, salvage.is_some(), progress);
                 let piece = match claimed {
                     Ok(None) => return,
                     Ok(Some((seq, at, n))) => {
                         buf.resize(n as usize, 0);
-                        image
-                            .read_at(&mut buf, from + at)
-                            .map(|()| Piece { seq, at, buf })
+                        read_into(image, salvage, &mut buf, from + at).map(|()| Piece {
+                            seq,
+                            at,
+                            buf,
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -179,13 +271,15 @@ pub fn read_ahead(
 }
 
 /// The next piece for a worker: (number, offset, length), skipping chunks that read
-/// as zeros, or `None` at the end.
+/// as zeros, or `None` at the end. When `salvaging`, a chunk whose status cannot be
+/// told is read (the read salvages it).
 fn claim(
     image: &Image,
     from: u64,
     len: u64,
     chunk: u64,
     cursor: &Mutex<Cursor>,
+    salvaging: bool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Option<(u64, u64, u64)>> {
     let mut c = cursor.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,6 +290,10 @@ fn claim(
         c.at += n;
         match status {
             Ok(s) if s.zero && s.len == n => progress(n),
+            Err(_) if salvaging => {
+                c.seq += 1;
+                return Ok(Some((c.seq - 1, at, n)));
+            }
             Ok(_) => {
                 c.seq += 1;
                 return Ok(Some((c.seq - 1, at, n)));

@@ -141,11 +141,19 @@ pub fn hash(
             feed(&zeros[..n], pos);
         }
     };
-    read_ahead(image, (0, size), CHUNK, workers(), progress, |at, bytes| {
-        fill(at, &mut pos, &mut feed);
-        feed(bytes, &mut pos);
-        Ok(())
-    })?;
+    read_ahead(
+        image,
+        (0, size),
+        CHUNK,
+        workers(),
+        None,
+        progress,
+        |at, bytes| {
+            fill(at, &mut pos, &mut feed);
+            feed(bytes, &mut pos);
+            Ok(())
+        },
+    )?;
     fill(size, &mut pos, &mut feed);
     if window.is_some() && window_start < size {
         windows.push(finish(&mut piece, window_start, size - window_start));

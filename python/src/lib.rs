@@ -469,6 +469,7 @@ fn convert_file(
                 });
             }
         })
+        .map(drop)
     })
     .map_err(py_err)
 }

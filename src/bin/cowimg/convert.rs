@@ -32,6 +32,9 @@ pub struct Args {
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Read what cannot be read as zeros, list it, and go on.
+    #[arg(long = "salvage")]
+    salvage: bool,
     /// Input image.
     filename: String,
     /// Output file.
@@ -44,7 +47,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     args.partition.apply(&mut image)?;
     let mut options = ConvertOptions::new(target)
         .compress(args.compress)
-        .flush(args.cache != "unsafe");
+        .flush(args.cache != "unsafe")
+        .salvage(args.salvage);
     if matches!(target, Format::Qcow2 | Format::Qcow) {
         let mut create = CreateOptions::default();
         apply_options(&args.target.options, &mut create, &mut None)?;
@@ -60,9 +64,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         options = options.create(create);
     }
     let progress = Progress::new(args.progress && !args.quiet, image.size());
-    convert(&image, Path::new(&args.output), &options, &|n| {
+    let unreadable = convert(&image, Path::new(&args.output), &options, &|n| {
         progress.advance(n)
     })?;
     progress.finish();
+    for r in &unreadable {
+        eprintln!(
+            "cowimg: warning: error while reading at byte {} ({} bytes, written as zeros): {}",
+            r.start, r.len, r.error
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
