@@ -147,8 +147,7 @@ fn to_image(
     let size = source.size();
     copy_into(
         source,
-        0,
-        size,
+        (0, size),
         &mut target,
         cs,
         options.compress,

@@ -103,15 +103,15 @@ enum Need {
     Data,
 }
 
-/// Copies `len` bytes of `image` from `from` to the start of `target`, a new image
+/// Copies the `(from, len)` bytes of `image` to the start of `target`, a new image
 /// whose clusters of `cs` bytes read as zeros, or as its backing file gives them: only
 /// clusters that read otherwise are written, plainly or, with `compress`, compressed
 /// (zeros over backing data are written as zeros). `progress` hears of every byte
-/// done, written or skipped.
+/// done, written or skipped. With `salvage`, what cannot be read is copied as zeros
+/// and recorded there.
 pub fn copy_into(
     image: &Image,
-    from: u64,
-    len: u64,
+    (from, len): (u64, u64),
     target: &mut Image,
     cs: u64,
     compress: bool,

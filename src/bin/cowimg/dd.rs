@@ -129,7 +129,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
-    copy_into(&image, from, size, &mut target, cs, false, None, &|_| {})?;
+    copy_into(&image, (from, size), &mut target, cs, false, None, &|_| {})?;
     target.flush()?;
     Ok(ExitCode::SUCCESS)
 }
