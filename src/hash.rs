@@ -3,7 +3,7 @@
 //! (piecewise hashing, as dc3dd's hash windows). The disk is read ahead on every core
 //! (decompression included) and hashed in order.
 
-use crate::copy::{read_ahead, workers, CHUNK};
+use crate::copy::{read_ahead, workers, Salvage, CHUNK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::Image;
 use digest::DynDigest;
@@ -85,10 +85,13 @@ fn finish(hashers: &mut [(Algorithm, Box<dyn DynDigest + Send>)], start: u64, le
 
 /// Hashes the guest disk of `image` with every algorithm in `algorithms`, and per
 /// `window` bytes when one is given. `progress` hears how many bytes each step read.
+/// With `salvage`, what cannot be read is hashed as zeros and recorded there (the
+/// digests then say what a salvaging convert would write).
 pub fn hash(
     image: &Image,
     algorithms: &[Algorithm],
     window: Option<u64>,
+    salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DiskDigests> {
     if algorithms.is_empty() {
@@ -146,7 +149,7 @@ pub fn hash(
         (0, size),
         CHUNK,
         workers(),
-        None,
+        salvage,
         progress,
         |at, bytes| {
             fill(at, &mut pos, &mut feed);

@@ -136,6 +136,21 @@ fn a_damaged_l2_table_and_a_damaged_compressed_cluster_are_listed_and_the_rest_k
     assert_eq!(listed(&String::from_utf8(run.stderr).unwrap()), bad);
     qemu_img(&["check", &q]);
     qemu_img(&["compare", "-f", "qcow2", "-F", "raw", &q, &out]);
+    // hash --salvage names the same range, and its digest is that of what the
+    // salvaging convert wrote.
+    let run = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["hash", "--salvage", "-f", "qcow2", &compressed])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(listed(&String::from_utf8(run.stderr).unwrap()), bad);
+    let digest = common::run_ok(None, "sha256sum", &[&out]);
+    let digest = digest.split_whitespace().next().unwrap();
+    assert!(String::from_utf8(run.stdout).unwrap().contains(digest));
     // Without --salvage, the same copy fails and leaves nothing behind.
     let fail = Command::new(env!("CARGO_BIN_EXE_cowimg"))
         .args([

@@ -3,6 +3,7 @@
 
 use crate::create::parse_size;
 use crate::flags::{PartitionArgs, ReportArgs};
+use cowimg::copy::{Salvage, Unreadable};
 use cowimg::hash::{hash, Algorithm, Digests};
 use cowimg::report::Json;
 use cowimg::{Error, ErrorKind, Image};
@@ -23,6 +24,9 @@ pub struct Args {
     /// Also a digest per window of this many bytes (piecewise hashing).
     #[arg(long = "window", value_name = "SIZE")]
     window: Option<String>,
+    /// Hash what cannot be read as zeros (as convert --salvage writes it) and list it.
+    #[arg(long = "salvage")]
+    salvage: bool,
     /// The image file.
     filename: String,
 }
@@ -37,6 +41,8 @@ struct Hashed {
     snapshot: Option<(String, String)>,
     whole: Digests,
     windows: Vec<Digests>,
+    /// Ranges read as zeros because they could not be read (with --salvage).
+    unreadable: Vec<Unreadable>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
@@ -67,23 +73,34 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
     };
     let mut results = Vec::new();
-    let digests = hash(&image, &algorithms, window, &|_| {})?;
-    results.push(Hashed {
-        label: args.filename.clone(),
-        snapshot: None,
-        whole: digests.whole,
-        windows: digests.windows,
-    });
+    let hash_one = |image: &Image| -> Result<Hashed, Error> {
+        let salvage = args.salvage.then(Salvage::new);
+        let d = hash(image, &algorithms, window, salvage.as_ref(), &|_| {})?;
+        Ok(Hashed {
+            label: args.filename.clone(),
+            snapshot: None,
+            whole: d.whole,
+            windows: d.windows,
+            unreadable: salvage.map(Salvage::into_ranges).unwrap_or_default(),
+        })
+    };
+    results.push(hash_one(&image)?);
     drop(image);
     for (id, name) in wanted {
         let at = args.partition.open_snapshot(&path, &options, &id)?;
-        let digests = hash(&at, &algorithms, window, &|_| {})?;
         results.push(Hashed {
             label: format!("{}@{name}", args.filename),
             snapshot: Some((id, name)),
-            whole: digests.whole,
-            windows: digests.windows,
+            ..hash_one(&at)?
         });
+    }
+    for h in &results {
+        for r in &h.unreadable {
+            eprintln!(
+                "cowimg: warning: {}: error while reading at byte {} ({} bytes, hashed as zeros): {}",
+                h.label, r.start, r.len, r.error
+            );
+        }
     }
     let text = if args.report.output.json() {
         Json::Array(results.iter().map(to_json).collect()).pretty() + "\n"
@@ -120,6 +137,20 @@ fn to_json(h: &Hashed) -> Json {
             })
             .collect();
         fields.push(("windows", Json::Array(windows)));
+    }
+    if !h.unreadable.is_empty() {
+        let ranges = h
+            .unreadable
+            .iter()
+            .map(|r| {
+                Json::Object(vec![
+                    ("start", Json::int(r.start)),
+                    ("length", Json::int(r.len)),
+                    ("error", Json::str(&r.error)),
+                ])
+            })
+            .collect();
+        fields.push(("unreadable", Json::Array(ranges)));
     }
     Json::Object(fields)
 }
