@@ -199,7 +199,31 @@ fn structure(out: &mut String, s: &Struct) -> Result<(), String> {
     definition(out, s, &layout, s.size()?);
     constants_of(out, s, &layout, s.size()?);
     validate(out, s, &layout);
+    int_fields(out, s, &layout);
     Ok(())
+}
+
+/// Every integer field with its offset and value, for tools that show a structure
+/// field by field (inspect).
+fn int_fields(out: &mut String, s: &Struct, layout: &Layout) {
+    let _ = writeln!(out, "impl {} {{", s.name);
+    out.push_str(
+        "    /// Every integer field: (name, byte offset in the structure, value; signed ones\n    /// as their two's complement bits).\n",
+    );
+    out.push_str(
+        "    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {\n        vec![\n",
+    );
+    for (field, ty, offset) in layout {
+        if matches!(ty, FieldType::Int { .. }) {
+            let _ = writeln!(
+                out,
+                "            ({:?}, {offset}, {}),",
+                field.name,
+                field_value(&field.name, *ty)
+            );
+        }
+    }
+    out.push_str("        ]\n    }\n}\n\n");
 }
 
 type Layout<'a> = [(&'a crate::spec::Field, FieldType, usize)];

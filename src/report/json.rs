@@ -95,6 +95,41 @@ impl Json {
             }
         }
     }
+
+    /// QEMU's generic human form of a QAPI object: dashes become spaces, lists number
+    /// their items.
+    pub fn write_tree(&self, out: &mut String, level: usize) {
+        let pad = "    ".repeat(level);
+        let scalar = |v: &Json| match v {
+            Json::Bool(b) => b.to_string(),
+            Json::Int(n) => n.to_string(),
+            Json::Str(s) => s.clone(),
+            _ => String::new(),
+        };
+        let items: Vec<(String, &Json)> = match self {
+            Json::Object(fields) => fields
+                .iter()
+                .map(|(k, v)| (k.replace('-', " "), v))
+                .collect(),
+            Json::Array(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("[{i}]"), v))
+                .collect(),
+            _ => return,
+        };
+        for (key, v) in items {
+            match v {
+                Json::Object(_) | Json::Array(_) => {
+                    let _ = writeln!(out, "{pad}{key}:");
+                    v.write_tree(out, level + 1);
+                }
+                _ => {
+                    let _ = writeln!(out, "{pad}{key}: {}", scalar(v));
+                }
+            }
+        }
+    }
 }
 
 fn quote(s: &str) -> String {

@@ -90,7 +90,7 @@ fn to_human(info: &ImageInfo, header_dump: &str) -> String {
     }
     if let Some(q) = &info.qcow2 {
         out.push_str("Format specific information:\n");
-        human_tree(&mut out, &report::qcow2_specific(q), 1);
+        report::qcow2_specific(q).write_tree(&mut out, 1);
     }
     if let Some(layout) = info.cow_layout {
         let _ = writeln!(out, "cow layout: {layout}");
@@ -140,39 +140,4 @@ pub fn snapshot_table(snapshots: &[Snapshot]) -> String {
         );
     }
     out
-}
-
-/// QEMU's generic human form of a QAPI object: dashes become spaces, lists number
-/// their items.
-fn human_tree(out: &mut String, value: &Json, level: usize) {
-    let pad = "    ".repeat(level);
-    let scalar = |v: &Json| match v {
-        Json::Bool(b) => b.to_string(),
-        Json::Int(n) => n.to_string(),
-        Json::Str(s) => s.clone(),
-        _ => String::new(),
-    };
-    let items: Vec<(String, &Json)> = match value {
-        Json::Object(fields) => fields
-            .iter()
-            .map(|(k, v)| (k.replace('-', " "), v))
-            .collect(),
-        Json::Array(list) => list
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("[{i}]"), v))
-            .collect(),
-        _ => return,
-    };
-    for (key, v) in items {
-        match v {
-            Json::Object(_) | Json::Array(_) => {
-                let _ = writeln!(out, "{pad}{key}:");
-                human_tree(out, v, level + 1);
-            }
-            _ => {
-                let _ = writeln!(out, "{pad}{key}: {}", scalar(v));
-            }
-        }
-    }
 }

@@ -11,6 +11,7 @@ mod flags;
 mod hash;
 mod human;
 mod info;
+mod inspect;
 mod io;
 mod map;
 mod measure;
@@ -73,6 +74,8 @@ enum Command {
     Nbd(nbd::Args),
     /// Digests of the guest disk and its snapshots (sha256, sha1, md5; per window too).
     Hash(hash::Args),
+    /// Every structure of every file, with host offsets, and what check finds.
+    Inspect(inspect::Args),
     /// The guest disk's partition table (GPT or MBR), offsets in bytes.
     Partitions(partitions::Args),
     /// Mount the guest disk (and each snapshot) as files through FUSE.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::Io(args) => io::run(&args),
         Command::Nbd(args) => nbd::run(&args),
         Command::Hash(args) => hash::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Partitions(args) => partitions::run(&args),
         Command::Mount(args) => mount::run(&args),
         Command::Measure(args) => measure::run(&args),

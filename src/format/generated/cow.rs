@@ -120,6 +120,20 @@ impl CowHeaderV1 {
     }
 }
 
+impl CowHeaderV1 {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("mtime", 264, u64::from(self.mtime)),
+            ("size", 268, self.size),
+            ("sectorsize", 276, u64::from(self.sectorsize)),
+        ]
+    }
+}
+
 /// **cow v2 header**: Version 2, as the Linux kernel lays it out (packed). The bitmap follows at byte 4120.
 ///
 /// 4120 bytes, big-endian, at 0.
@@ -224,6 +238,20 @@ impl CowHeaderV2 {
             }
         }
         Ok(())
+    }
+}
+
+impl CowHeaderV2 {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("mtime", 4104, u64::from(self.mtime)),
+            ("size", 4108, self.size),
+            ("sectorsize", 4116, u64::from(self.sectorsize)),
+        ]
     }
 }
 
@@ -374,6 +402,22 @@ impl CowHeaderV3 {
             }
         }
         Ok(())
+    }
+}
+
+impl CowHeaderV3 {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("mtime", 8, u64::from(self.mtime)),
+            ("size", 12, self.size),
+            ("sectorsize", 20, u64::from(self.sectorsize)),
+            ("alignment", 24, u64::from(self.alignment)),
+            ("cow_format", 28, u64::from(self.cow_format)),
+        ]
     }
 }
 
@@ -537,6 +581,24 @@ impl CowHeaderV3Broken {
     }
 }
 
+impl CowHeaderV3Broken {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("mtime", 8, u64::from(self.mtime)),
+            ("mtime_high", 12, u64::from(self.mtime_high)),
+            ("size", 16, self.size),
+            ("sectorsize", 24, u64::from(self.sectorsize)),
+            ("alignment", 28, u64::from(self.alignment)),
+            ("cow_format", 32, u64::from(self.cow_format)),
+            ("tail_padding", 4132, u64::from(self.tail_padding)),
+        ]
+    }
+}
+
 /// **QEMU cow header**: QEMU's own version 2 layout (block/cow.c, removed in QEMU 6.2), unpacked as on x86-64. Not the kernel's v2. The bitmap follows at byte 1056; data at the end of the bitmap rounded up to 512.
 ///
 /// 1056 bytes, big-endian, at 0.
@@ -637,5 +699,21 @@ impl QemuCowHeader {
             }
         }
         Ok(())
+    }
+}
+
+impl QemuCowHeader {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("mtime", 1032, self.mtime as u64),
+            ("mtime_padding", 1036, u64::from(self.mtime_padding)),
+            ("size", 1040, self.size),
+            ("sectorsize", 1048, u64::from(self.sectorsize)),
+            ("tail_padding", 1052, u64::from(self.tail_padding)),
+        ]
     }
 }

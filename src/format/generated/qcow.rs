@@ -224,6 +224,26 @@ impl QcowHeader {
     }
 }
 
+impl QcowHeader {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("backing_file_offset", 8, self.backing_file_offset),
+            ("backing_file_size", 16, u64::from(self.backing_file_size)),
+            ("mtime", 20, u64::from(self.mtime)),
+            ("size", 24, self.size),
+            ("cluster_bits", 32, u64::from(self.cluster_bits)),
+            ("l2_bits", 33, u64::from(self.l2_bits)),
+            ("padding", 34, u64::from(self.padding)),
+            ("crypt_method", 36, u64::from(self.crypt_method)),
+            ("l1_table_offset", 40, self.l1_table_offset),
+        ]
+    }
+}
+
 /// **qcow L2 table entry**: Maps one guest cluster. L1 entries are plain offsets with no flags. When `compressed` is set, bits 0 to 62 are a QcowCompressedDescriptor.
 ///
 /// A big-endian u64 on disk; `from_raw` takes the value already converted.

@@ -286,6 +286,32 @@ impl Qcow2Header {
     }
 }
 
+impl Qcow2Header {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("version", 4, u64::from(self.version)),
+            ("backing_file_offset", 8, self.backing_file_offset),
+            ("backing_file_size", 16, u64::from(self.backing_file_size)),
+            ("cluster_bits", 20, u64::from(self.cluster_bits)),
+            ("size", 24, self.size),
+            ("crypt_method", 32, u64::from(self.crypt_method)),
+            ("l1_size", 36, u64::from(self.l1_size)),
+            ("l1_table_offset", 40, self.l1_table_offset),
+            ("refcount_table_offset", 48, self.refcount_table_offset),
+            (
+                "refcount_table_clusters",
+                56,
+                u64::from(self.refcount_table_clusters),
+            ),
+            ("nb_snapshots", 60, u64::from(self.nb_snapshots)),
+            ("snapshots_offset", 64, self.snapshots_offset),
+        ]
+    }
+}
+
 /// **qcow2 v3 header**: The version 3 part of the header. For version 2 the features read as 0, refcount_order as 4 and header_length as 72.
 ///
 /// 32 bytes, big-endian, at 72.
@@ -382,6 +408,20 @@ impl Qcow2HeaderV3 {
     }
 }
 
+impl Qcow2HeaderV3 {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("incompatible_features", 0, self.incompatible_features),
+            ("compatible_features", 8, self.compatible_features),
+            ("autoclear_features", 16, self.autoclear_features),
+            ("refcount_order", 24, u64::from(self.refcount_order)),
+            ("header_length", 28, u64::from(self.header_length)),
+        ]
+    }
+}
+
 /// **qcow2 compression type header field**: The compression type, then padding to a multiple of 8. Absent means zlib.
 ///
 /// 8 bytes, big-endian, at 104.
@@ -433,6 +473,14 @@ impl Qcow2HeaderCompression {
     }
 }
 
+impl Qcow2HeaderCompression {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![("compression_type", 0, u64::from(self.compression_type))]
+    }
+}
+
 /// **qcow2 header extension**: Introduces one header extension; its data follows, padded to a multiple of 8.
 ///
 /// 8 bytes, big-endian, at header_length, then after each extension's padded data.
@@ -458,6 +506,17 @@ impl ExtensionHeader {
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, _at: u64) -> Result<()> {
         Ok(())
+    }
+}
+
+impl ExtensionHeader {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("magic", 0, u64::from(self.magic)),
+            ("length", 4, u64::from(self.length)),
+        ]
     }
 }
 
@@ -489,6 +548,17 @@ impl FeatureNameEntry {
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, _at: u64) -> Result<()> {
         Ok(())
+    }
+}
+
+impl FeatureNameEntry {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("feature_type", 0, u64::from(self.feature_type)),
+            ("bit", 1, u64::from(self.bit)),
+        ]
     }
 }
 
@@ -597,6 +667,19 @@ impl BitmapsExtension {
     }
 }
 
+impl BitmapsExtension {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("nb_bitmaps", 0, u64::from(self.nb_bitmaps)),
+            ("reserved", 4, u64::from(self.reserved)),
+            ("bitmap_directory_size", 8, self.bitmap_directory_size),
+            ("bitmap_directory_offset", 16, self.bitmap_directory_offset),
+        ]
+    }
+}
+
 /// **qcow2 full disk encryption extension**: Locates the LUKS header clusters.
 ///
 /// 16 bytes, big-endian, at inside the full disk encryption extension.
@@ -639,6 +722,14 @@ impl CryptoExtension {
             }
         }
         Ok(())
+    }
+}
+
+impl CryptoExtension {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![("offset", 0, self.offset), ("length", 8, self.length)]
     }
 }
 
@@ -708,6 +799,24 @@ impl SnapshotHeader {
     }
 }
 
+impl SnapshotHeader {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("l1_table_offset", 0, self.l1_table_offset),
+            ("l1_size", 8, u64::from(self.l1_size)),
+            ("id_str_size", 12, u64::from(self.id_str_size)),
+            ("name_size", 14, u64::from(self.name_size)),
+            ("date_sec", 16, u64::from(self.date_sec)),
+            ("date_nsec", 20, u64::from(self.date_nsec)),
+            ("vm_clock_nsec", 24, self.vm_clock_nsec),
+            ("vm_state_size", 32, u64::from(self.vm_state_size)),
+            ("extra_data_size", 36, u64::from(self.extra_data_size)),
+        ]
+    }
+}
+
 /// **qcow2 snapshot extra data**: The extra data QEMU knows. Version 3 requires at least the first two fields.
 ///
 /// 24 bytes, big-endian, at after the snapshot table entry's fixed part.
@@ -737,6 +846,18 @@ impl SnapshotExtraData {
     /// structure's byte offset in the file, for the error.
     pub fn validate(&self, _at: u64) -> Result<()> {
         Ok(())
+    }
+}
+
+impl SnapshotExtraData {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("vm_state_size_large", 0, self.vm_state_size_large),
+            ("disk_size", 8, self.disk_size),
+            ("icount", 16, self.icount),
+        ]
     }
 }
 
@@ -878,6 +999,22 @@ impl BitmapDirectoryEntry {
             }
         }
         Ok(())
+    }
+}
+
+impl BitmapDirectoryEntry {
+    /// Every integer field: (name, byte offset in the structure, value; signed ones
+    /// as their two's complement bits).
+    pub fn int_fields(&self) -> Vec<(&'static str, u64, u64)> {
+        vec![
+            ("bitmap_table_offset", 0, self.bitmap_table_offset),
+            ("bitmap_table_size", 8, u64::from(self.bitmap_table_size)),
+            ("flags", 12, u64::from(self.flags)),
+            ("bitmap_type", 16, u64::from(self.bitmap_type)),
+            ("granularity_bits", 17, u64::from(self.granularity_bits)),
+            ("name_size", 18, u64::from(self.name_size)),
+            ("extra_data_size", 20, u64::from(self.extra_data_size)),
+        ]
     }
 }
 
