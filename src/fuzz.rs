@@ -109,6 +109,20 @@ fn exercise(image: &Image) {
         let _ = image.read_at(&mut buf, at);
     }
     let _ = image.snapshots().len();
+    // Carving walks every table of every snapshot and each freed cluster; a VM state
+    // is read up to a budget (its zero runs cost nothing).
+    let _ = crate::carve::carve(image);
+    for state in crate::carve::vm_states(image).unwrap_or_default() {
+        let mut budget = READ_BUDGET;
+        let _ = crate::carve::read_vm_state(image, &state.snapshot_id, |piece| {
+            if let crate::carve::Piece::Data(bytes) = piece {
+                budget = budget.checked_sub(bytes.len() as u64).ok_or_else(|| {
+                    crate::Error::new(crate::ErrorKind::BadArgument, "fuzz read budget spent")
+                })?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The input as an image file: the first byte picks the format to open it as (or to

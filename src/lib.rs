@@ -74,6 +74,7 @@ macro_rules! setters {
     };
 }
 
+pub mod carve;
 pub mod check;
 mod codec;
 mod compressed;

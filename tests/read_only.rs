@@ -83,6 +83,7 @@ fn cowimg_any(args: &[&str]) {
 /// Every read-type command, run on `image` (whose files are `files`).
 fn every_command(dir: &Scratch, image: &str, files: &[PathBuf]) {
     let out = dir.str("out");
+    let carved = dir.str("carved");
     let cases: Vec<Vec<&str>> = vec![
         vec!["info", image],
         vec!["info", "--output=json", "--backing-chain", image],
@@ -106,12 +107,16 @@ fn every_command(dir: &Scratch, image: &str, files: &[PathBuf]) {
             "sha256,md5",
             image,
         ],
+        vec!["inspect", "--output=json", image],
+        vec!["partitions", image],
+        vec!["carve", image, &carved],
     ];
     for case in cases {
         let watched = Watched::new(files);
         cowimg_any(&case);
         watched.assert_unchanged(&format!("cowimg {case:?}"));
         let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_dir_all(&carved);
     }
     // The library, directly: open, read, map, status, info, check.
     let watched = Watched::new(files);

@@ -151,7 +151,13 @@ impl Qcow2 {
         self.storage.as_ref()
     }
 
-    /// Virtual size in bytes (of the snapshot, when one was opened).
+    /// Whether guest data lives in an external data file.
+    pub(crate) fn has_data_file(&self) -> bool {
+        self.data_file.is_some()
+            || self.header.incompatible_features() & crate::format::qcow2::incompatible::DATA_FILE
+                != 0
+    }
+
     /// Host offset of the L1 table this handle reads.
     pub(super) fn l1_offset(&self) -> u64 {
         match self.view {
@@ -250,24 +256,10 @@ impl Qcow2 {
         let cs = self.geometry.cluster_size() as usize;
         (self.decompressed).get(self.storage.as_ref(), self.compression, host, len, cs)
     }
-}
 
-impl ReadLayer for Qcow2 {
-    fn file(&self) -> &dyn Storage {
-        self.storage.as_ref()
-    }
-
-    /// The virtual size of the state this handle reads.
-    fn size(&self) -> u64 {
-        match self.view {
-            View::Active => self.header.common.size,
-            View::Snapshot { size, .. } => size,
-        }
-    }
-
-    /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
-    /// (sub)cluster ends.
-    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+    /// The mapping of the (sub)cluster holding `guest` in the tree `l1` heads (this
+    /// handle's, or a snapshot's read in full, VM state included), and where it ends.
+    pub(super) fn classify_in(&self, l1: &[u64], guest: u64) -> Result<(Mapping, u64)> {
         let g = self.geometry;
         let at = GuestOffset(guest);
         let cluster_start = g.cluster_start(at);
@@ -279,7 +271,7 @@ impl ReadLayer for Qcow2 {
             Mapping::Unallocated { host: None },
             (l1_index + 1) * g.l2_span(),
         );
-        let Some(&raw_l1) = self.l1.get(l1_index as usize) else {
+        let Some(&raw_l1) = l1.get(l1_index as usize) else {
             return Ok(whole_table);
         };
         let l2_offset = L1Entry::from_raw(raw_l1).l2_offset();
@@ -357,6 +349,26 @@ impl ReadLayer for Qcow2 {
             _ => Mapping::Unallocated { host: host_here },
         };
         Ok((mapping, sub_end))
+    }
+}
+
+impl ReadLayer for Qcow2 {
+    fn file(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// The virtual size of the state this handle reads.
+    fn size(&self) -> u64 {
+        match self.view {
+            View::Active => self.header.common.size,
+            View::Snapshot { size, .. } => size,
+        }
+    }
+
+    /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
+    /// (sub)cluster ends.
+    fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
+        self.classify_in(&self.l1, guest)
     }
 
     fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {

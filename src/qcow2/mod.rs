@@ -1,6 +1,7 @@
 //! qcow2, versions 2 and 3.
 
 pub mod bitmaps;
+pub(crate) mod carve;
 pub mod check;
 pub mod create;
 pub mod edit;

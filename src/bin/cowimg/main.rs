@@ -1,6 +1,7 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
 mod bench;
+mod carve;
 mod check;
 mod compare;
 mod convert;
@@ -74,6 +75,8 @@ enum Command {
     Nbd(nbd::Args),
     /// Digests of the guest disk and its snapshots (sha256, sha1, md5; per window too).
     Hash(hash::Args),
+    /// Extract what the current state does not reach: freed, leaked, snapshot-only data.
+    Carve(carve::Args),
     /// Every structure of every file, with host offsets, and what check finds.
     Inspect(inspect::Args),
     /// The guest disk's partition table (GPT or MBR), offsets in bytes.
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Io(args) => io::run(&args),
         Command::Nbd(args) => nbd::run(&args),
         Command::Hash(args) => hash::run(&args),
+        Command::Carve(args) => carve::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Partitions(args) => partitions::run(&args),
         Command::Mount(args) => mount::run(&args),
