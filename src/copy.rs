@@ -79,6 +79,27 @@ impl Salvage {
     }
 }
 
+/// Reads the whole guest disk of `image` as a salvaging convert or hash would, and
+/// lists what could not be read: the same ranges, found the same way, without writing
+/// or hashing anything.
+pub fn unreadable_ranges(
+    image: &Image,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Unreadable>> {
+    let salvage = Salvage::new();
+    let size = image.size();
+    read_ahead(
+        image,
+        (0, size),
+        CHUNK,
+        workers(),
+        Some(&salvage),
+        progress,
+        |_, _| Ok(()),
+    )?;
+    Ok(salvage.into_ranges())
+}
+
 /// Reads `buf` at `offset`, salvaging when asked.
 pub(crate) fn read_into(
     image: &Image,

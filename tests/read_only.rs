@@ -108,6 +108,7 @@ fn every_command(dir: &Scratch, image: &str, files: &[PathBuf]) {
             image,
         ],
         vec!["inspect", "--output=json", image],
+        vec!["inspect", "--salvage", image],
         vec!["partitions", image],
         vec!["carve", image, &carved],
     ];

@@ -42,6 +42,29 @@ fn listed(warnings: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// (start, length) of each range `inspect --salvage` lists for the image.
+fn inspected(image: &str) -> Vec<(u64, u64)> {
+    let json = common::cowimg(&["inspect", "--salvage", "--output=json", image]);
+    let Some(list) = json.split("\"unreadable\": [").nth(1) else {
+        panic!("inspect lists no unreadable ranges: {json}");
+    };
+    let list = list.split("\n    ]").next().unwrap();
+    let number = |obj: &str, key: &str| -> u64 {
+        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
+        obj[at..]
+            .split([',', '\n'])
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    list.split('{')
+        .skip(1)
+        .map(|obj| (number(obj, "start"), number(obj, "length")))
+        .collect()
+}
+
 fn assert_salvaged(original: &[u8], got: &[u8], bad: &[(u64, u64)]) {
     assert_eq!(original.len(), got.len());
     for (i, (a, b)) in original.iter().zip(got).enumerate() {
@@ -84,6 +107,7 @@ fn a_damaged_l2_table_and_a_damaged_compressed_cluster_are_listed_and_the_rest_k
     let warnings = convert_salvaging(&image, &out);
     let bad = listed(&warnings);
     assert_eq!(bad, vec![(2 << 20, 2 << 20)], "{warnings}");
+    assert_eq!(inspected(&image), bad);
     assert_salvaged(&original, &std::fs::read(&out).unwrap(), &bad);
 
     // A compressed cluster whose bytes are garbage: that cluster alone is lost.
@@ -107,6 +131,7 @@ fn a_damaged_l2_table_and_a_damaged_compressed_cluster_are_listed_and_the_rest_k
     let warnings = convert_salvaging(&compressed, &out);
     let bad = listed(&warnings);
     assert_eq!(bad, vec![(victim, 65536)], "{warnings}");
+    assert_eq!(inspected(&compressed), bad);
     let want = {
         let p = dir.str("plain.raw");
         qemu_img(&["convert", "-O", "raw", &plain, &p]);

@@ -28,13 +28,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Everything the files of `image`'s chain hold, the image first.
-pub fn inspect(image: &Image) -> Result<Json> {
-    let files = image
+/// Everything the files of `image`'s chain hold, the image first; with `unreadable`
+/// (what [`crate::copy::unreadable_ranges`] found), the guest ranges of the whole chain
+/// that cannot be read, listed with the image.
+pub fn inspect(image: &Image, unreadable: Option<&[crate::copy::Unreadable]>) -> Result<Json> {
+    let mut files = image
         .chain()
         .iter()
         .map(inspect_file)
         .collect::<Result<Vec<_>>>()?;
+    if let (Some(ranges), Some(Json::Object(top))) = (unreadable, files.first_mut()) {
+        top.push(("unreadable", super::unreadable(ranges)));
+    }
     Ok(Json::Array(files))
 }
 

@@ -217,3 +217,19 @@ pub fn utc(secs: i64) -> String {
         rem % 60
     )
 }
+
+/// Ranges a salvaging read could not read, as `hash` and `inspect` list them.
+pub fn unreadable(ranges: &[crate::copy::Unreadable]) -> Json {
+    Json::Array(
+        ranges
+            .iter()
+            .map(|r| {
+                Json::Object(vec![
+                    ("start", Json::int(r.start)),
+                    ("length", Json::int(r.len)),
+                    ("error", Json::str(&r.error)),
+                ])
+            })
+            .collect(),
+    )
+}

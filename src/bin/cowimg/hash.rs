@@ -139,18 +139,7 @@ fn to_json(h: &Hashed) -> Json {
         fields.push(("windows", Json::Array(windows)));
     }
     if !h.unreadable.is_empty() {
-        let ranges = h
-            .unreadable
-            .iter()
-            .map(|r| {
-                Json::Object(vec![
-                    ("start", Json::int(r.start)),
-                    ("length", Json::int(r.len)),
-                    ("error", Json::str(&r.error)),
-                ])
-            })
-            .collect();
-        fields.push(("unreadable", Json::Array(ranges)));
+        fields.push(("unreadable", cowimg::report::unreadable(&h.unreadable)));
     }
     Json::Object(fields)
 }

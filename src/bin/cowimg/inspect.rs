@@ -9,6 +9,10 @@ use std::process::ExitCode;
 pub struct Args {
     #[command(flatten)]
     report: ReportArgs,
+    /// Also read the whole guest disk and list what cannot be read (the ranges
+    /// convert --salvage and hash --salvage name); needs the chain and any key.
+    #[arg(long = "salvage")]
+    salvage: bool,
     /// The image file.
     filename: String,
 }
@@ -17,13 +21,21 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, mut options) = args.report.source.resolve(&args.filename)?;
     // Metadata only: no key or data file is needed to look at the structures, and a
     // chain whose backing file is missing is still inspected.
+    let io_options = options.clone();
     options.metadata_only = true;
     let image = match Image::open(&path, &options) {
         Ok(image) => image,
         Err(_) => Image::open(&path, &options.clone().backing(Backing::Ignore))?,
     };
     crate::print_warnings(&image);
-    let report = cowimg::report::inspect(&image)?;
+    let unreadable = if args.salvage {
+        // Reading the disk needs what a metadata open does not: the chain, a key.
+        let readable = Image::open(&path, &io_options)?;
+        Some(cowimg::copy::unreadable_ranges(&readable, &|_| {})?)
+    } else {
+        None
+    };
+    let report = cowimg::report::inspect(&image, unreadable.as_deref())?;
     let text = if args.report.output.json() {
         report.pretty() + "\n"
     } else {
