@@ -27,16 +27,6 @@ struct Run {
     guest: Option<u64>,
 }
 
-/// The value of `"key": ...` in one manifest object, as text.
-fn field(obj: &str, key: &str) -> Option<String> {
-    let at = obj.find(&format!("\"{key}\": "))? + key.len() + 4;
-    let value = obj[at..]
-        .trim_start_matches('"')
-        .split(['"', ',', '\n'])
-        .next()?;
-    Some(value.trim().to_string())
-}
-
 /// Carves `image` into `out`: the manifest's runs.
 fn carve(image: &str, out: &str) -> Vec<Run> {
     let json = common::cowimg(&["carve", "--output=json", image, out]);
@@ -45,12 +35,15 @@ fn carve(image: &str, out: &str) -> Vec<Run> {
         .split("\"file\"")
         .skip(1)
         .map(|obj| Run {
-            host: field(obj, "host-offset").unwrap().parse().unwrap(),
-            len: field(obj, "length").unwrap().parse().unwrap(),
-            reason: field(obj, "reason").unwrap(),
-            snapshot: field(obj, "snapshot-id"),
-            stale_table: field(obj, "stale-table-offset").map(|g| g.parse().unwrap()),
-            guest: field(obj, "guest-offset").map(|g| g.parse().unwrap()),
+            host: common::json_value(obj, "host-offset")
+                .unwrap()
+                .parse()
+                .unwrap(),
+            len: common::json_value(obj, "length").unwrap().parse().unwrap(),
+            reason: common::json_value(obj, "reason").unwrap(),
+            snapshot: common::json_value(obj, "snapshot-id"),
+            stale_table: common::json_value(obj, "stale-table-offset").map(|g| g.parse().unwrap()),
+            guest: common::json_value(obj, "guest-offset").map(|g| g.parse().unwrap()),
         })
         .collect()
 }
@@ -194,11 +187,15 @@ fn a_snapshots_saved_vm_state_is_extracted_whole() {
     let json = common::cowimg(&["carve", "--output=json", &image, &out]);
     let states = json.split("\"vm-states\"").nth(1).unwrap();
     assert_eq!(
-        field(states, "snapshot-name").as_deref(),
+        common::json_value(states, "snapshot-name").as_deref(),
         Some("vm1"),
         "{json}"
     );
-    assert_eq!(field(states, "length").as_deref(), Some("98304"), "{json}");
+    assert_eq!(
+        common::json_value(states, "length").as_deref(),
+        Some("98304"),
+        "{json}"
+    );
     let state = std::fs::read(format!("{out}/vmstate-1.bin")).unwrap();
     assert_eq!(state.len(), 98304);
     assert!(state.iter().all(|b| *b == 0xc4));

@@ -15,16 +15,7 @@ fn header_fields(json: &str) -> Vec<(String, String, u64, u64)> {
     json.split("\"structure\": \"")
         .skip(1)
         .map(|obj| {
-            let s = |key: &str| {
-                let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
-                obj[at..]
-                    .trim_start_matches('"')
-                    .split(['"', ',', '\n'])
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .to_string()
-            };
+            let s = |key: &str| common::json_value(obj, key).unwrap();
             (
                 obj.split('"').next().unwrap().to_string(),
                 s("field"),

@@ -79,15 +79,7 @@ fn snapshot_dates_are_times() {
     qemu_img(&["create", "-q", "-f", "qcow2", &img, "1M"]);
     qemu_img(&["snapshot", "-c", "first", &img]);
     let json = qemu_img(&["info", "--output=json", &img]);
-    let field = |key: &str| -> u64 {
-        let at = json.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
-        json[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |key: &str| common::json_number(&json, key).unwrap();
     let image = Image::open(&img, &OpenOptions::new()).unwrap();
     let snapshot = &image.snapshots()[0];
     let since = snapshot

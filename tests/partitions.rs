@@ -10,15 +10,7 @@ use std::process::{Command, Stdio};
 /// (start, size) in sectors and type of each partition sfdisk lists, in its order.
 fn sfdisk_json(raw: &str) -> Vec<(u64, u64, String)> {
     let text = common::run_ok(None, "sfdisk", &["--json", raw]);
-    let value = |obj: &str, key: &str| -> String {
-        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
-        obj[at..]
-            .trim_start_matches('"')
-            .split(['"', ',', '\n', '}'])
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let value = |obj: &str, key: &str| common::json_value(obj, key).unwrap();
     text.split("\"node\"")
         .skip(1)
         .map(|obj| {
@@ -57,20 +49,8 @@ fn make(dir: &Scratch, name: &str, script: &str) -> (String, String) {
 
 fn ours(image: &str) -> Vec<(u64, u64, String)> {
     let text = common::cowimg(&["partitions", "--output=json", image]);
-    let num = |obj: &str, key: &str| -> u64 {
-        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
-        obj[at..]
-            .split([',', '\n'])
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let word = |obj: &str, key: &str| -> String {
-        let at = obj.find(&format!("\"{key}\": \"")).unwrap() + key.len() + 5;
-        obj[at..].split('"').next().unwrap().to_string()
-    };
+    let num = |obj: &str, key: &str| common::json_number(obj, key).unwrap();
+    let word = |obj: &str, key: &str| common::json_value(obj, key).unwrap();
     text.split("\"number\"")
         .skip(1)
         .map(|obj| {

@@ -49,16 +49,7 @@ fn inspected(image: &str) -> Vec<(u64, u64)> {
         panic!("inspect lists no unreadable ranges: {json}");
     };
     let list = list.split("\n    ]").next().unwrap();
-    let number = |obj: &str, key: &str| -> u64 {
-        let at = obj.find(&format!("\"{key}\": ")).unwrap() + key.len() + 4;
-        obj[at..]
-            .split([',', '\n'])
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let number = |obj: &str, key: &str| common::json_number(obj, key).unwrap();
     list.split('{')
         .skip(1)
         .map(|obj| (number(obj, "start"), number(obj, "length")))

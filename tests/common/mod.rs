@@ -119,20 +119,29 @@ pub struct MapEntry {
     pub offset: Option<u64>,
 }
 
+/// The value of the first `"key": value` in JSON text, as text (a string without its
+/// quotes): enough for the flat objects the tests read.
+pub fn json_value(obj: &str, key: &str) -> Option<String> {
+    let at = obj.find(&format!("\"{key}\": "))? + key.len() + 4;
+    let value = obj[at..]
+        .trim_start_matches('"')
+        .split(['"', ',', '\n', '}'])
+        .next()?;
+    Some(value.trim().to_string())
+}
+
+/// The number of the first `"key": N` in JSON text.
+pub fn json_number(obj: &str, key: &str) -> Option<u64> {
+    json_value(obj, key)?.parse().ok()
+}
+
 /// qemu-img's map of an image.
 pub fn qemu_map(path: &Path, format: &str) -> Vec<MapEntry> {
     let text = qemu_img(&["map", "--output=json", "-f", format, path.to_str().unwrap()]);
     text.split('{')
         .skip(1)
         .map(|obj| {
-            let num = |key: &str| -> Option<u64> {
-                let at = obj.find(&format!("\"{key}\": "))? + key.len() + 4;
-                obj[at..]
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            };
+            let num = |key: &str| json_number(obj, key);
             let flag = |key: &str| obj.contains(&format!("\"{key}\": true"));
             MapEntry {
                 start: num("start").unwrap(),
