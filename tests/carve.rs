@@ -81,8 +81,11 @@ fn discarded_overwritten_and_deleted_snapshot_secrets_are_recovered_where_they_w
     // Secret 1: overwritten after a snapshot (the snapshot keeps it).
     qemu_img(&["snapshot", "-c", "before", &image]);
     qemu_io(&["-c", "write -P 0xb1 0 64k", &image]);
-    // Secrets 2 and 3: discarded by the guest while the snapshot still holds them.
-    // (QEMU passes no discard down to the file here, as a guest's trim often is not.)
+    // Secret 4: written after the snapshot, so only the current state held it.
+    qemu_io(&["-c", "write -P 0xa4 3M 64k", &image]);
+    let h4 = host_of(&image, 3 << 20);
+    // Secrets 2 to 4: discarded by the guest (2 and 3 while the snapshot holds them).
+    // QEMU passes no discard down to the file here, as a guest's trim often is not.
     let opts = format!("driver=qcow2,discard=unmap,pass-discard-request=off,pass-discard-snapshot=off,file.filename={image}");
     qemu_io(&[
         "--image-opts",
@@ -90,10 +93,16 @@ fn discarded_overwritten_and_deleted_snapshot_secrets_are_recovered_where_they_w
         "discard 1M 64k",
         "-c",
         "discard 2M 64k",
+        "-c",
+        "discard 3M 64k",
         &opts,
     ]);
     let out = dir.str("out");
     let runs = carve(&image, &out);
+    let (run, bytes) = carved_at(&out, &runs, h4);
+    let freed = |r: &Run| r.reason == "free" || r.reason == "past-last-allocation";
+    assert!(freed(run) && run.guest.is_none(), "{runs:?}");
+    assert!(bytes[..65536].iter().all(|b| *b == 0xa4));
     for (host, byte, guest) in [(h1, 0xa1, 0u64), (h2, 0xa2, 1 << 20), (h3, 0xa3, 2 << 20)] {
         let (run, bytes) = carved_at(&out, &runs, host);
         assert_eq!(run.reason, "snapshot-only", "{runs:?}");
@@ -118,10 +127,7 @@ fn discarded_overwritten_and_deleted_snapshot_secrets_are_recovered_where_they_w
         .collect();
     for (host, byte, guest) in [(h1, 0xa1, 0u64), (h2, 0xa2, 1 << 20), (h3, 0xa3, 2 << 20)] {
         let (run, bytes) = carved_at(&out2, &runs, host);
-        assert!(
-            run.reason == "free" || run.reason == "past-last-allocation",
-            "{runs:?}"
-        );
+        assert!(freed(run), "{runs:?}");
         assert_eq!(run.guest, Some(guest), "{runs:?}");
         assert!(stale.contains(&run.stale_table.unwrap()), "{runs:?}");
         assert!(bytes[..65536].iter().all(|b| *b == byte));
