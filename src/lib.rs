@@ -77,6 +77,7 @@ macro_rules! setters {
 pub mod carve;
 pub mod check;
 mod codec;
+pub mod compare;
 mod compressed;
 pub mod convert;
 pub mod copy;

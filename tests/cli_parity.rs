@@ -341,6 +341,16 @@ fn compare_is_qemu_img_compare() {
     same(&["-q", &a, &b]);
     same(&[&a, &a]);
     same(&[&a, &dir.str("missing.qcow2")]);
+    // Many pieces, compared on every core: the lowest of several differences.
+    let (c, d) = (dir.str("c.qcow2"), dir.str("d.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &c, "64M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 7 0 64M", &c]);
+    qemu_img(&["convert", "-c", "-O", "qcow2", &c, &d]);
+    same(&[&c, &d]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 8 50M 1", &d]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 8 10485763 1", &d]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 8 40M 1", &d]);
+    same(&[&c, &d]);
 }
 
 #[test]

@@ -24,16 +24,6 @@ pub struct Args {
     second: String,
 }
 
-const CHUNK: u64 = 1 << 20;
-
-/// The start of the first 512-byte sector where `a` and `b` differ.
-fn first_difference(a: &[u8], b: &[u8]) -> Option<u64> {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .map(|i| i as u64 / 512 * 512)
-}
-
 fn open(source: &SourceArgs, name: &str, format: Option<&str>) -> Result<Image, Error> {
     let (path, mut options) = source.resolve(name)?;
     if let Some(f) = format {
@@ -63,51 +53,20 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         say("Strict mode: Image size mismatch!");
         return Ok(ExitCode::from(1));
     }
+    // The common part first, then the rest of the larger image against zeros (qemu-img
+    // warns of the size only once the common part matched).
     let common = size_a.min(size_b);
-    let mut buf_a = vec![0u8; CHUNK as usize];
-    let mut buf_b = vec![0u8; CHUNK as usize];
-    let mut offset = 0;
-    while offset < common {
-        let len = CHUNK.min(common - offset);
-        let (sa, sb) = (a.block_status(offset, len)?, b.block_status(offset, len)?);
-        // Both known zeros: nothing to read.
-        if sa.zero && sb.zero {
-            offset += sa.len.min(sb.len);
-            continue;
-        }
-        let n = len as usize;
-        a.read_at(&mut buf_a[..n], offset)?;
-        b.read_at(&mut buf_b[..n], offset)?;
-        if let Some(at) = first_difference(&buf_a[..n], &buf_b[..n]) {
-            say(&format!("Content mismatch at offset {}!", offset + at));
-            return Ok(ExitCode::from(1));
-        }
-        offset += len;
+    let first = cowimg::compare::first_difference(&a, &b)?;
+    if let Some(at) = first.filter(|at| *at < common) {
+        say(&format!("Content mismatch at offset {at}!"));
+        return Ok(ExitCode::from(1));
     }
-    // The rest of the larger image must read as zeros (qemu-img warns only here).
     if size_a != size_b {
         say("Warning: Image size mismatch!");
     }
-    let (larger, size) = if size_a > size_b {
-        (&a, size_a)
-    } else {
-        (&b, size_b)
-    };
-    let zeros = vec![0u8; CHUNK as usize];
-    while offset < size {
-        let len = CHUNK.min(size - offset);
-        let s = larger.block_status(offset, len)?;
-        if s.zero {
-            offset += s.len;
-            continue;
-        }
-        let n = len as usize;
-        larger.read_at(&mut buf_a[..n], offset)?;
-        if let Some(at) = first_difference(&buf_a[..n], &zeros[..n]) {
-            say(&format!("Content mismatch at offset {}!", offset + at));
-            return Ok(ExitCode::from(1));
-        }
-        offset += len;
+    if let Some(at) = first {
+        say(&format!("Content mismatch at offset {at}!"));
+        return Ok(ExitCode::from(1));
     }
     say("Images are identical.");
     Ok(ExitCode::SUCCESS)
