@@ -24,6 +24,12 @@ pub(crate) trait ReadLayer {
     /// file run; `guest` < size), and the guest offset where that unit ends.
     fn classify(&self, guest: u64) -> Result<(Mapping, u64)>;
 
+    /// As `classify`, but the unit may run on towards `end` (which the caller wants no
+    /// further than) where the format can tell a longer run cheaply.
+    fn classify_until(&self, guest: u64, _end: u64) -> Result<(Mapping, u64)> {
+        self.classify(guest)
+    }
+
     /// Reads `buf.len()` bytes of data stored at `host`: the guest bytes at `guest`
     /// (which encrypted formats need to decrypt them).
     fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()>;
@@ -80,7 +86,7 @@ pub(crate) trait ReadLayer {
                 format!("offset {offset} is past the end of the image"),
             ));
         }
-        crate::mapping::extent_from(offset, end, |guest| self.classify(guest))
+        crate::mapping::extent_from(offset, end, |guest| self.classify_until(guest, end))
     }
 }
 

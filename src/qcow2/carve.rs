@@ -398,7 +398,7 @@ pub(crate) fn read_vm_state(
     let mut buf = vec![0u8; (4 << 20).min(len) as usize];
     let mut guest = start;
     while guest < end {
-        let extent = crate::mapping::extent_from(guest, end, |g| q.classify_in(&l1, g))?;
+        let extent = crate::mapping::extent_from(guest, end, |g| q.classify_in(&l1, g, end))?;
         let mut n = extent.start + extent.len - guest;
         match extent.mapping {
             Mapping::Data { .. } | Mapping::Compressed { .. } => {

@@ -258,8 +258,11 @@ impl Qcow2 {
     }
 
     /// The mapping of the (sub)cluster holding `guest` in the tree `l1` heads (this
-    /// handle's, or a snapshot's read in full, VM state included), and where it ends.
-    pub(super) fn classify_in(&self, l1: &[u64], guest: u64) -> Result<(Mapping, u64)> {
+    /// handle's, or a snapshot's read in full, VM state included), and where it ends:
+    /// with a standard L2 table, runs of unallocated, zero or contiguous data clusters
+    /// in the same table are answered at once, as far as `end` asks (a chain of many
+    /// layers otherwise asks each table once per cluster).
+    pub(super) fn classify_in(&self, l1: &[u64], guest: u64, end: u64) -> Result<(Mapping, u64)> {
         let g = self.geometry;
         let at = GuestOffset(guest);
         let cluster_start = g.cluster_start(at);
@@ -288,7 +291,7 @@ impl Qcow2 {
         let data_file = self.data_file.is_some();
         let entry = ClusterEntry::decode(table[(l2_index * words) as usize], g, data_file);
         let in_cluster = g.in_cluster(at);
-        let place = format!("L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x}");
+        let place = || format!("L2 offset: {l2_offset:#x}, L2 index: {l2_index:#x}");
 
         if let ClusterEntry::Compressed { host, len, .. } = entry {
             if data_file {
@@ -305,7 +308,8 @@ impl Qcow2 {
         }
         if let Some(host) = entry.unaligned_host(g) {
             return Err(corrupt(format!(
-                "Cluster allocation offset {host:#x} unaligned ({place})"
+                "Cluster allocation offset {host:#x} unaligned ({})",
+                place()
             )));
         }
         let host = entry.standard_host();
@@ -321,7 +325,8 @@ impl Qcow2 {
                 ClusterEntry::ZeroPlain | ClusterEntry::ZeroAlloc { .. } => {
                     if self.header.version() < 3 {
                         return Err(corrupt(format!(
-                            "Zero cluster entry found in pre-v3 image ({place})"
+                            "Zero cluster entry found in pre-v3 image ({})",
+                            place()
                         )));
                     }
                     Mapping::Zero { host: host_here }
@@ -331,13 +336,36 @@ impl Qcow2 {
                 },
                 _ => Mapping::Unallocated { host: None },
             };
-            return Ok((mapping, cluster_end));
+            // Following entries of the same kind (data: the next host cluster) extend
+            // the unit; every check above holds for them as it did for the first.
+            let cs = g.cluster_size();
+            let same = |raw: u64, k: u64| match (entry, ClusterEntry::decode(raw, g, data_file)) {
+                (ClusterEntry::Unallocated, ClusterEntry::Unallocated)
+                | (ClusterEntry::ZeroPlain, ClusterEntry::ZeroPlain) => true,
+                (ClusterEntry::Normal { host: a, .. }, ClusterEntry::Normal { host: b, .. }) => {
+                    b == a + k * cs
+                }
+                _ => false,
+            };
+            let mut unit_end = cluster_end;
+            let mut k = 1;
+            while unit_end < end
+                && l2_index + k < g.l2_entries()
+                && same(table[((l2_index + k) * words) as usize], k)
+            {
+                unit_end += cs;
+                k += 1;
+            }
+            return Ok((mapping, unit_end));
         }
 
         let bitmap = SubclusterBitmap::from_raw(table[(l2_index * 2 + 1) as usize]);
         let (alloc, zero) = (bitmap.allocated(), bitmap.zero());
         if alloc & zero != 0 || (host.is_none() && alloc != 0) {
-            return Err(corrupt(format!("Invalid cluster entry found  ({place})")));
+            return Err(corrupt(format!(
+                "Invalid cluster entry found  ({})",
+                place()
+            )));
         }
         let sub_bits = g.subcluster_bits();
         let sub = (in_cluster >> sub_bits) as u32;
@@ -368,7 +396,11 @@ impl ReadLayer for Qcow2 {
     /// The mapping of the (sub)cluster holding `guest`, and the guest offset where that
     /// (sub)cluster ends.
     fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
-        self.classify_in(&self.l1, guest)
+        self.classify_in(&self.l1, guest, guest)
+    }
+
+    fn classify_until(&self, guest: u64, end: u64) -> Result<(Mapping, u64)> {
+        self.classify_in(&self.l1, guest, end)
     }
 
     fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()> {
