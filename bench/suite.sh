@@ -30,6 +30,11 @@ truncate -s 1G "$raw"
 img=$work/mixed.qcow2
 qemu-img convert -f raw -O qcow2 "$raw" "$img"
 qemu-io -f qcow2 -c "write -c -P 0x5c 200M 32M" -c "write -z 600M 32M" "$img" >/dev/null
+# The raw file compressed by qemu-img, once with each compression type.
+zlib=$work/zlib.qcow2
+zstd=$work/zstd.qcow2
+qemu-img convert -c -f raw -O qcow2 -o compression_type=zlib "$raw" "$zlib"
+qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd "$raw" "$zstd"
 # Many clusters and snapshots: 4 KiB clusters, three snapshots with writes between.
 snaps=$work/snapshots.qcow2
 qemu-img convert -f raw -O qcow2 -o cluster_size=4096 "$raw" "$snaps"
@@ -114,7 +119,10 @@ bench_case "convert raw -> qcow2" convert -f raw -O qcow2 "$raw" OUT
 bench_case "convert raw -> qcow2 -c zlib" convert -c -f raw -O qcow2 -o compression_type=zlib "$raw" OUT
 bench_case "convert raw -> qcow2 -c zstd" convert -c -f raw -O qcow2 -o compression_type=zstd "$raw" OUT
 bench_case "convert qcow2 -> qcow2" convert -O qcow2 "$img" OUT
+bench_case "convert zlib qcow2 -> raw" convert -O raw "$zlib" OUT
+bench_case "convert zstd qcow2 -> raw" convert -O raw "$zstd" OUT
 prep=:
+bench_case "compare zlib qcow2 with raw" compare -f qcow2 -F raw "$zlib" "$raw"
 bench_case "check (262144 clusters, 3 snaps)" check "$snaps"
 bench_case "map 4 TiB sparse (json)" map --output=json "$big"
 # Scattered requests: each 7919 × 4 KiB past the last, wrapping at the end.
