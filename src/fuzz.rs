@@ -125,6 +125,24 @@ fn exercise(image: &Image) {
     }
 }
 
+/// The input as a LUKS volume (the raw format's layout): header and key slots read
+/// and checked; when every derivation is cheap, unlocked with a fixed passphrase and a
+/// sector decrypted.
+pub fn luks_header(data: &[u8]) {
+    let storage = MemoryStorage::new(data.to_vec());
+    let Ok(volume) = crate::luks::LuksVolume::read(&storage, 0, data.len() as u64) else {
+        return;
+    };
+    let cheap = volume.header.mk_digest_iterations <= 1000
+        && volume.slots.iter().all(|s| s.iterations <= 1000);
+    if cheap {
+        if let Ok(cipher) = volume.unlock(&storage, 0, b"fuzz", false) {
+            let mut sector = vec![0u8; 512];
+            cipher.decrypt(0, &mut sector);
+        }
+    }
+}
+
 /// The input as an image file: the first byte picks the format to open it as (or to
 /// probe), the rest is the file.
 pub fn image(data: &[u8]) {

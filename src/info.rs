@@ -45,6 +45,30 @@ pub struct ImageInfo {
     pub cow_layout: Option<&'static str>,
 }
 
+/// What `qemu-img info` lists of a LUKS header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LuksInfo {
+    /// QEMU's name of the cipher and key size ("aes-256").
+    pub cipher_alg: &'static str,
+    /// "xts", "cbc", "ecb" or "ctr".
+    pub cipher_mode: &'static str,
+    /// "plain", "plain64" or "essiv" (None with ecb).
+    pub ivgen_alg: Option<&'static str>,
+    /// ESSIV's hash.
+    pub ivgen_hash_alg: Option<&'static str>,
+    /// The PBKDF2 and splitter hash.
+    pub hash_alg: &'static str,
+    /// The volume UUID.
+    pub uuid: String,
+    /// Byte offset of the payload from the header.
+    pub payload_offset: u64,
+    /// PBKDF2 iterations of the master key digest.
+    pub master_key_iters: u32,
+    /// The eight key slots: (active, iterations, key material offset in bytes, stripes).
+    pub slots: Vec<(bool, u32, u64, u32)>,
+}
+
 /// What `qemu-img info` lists under "Format specific information" for qcow2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,6 +85,8 @@ pub struct Qcow2Info {
     pub refcount_bits: u64,
     /// "aes" or "luks" when encrypted.
     pub encryption: Option<&'static str>,
+    /// The LUKS header's facts (no secrets), when it can be read.
+    pub luks: Option<LuksInfo>,
     /// The external data file as the header names it.
     pub data_file: Option<String>,
     /// The external data file reads as a raw image of the guest disk.
@@ -150,6 +176,40 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
     Ok(info)
 }
 
+/// The LUKS header a qcow2 file's crypto extension locates, as info lists it (None
+/// when there is none or it cannot be read: info still answers).
+fn luks_info(q: &crate::qcow2::Qcow2) -> Option<LuksInfo> {
+    use crate::codec::cipher::IvGenAlg;
+    let ext = q.header().crypto().ok()??;
+    let v = crate::luks::LuksVolume::read(q.storage(), ext.offset, ext.length).ok()?;
+    Some(LuksInfo {
+        cipher_alg: v.spec.alg.qemu_name(),
+        cipher_mode: v.spec.mode.name(),
+        ivgen_alg: v.spec.ivgen.map(IvGenAlg::name),
+        ivgen_hash_alg: match v.spec.ivgen {
+            Some(IvGenAlg::Essiv(h)) => Some(h.name()),
+            _ => None,
+        },
+        hash_alg: v.hash.name(),
+        uuid: v.uuid(),
+        payload_offset: v.payload_offset(),
+        master_key_iters: v.header.mk_digest_iterations,
+        slots: v
+            .slots
+            .iter()
+            .map(|s| {
+                let active = s.active == crate::format::luks::SLOT_ACTIVE;
+                (
+                    active,
+                    s.iterations,
+                    u64::from(s.key_offset) * 512,
+                    s.stripes,
+                )
+            })
+            .collect(),
+    })
+}
+
 fn qcow2_info(q: &crate::qcow2::Qcow2) -> Result<Qcow2Info> {
     let h = q.header();
     let v3 = h.version() >= 3;
@@ -165,6 +225,7 @@ fn qcow2_info(q: &crate::qcow2::Qcow2) -> Result<Qcow2Info> {
             2 => Some("luks"),
             _ => None,
         },
+        luks: luks_info(q),
         data_file: h
             .data_file()
             .map(|n| String::from_utf8_lossy(n).into_owned()),

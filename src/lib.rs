@@ -92,6 +92,7 @@ pub mod header;
 pub mod image;
 pub mod info;
 mod l2cache;
+mod luks;
 pub mod mapping;
 pub mod measure;
 pub mod nbd;

@@ -1,8 +1,9 @@
-//! Guest data at host offsets, through the legacy AES cipher when the image has one.
-//! Encryption works on whole 512-byte sectors numbered by guest offset, so partial
-//! sectors are read, changed and written back whole.
+//! Guest data at host offsets, through the image's sector cipher when it has one.
+//! Encryption works on whole 512-byte sectors, numbered by guest offset (legacy AES)
+//! or host offset (LUKS in qcow2), so partial sectors are read, changed and written
+//! back whole.
 
-use crate::codec::LegacyAes;
+use crate::codec::SectorCipher;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -10,7 +11,7 @@ use crate::storage::Storage;
 /// Past the end of the file the bytes are zeros (as QEMU's protocol layer pads reads).
 pub fn read(
     storage: &dyn Storage,
-    key: Option<&LegacyAes>,
+    key: Option<&SectorCipher>,
     host: u64,
     guest: u64,
     buf: &mut [u8],
@@ -26,15 +27,24 @@ pub fn read(
     storage
         .read_zero_padded(&mut sectors, host - lead)
         .map_err(io)?;
-    key.decrypt((guest - lead) / 512, &mut sectors);
+    key.decrypt(first_sector(key, host, guest, lead), &mut sectors);
     buf.copy_from_slice(&sectors[lead as usize..lead as usize + buf.len()]);
     Ok(())
+}
+
+/// The number of the sector that starts `lead` bytes before `host` (guest `guest`).
+fn first_sector(key: &SectorCipher, host: u64, guest: u64, lead: u64) -> u64 {
+    if key.iv_from_host() {
+        (host - lead) / 512
+    } else {
+        (guest - lead) / 512
+    }
 }
 
 /// Writes guest bytes starting at guest offset `guest` to host offset `host`.
 pub fn write(
     storage: &dyn Storage,
-    key: Option<&LegacyAes>,
+    key: Option<&SectorCipher>,
     host: u64,
     guest: u64,
     data: &[u8],
@@ -50,10 +60,10 @@ pub fn write(
         storage
             .read_zero_padded(&mut sectors, host - lead)
             .map_err(io)?;
-        key.decrypt((guest - lead) / 512, &mut sectors);
+        key.decrypt(first_sector(key, host, guest, lead), &mut sectors);
     }
     sectors[lead as usize..lead as usize + data.len()].copy_from_slice(data);
-    key.encrypt((guest - lead) / 512, &mut sectors);
+    key.encrypt(first_sector(key, host, guest, lead), &mut sectors);
     storage.write_at(&sectors, host - lead).map_err(io)
 }
 

@@ -64,3 +64,8 @@ fn write_path() {
 fn nbd() {
     replay("nbd", cowimg::fuzz::nbd);
 }
+
+#[test]
+fn luks_header() {
+    replay("luks_header", cowimg::fuzz::luks_header);
+}

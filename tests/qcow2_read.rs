@@ -511,7 +511,7 @@ fn external_data_file_that_is_not_raw() {
 }
 
 #[test]
-fn luks_is_refused_by_name_but_described() {
+fn luks_opens_with_its_passphrase_and_is_described_without_it() {
     let dir = Scratch::new("luks");
     let img = dir.str("luks.qcow2");
     qemu_img(&[
@@ -526,9 +526,12 @@ fn luks_is_refused_by_name_but_described() {
         &img,
         "1M",
     ]);
-    let e = Image::open(&img, &OpenOptions::new().passphrase(b"x".to_vec())).unwrap_err();
-    assert_eq!(e.kind(), cowimg::ErrorKind::Unsupported);
-    assert!(e.message().contains("LUKS"), "{e}");
+    let image = Image::open(&img, &OpenOptions::new().passphrase(b"x".to_vec())).unwrap();
+    let mut buf = vec![1u8; 4096];
+    image.read_at(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|b| *b == 0), "an unwritten LUKS image reads as zeros");
+    let e = Image::open(&img, &OpenOptions::new()).unwrap_err();
+    assert!(e.message().contains("key-secret"), "{e}");
     assert!(Image::open(&img, &OpenOptions::new().metadata_only(true)).is_ok());
 }
 

@@ -1,8 +1,8 @@
-//! Cluster codecs: compression (raw deflate, zstd) and the legacy AES-CBC sector
-//! cipher. They know bytes and sectors, not images.
+//! Cluster codecs: compression (raw deflate, zstd) and sector ciphers (LUKS's and
+//! the legacy AES-CBC). They know bytes and sectors, not images.
 
-pub mod aes;
+pub mod cipher;
 pub mod compress;
 
-pub use self::aes::LegacyAes;
+pub use self::cipher::SectorCipher;
 pub use compress::Compression;

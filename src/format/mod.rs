@@ -8,7 +8,7 @@
 pub mod generated;
 pub mod support;
 
-pub use generated::{cow, qcow, qcow2};
+pub use generated::{cow, luks, qcow, qcow2};
 pub use support::ByteArray;
 
 use crate::error::{Error, ErrorKind, Result};

@@ -1,7 +1,7 @@
 //! The format-independent image: a chain of layers (the image, its backing file, that
 //! file's backing file…), read as one virtual disk.
 
-use crate::codec::LegacyAes;
+use crate::codec::SectorCipher;
 use crate::cow::{self, Cow};
 use crate::error::{Error, ErrorKind, Result};
 use crate::mapping::{Below, Mapping};

@@ -196,10 +196,7 @@ impl Image {
                 }
                 let header = qcow2::Header::read(storage.as_ref())?;
                 let qopts = Qcow2Options {
-                    key: options
-                        .passphrase
-                        .as_deref()
-                        .map(LegacyAes::from_passphrase),
+                    passphrase: options.passphrase.clone(),
                     data_file: None,
                     l2_cache_bytes: options.l2_cache_bytes,
                     snapshot: options.snapshot.clone(),
@@ -418,10 +415,7 @@ fn open_layer(
                 None
             };
             let qopts = Qcow2Options {
-                key: options
-                    .passphrase
-                    .as_deref()
-                    .map(LegacyAes::from_passphrase),
+                passphrase: options.passphrase.clone(),
                 data_file,
                 l2_cache_bytes: options.l2_cache_bytes,
                 snapshot: if top { options.snapshot.clone() } else { None },
@@ -434,10 +428,7 @@ fn open_layer(
         }
         Format::Qcow => {
             let header = qcow::Header::read(storage.as_ref())?;
-            let key = options
-                .passphrase
-                .as_deref()
-                .map(LegacyAes::from_passphrase);
+            let key = options.passphrase.as_deref().map(SectorCipher::legacy_aes);
             Layer::Qcow(Box::new(Qcow::open(
                 storage,
                 header,

@@ -3,7 +3,7 @@
 //! does. There are no refcounts: replaced clusters are simply abandoned.
 
 use super::header::Header;
-use crate::codec::{Compression, LegacyAes};
+use crate::codec::{Compression, SectorCipher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow::{QcowCompressedDescriptor, QcowL2Entry};
 use crate::image::ReadLayer;
@@ -23,7 +23,7 @@ pub struct Qcow {
     size: u64,
     l1: Vec<u64>,
     l2_cache: Mutex<L2Cache>,
-    key: Option<LegacyAes>,
+    key: Option<SectorCipher>,
     decompressed: crate::compressed::LastCluster,
     writable: bool,
 }
@@ -40,7 +40,7 @@ impl Qcow {
     pub fn open(
         storage: Arc<dyn Storage>,
         header: Header,
-        key: Option<LegacyAes>,
+        key: Option<SectorCipher>,
         io: bool,
         writable: bool,
     ) -> Result<Qcow> {

@@ -7,7 +7,7 @@ use super::entry::Freed;
 use super::geometry::Geometry;
 use super::header::Header;
 use super::snapshot::Snapshot;
-use crate::codec::{Compression, LegacyAes};
+use crate::codec::{Compression, SectorCipher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::incompatible;
 use crate::format::qcow2::{L1Entry, SubclusterBitmap};
@@ -28,7 +28,7 @@ pub struct Qcow2 {
     pub(super) l1: Vec<u64>,
     pub(super) l2_cache: Mutex<L2Cache>,
     pub(super) compression: Compression,
-    pub(super) key: Option<LegacyAes>,
+    pub(super) key: Option<SectorCipher>,
     /// The last cluster decompressed, by host offset of its compressed bytes.
     pub(super) decompressed: crate::compressed::LastCluster,
     /// Where the next compressed cluster may be packed (mid-cluster, after the last

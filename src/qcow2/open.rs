@@ -5,7 +5,7 @@ use super::geometry::Geometry;
 use super::header::Header;
 use super::layer::{corrupt, Qcow2, View, Writer};
 use super::snapshot::{self, Snapshot};
-use crate::codec::{Compression, LegacyAes};
+use crate::codec::{Compression, SectorCipher};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{autoclear, incompatible};
 use crate::format::qcow2::{Qcow2Header, MAX_L1_BYTES};
@@ -26,8 +26,9 @@ pub enum SnapshotRef {
 /// What opening a qcow2 layer needs besides its file.
 #[derive(Clone, Debug)]
 pub struct Qcow2Options {
-    /// The legacy AES key, for crypt_method 1.
-    pub key: Option<LegacyAes>,
+    /// The passphrase: the legacy AES key (crypt_method 1), or what unlocks a LUKS
+    /// key slot (crypt_method 2).
+    pub passphrase: Option<Vec<u8>>,
     /// The external data file, for images that have one.
     pub data_file: Option<Arc<dyn Storage>>,
     /// Bytes of L2 tables to keep in memory.
@@ -49,7 +50,7 @@ pub struct Qcow2Options {
 impl Default for Qcow2Options {
     fn default() -> Self {
         Qcow2Options {
-            key: None,
+            passphrase: None,
             data_file: None,
             l2_cache_bytes: 4 << 20,
             snapshot: None,
@@ -113,10 +114,13 @@ impl Qcow2 {
             Writer::ReadOnly
         };
 
-        let key = if header.common.crypt_method == 1 {
-            options.key
-        } else {
-            None
+        let key = match header.common.crypt_method {
+            1 => options.passphrase.as_deref().map(SectorCipher::legacy_aes),
+            2 if options.io => {
+                let passphrase = options.passphrase.as_deref().unwrap_or_default();
+                Some(unlock_luks(storage.as_ref(), &header, passphrase)?)
+            }
+            _ => None,
         };
         let tables = (options.l2_cache_bytes / cluster_size).max(2) as usize;
         Ok(Qcow2 {
@@ -254,8 +258,7 @@ fn check_geometry(header: &Header, extended_l2: bool) -> Result<Geometry> {
     Ok(geometry)
 }
 
-/// What reading data needs that metadata does not: the data file, the key; LUKS is
-/// refused by name.
+/// What reading data needs that metadata does not: the data file, the passphrase.
 fn check_io_needs(header: &Header, options: &Qcow2Options, has_data_file: bool) -> Result<()> {
     if has_data_file && options.data_file.is_none() {
         return Err(Error::new(
@@ -269,22 +272,24 @@ fn check_io_needs(header: &Header, options: &Qcow2Options, has_data_file: bool) 
             "data-file-raw requires a data file",
         ));
     }
-    match header.common.crypt_method {
-        1 if options.key.is_none() => {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "Parameter 'encrypt.key-secret' is required for cipher",
-            ))
-        }
-        2 => {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "LUKS encryption (crypt_method 2) is not supported; only legacy AES is",
-            ))
-        }
-        _ => {}
+    if header.common.crypt_method != 0 && options.passphrase.is_none() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Parameter 'encrypt.key-secret' is required for cipher",
+        ));
     }
     Ok(())
+}
+
+/// The LUKS header the crypto extension locates, unlocked with `passphrase`: data
+/// sectors are numbered by host offset, as QEMU numbers them for LUKS in qcow2.
+fn unlock_luks(storage: &dyn Storage, header: &Header, passphrase: &[u8]) -> Result<SectorCipher> {
+    let ext = header.crypto()?.ok_or_else(|| {
+        corrupt("LUKS encryption without a full disk encryption header extension".into())
+    })?;
+    let volume = crate::luks::LuksVolume::read(storage, ext.offset, ext.length)
+        .map_err(|e| e.context(format_args!("LUKS header at {:#x}", ext.offset)))?;
+    volume.unlock(storage, ext.offset, passphrase, true)
 }
 
 /// Where the state to read is: the active L1 table, or the chosen snapshot's (checked

@@ -109,8 +109,12 @@ pub fn qcow2_specific(q: &Qcow2Info) -> Json {
         data.push(("bitmaps", Json::Array(list)));
     }
     data.push(("refcount-bits", Json::int(q.refcount_bits)));
-    if let Some(format) = q.encryption {
-        data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])));
+    match (&q.luks, q.encryption) {
+        (Some(luks), _) => data.push(("encrypt", luks_info(luks))),
+        (None, Some(format)) => {
+            data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])))
+        }
+        (None, None) => {}
     }
     if let Some(name) = &q.data_file {
         data.push(("data-file", Json::str(name)));
@@ -123,6 +127,42 @@ pub fn qcow2_specific(q: &Qcow2Info) -> Json {
         data.push(("extended-l2", Json::Bool(extended)));
     }
     Json::Object(data)
+}
+
+/// A LUKS header as `qemu-img info` lists it, in the order QEMU 10 prints its keys.
+pub fn luks_info(l: &crate::info::LuksInfo) -> Json {
+    let mut fields = Vec::new();
+    if let Some(ivgen) = l.ivgen_alg {
+        fields.push(("ivgen-alg", Json::str(ivgen)));
+    }
+    fields.push(("detached-header", Json::Bool(false)));
+    fields.push(("hash-alg", Json::str(l.hash_alg)));
+    fields.push(("cipher-alg", Json::str(l.cipher_alg)));
+    fields.push(("uuid", Json::str(&l.uuid)));
+    if let Some(hash) = l.ivgen_hash_alg {
+        fields.push(("ivgen-hash-alg", Json::str(hash)));
+    }
+    fields.push(("format", Json::str("luks")));
+    fields.push(("cipher-mode", Json::str(l.cipher_mode)));
+    let slots = l
+        .slots
+        .iter()
+        .map(|&(active, iters, key_offset, stripes)| {
+            let mut s = vec![("active", Json::Bool(active))];
+            if active {
+                s.push(("iters", Json::int(u64::from(iters))));
+            }
+            s.push(("key-offset", Json::int(key_offset)));
+            if active {
+                s.push(("stripes", Json::int(u64::from(stripes))));
+            }
+            Json::Object(s)
+        })
+        .collect();
+    fields.push(("slots", Json::Array(slots)));
+    fields.push(("payload-offset", Json::int(l.payload_offset)));
+    fields.push(("master-key-iters", Json::int(u64::from(l.master_key_iters))));
+    Json::Object(fields)
 }
 
 /// One snapshot as `qemu-img info` lists it.

@@ -2,5 +2,6 @@
 //! `cargo run -p cowimg-codegen`.
 
 pub mod cow;
+pub mod luks;
 pub mod qcow;
 pub mod qcow2;
