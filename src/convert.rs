@@ -26,7 +26,7 @@ pub struct ConvertOptions {
     /// Compress every cluster (qcow2, qcow).
     pub compress: bool,
     /// The passphrase of an encrypted target.
-    pub passphrase: Option<Vec<u8>>,
+    pub passphrase: Option<crate::Secret>,
     /// Flush the target before returning (qemu-img's default cache mode, unsafe, does
     /// not).
     pub flush: bool,
@@ -61,7 +61,7 @@ impl ConvertOptions {
         }
         optional {
         /// The passphrase of an encrypted target.
-        passphrase: Vec<u8>;
+        passphrase: crate::Secret;
         }
     }
 }

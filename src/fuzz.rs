@@ -158,7 +158,7 @@ pub fn image(data: &[u8]) {
         _ => Format::Raw,
     };
     let options = OpenOptions {
-        passphrase: Some(b"fuzz".to_vec()),
+        passphrase: Some(crate::Secret::from("fuzz")),
         ..OpenOptions::default()
     };
     if let Ok(image) = Image::open_storage(storage.clone(), format, &options) {

@@ -195,7 +195,7 @@ fn legacy_aes_reads_plaintext() {
         "the file holds ciphertext only"
     );
 
-    let keyed = OpenOptions::new().passphrase(b"hunter2".to_vec());
+    let keyed = OpenOptions::new().passphrase(cowimg::Secret::from("hunter2"));
     let image = Image::open(&img, &keyed).unwrap();
     assert_eq!(our_raw(&image), theirs);
     // Unaligned reads inside encrypted sectors.
@@ -526,10 +526,17 @@ fn luks_opens_with_its_passphrase_and_is_described_without_it() {
         &img,
         "1M",
     ]);
-    let image = Image::open(&img, &OpenOptions::new().passphrase(b"x".to_vec())).unwrap();
+    let image = Image::open(
+        &img,
+        &OpenOptions::new().passphrase(cowimg::Secret::from("x")),
+    )
+    .unwrap();
     let mut buf = vec![1u8; 4096];
     image.read_at(&mut buf, 0).unwrap();
-    assert!(buf.iter().all(|b| *b == 0), "an unwritten LUKS image reads as zeros");
+    assert!(
+        buf.iter().all(|b| *b == 0),
+        "an unwritten LUKS image reads as zeros"
+    );
     let e = Image::open(&img, &OpenOptions::new()).unwrap_err();
     assert!(e.message().contains("key-secret"), "{e}");
     assert!(Image::open(&img, &OpenOptions::new().metadata_only(true)).is_ok());

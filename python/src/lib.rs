@@ -307,7 +307,7 @@ fn open(
     let mut options = OpenOptions::new()
         .format(format_named(format)?)
         .writable(writable)
-        .passphrase(passphrase);
+        .passphrase(passphrase.map(cowimg::Secret::from));
     if let Some(path) = data_file {
         options = options.data_file(path);
     }

@@ -361,7 +361,7 @@ impl SectorCipher {
         };
         let essiv = match spec.ivgen {
             Some(IvGenAlg::Essiv(hash)) => {
-                let salt = hash.digest(&[key]);
+                let salt = zeroize::Zeroizing::new(hash.digest(&[key]));
                 let alg = spec.alg.with_key_len(salt.len()).ok_or_else(|| {
                     format!(
                         "no {} cipher takes the {}-byte {} digest as its ESSIV key",

@@ -32,7 +32,7 @@ pub struct OpenOptions {
     /// Which backing files to open (`Backing::Header`: the ones the headers name).
     pub backing: Backing,
     /// Passphrase for legacy AES images, anywhere in the chain.
-    pub passphrase: Option<Vec<u8>>,
+    pub passphrase: Option<crate::Secret>,
     /// The top image's external data file, instead of the one its header names.
     pub data_file: Option<PathBuf>,
     /// Read this internal snapshot of the top image instead of its current state.
@@ -89,7 +89,7 @@ impl OpenOptions {
         /// The top image's format (needed for writing; probed when None).
         format: Format;
         /// The passphrase of legacy AES images in the chain.
-        passphrase: Vec<u8>;
+        passphrase: crate::Secret;
         /// Read this internal snapshot of the top image (None: the current state).
         snapshot: SnapshotRef;
         }
@@ -428,7 +428,10 @@ fn open_layer(
         }
         Format::Qcow => {
             let header = qcow::Header::read(storage.as_ref())?;
-            let key = options.passphrase.as_deref().map(SectorCipher::legacy_aes);
+            let key = options
+                .passphrase
+                .as_ref()
+                .map(|p| SectorCipher::legacy_aes(p.as_bytes()));
             Layer::Qcow(Box::new(Qcow::open(
                 storage,
                 header,

@@ -28,7 +28,7 @@ pub enum SnapshotRef {
 pub struct Qcow2Options {
     /// The passphrase: the legacy AES key (crypt_method 1), or what unlocks a LUKS
     /// key slot (crypt_method 2).
-    pub passphrase: Option<Vec<u8>>,
+    pub passphrase: Option<crate::Secret>,
     /// The external data file, for images that have one.
     pub data_file: Option<Arc<dyn Storage>>,
     /// Bytes of L2 tables to keep in memory.
@@ -115,9 +115,16 @@ impl Qcow2 {
         };
 
         let key = match header.common.crypt_method {
-            1 => options.passphrase.as_deref().map(SectorCipher::legacy_aes),
+            1 => options
+                .passphrase
+                .as_ref()
+                .map(|p| SectorCipher::legacy_aes(p.as_bytes())),
             2 if options.io => {
-                let passphrase = options.passphrase.as_deref().unwrap_or_default();
+                let passphrase = options
+                    .passphrase
+                    .as_ref()
+                    .map(|p| p.as_bytes())
+                    .unwrap_or_default();
                 Some(unlock_luks(storage.as_ref(), &header, passphrase)?)
             }
             _ => None,

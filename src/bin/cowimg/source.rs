@@ -2,8 +2,8 @@
 //! `--image-opts` and `-U`, plus the COWIMG_PASSPHRASE environment variable, so that a
 //! passphrase never has to appear on the command line.
 
-use cowimg::SnapshotRef;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use cowimg::{Secret, SnapshotRef};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -70,7 +70,7 @@ pub fn format_named(name: &str) -> Result<Format, Error> {
 
 impl SourceArgs {
     /// The secrets defined with --object, by id.
-    pub fn secrets(&self) -> Result<HashMap<String, Vec<u8>>, Error> {
+    pub fn secrets(&self) -> Result<HashMap<String, Secret>, Error> {
         let mut out = HashMap::new();
         for object in &self.objects {
             let opts = parse_options(object);
@@ -97,7 +97,7 @@ impl SourceArgs {
                     )))
                 }
             };
-            out.insert(id, value);
+            out.insert(id, Secret::new(value));
         }
         Ok(out)
     }
@@ -150,7 +150,7 @@ impl SourceArgs {
                     .cloned()
                     .ok_or_else(|| bad(format!("No secret with id '{id}' found")))?,
             ),
-            None => std::env::var_os(PASSPHRASE_ENV).map(|v| v.into_encoded_bytes()),
+            None => std::env::var_os(PASSPHRASE_ENV).map(|v| Secret::new(v.into_encoded_bytes())),
         };
         Ok((path, options))
     }
@@ -231,7 +231,10 @@ mod tests {
             .unwrap();
         assert_eq!(path, PathBuf::from("/x/y.qcow2"));
         assert_eq!(opts.format, Some(Format::Qcow2));
-        assert_eq!(opts.passphrase.as_deref(), Some(&b"pa,ss"[..]));
+        assert_eq!(
+            opts.passphrase.as_ref().map(|p| p.as_bytes()),
+            Some(&b"pa,ss"[..])
+        );
         assert!(args
             .resolve("driver=qcow2,file.filename=a,encrypt.key-secret=nope")
             .is_err());

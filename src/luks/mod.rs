@@ -13,6 +13,7 @@ use crate::format::luks::{
 };
 use crate::format::Layout;
 use crate::storage::Storage;
+use zeroize::Zeroizing;
 
 /// Bytes of the header with its key slots.
 pub const HEADER_LEN: u64 = KEY_SLOTS_AT + NUM_KEY_SLOTS as u64 * 48;
@@ -193,10 +194,10 @@ impl LuksVolume {
     ) -> Result<SectorCipher> {
         let key_bytes = self.header.key_bytes as usize;
         for slot in self.slots.iter().filter(|s| s.active == SLOT_ACTIVE) {
-            let mut slot_key = vec![0u8; key_bytes];
+            let mut slot_key = Zeroizing::new(vec![0u8; key_bytes]);
             self.hash
                 .pbkdf2(passphrase, &slot.salt.0, slot.iterations, &mut slot_key);
-            let mut split = vec![0u8; key_bytes * STRIPES as usize];
+            let mut split = Zeroizing::new(vec![0u8; key_bytes * STRIPES as usize]);
             let from = at + u64::from(slot.key_offset) * SECTOR_SIZE;
             let got = storage
                 .read_full(&mut split, from)
@@ -246,8 +247,8 @@ impl LuksVolume {
 
 /// The anti-forensic merge: the stripes XORed in turn, each sum but the last diffused
 /// with `hash`, gives the key.
-fn af_merge(split: &[u8], key_len: usize, hash: HashAlg) -> Vec<u8> {
-    let mut key = vec![0u8; key_len];
+fn af_merge(split: &[u8], key_len: usize, hash: HashAlg) -> Zeroizing<Vec<u8>> {
+    let mut key = Zeroizing::new(vec![0u8; key_len]);
     let stripes: Vec<&[u8]> = split.chunks_exact(key_len).collect();
     for (i, stripe) in stripes.iter().enumerate() {
         key.iter_mut().zip(*stripe).for_each(|(k, s)| *k ^= s);
