@@ -355,12 +355,11 @@ fn with_snapshot(
     let Some(wanted) = snapshot else {
         return open(options);
     };
-    match open(&options.clone().snapshot(SnapshotRef::Id(wanted.into()))) {
-        Err(e) if e.kind() == ErrorKind::BadArgument => {
-            open(&options.clone().snapshot(SnapshotRef::Name(wanted.into())))
-        }
-        other => other,
-    }
+    open(
+        &options
+            .clone()
+            .snapshot(SnapshotRef::IdOrName(wanted.into())),
+    )
 }
 
 /// Creates an empty image file.

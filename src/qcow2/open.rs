@@ -21,6 +21,8 @@ pub enum SnapshotRef {
     Id(String),
     /// The snapshot with this name.
     Name(String),
+    /// The snapshot with this ID, or else the one with this name (qemu-img's bare `-l`).
+    IdOrName(String),
 }
 
 /// What opening a qcow2 layer needs besides its file.
@@ -317,8 +319,12 @@ fn chosen_state(
             let s = snapshots
                 .iter()
                 .find(|s| match want {
-                    SnapshotRef::Id(id) => &s.id == id,
+                    SnapshotRef::Id(id) | SnapshotRef::IdOrName(id) => &s.id == id,
                     SnapshotRef::Name(name) => &s.name == name,
+                })
+                .or_else(|| match want {
+                    SnapshotRef::IdOrName(name) => snapshots.iter().find(|s| &s.name == name),
+                    _ => None,
                 })
                 .ok_or_else(|| {
                     Error::new(
@@ -329,6 +335,9 @@ fn chosen_state(
                             }
                             SnapshotRef::Name(n) => {
                                 format!("Can't find snapshot with name '{n}'")
+                            }
+                            SnapshotRef::IdOrName(n) => {
+                                format!("Can't find snapshot with id or name '{n}'")
                             }
                         },
                     )

@@ -193,8 +193,8 @@ impl SnapshotSourceArgs {
 /// qemu-img's `-l`: snapshot.id=ID, snapshot.name=NAME, or a bare id or name.
 fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
     if !spec.contains('=') {
-        // qemu-img: a bare word is an id or a name; cowimg tries it as an id first.
-        return Ok(SnapshotRef::Id(spec.to_string()));
+        // qemu-img: a bare word is an id or a name, tried as an id first.
+        return Ok(SnapshotRef::IdOrName(spec.to_string()));
     }
     match parse_options(spec).as_slice() {
         [(k, v)] if k == "snapshot.id" => Ok(SnapshotRef::Id(v.clone())),
