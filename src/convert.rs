@@ -3,7 +3,7 @@
 //! unallocated and may compress. A target this call made is removed when it fails.
 
 use crate::copy::{copy_into, is_zero, read_into, workers, Salvage, Unreadable, CHUNK};
-use crate::create::{create_file, remove_created, CreateOptions};
+use crate::create::{create_file, remove_created, CreateOptions, Encryption};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{create_locked_file, refuse_overwrite, Backing, Image, OpenOptions};
 use crate::probe::Format;
@@ -83,7 +83,8 @@ pub fn convert(
     let result = match options.format {
         Format::Raw if !options.compress => to_raw(source, out, options, s, progress),
         Format::Qcow2 | Format::Qcow => to_image(source, out, options, s, progress),
-        Format::Raw => Err(Error::new(
+        Format::Luks if !options.compress => to_image(source, out, options, s, progress),
+        Format::Raw | Format::Luks => Err(Error::new(
             ErrorKind::BadArgument,
             "Compression not supported for this file format",
         )),
@@ -100,8 +101,9 @@ pub fn convert(
     Ok(salvage.map(Salvage::into_ranges).unwrap_or_default())
 }
 
-/// A new qcow2 or qcow image with the source's content: whole zero clusters are left
-/// unallocated, the rest written (or compressed).
+/// A new qcow2, qcow or luks image with the source's content: whole zero clusters are
+/// left unallocated (a luks volume has none: they are written), the rest written (or
+/// compressed).
 fn to_image(
     source: &Image,
     out: &Path,
@@ -111,16 +113,27 @@ fn to_image(
 ) -> Result<()> {
     let mut opts = options.create.clone();
     opts.size = source.size();
-    if opts.encrypt_aes && options.passphrase.is_none() {
+    // A LUKS target opens with the passphrase it was made with.
+    let passphrase = match &opts.encryption {
+        Encryption::Luks(luks) => Some(luks.passphrase.clone()),
+        _ => options.passphrase.clone(),
+    };
+    if matches!(opts.encryption, Encryption::Aes) && passphrase.is_none() {
         return Err(Error::new(
             ErrorKind::BadArgument,
             "Parameter 'encrypt.key-secret' is required for cipher",
         ));
     }
-    if options.compress && (opts.encrypt_aes || opts.data_file.is_some()) {
+    if options.compress && opts.encryption.is_some() {
         return Err(Error::new(
             ErrorKind::BadArgument,
-            "Compression not supported with encryption or a data file",
+            "Compression and encryption not supported at the same time",
+        ));
+    }
+    if options.compress && opts.data_file.is_some() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Compression not supported with a data file",
         ));
     }
     create_file(options.format, out, &opts, 3)?;
@@ -137,7 +150,7 @@ fn to_image(
         .backing(backing)
         .writable(true)
         .barriers(false)
-        .passphrase(options.passphrase.clone());
+        .passphrase(passphrase);
     let mut target = Image::open(out, &target_options)?;
     // A qcow target compresses in its own clusters; the others in the ones asked for.
     let cs = match (target.format(), target.cluster_size()) {

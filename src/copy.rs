@@ -125,7 +125,8 @@ enum Need {
 }
 
 /// Copies the `(from, len)` bytes of `image` to the start of `target`, a new image
-/// whose clusters of `cs` bytes read as zeros, or as its backing file gives them: only
+/// whose clusters of `cs` bytes read as zeros (but a luks volume's), or as its backing
+/// file gives them: only
 /// clusters that read otherwise are written, plainly or, with `compress`, compressed
 /// (zeros over backing data are written as zeros). `progress` hears of every byte
 /// done, written or skipped. With `salvage`, what cannot be read is copied as zeros
@@ -148,8 +149,13 @@ pub fn copy_into(
         (CHUNK, workers())
     };
     let backed = target.chain().len() > 1;
+    // A new LUKS volume's sectors decrypt to noise until written: zeros are written.
+    let zero_init = target.format() != crate::probe::Format::Luks;
     let mut below = vec![0u8; cs_us];
     let range = (from, len);
+    // Where the pieces read so far end: the wholly zero ones between are skipped by the
+    // reader, and a target that does not read as zeros gets them written.
+    let mut next = 0;
     read_ahead(
         image,
         range,
@@ -158,6 +164,10 @@ pub fn copy_into(
         salvage,
         progress,
         |done, chunk| {
+            if !zero_init && done > next {
+                target.write_zeroes(next, done - next, false)?;
+            }
+            next = done + chunk.len() as u64;
             // Runs of clusters that need the same are written in one call each (so a
             // compressed run is compressed on every core).
             let mut run: Option<(usize, Need)> = None;
@@ -176,7 +186,8 @@ pub fn copy_into(
                             Need::Data
                         }
                     }
-                    Some(c) if is_zero(c) => Need::Nothing,
+                    Some(c) if is_zero(c) && zero_init => Need::Nothing,
+                    Some(c) if is_zero(c) => Need::Zeros,
                     Some(_) => Need::Data,
                 };
                 if run.is_some_and(|(_, kind)| kind == need) {
@@ -196,7 +207,11 @@ pub fn copy_into(
             }
             Ok(())
         },
-    )
+    )?;
+    if !zero_init && len > next {
+        target.write_zeroes(next, len - next, false)?;
+    }
+    Ok(())
 }
 
 /// Threads for copying: one per core, at most eight.

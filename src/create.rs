@@ -4,9 +4,11 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Backing, Image, OpenOptions};
+use crate::luks::LuksVolume;
+pub use crate::luks::{KeySlotChange, LuksOptions};
 use crate::probe::Format;
 use crate::qcow2::create::create;
-pub use crate::qcow2::create::{Compat, CreateOptions, Preallocation};
+pub use crate::qcow2::create::{Compat, CreateOptions, Encryption, Preallocation};
 use crate::storage::Storage;
 use std::path::Path;
 
@@ -116,39 +118,69 @@ fn create_files(
             };
             crate::cow::create::create(&storage, opts.size, backing, mtime, version)
         }
-        Format::Qcow => {
-            // qcow takes a size, a backing file and legacy encryption; nothing else.
-            let defaults = CreateOptions::default();
-            let refused = [
-                ("compat", opts.version != defaults.version),
-                ("cluster_size", opts.cluster_size != defaults.cluster_size),
-                (
-                    "refcount_bits",
-                    opts.refcount_bits != defaults.refcount_bits,
-                ),
-                (
-                    "preallocation",
-                    opts.preallocation != defaults.preallocation,
-                ),
-                ("lazy_refcounts", opts.lazy_refcounts),
-                ("extended_l2", opts.extended_l2),
-                ("compression_type", opts.compression != defaults.compression),
-                ("data_file", opts.data_file.is_some()),
-            ];
-            if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
+        Format::Luks => {
+            refuse_options(opts, "luks", true)?;
+            let Encryption::Luks(luks) = &opts.encryption else {
                 return Err(Error::new(
                     ErrorKind::BadArgument,
-                    format!("Invalid parameter '{name}' for format qcow"),
+                    "Parameter 'key-secret' is required for cipher",
                 ));
-            }
+            };
+            let (volume, _) = LuksVolume::format(&storage, 0, luks, false)?;
+            storage
+                .set_len(volume.payload_offset() + opts.size.next_multiple_of(512))
+                .map_err(|e| Error::io("sizing the image", e))
+        }
+        Format::Qcow => {
+            refuse_options(opts, "qcow", false)?;
             crate::qcow::create::create(
                 &storage,
                 opts.size,
                 opts.backing_file.as_deref(),
-                opts.encrypt_aes,
+                match opts.encryption {
+                    Encryption::None => false,
+                    Encryption::Aes => true,
+                    Encryption::Luks(_) => {
+                        return Err(Error::new(
+                            ErrorKind::BadArgument,
+                            "Unsupported encryption format 'luks' for format qcow",
+                        ))
+                    }
+                },
             )
         }
     }
+}
+
+/// Refuses the qcow2 options a simpler format has no place for, naming the first
+/// one set (qcow takes a size, a backing file and legacy encryption; luks a size and
+/// its encryption options).
+fn refuse_options(opts: &CreateOptions, format: &str, no_backing: bool) -> Result<()> {
+    let defaults = CreateOptions::default();
+    let refused = [
+        ("compat", opts.version != defaults.version),
+        ("cluster_size", opts.cluster_size != defaults.cluster_size),
+        (
+            "refcount_bits",
+            opts.refcount_bits != defaults.refcount_bits,
+        ),
+        (
+            "preallocation",
+            opts.preallocation != defaults.preallocation,
+        ),
+        ("lazy_refcounts", opts.lazy_refcounts),
+        ("extended_l2", opts.extended_l2),
+        ("compression_type", opts.compression != defaults.compression),
+        ("data_file", opts.data_file.is_some()),
+        ("backing_file", no_backing && opts.backing_file.is_some()),
+    ];
+    if let Some((name, _)) = refused.iter().find(|(_, set)| *set) {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Invalid parameter '{name}' for format {format}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two names are one file (one device and inode), or one name.

@@ -43,6 +43,8 @@ pub struct ImageInfo {
     pub qcow2: Option<Qcow2Info>,
     /// Which UML cow header layout the file has (cow only).
     pub cow_layout: Option<&'static str>,
+    /// A raw LUKS volume's header facts (luks only; qcow2 lists its own under `qcow2`).
+    pub luks: Option<LuksInfo>,
 }
 
 /// What `qemu-img info` lists of a LUKS header.
@@ -123,6 +125,7 @@ impl Image {
                 Layer::Qcow(q) => format!("{:#?}", q.header()),
                 Layer::Cow(c) => format!("{:#?}", c.header()),
                 Layer::Raw(_) => String::new(),
+                Layer::Luks(l) => format!("{:#?}", l.volume()),
             })
             .collect()
     }
@@ -154,9 +157,14 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
         snapshots: Vec::new(),
         qcow2: None,
         cow_layout: None,
+        luks: None,
     };
     match &entry.layer {
         Layer::Raw(_) => {}
+        Layer::Luks(l) => {
+            info.encrypted = true;
+            info.luks = Some(luks_info(l.volume()));
+        }
         Layer::Cow(c) => info.cow_layout = Some(c.header().layout_name()),
         Layer::Qcow(q) => {
             info.cluster_size = Some(q.cluster_size());
@@ -178,11 +186,16 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
 
 /// The LUKS header a qcow2 file's crypto extension locates, as info lists it (None
 /// when there is none or it cannot be read: info still answers).
-fn luks_info(q: &crate::qcow2::Qcow2) -> Option<LuksInfo> {
-    use crate::codec::cipher::IvGenAlg;
+fn qcow2_luks_info(q: &crate::qcow2::Qcow2) -> Option<LuksInfo> {
     let ext = q.header().crypto().ok()??;
     let v = crate::luks::LuksVolume::read(q.storage(), ext.offset, ext.length).ok()?;
-    Some(LuksInfo {
+    Some(luks_info(&v))
+}
+
+/// A LUKS header as info lists it.
+fn luks_info(v: &crate::luks::LuksVolume) -> LuksInfo {
+    use crate::codec::cipher::IvGenAlg;
+    LuksInfo {
         cipher_alg: v.spec.alg.qemu_name(),
         cipher_mode: v.spec.mode.name(),
         ivgen_alg: v.spec.ivgen.map(IvGenAlg::name),
@@ -207,7 +220,7 @@ fn luks_info(q: &crate::qcow2::Qcow2) -> Option<LuksInfo> {
                 )
             })
             .collect(),
-    })
+    }
 }
 
 fn qcow2_info(q: &crate::qcow2::Qcow2) -> Result<Qcow2Info> {
@@ -225,7 +238,7 @@ fn qcow2_info(q: &crate::qcow2::Qcow2) -> Result<Qcow2Info> {
             2 => Some("luks"),
             _ => None,
         },
-        luks: luks_info(q),
+        luks: qcow2_luks_info(q),
         data_file: h
             .data_file()
             .map(|n| String::from_utf8_lossy(n).into_owned()),

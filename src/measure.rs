@@ -4,7 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{Image, Layer};
 use crate::probe::Format;
-use crate::qcow2::create::{CreateOptions, Preallocation};
+use crate::qcow2::create::{CreateOptions, Encryption, Preallocation};
 use crate::qcow2::measure::{bitmaps_size, fully_allocated, Target};
 
 /// What `qemu-img measure` reports.
@@ -60,10 +60,26 @@ pub fn measure(
                 }
                 _ => None,
             };
+            // A LUKS header and its key material take whole clusters of their own.
+            let luks = luks_area(&options)?.map_or(0, |len| len.next_multiple_of(t.cluster_size));
             Ok(Measurement {
-                required: fully - virtual_size + data,
-                fully_allocated: fully,
+                required: fully - virtual_size + data + luks,
+                fully_allocated: fully + luks,
                 bitmaps,
+            })
+        }
+        Format::Luks => {
+            let Some(header) = luks_area(options)? else {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "Parameter 'key-secret' is required for cipher",
+                ));
+            };
+            let total = header + size.next_multiple_of(512);
+            Ok(Measurement {
+                required: total,
+                fully_allocated: total,
+                bitmaps: None,
             })
         }
         other => Err(Error::new(
@@ -73,6 +89,18 @@ pub fn measure(
                 other.name()
             ),
         )),
+    }
+}
+
+/// Bytes of the LUKS header and key material a new image with `options` holds, if
+/// it is LUKS-encrypted.
+fn luks_area(options: &CreateOptions) -> Result<Option<u64>> {
+    match &options.encryption {
+        Encryption::Luks(luks) => {
+            let (spec, _) = luks.resolve()?;
+            Ok(Some(crate::luks::area_len(spec.key_len())))
+        }
+        _ => Ok(None),
     }
 }
 

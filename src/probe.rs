@@ -1,5 +1,6 @@
 //! Which format a file holds, from its first bytes, as QEMU's probes decide.
 
+use crate::format::luks::LuksHeader;
 use crate::format::qcow::QcowHeader;
 use crate::format::qcow2::Qcow2Header;
 use crate::storage::Storage;
@@ -18,6 +19,8 @@ pub enum Format {
     Cow,
     /// A plain disk image: the guest bytes, nothing else.
     Raw,
+    /// A LUKS1 volume: the guest bytes encrypted after a LUKS header.
+    Luks,
 }
 
 impl Format {
@@ -28,14 +31,21 @@ impl Format {
             Format::Qcow => "qcow",
             Format::Cow => "cow",
             Format::Raw => "raw",
+            Format::Luks => "luks",
         }
     }
 
     /// The format named `name`, as `-f` takes it.
     pub fn from_name(name: &str) -> Option<Format> {
-        [Format::Qcow2, Format::Qcow, Format::Cow, Format::Raw]
-            .into_iter()
-            .find(|f| f.name() == name)
+        [
+            Format::Qcow2,
+            Format::Qcow,
+            Format::Cow,
+            Format::Raw,
+            Format::Luks,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
     }
 }
 
@@ -46,7 +56,8 @@ impl fmt::Display for Format {
 }
 
 /// Guesses the format: "QFI\xfb" with version 1 is qcow and with a higher version
-/// qcow2; the cow magic in either byte order is cow; anything else is raw. A guess is
+/// qcow2; the cow magic in either byte order is cow; "LUKS\xba\xbe" with version 1
+/// is luks; anything else is raw. A guess is
 /// for reading only: writing needs the format stated.
 pub fn probe(storage: &dyn Storage) -> io::Result<Format> {
     let mut head = [0u8; 8];
@@ -58,6 +69,12 @@ pub fn probe(storage: &dyn Storage) -> io::Result<Format> {
     let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     Ok(match magic {
         QcowHeader::MAGIC_REQUIRED if version == 1 => Format::Qcow,
+        LuksHeader::MAGIC_REQUIRED
+            if u16::from_be_bytes([head[4], head[5]]) == LuksHeader::MAGIC_TAIL_REQUIRED
+                && u16::from_be_bytes([head[6], head[7]]) == LuksHeader::VERSION_REQUIRED =>
+        {
+            Format::Luks
+        }
         Qcow2Header::MAGIC_REQUIRED if version >= 2 => Format::Qcow2,
         // cow: the magic in either byte order with a version it has (1 is host-endian).
         crate::cow::header::MAGIC if (1..=3).contains(&version) => Format::Cow,

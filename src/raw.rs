@@ -62,14 +62,7 @@ impl Raw {
     /// Writes zeros over a range.
     pub fn write_zeroes(&mut self, guest: u64, len: u64) -> Result<()> {
         self.forget_runs();
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut at = guest;
-        while at < guest + len {
-            let n = (guest + len - at).min(zeros.len() as u64) as usize;
-            self.write_at(at, &zeros[..n])?;
-            at += n as u64;
-        }
-        Ok(())
+        crate::image::write_zero_buffers(guest, len, |at, zeros| self.write_at(at, zeros))
     }
 
     /// Sets the file's length.

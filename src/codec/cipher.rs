@@ -46,6 +46,22 @@ impl CipherAlg {
         })
     }
 
+    /// The algorithm QEMU names `name` (aes-256, serpent-128, cast5-128, sm4…).
+    pub fn from_qemu_name(name: &str) -> Option<CipherAlg> {
+        use CipherAlg::*;
+        [
+            Aes128, Aes192, Aes256, Serpent128, Serpent192, Serpent256, Twofish128, Twofish192,
+            Twofish256, Cast5_128, Sm4,
+        ]
+        .into_iter()
+        .find(|alg| alg.qemu_name() == name)
+    }
+
+    /// The family name a LUKS header stores (aes, serpent, twofish, cast5, sm4).
+    pub fn luks_name(self) -> &'static str {
+        self.qemu_name().split('-').next().unwrap_or_default()
+    }
+
     /// QEMU's name, as `qemu-img info` shows it (aes-256, serpent-128, cast5-128…).
     pub fn qemu_name(self) -> &'static str {
         use CipherAlg::*;
@@ -85,8 +101,7 @@ impl CipherAlg {
 
     /// The same family with a `key_len`-byte key (ESSIV keys its cipher with a digest).
     fn with_key_len(self, key_len: usize) -> Option<CipherAlg> {
-        let family = self.qemu_name().split('-').next().unwrap_or_default();
-        CipherAlg::from_luks_name(family, key_len)
+        CipherAlg::from_luks_name(self.luks_name(), key_len)
     }
 }
 
@@ -103,24 +118,32 @@ enum Block {
 }
 
 impl Block {
-    /// `key` must be `alg.key_len()` bytes (the callers derive it so).
-    fn new(alg: CipherAlg, key: &[u8]) -> Block {
+    /// The cipher under `key`, which must be `alg.key_len()` bytes.
+    fn new(alg: CipherAlg, key: &[u8]) -> Result<Block, String> {
         use CipherAlg::*;
-        // Every length below is the algorithm's own: KeyInit cannot fail.
-        let fixed = "key length fixed by the algorithm";
-        match alg {
-            Aes128 => Block::Aes128(aes::Aes128::new_from_slice(key).expect(fixed)),
-            Aes192 => Block::Aes192(aes::Aes192::new_from_slice(key).expect(fixed)),
-            Aes256 => Block::Aes256(aes::Aes256::new_from_slice(key).expect(fixed)),
+        if key.len() != alg.key_len() {
+            return Err(format!(
+                "a {} key is {} bytes, not {}",
+                alg.qemu_name(),
+                alg.key_len(),
+                key.len()
+            ));
+        }
+        // The length is checked above; the crates' own check agrees.
+        let wrong = |_| format!("{} refused a {}-byte key", alg.qemu_name(), key.len());
+        Ok(match alg {
+            Aes128 => Block::Aes128(aes::Aes128::new_from_slice(key).map_err(wrong)?),
+            Aes192 => Block::Aes192(aes::Aes192::new_from_slice(key).map_err(wrong)?),
+            Aes256 => Block::Aes256(aes::Aes256::new_from_slice(key).map_err(wrong)?),
             Serpent128 | Serpent192 | Serpent256 => {
-                Block::Serpent(serpent::Serpent::new_from_slice(key).expect(fixed))
+                Block::Serpent(serpent::Serpent::new_from_slice(key).map_err(wrong)?)
             }
             Twofish128 | Twofish192 | Twofish256 => {
-                Block::Twofish(twofish::Twofish::new_from_slice(key).expect(fixed))
+                Block::Twofish(twofish::Twofish::new_from_slice(key).map_err(wrong)?)
             }
-            Cast5_128 => Block::Cast5(cast5::Cast5::new_from_slice(key).expect(fixed)),
-            Sm4 => Block::Sm4(sm4::Sm4::new_from_slice(key).expect(fixed)),
-        }
+            Cast5_128 => Block::Cast5(cast5::Cast5::new_from_slice(key).map_err(wrong)?),
+            Sm4 => Block::Sm4(sm4::Sm4::new_from_slice(key).map_err(wrong)?),
+        })
     }
 
     fn encrypt(&self, block: &mut [u8]) {
@@ -354,10 +377,10 @@ impl SectorCipher {
         let half = spec.alg.key_len();
         let (data, tweak) = match spec.mode {
             CipherMode::Xts => (
-                Block::new(spec.alg, &key[..half]),
-                Some(Block::new(spec.alg, &key[half..])),
+                Block::new(spec.alg, &key[..half])?,
+                Some(Block::new(spec.alg, &key[half..])?),
             ),
-            _ => (Block::new(spec.alg, key), None),
+            _ => (Block::new(spec.alg, key)?, None),
         };
         let essiv = match spec.ivgen {
             Some(IvGenAlg::Essiv(hash)) => {
@@ -373,7 +396,7 @@ impl SectorCipher {
                 if alg.block_len() != spec.alg.block_len() {
                     return Err("the ESSIV cipher's block differs from the data cipher's".into());
                 }
-                Some(Block::new(alg, &salt))
+                Some(Block::new(alg, &salt)?)
             }
             _ => None,
         };
@@ -389,16 +412,20 @@ impl SectorCipher {
     /// The legacy qcow/qcow2 cipher (crypt_method 1): AES-128-CBC, plain64 IVs of the
     /// guest sector, the key the passphrase truncated or zero-padded to 16 bytes.
     pub fn legacy_aes(passphrase: &[u8]) -> SectorCipher {
-        let mut key = [0u8; 16];
+        let mut key = zeroize::Zeroizing::new([0u8; 16]);
         let n = passphrase.len().min(16);
         key[..n].copy_from_slice(&passphrase[..n]);
-        let spec = CipherSpec {
-            alg: CipherAlg::Aes128,
-            mode: CipherMode::Cbc,
-            ivgen: Some(IvGenAlg::Plain64),
-        };
-        // An AES-128 key with a plain IV generator cannot be refused.
-        SectorCipher::new(spec, &key, false).expect("AES-128-CBC-plain64 takes a 16-byte key")
+        SectorCipher {
+            spec: CipherSpec {
+                alg: CipherAlg::Aes128,
+                mode: CipherMode::Cbc,
+                ivgen: Some(IvGenAlg::Plain64),
+            },
+            data: Block::Aes128(aes::Aes128::new(&(*key).into())),
+            tweak: None,
+            essiv: None,
+            iv_from_host: false,
+        }
     }
 
     /// Whether IVs number sectors by host offset (LUKS in qcow2) instead of guest.

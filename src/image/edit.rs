@@ -23,7 +23,7 @@ impl Image {
             Layer::Qcow2(q) => q.cluster_size(),
             Layer::Qcow(q) => q.cluster_size(),
             Layer::Cow(c) => u64::from(c.header().sector_size),
-            Layer::Raw(_) => 64 << 10,
+            Layer::Raw(_) | Layer::Luks(_) => 64 << 10,
         };
         let mut old_buf = vec![0u8; unit as usize];
         let mut new_buf = vec![0u8; unit as usize];
@@ -171,6 +171,21 @@ impl Image {
         })
     }
 
+    /// Adds or erases key slots of the top image's LUKS header (qcow2 with LUKS, or a
+    /// luks volume), as qemu-img amend's `encrypt.state` and friends; a new slot is
+    /// unlocked with the passphrase the image was opened with.
+    pub fn change_key_slots(&mut self, change: &crate::create::KeySlotChange) -> Result<()> {
+        let secret = self.options.passphrase.clone();
+        self.on_top(|top, _| match top {
+            Layer::Qcow2(q) => q.change_key_slots(secret.as_ref(), change),
+            Layer::Luks(l) => l.amend(secret.as_ref(), change),
+            _ => Err(Error::new(
+                ErrorKind::Unsupported,
+                "Key slots can only be changed in LUKS-encrypted images",
+            )),
+        })
+    }
+
     /// (ID, name) of each internal snapshot of the top image, in table order.
     pub fn snapshot_names(&self) -> Vec<(String, String)> {
         self.snapshots()
@@ -183,7 +198,7 @@ impl Image {
     pub fn snapshots(&self) -> &[qcow2::Snapshot] {
         match self.top() {
             Layer::Qcow2(q) => q.snapshots(),
-            Layer::Qcow(_) | Layer::Cow(_) | Layer::Raw(_) => &[],
+            Layer::Qcow(_) | Layer::Cow(_) | Layer::Raw(_) | Layer::Luks(_) => &[],
         }
     }
 

@@ -4,6 +4,7 @@
 
 use crate::cow::Cow;
 use crate::error::{Error, ErrorKind, Result};
+use crate::luks::Luks;
 use crate::mapping::{Extent, Mapping};
 use crate::probe::Format;
 use crate::qcow::Qcow;
@@ -97,6 +98,7 @@ pub enum Layer {
     Qcow(Box<Qcow>),
     Cow(Box<Cow>),
     Raw(Raw),
+    Luks(Box<Luks>),
 }
 
 impl Layer {
@@ -107,6 +109,7 @@ impl Layer {
             Layer::Qcow(l) => l.as_ref(),
             Layer::Cow(l) => l.as_ref(),
             Layer::Raw(l) => l,
+            Layer::Luks(l) => l.as_ref(),
         }
     }
 
@@ -116,6 +119,7 @@ impl Layer {
             Layer::Qcow(_) => Format::Qcow,
             Layer::Cow(_) => Format::Cow,
             Layer::Raw(_) => Format::Raw,
+            Layer::Luks(_) => Format::Luks,
         }
     }
 

@@ -181,7 +181,7 @@ impl Image {
         match self.top() {
             Layer::Qcow2(q) => Some(q.cluster_size()),
             Layer::Qcow(q) => Some(q.cluster_size()),
-            Layer::Cow(_) | Layer::Raw(_) => None,
+            Layer::Cow(_) | Layer::Raw(_) | Layer::Luks(_) => None,
         }
     }
 
@@ -256,6 +256,7 @@ impl Image {
             Layer::Qcow(q) => q.write_at(offset, buf, below),
             Layer::Cow(c) => c.write_at(offset, buf, below),
             Layer::Raw(r) => r.write_at(offset, buf),
+            Layer::Luks(l) => l.write_at(offset, buf),
         })
     }
 
@@ -271,6 +272,7 @@ impl Image {
                 write_zero_buffers(offset, len, |at, zeros| c.write_at(at, zeros, below))
             }
             Layer::Raw(r) => r.write_zeroes(offset, len),
+            Layer::Luks(l) => l.write_zeroes(offset, len),
         })
     }
 
@@ -279,8 +281,9 @@ impl Image {
     pub fn discard(&mut self, offset: u64, len: u64) -> Result<()> {
         self.on_range(offset, len, |top, below, offset| match top {
             Layer::Qcow2(q) => q.discard(offset, len, below),
-            // qcow cannot discard; QEMU ignores the request and so does cowimg.
-            Layer::Qcow(_) | Layer::Cow(_) => Ok(()),
+            // qcow cannot discard; QEMU ignores the request and so does cowimg. A LUKS
+            // volume's sectors stay ciphertext of what they held.
+            Layer::Qcow(_) | Layer::Cow(_) | Layer::Luks(_) => Ok(()),
             Layer::Raw(r) => r.write_zeroes(offset, len),
         })
     }
@@ -290,9 +293,9 @@ impl Image {
         self.on_range(offset, buf.len() as u64, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_compressed(offset, buf, below),
             Layer::Qcow(q) => q.write_compressed(offset, buf, below),
-            Layer::Cow(_) | Layer::Raw(_) => Err(Error::new(
+            Layer::Cow(_) | Layer::Raw(_) | Layer::Luks(_) => Err(Error::new(
                 ErrorKind::Unsupported,
-                "raw images cannot hold compressed data",
+                "Compression not supported for this file format",
             )),
         })
     }
@@ -308,6 +311,7 @@ impl Image {
                 "Image format driver does not support resize",
             )),
             Layer::Raw(r) => r.resize(new_size),
+            Layer::Luks(l) => l.resize(new_size),
         })
     }
 
@@ -411,7 +415,7 @@ impl Image {
 }
 
 /// Writes zeros over a range a megabyte at a time through `write`.
-fn write_zero_buffers(
+pub(crate) fn write_zero_buffers(
     offset: u64,
     len: u64,
     mut write: impl FnMut(u64, &[u8]) -> Result<()>,

@@ -3,6 +3,7 @@
 //! guards against writing onto what is read.
 
 use super::*;
+use crate::luks::Luks;
 
 /// What to do about backing files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -190,6 +191,11 @@ impl Image {
     ) -> Result<Image> {
         let layer = match format {
             Format::Raw => Layer::Raw(Raw::open(storage)?),
+            Format::Luks => Layer::Luks(Box::new(Luks::open(
+                storage,
+                options.passphrase.as_ref(),
+                !options.metadata_only,
+            )?)),
             Format::Qcow2 => {
                 if options.writable {
                     qcow2::check::repair_if_dirty(storage.as_ref())?;
@@ -385,6 +391,11 @@ fn open_layer(
     let mut data_path = None;
     let layer = match format {
         Format::Raw => Layer::Raw(Raw::open(storage)?),
+        Format::Luks => Layer::Luks(Box::new(Luks::open(
+            storage,
+            options.passphrase.as_ref(),
+            !options.metadata_only,
+        )?)),
         Format::Qcow2 => {
             if writable {
                 qcow2::check::repair_if_dirty(storage.as_ref())?;

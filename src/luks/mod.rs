@@ -15,6 +15,12 @@ use crate::format::Layout;
 use crate::storage::Storage;
 use zeroize::Zeroizing;
 
+mod keyslots;
+mod layer;
+pub(crate) use keyslots::area_len;
+pub use keyslots::{KeySlotChange, LuksOptions};
+pub use layer::Luks;
+
 /// Bytes of the header with its key slots.
 pub const HEADER_LEN: u64 = KEY_SLOTS_AT + NUM_KEY_SLOTS as u64 * 48;
 
@@ -32,11 +38,11 @@ pub struct LuksVolume {
 }
 
 /// A NUL-terminated name field as text.
-fn name<const N: usize>(field: &crate::format::ByteArray<N>) -> String {
+pub(super) fn name<const N: usize>(field: &crate::format::ByteArray<N>) -> String {
     String::from_utf8_lossy(field.until_nul()).into_owned()
 }
 
-fn corrupt(message: String) -> Error {
+pub(super) fn corrupt(message: String) -> Error {
     Error::new(ErrorKind::Corrupt, message)
 }
 
@@ -192,35 +198,61 @@ impl LuksVolume {
         passphrase: &[u8],
         iv_from_host: bool,
     ) -> Result<SectorCipher> {
-        let key_bytes = self.header.key_bytes as usize;
-        for slot in self.slots.iter().filter(|s| s.active == SLOT_ACTIVE) {
-            let mut slot_key = Zeroizing::new(vec![0u8; key_bytes]);
-            self.hash
-                .pbkdf2(passphrase, &slot.salt.0, slot.iterations, &mut slot_key);
-            let mut split = Zeroizing::new(vec![0u8; key_bytes * STRIPES as usize]);
-            let from = at + u64::from(slot.key_offset) * SECTOR_SIZE;
-            let got = storage
-                .read_full(&mut split, from)
-                .map_err(|e| Error::io("reading LUKS key material", e))?;
-            if got < split.len() {
-                return Err(corrupt(format!(
-                    "LUKS key material at {from} is cut short: {got} of {} bytes",
-                    split.len()
-                )));
-            }
-            let slot_cipher = SectorCipher::new(self.spec, &slot_key, false)
-                .map_err(|e| Error::new(ErrorKind::Unsupported, e))?;
-            slot_cipher.decrypt(0, &mut split);
-            let candidate = af_merge(&split, key_bytes, self.hash);
-            if self.is_master_key(&candidate) {
-                return SectorCipher::new(self.spec, &candidate, iv_from_host)
-                    .map_err(|e| Error::new(ErrorKind::Unsupported, e));
+        let (_, master) = self.find_master_key(storage, at, passphrase)?;
+        SectorCipher::new(self.spec, &master, iv_from_host)
+            .map_err(|e| Error::new(ErrorKind::Unsupported, e))
+    }
+
+    /// The first active slot the passphrase opens, and the master key from it.
+    pub(crate) fn find_master_key(
+        &self,
+        storage: &dyn Storage,
+        at: u64,
+        passphrase: &[u8],
+    ) -> Result<(usize, Zeroizing<Vec<u8>>)> {
+        for index in 0..self.slots.len() {
+            if let Some(master) = self.slot_master_key(storage, at, index, passphrase)? {
+                return Ok((index, master));
             }
         }
         Err(Error::new(
             ErrorKind::BadArgument,
             "Invalid password, cannot unlock any keyslot",
         ))
+    }
+
+    /// The master key, if slot `index` is active and `passphrase` opens it.
+    pub(crate) fn slot_master_key(
+        &self,
+        storage: &dyn Storage,
+        at: u64,
+        index: usize,
+        passphrase: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let slot = &self.slots[index];
+        if slot.active != SLOT_ACTIVE {
+            return Ok(None);
+        }
+        let key_bytes = self.header.key_bytes as usize;
+        let mut slot_key = Zeroizing::new(vec![0u8; key_bytes]);
+        self.hash
+            .pbkdf2(passphrase, &slot.salt.0, slot.iterations, &mut slot_key);
+        let mut split = Zeroizing::new(vec![0u8; key_bytes * STRIPES as usize]);
+        let from = at + u64::from(slot.key_offset) * SECTOR_SIZE;
+        let got = storage
+            .read_full(&mut split, from)
+            .map_err(|e| Error::io("reading LUKS key material", e))?;
+        if got < split.len() {
+            return Err(corrupt(format!(
+                "LUKS key material at {from} is cut short: {got} of {} bytes",
+                split.len()
+            )));
+        }
+        let slot_cipher = SectorCipher::new(self.spec, &slot_key, false)
+            .map_err(|e| Error::new(ErrorKind::Unsupported, e))?;
+        slot_cipher.decrypt(0, &mut split);
+        let candidate = af_merge(&split, key_bytes, self.hash);
+        Ok(self.is_master_key(&candidate).then_some(candidate))
     }
 
     fn is_master_key(&self, key: &[u8]) -> bool {
@@ -260,7 +292,7 @@ fn af_merge(split: &[u8], key_len: usize, hash: HashAlg) -> Zeroizing<Vec<u8>> {
 }
 
 /// Each digest-sized piece of `buf` replaced by the hash of its index and itself.
-fn diffuse(buf: &mut [u8], hash: HashAlg) {
+pub(super) fn diffuse(buf: &mut [u8], hash: HashAlg) {
     for (i, piece) in buf.chunks_mut(hash.len()).enumerate() {
         let d = hash.digest(&[&(i as u32).to_be_bytes(), piece]);
         let n = piece.len();

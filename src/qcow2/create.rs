@@ -9,9 +9,11 @@ use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::format::qcow2::{
-    ExtensionMagic, L1Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
+    CryptoExtension, ExtensionMagic, L1Entry, Qcow2Header, Qcow2HeaderCompression, Qcow2HeaderV3,
 };
 use crate::format::ByteArray;
+use crate::format::Layout;
+use crate::luks::{LuksOptions, LuksVolume};
 use crate::storage::Storage;
 
 /// qemu-img's `preallocation` option.
@@ -71,6 +73,35 @@ impl Compat {
     }
 }
 
+/// How a new image's data is encrypted: qemu-img's `encrypt.format`.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Encryption {
+    /// Not encrypted.
+    #[default]
+    None,
+    /// Legacy AES (crypt_method 1): the passphrase is needed only for writing data.
+    Aes,
+    /// LUKS1 (crypt_method 2 in qcow2; the whole of a raw `luks` volume).
+    Luks(LuksOptions),
+}
+
+impl Encryption {
+    /// Whether data is encrypted at all.
+    pub fn is_some(&self) -> bool {
+        !matches!(self, Encryption::None)
+    }
+
+    /// The qcow2 header's crypt_method.
+    fn crypt_method(&self) -> u32 {
+        match self {
+            Encryption::None => 0,
+            Encryption::Aes => 1,
+            Encryption::Luks(_) => 2,
+        }
+    }
+}
+
 /// What a new image is to be (qcow2 uses every option; the other formats the size and
 /// backing file). Built like [`OpenOptions`](crate::OpenOptions):
 /// `CreateOptions::new(1 << 30).cluster_size(4096).lazy_refcounts(true)`.
@@ -91,8 +122,8 @@ pub struct CreateOptions {
     /// A name rather than a [`Format`](crate::Format): QEMU stores any driver's name
     /// here, and an image may name one cowimg cannot open.
     pub backing_format: Option<String>,
-    /// Legacy AES (crypt_method 1); the passphrase is needed only for writing data.
-    pub encrypt_aes: bool,
+    /// How data is encrypted.
+    pub encryption: Encryption,
     /// How much to allocate up front.
     pub preallocation: Preallocation,
     /// Defer refcount updates (version 3 only).
@@ -116,7 +147,7 @@ impl Default for CreateOptions {
             refcount_bits: 16,
             backing_file: None,
             backing_format: None,
-            encrypt_aes: false,
+            encryption: Encryption::None,
             preallocation: Preallocation::Off,
             lazy_refcounts: false,
             extended_l2: false,
@@ -149,8 +180,8 @@ impl CreateOptions {
         cluster_size: u64;
         /// Width of a reference count: 1 to 64 bits, a power of two.
         refcount_bits: u32;
-        /// Legacy AES (crypt_method 1).
-        encrypt_aes: bool;
+        /// How data is encrypted.
+        encryption: Encryption;
         /// How much to allocate up front.
         preallocation: Preallocation;
         /// Defer refcount updates (version 3 only).
@@ -234,7 +265,17 @@ impl CreateOptions {
         if self.backing_file.is_some() && self.preallocation != Preallocation::Off {
             return Err(bad("Backing file and preallocation can only be used at the same time if data-file-raw is off"));
         }
-        if self.encrypt_aes && self.data_file.is_some() {
+        if let Encryption::Luks(luks) = &self.encryption {
+            luks.resolve()?;
+            if self.preallocation != Preallocation::Off {
+                // QEMU allows it and then reads the unwritten clusters as noise.
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "preallocation with LUKS encryption is not supported: unwritten clusters would read as noise",
+                ));
+            }
+        }
+        if self.encryption.is_some() && self.data_file.is_some() {
             return Err(bad(
                 "Encryption is not supported with an external data file",
             ));
@@ -305,6 +346,9 @@ pub fn create(
     // `end` tracks the highest byte allocated. The file ends where the L1 table does
     // (not at its cluster's end), as qemu-img's.
     let mut end = l1_at + l1_size * 8;
+    if let Encryption::Luks(luks) = &opts.encryption {
+        end = end.max(add_luks_header(storage, &mut header, &mut refcounts, luks)?);
+    }
     // A raw data file is the disk: every cluster is mapped to it from the start (QEMU
     // makes data-file-raw imply preallocation=metadata), or writes made to the data
     // file directly would not show through the image.
@@ -340,6 +384,32 @@ pub fn create(
     header.write_l1_table(storage, l1_at, l1_size as u32)?;
     storage.flush().map_err(io("flushing the new image"))?;
     Ok(())
+}
+
+/// Allocates clusters for a new LUKS volume (header and all eight slots' key
+/// material, as QEMU sizes it), writes the volume there, and rewrites the header
+/// cluster with the extension that locates it. Returns where the clusters end.
+fn add_luks_header(
+    storage: &dyn Storage,
+    header: &mut Header,
+    refcounts: &mut Refcounts,
+    luks: &LuksOptions,
+) -> Result<u64> {
+    let cs = 1u64 << header.cluster_bits();
+    let (spec, _) = luks.resolve()?;
+    let length = crate::luks::area_len(spec.key_len());
+    let clusters = length.div_ceil(cs);
+    let offset = refcounts.alloc(storage, clusters)?;
+    LuksVolume::format(storage, offset, luks, true)?;
+    header.extensions.push(Extension {
+        magic: ExtensionMagic::FullDiskEncryption.value(),
+        offset: 0,
+        data: CryptoExtension { offset, length }.to_bytes(),
+    });
+    storage
+        .write_at(&header.to_cluster()?, 0)
+        .map_err(io("writing the header"))?;
+    Ok(offset + clusters * cs)
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
@@ -392,7 +462,7 @@ fn new_header(opts: &CreateOptions, geometry: Geometry, size: u64, l1_size: u32)
             backing_file_size: 0,
             cluster_bits: geometry.cluster_bits,
             size,
-            crypt_method: u32::from(opts.encrypt_aes),
+            crypt_method: opts.encryption.crypt_method(),
             l1_size,
             l1_table_offset: 0,
             refcount_table_offset: cs,

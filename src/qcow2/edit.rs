@@ -225,3 +225,29 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+impl Qcow2 {
+    /// Adds or erases LUKS key slots (qemu-img amend's `encrypt.*` options), `secret`
+    /// unlocking the volume for a new slot. The master key stays: data is untouched.
+    pub fn change_key_slots(
+        &mut self,
+        secret: Option<&crate::Secret>,
+        change: &crate::luks::KeySlotChange,
+    ) -> Result<()> {
+        let ext = match (self.header.common.crypt_method, self.header.crypto()?) {
+            (2, Some(ext)) => ext,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "Key slots can only be changed in LUKS-encrypted images",
+                ))
+            }
+        };
+        let storage = self.storage.as_ref();
+        let mut volume = crate::luks::LuksVolume::read(storage, ext.offset, ext.length)?;
+        volume.amend(storage, ext.offset, secret, change)?;
+        storage
+            .flush()
+            .map_err(|e| Error::io("flushing the LUKS header", e))
+    }
+}

@@ -75,7 +75,7 @@ fn inspect_file(entry: &ChainEntry) -> Result<Json> {
             out.push(("bitmap-offset", Json::int(h.bitmap_offset)));
             out.push(("data-offset", Json::int(h.data_offset)));
         }
-        Layer::Raw(_) => {}
+        Layer::Raw(_) | Layer::Luks(_) => {}
     }
     Ok(Json::Object(out))
 }

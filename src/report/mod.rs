@@ -62,6 +62,15 @@ pub fn info(info: &ImageInfo) -> Json {
             ]),
         ));
     }
+    if let Some(l) = &info.luks {
+        fields.push((
+            "format-specific",
+            Json::Object(vec![
+                ("type", Json::str("luks")),
+                ("data", luks_info(l, false)),
+            ]),
+        ));
+    }
     if let Some(full) = &info.full_backing_file {
         fields.push((
             "full-backing-filename",
@@ -110,7 +119,7 @@ pub fn qcow2_specific(q: &Qcow2Info) -> Json {
     }
     data.push(("refcount-bits", Json::int(q.refcount_bits)));
     match (&q.luks, q.encryption) {
-        (Some(luks), _) => data.push(("encrypt", luks_info(luks))),
+        (Some(luks), _) => data.push(("encrypt", luks_info(luks, true))),
         (None, Some(format)) => {
             data.push(("encrypt", Json::Object(vec![("format", Json::str(format))])))
         }
@@ -129,8 +138,10 @@ pub fn qcow2_specific(q: &Qcow2Info) -> Json {
     Json::Object(data)
 }
 
-/// A LUKS header as `qemu-img info` lists it, in the order QEMU 10 prints its keys.
-pub fn luks_info(l: &crate::info::LuksInfo) -> Json {
+/// A LUKS header as `qemu-img info` lists it, in the order QEMU 10 prints its keys;
+/// `with_format`: as qcow2's `encrypt` block, which names its format (a raw luks
+/// volume's format-specific data does not).
+pub fn luks_info(l: &crate::info::LuksInfo, with_format: bool) -> Json {
     let mut fields = Vec::new();
     if let Some(ivgen) = l.ivgen_alg {
         fields.push(("ivgen-alg", Json::str(ivgen)));
@@ -142,7 +153,9 @@ pub fn luks_info(l: &crate::info::LuksInfo) -> Json {
     if let Some(hash) = l.ivgen_hash_alg {
         fields.push(("ivgen-hash-alg", Json::str(hash)));
     }
-    fields.push(("format", Json::str("luks")));
+    if with_format {
+        fields.push(("format", Json::str("luks")));
+    }
     fields.push(("cipher-mode", Json::str(l.cipher_mode)));
     let slots = l
         .slots

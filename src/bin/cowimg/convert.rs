@@ -49,11 +49,18 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         .compress(args.compress)
         .flush(args.cache != "unsafe")
         .salvage(args.salvage);
-    if matches!(target, Format::Qcow2 | Format::Qcow) {
+    if matches!(target, Format::Qcow2 | Format::Qcow | Format::Luks) {
         let mut create = CreateOptions::default();
-        apply_options(&args.target.options, &mut create, &mut None)?;
+        let secrets = args.input.source.secrets()?;
+        apply_options(
+            &args.target.options,
+            target,
+            &mut create,
+            &mut None,
+            Some(&secrets),
+        )?;
         if let Some(id) = key_secret(&args.target.options) {
-            let secret = args.input.source.secrets()?.remove(&id).ok_or_else(|| {
+            let secret = secrets.get(&id).cloned().ok_or_else(|| {
                 Error::new(
                     ErrorKind::BadArgument,
                     format!("No secret with id '{id}' found"),

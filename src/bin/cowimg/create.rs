@@ -1,9 +1,11 @@
 //! `cowimg create`: a new image, with qemu-img's options.
 
 use crate::source::{format_named, parse_options};
-use cowimg::create::{CreateOptions, Preallocation};
+use cowimg::create::{CreateOptions, Encryption, LuksOptions, Preallocation};
 use cowimg::Compression;
+use cowimg::Secret;
 use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -80,56 +82,143 @@ fn flag(value: &str) -> Result<bool, Error> {
     }
 }
 
-/// Applies qemu-img `-o` option strings to `opts` (and `size`, for `-o size=`).
+/// Applies qemu-img `-o` option strings for a new `format` image to `opts` (and
+/// `size`, for `-o size=`). `secrets` are the `--object secret` values an
+/// `encrypt.key-secret` names (None where no key is needed, as for measure). A luks
+/// image takes the `encrypt.` options without their prefix, as qemu-img's.
 pub fn apply_options(
     texts: &[String],
+    format: Format,
     opts: &mut CreateOptions,
     size: &mut Option<u64>,
+    secrets: Option<&HashMap<String, Secret>>,
 ) -> Result<(), Error> {
+    let mut encrypt_format = (format == Format::Luks).then(|| "luks".to_string());
+    let mut luks = LuksOptions::new(Secret::default());
+    let mut key_secret = None;
+    let mut luks_keys = Vec::new();
     for text in texts {
         for (key, value) in parse_options(text) {
+            let key = match key.as_str() {
+                "key-secret" | "cipher-alg" | "cipher-mode" | "ivgen-alg" | "ivgen-hash-alg"
+                | "hash-alg" | "iter-time"
+                    if format == Format::Luks =>
+                {
+                    format!("encrypt.{key}")
+                }
+                _ => key,
+            };
             match key.as_str() {
                 "size" => *size = Some(parse_size(&value)?),
                 "compat" => {
                     opts.version = match value.as_str() {
                         "0.10" | "v2" => 2,
                         "1.1" | "v3" => 3,
-                        _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid compatibility level: '{value}'"))),
+                        _ => {
+                            return Err(Error::new(
+                                ErrorKind::BadArgument,
+                                format!("Invalid compatibility level: '{value}'"),
+                            ))
+                        }
                     }
                 }
                 "cluster_size" => opts.cluster_size = parse_size(&value)?,
                 "refcount_bits" => {
-                    opts.refcount_bits = value.parse().map_err(|_| Error::new(ErrorKind::BadArgument, "Invalid refcount_bits"))?
+                    opts.refcount_bits = value
+                        .parse()
+                        .map_err(|_| Error::new(ErrorKind::BadArgument, "Invalid refcount_bits"))?
                 }
                 "backing_file" => opts.backing_file = Some(value),
                 "backing_fmt" => opts.backing_format = Some(value),
-                "encrypt.format" | "encryption" => match value.as_str() {
-                    "aes" | "on" => opts.encrypt_aes = true,
-                    "off" => opts.encrypt_aes = false,
-                    other => {
-                        return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            format!("encrypt.format={other} is not supported; cowimg creates legacy aes only"),
-                        ))
-                    }
-                },
-                "encrypt.key-secret" => {}
+                "encrypt.format" | "encryption" => encrypt_format = Some(value),
+                "encrypt.key-secret" => key_secret = Some(value),
+                "encrypt.cipher-alg" => luks.cipher_alg = value,
+                "encrypt.cipher-mode" => luks.cipher_mode = value,
+                "encrypt.ivgen-alg" => luks.ivgen_alg = value,
+                "encrypt.ivgen-hash-alg" => luks.ivgen_hash_alg = Some(value),
+                "encrypt.hash-alg" => luks.hash_alg = value,
+                "encrypt.iter-time" => {
+                    luks.iter_time_ms = value.parse().map_err(|_| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            "Parameter 'encrypt.iter-time' expects a number",
+                        )
+                    })?
+                }
                 "preallocation" => {
-                    opts.preallocation = Preallocation::from_name(&value)
-                        .ok_or_else(|| Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'")))?
+                    opts.preallocation = Preallocation::from_name(&value).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            format!("Invalid parameter '{value}'"),
+                        )
+                    })?
                 }
                 "lazy_refcounts" => opts.lazy_refcounts = flag(&value)?,
                 "extended_l2" => opts.extended_l2 = flag(&value)?,
                 "compression_type" => {
                     opts.compression = Compression::from_name(&value).ok_or_else(|| {
-                        Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{value}'"))
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            format!("Invalid parameter '{value}'"),
+                        )
                     })?
                 }
                 "data_file" => opts.data_file = Some(value),
                 "data_file_raw" => opts.data_file_raw = flag(&value)?,
-                _ => return Err(Error::new(ErrorKind::BadArgument, format!("Invalid parameter '{key}'"))),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::BadArgument,
+                        format!("Invalid parameter '{key}'"),
+                    ))
+                }
+            }
+            if key.starts_with("encrypt.")
+                && !matches!(key.as_str(), "encrypt.format" | "encrypt.key-secret")
+            {
+                luks_keys.push(key);
             }
         }
+    }
+    opts.encryption = match encrypt_format.as_deref() {
+        None | Some("off") => Encryption::None,
+        Some("aes" | "on") => Encryption::Aes,
+        Some("luks") => {
+            if let Some(secrets) = secrets {
+                let id = key_secret.ok_or_else(|| {
+                    let prefix = if format == Format::Luks {
+                        ""
+                    } else {
+                        "encrypt."
+                    };
+                    Error::new(
+                        ErrorKind::BadArgument,
+                        format!("Parameter '{prefix}key-secret' is required for cipher"),
+                    )
+                })?;
+                luks.passphrase = secrets.get(&id).cloned().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::BadArgument,
+                        format!("No secret with id '{id}' found"),
+                    )
+                })?;
+            }
+            Encryption::Luks(luks)
+        }
+        Some(other) => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("Parameter 'encrypt.format' does not accept value '{other}'"),
+            ))
+        }
+    };
+    if let Some(key) = luks_keys
+        .first()
+        .filter(|_| !matches!(opts.encryption, Encryption::Luks(_)))
+    {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Invalid parameter '{key}': it needs encrypt.format=luks"),
+        ));
     }
     Ok(())
 }
@@ -169,7 +258,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         options.push(rest.join(","));
     }
-    apply_options(&options, &mut opts, &mut size)?;
+    let secrets = crate::source::secrets_of(&args.objects)?;
+    apply_options(&options, format, &mut opts, &mut size, Some(&secrets))?;
     if let Some(backing) = &opts.backing_file {
         let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
         let refuse = |what: &str| {

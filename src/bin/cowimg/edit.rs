@@ -3,7 +3,7 @@
 use crate::flags::ProgressArgs;
 use crate::progress::Progress;
 use crate::source::{format_named, parse_options, SourceArgs};
-use cowimg::create::Compat;
+use cowimg::create::{Compat, KeySlotChange};
 use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
@@ -115,7 +115,10 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
 pub struct AmendArgs {
     #[command(flatten)]
     source: SourceArgs,
-    /// Options to change: compat=0.10|1.1, lazy_refcounts=on|off.
+    /// Options to change: compat=0.10|1.1, lazy_refcounts=on|off; LUKS key slots with
+    /// encrypt.state=active|inactive, encrypt.new-secret=ID, encrypt.old-secret=ID,
+    /// encrypt.keyslot=N, encrypt.iter-time=MS (a luks image: the same without
+    /// "encrypt.").
     #[arg(short = 'o', value_name = "OPTIONS", required = true)]
     options: Vec<String>,
     /// Quiet.
@@ -128,8 +131,69 @@ pub struct AmendArgs {
 pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
     let mut compat = None;
     let mut lazy = None;
+    let mut slots: Option<KeySlotChange> = None;
+    let mut state_given = false;
+    let secrets = args.source.secrets()?;
+    let secret = |id: &str| {
+        secrets.get(id).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("No secret with id '{id}' found"),
+            )
+        })
+    };
     for text in &args.options {
         for (key, value) in parse_options(text) {
+            let luks_key = key.strip_prefix("encrypt.").unwrap_or(&key);
+            let is_luks = matches!(
+                luks_key,
+                "state" | "new-secret" | "old-secret" | "keyslot" | "iter-time" | "format"
+            );
+            if is_luks {
+                let change = slots.get_or_insert_with(KeySlotChange::default);
+                match luks_key {
+                    "state" => {
+                        state_given = true;
+                        change.active = match value.as_str() {
+                            "active" => true,
+                            "inactive" => false,
+                            _ => {
+                                return Err(Error::new(
+                                    ErrorKind::BadArgument,
+                                    format!("Parameter 'state' does not accept value '{value}'"),
+                                ))
+                            }
+                        }
+                    }
+                    "new-secret" => change.new_secret = Some(secret(&value)?),
+                    "old-secret" => change.old_secret = Some(secret(&value)?),
+                    "keyslot" => {
+                        change.keyslot = Some(value.parse().map_err(|_| {
+                            Error::new(
+                                ErrorKind::BadArgument,
+                                "Parameter 'keyslot' expects a number",
+                            )
+                        })?)
+                    }
+                    "iter-time" => {
+                        change.iter_time_ms = Some(value.parse().map_err(|_| {
+                            Error::new(
+                                ErrorKind::BadArgument,
+                                "Parameter 'iter-time' expects a number",
+                            )
+                        })?)
+                    }
+                    // encrypt.format=luks names what is already there.
+                    _ if value == "luks" => {}
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            "Changing the encryption format is not supported",
+                        ))
+                    }
+                }
+                continue;
+            }
             match key.as_str() {
                 "compat" => compat = Some(value),
                 "lazy_refcounts" => lazy = Some(matches!(value.as_str(), "on" | "true" | "yes")),
@@ -166,6 +230,17 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             })
         })
         .transpose()?;
-    image.amend(compat, lazy)?;
+    if compat.is_some() || lazy.is_some() {
+        image.amend(compat, lazy)?;
+    }
+    if let Some(change) = &slots {
+        if !state_given {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Parameter 'encrypt.state' is missing",
+            ));
+        }
+        image.change_key_slots(change)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -92,6 +92,10 @@ fn to_human(info: &ImageInfo, header_dump: &str) -> String {
         out.push_str("Format specific information:\n");
         report::qcow2_specific(q).write_tree(&mut out, 1);
     }
+    if let Some(l) = &info.luks {
+        out.push_str("Format specific information:\n");
+        report::luks_info(l, false).write_tree(&mut out, 1);
+    }
     if let Some(layout) = info.cow_layout {
         let _ = writeln!(out, "cow layout: {layout}");
     }

@@ -33,7 +33,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let mut opts = CreateOptions::default();
     let mut size = args.size.as_deref().map(parse_size).transpose()?;
     let given_size = size.is_some();
-    apply_options(&args.target.options, &mut opts, &mut size)?;
+    // As qemu-img, a LUKS target wants its key-secret even to be measured.
+    let secrets = args.input.source.secrets()?;
+    apply_options(
+        &args.target.options,
+        target,
+        &mut opts,
+        &mut size,
+        Some(&secrets),
+    )?;
     let image = match (&args.filename, given_size) {
         (None, false) => return Err(bad("Either --size N or one filename must be specified.")),
         (Some(_), true) => return Err(bad("--size N cannot be used together with a filename.")),

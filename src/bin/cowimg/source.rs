@@ -27,6 +27,39 @@ pub struct SourceArgs {
     pub force_share: bool,
 }
 
+/// The values of `--object secret,id=ID,data=TEXT` (or `file=PATH`) definitions, by id.
+pub fn secrets_of(objects: &[String]) -> Result<HashMap<String, Secret>, Error> {
+    let mut out = HashMap::new();
+    for object in objects {
+        let opts = parse_options(object);
+        let Some((kind, _)) = opts.first() else {
+            continue;
+        };
+        if kind != "secret" {
+            return Err(bad(format!(
+                "Object type '{kind}' is not supported; only 'secret' is"
+            )));
+        }
+        let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let id = get("id").ok_or_else(|| bad("Parameter 'id' is missing"))?;
+        if get("format").is_some_and(|f| f != "raw") {
+            return Err(bad("only format=raw secrets are supported"));
+        }
+        let value = match (get("data"), get("file")) {
+            (Some(data), None) => data.into_bytes(),
+            (None, Some(file)) => std::fs::read(&file)
+                .map_err(|e| Error::io(format!("Unable to read secret file '{file}'"), e))?,
+            _ => {
+                return Err(bad(format!(
+                    "secret '{id}' needs exactly one of data= or file="
+                )))
+            }
+        };
+        out.insert(id, Secret::new(value));
+    }
+    Ok(out)
+}
+
 /// Splits a QEMU option string at commas, where ",," stands for a comma.
 pub fn split_options(text: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
@@ -71,35 +104,7 @@ pub fn format_named(name: &str) -> Result<Format, Error> {
 impl SourceArgs {
     /// The secrets defined with --object, by id.
     pub fn secrets(&self) -> Result<HashMap<String, Secret>, Error> {
-        let mut out = HashMap::new();
-        for object in &self.objects {
-            let opts = parse_options(object);
-            let Some((kind, _)) = opts.first() else {
-                continue;
-            };
-            if kind != "secret" {
-                return Err(bad(format!(
-                    "Object type '{kind}' is not supported; only 'secret' is"
-                )));
-            }
-            let get = |key: &str| opts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-            let id = get("id").ok_or_else(|| bad("Parameter 'id' is missing"))?;
-            if get("format").is_some_and(|f| f != "raw") {
-                return Err(bad("only format=raw secrets are supported"));
-            }
-            let value = match (get("data"), get("file")) {
-                (Some(data), None) => data.into_bytes(),
-                (None, Some(file)) => std::fs::read(&file)
-                    .map_err(|e| Error::io(format!("Unable to read secret file '{file}'"), e))?,
-                _ => {
-                    return Err(bad(format!(
-                        "secret '{id}' needs exactly one of data= or file="
-                    )))
-                }
-            };
-            out.insert(id, Secret::new(value));
-        }
-        Ok(out)
+        secrets_of(&self.objects)
     }
 
     /// Opens the image for writing. A qcow2 header identifies itself; anything else must
@@ -133,7 +138,7 @@ impl SourceArgs {
                     "driver" => options.format = Some(format_named(&value)?),
                     "file.filename" | "file" | "filename" => file = Some(value),
                     "file.driver" if value == "file" => {}
-                    "encrypt.key-secret" => key_secret = Some(value),
+                    "encrypt.key-secret" | "key-secret" => key_secret = Some(value),
                     "encrypt.format" => {}
                     "data-file" | "data-file.filename" => {
                         options.data_file = Some(PathBuf::from(value))

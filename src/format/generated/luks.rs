@@ -262,6 +262,9 @@ pub const NUM_KEY_SLOTS: usize = 8;
 /// Byte offset of the first key slot in the header.
 pub const KEY_SLOTS_AT: u64 = 208;
 
+/// Where new volumes start each slot's key material, and the first slot's: multiples of this many bytes (cryptsetup's layout, which QEMU follows).
+pub const KEY_MATERIAL_ALIGN: u64 = 4096;
+
 /// Anti-forensic stripes: QEMU refuses any other count.
 pub const STRIPES: u32 = 4000;
 
