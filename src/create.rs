@@ -192,7 +192,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 impl Image {
-    /// Creates a new image at `path` (qcow2, qcow, UML cow version 3, or raw) and opens
+    /// Creates a new image at `path` (qcow2, qcow, UML cow version 3, raw or luks) and opens
     /// it for writing, its backing chain below it.
     ///
     /// ```no_run
@@ -218,6 +218,11 @@ impl Image {
                 format: Some(format),
                 backing: Backing::Follow,
                 writable: true,
+                // A LUKS image opens with the passphrase it was made with.
+                passphrase: match &options.encryption {
+                    Encryption::Luks(luks) => Some(luks.passphrase.clone()),
+                    _ => None,
+                },
                 ..OpenOptions::default()
             },
         )

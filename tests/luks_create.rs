@@ -616,3 +616,37 @@ fn measure_counts_the_luks_header_as_qemu_img_does() {
         }
     }
 }
+
+#[test]
+fn the_library_creates_luks_images_and_writes_through_them() {
+    use cowimg::create::{Encryption, LuksOptions};
+    use cowimg::{CreateOptions, Format, Image, Secret};
+    let dir = Scratch::new("luks-lib");
+    for (format, name) in [(Format::Qcow2, "lib.qcow2"), (Format::Luks, "lib.luks")] {
+        let path = dir.str(name);
+        let luks = LuksOptions::new(Secret::from("first"))
+            .cipher_alg("twofish-256".into())
+            .iter_time_ms(10);
+        let options = CreateOptions::new(1 << 20).encryption(Encryption::Luks(luks));
+        let mut image = Image::create(&path, format, &options).unwrap();
+        image.write_at(&[0x4du8; 5000], 1000).unwrap();
+        image.flush().unwrap();
+        drop(image);
+        let driver = if format == Format::Luks {
+            "luks"
+        } else {
+            "qcow2"
+        };
+        let read = ok(
+            "qemu-io",
+            &[
+                "--image-opts",
+                "-c",
+                "read -P 0x4d 1000 5000",
+                &opts(driver, &path, "s0"),
+            ],
+        );
+        assert!(read.contains("read 5000/5000"), "{read}");
+        assert!(qemu_info(&path).contains("twofish-256"));
+    }
+}
