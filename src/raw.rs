@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 pub struct Raw {
     storage: Arc<dyn Storage>,
+    /// The file's length rounded up to whole sectors, as QEMU sizes a raw image.
     size: u64,
+    /// The file's length: past it, up to `size`, the image reads as zeros.
+    file_len: u64,
     /// The last run of data or hole the file system reported, from where it was asked:
     /// asking costs two system calls, and reads walk forward through the same run.
     /// Forgotten on every change to the file.
@@ -24,7 +27,8 @@ impl Raw {
             .map_err(|e| Error::io("reading the size of the raw image", e))?;
         Ok(Raw {
             storage,
-            size,
+            size: size.next_multiple_of(512),
+            file_len: size,
             last_run: Mutex::new(None),
         })
     }
@@ -54,6 +58,7 @@ impl Raw {
 
     pub fn write_at(&mut self, guest: u64, buf: &[u8]) -> Result<()> {
         self.forget_runs();
+        self.file_len = self.file_len.max(guest + buf.len() as u64);
         self.storage
             .write_at(buf, guest)
             .map_err(|e| Error::io(format!("writing at {guest:#x}"), e))
@@ -72,6 +77,7 @@ impl Raw {
             .set_len(new_size)
             .map_err(|e| Error::io("resizing the image", e))?;
         self.size = new_size.next_multiple_of(512);
+        self.file_len = new_size;
         Ok(())
     }
 }
@@ -90,8 +96,10 @@ impl ReadLayer for Raw {
     fn classify(&self, guest: u64) -> Result<(Mapping, u64)> {
         let host = HostOffset(guest);
         let (data, end) = match self.allocation(guest) {
-            Some(run) => (run.data, run.end.min(self.size)),
-            None => (true, self.size),
+            // The tail of the last sector, past the end of the file.
+            _ if guest >= self.file_len => (false, self.size),
+            Some(run) => (run.data, run.end.min(self.file_len)),
+            None => (true, self.file_len),
         };
         let mapping = if data {
             Mapping::Data { host }

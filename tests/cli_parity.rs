@@ -677,3 +677,25 @@ fn create_is_byte_identical_to_qemu_img_create() {
         );
     }
 }
+
+#[test]
+fn a_raw_file_is_whole_sectors_as_qemu_sizes_it() {
+    // 1,234 bytes are 1,536 to QEMU: the tail reads as zeros, maps as zero, converts out.
+    let dir = Scratch::new("raw-sectors");
+    let raw = dir.str("odd.raw");
+    std::fs::write(&raw, vec![0x78u8; 1234]).unwrap();
+    for args in [
+        vec!["info", "--output=json", "-f", "raw", raw.as_str()],
+        vec!["map", "--output=json", "-f", "raw", raw.as_str()],
+    ] {
+        let (q, c) = both(&args);
+        assert_eq!(c, q, "{args:?}");
+    }
+    let (q, c) = (dir.str("q.raw"), dir.str("c.raw"));
+    qemu_img(&["convert", "-f", "raw", "-O", "raw", &raw, &q]);
+    common::cowimg(&["convert", "-f", "raw", "-O", "raw", &raw, &c]);
+    assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(&q).unwrap());
+    assert_eq!(std::fs::read(&c).unwrap().len(), 1536);
+    let read = common::cowimg(&["io", "-f", "raw", "-c", "read -P 0 1234 302", &raw]);
+    assert!(read.contains("read 302/302"), "{read}");
+}
