@@ -413,3 +413,31 @@ fn a_handle_stopped_by_damage_answers_errors() {
     let info = qemu_img(&["info", &img]);
     assert!(info.contains("corrupt: true"), "{info}");
 }
+
+#[test]
+fn a_refcount_table_outgrowing_one_block_grows_with_several() {
+    // 512-byte clusters with 64-bit refcounts: a block counts 64 clusters, so the table
+    // of a 192 MiB preallocated image needs more than one new block to count itself.
+    let dir = Scratch::new("reftable-blocks");
+    let image = dir.str("wide.qcow2");
+    common::cowimg(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "refcount_bits=64,cluster_size=512,preallocation=metadata",
+        &image,
+        "192M",
+    ]);
+    let check = qemu_img(&["check", &image]);
+    assert!(check.contains("No errors were found"), "{check}");
+    // Every preallocated cluster reads as zeros, the old tables' clusters reused too.
+    let zeros = dir.str("zeros.raw");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(192 << 20)
+        .unwrap();
+    let same = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", &image, &zeros]);
+    assert!(same.contains("identical"), "{same}");
+}

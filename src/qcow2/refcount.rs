@@ -544,46 +544,65 @@ impl Refcounts {
     }
 
     /// Replaces the refcount table by a larger one with at least `entries` entries:
-    /// a new refcount block and the new table are laid out together in a range no
-    /// block covers yet (the block counts itself and the table), then the header is
-    /// switched over in one write, then the old table is freed.
+    /// new refcount blocks and the new table are laid out together in a range no block
+    /// covers yet (the blocks count themselves and the table; more than one when the
+    /// table outgrows what one block counts, as with small clusters and wide
+    /// refcounts), then the header is switched over in one write, then the old table
+    /// is freed.
     fn grow_table(&mut self, storage: &dyn Storage, entries: u64) -> Result<()> {
         let cluster_size = 1u64 << self.cluster_bits;
+        let per_block = self.block_entries();
         let file_end = storage.len().map_err(io("reading the file size"))?;
         let end_cluster = file_end.div_ceil(cluster_size);
-        let range = end_cluster
-            .div_ceil(self.block_entries())
-            .max(self.table.len() as u64);
-        let new_entries = entries
+        let range = end_cluster.div_ceil(per_block).max(self.table.len() as u64);
+        let mut new_entries = entries
             .max(range + 1)
             .max(self.table.len() as u64 * 3 / 2 + 1);
-        let table_clusters = (new_entries * 8).div_ceil(cluster_size);
+        // Blocks enough to count themselves and the table, entries enough for them.
+        let (table_clusters, blocks) = loop {
+            let table_clusters = (new_entries * 8).div_ceil(cluster_size);
+            let blocks = table_clusters.div_ceil(per_block - 1);
+            if new_entries >= range + blocks {
+                break (table_clusters, blocks);
+            }
+            new_entries = range + blocks;
+        };
         let new_entries = table_clusters * cluster_size / 8;
-        if table_clusters + 1 > self.block_entries() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "refcount table growth needs more than one new refcount block",
-            ));
-        }
         if table_clusters << self.cluster_bits > crate::format::qcow2::MAX_REFCOUNT_TABLE_BYTES {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 "Reference count table too large",
             ));
         }
-        let block_cluster = range << self.block_bits;
-        let block_at = block_cluster << self.cluster_bits;
-        let table_at = block_at + cluster_size;
+        let first_cluster = range << self.block_bits;
+        let table_at = (first_cluster + blocks) << self.cluster_bits;
 
-        let mut block = vec![0u8; cluster_size as usize];
-        for i in 0..=table_clusters {
-            set_entry(self.bits(), &mut block, i, 1);
+        let mut new_blocks = vec![vec![0u8; cluster_size as usize]; blocks as usize];
+        for i in 0..blocks + table_clusters {
+            set_entry(
+                self.bits(),
+                &mut new_blocks[(i / per_block) as usize],
+                i % per_block,
+                1,
+            );
         }
         let mut table = self.table.clone();
         table.resize(new_entries as usize, 0);
-        table[range as usize] = block_at;
+        for j in 0..blocks {
+            table[(range + j) as usize] = (first_cluster + j) << self.cluster_bits;
+        }
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
-        let parts: [(&[u8], u64); 2] = [(&block, block_at), (&bytes, table_at)];
+        let mut parts: Vec<(&[u8], u64)> = new_blocks
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                (
+                    b.as_slice(),
+                    (first_cluster + j as u64) << self.cluster_bits,
+                )
+            })
+            .collect();
+        parts.push((&bytes, table_at));
         write_then_flush(storage, &parts, "the new refcount table")?;
 
         super::header::Header::write_refcount_table_in_file(
@@ -598,8 +617,21 @@ impl Refcounts {
         self.used = used_len(&table);
         self.table = table;
         self.table_offset = table_at;
-        self.blocks.insert(block_at, block);
+        for (j, block) in new_blocks.into_iter().enumerate() {
+            self.blocks
+                .insert((first_cluster + j as u64) << self.cluster_bits, block);
+        }
         self.update_range(storage, old_at, old_len, -1)?;
+        // The old table's clusters may be handed out again as data clusters that
+        // metadata preallocation never writes: they must read as zeros.
+        if !storage
+            .zero_range(old_at, old_len)
+            .map_err(io("zeroing the old refcount table"))?
+        {
+            storage
+                .write_at(&vec![0u8; old_len as usize], old_at)
+                .map_err(io("zeroing the old refcount table"))?;
+        }
         Ok(())
     }
 }
