@@ -106,3 +106,30 @@ fn read_padded(image: &Image, buf: &mut Vec<u8>, at: u64, len: u64) -> Result<()
     let inside = image.size().saturating_sub(at).min(len) as usize;
     image.read_at(&mut buf[..inside], at)
 }
+
+/// The first offset where `a` and `b` (of one size) answer block status differently,
+/// as `qemu-img compare -s` tests it: allocated, zero, data, host offset known,
+/// compressed, and whether the answer runs to the end of the image.
+pub fn first_status_difference(a: &Image, b: &Image) -> Result<Option<u64>> {
+    let size = a.size().min(b.size());
+    let flags = |s: &crate::image::BlockStatus, size: u64| {
+        (
+            s.present,
+            s.zero,
+            s.data,
+            s.offset.is_some(),
+            s.compressed,
+            s.start + s.len == size,
+        )
+    };
+    let mut offset = 0;
+    while offset < size {
+        let sa = a.block_status(offset, a.size() - offset)?;
+        let sb = b.block_status(offset, b.size() - offset)?;
+        if flags(&sa, a.size()) != flags(&sb, b.size()) {
+            return Ok(Some(offset));
+        }
+        offset += sa.len.min(sb.len).max(1);
+    }
+    Ok(None)
+}

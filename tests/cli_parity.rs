@@ -351,6 +351,32 @@ fn compare_is_qemu_img_compare() {
     qemu_io(&["-f", "qcow2", "-c", "write -P 8 10485763 1", &d]);
     qemu_io(&["-f", "qcow2", "-c", "write -P 8 40M 1", &d]);
     same(&[&c, &d]);
+    // Strict: allocation must agree too (compressed against plain, raw against
+    // qcow2, holes against zero clusters), the status checked before the content.
+    let (e, f, g) = (dir.str("e.qcow2"), dir.str("f.raw"), dir.str("g.qcow2"));
+    qemu_img(&["convert", "-O", "qcow2", &c, &e]);
+    qemu_img(&["convert", "-O", "raw", &c, &f]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &g, "64M"]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 7 0 64M",
+        "-c",
+        "write -z 1M 1M",
+        &g,
+    ]);
+    for (x, y) in [
+        (&c, &d),
+        (&c, &e),
+        (&c, &g),
+        (&e, &f),
+        (&f, &f),
+        (&g, &g),
+        (&c, &c),
+    ] {
+        same(&["-s", x, y]);
+    }
 }
 
 #[test]
@@ -698,4 +724,28 @@ fn a_raw_file_is_whole_sectors_as_qemu_sizes_it() {
     assert_eq!(std::fs::read(&c).unwrap().len(), 1536);
     let read = common::cowimg(&["io", "-f", "raw", "-c", "read -P 0 1234 302", &raw]);
     assert!(read.contains("read 302/302"), "{read}");
+}
+
+#[test]
+fn snapshot_delete_takes_a_name_as_qemu_img_does() {
+    let dir = Scratch::new("snapshot-delete");
+    let (ours, theirs) = (dir.str("ours.qcow2"), dir.str("theirs.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &ours, "1M"]);
+    qemu_img(&["snapshot", "-c", "first", &ours]);
+    std::fs::copy(&ours, &theirs).unwrap();
+    // ID 1 is no name: both refuse; the name deletes.
+    for target in ["1", "first"] {
+        let c = cowimg(&["snapshot", "-d", target, &ours]);
+        let q = Command::new("qemu-img")
+            .args(["snapshot", "-d", target, &theirs])
+            .output()
+            .unwrap();
+        let q = (
+            q.status.success(),
+            String::from_utf8_lossy(&q.stdout).into_owned(),
+            String::from_utf8_lossy(&q.stderr).replace("qemu-img:", "cowimg:"),
+        );
+        assert_eq!(c, q, "-d {target}");
+    }
+    assert_eq!(qemu_img(&["snapshot", "-l", &ours]), "");
 }

@@ -57,6 +57,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     // warns of the size only once the common part matched).
     let common = size_a.min(size_b);
     let first = cowimg::compare::first_difference(&a, &b)?;
+    if args.strict {
+        // qemu-img tests each range's status before its content.
+        let status = cowimg::compare::first_status_difference(&a, &b)?;
+        if let Some(at) = status.filter(|s| first.is_none_or(|c| *s <= c)) {
+            say(&format!("Strict mode: Offset {at} block status mismatch!"));
+            return Ok(ExitCode::from(1));
+        }
+    }
     if let Some(at) = first.filter(|at| *at < common) {
         say(&format!("Content mismatch at offset {at}!"));
         return Ok(ExitCode::from(1));

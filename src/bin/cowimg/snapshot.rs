@@ -18,7 +18,7 @@ pub struct Args {
     /// Make this snapshot (id or name) the current state.
     #[arg(short = 'a', value_name = "SNAPSHOT")]
     apply: Option<String>,
-    /// Delete this snapshot (id or name).
+    /// Delete the snapshot of this name (qemu-img takes no ID here).
     #[arg(short = 'd', value_name = "SNAPSHOT")]
     delete: Option<String>,
     /// Quiet.
@@ -58,7 +58,19 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             .snapshot_apply(name)
             .map_err(|e| e.context(format_args!("Could not apply snapshot '{name}'")))?;
     } else if let Some(name) = &args.delete {
-        image.snapshot_delete(name)?;
+        // By name only, as qemu-img deletes: "-d 1" does not mean the snapshot with ID 1.
+        let id = image
+            .snapshot_names()
+            .into_iter()
+            .find(|(_, n)| n == name)
+            .map(|(id, _)| id)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    format!("Could not delete snapshot '{name}': snapshot not found"),
+                )
+            })?;
+        image.snapshot_delete(&id)?;
     } else {
         let snapshots = image.snapshots();
         if !snapshots.is_empty() {
