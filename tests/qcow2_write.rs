@@ -441,3 +441,22 @@ fn a_refcount_table_outgrowing_one_block_grows_with_several() {
     let same = qemu_img(&["compare", "-f", "qcow2", "-F", "raw", &image, &zeros]);
     assert!(same.contains("identical"), "{same}");
 }
+
+#[test]
+fn vm_state_writes_are_refused_not_sent_to_guest_data() {
+    let dir = Scratch::new("vmstate-write");
+    let image = dir.str("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .args(["io", "-f", "qcow2", "-c", "write -b -P 0x11 0 4k", &image])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("VM state"),
+        "{stderr}"
+    );
+    // The guest disk is untouched.
+    let read = qemu_io(&["-f", "qcow2", "-c", "read -P 0 0 4k", &image]);
+    assert!(!read.contains("verification failed"), "{read}");
+}

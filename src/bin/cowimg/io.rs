@@ -83,6 +83,14 @@ fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec
         let w = words[i];
         if w.len() >= 2 && w.starts_with('-') && !w[1..].starts_with(|c: char| c.is_ascii_digit()) {
             for (j, c) in w[1..].char_indices() {
+                if c == 'b' {
+                    // qemu-io's -b addresses the VM state area past the disk: taken as
+                    // a plain flag it would read or write guest data instead.
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "-b (the VM state area) is not supported: cowimg io reads and writes guest data only",
+                    ));
+                }
                 if with_value.contains(c) {
                     let value = if j + 2 < w.len() {
                         &w[j + 2..]
