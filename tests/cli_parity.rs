@@ -749,3 +749,39 @@ fn snapshot_delete_takes_a_name_as_qemu_img_does() {
     }
     assert_eq!(qemu_img(&["snapshot", "-l", &ours]), "");
 }
+
+#[test]
+fn resize_by_odd_amounts_is_qemu_img_resize() {
+    let dir = Scratch::new("resize-odd");
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr)
+                .replace("qemu-img:", "cowimg:")
+                .lines()
+                .filter(|l| !l.contains("warning"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    };
+    let mut files = Vec::new();
+    for tool in [env!("CARGO_BIN_EXE_cowimg"), "qemu-img"] {
+        let tag = if tool == "qemu-img" { "q" } else { "c" };
+        let (qcow2, raw) = (
+            dir.str(&format!("{tag}.qcow2")),
+            dir.str(&format!("{tag}.raw")),
+        );
+        qemu_img(&["create", "-q", "-f", "qcow2", &qcow2, "64k"]);
+        std::fs::write(&raw, vec![1u8; 65536]).unwrap();
+        let outcomes = [
+            run(tool, &["resize", "-f", "qcow2", &qcow2, "+1"]),
+            run(tool, &["resize", "-f", "raw", &raw, "+1"]),
+            run(tool, &["resize", "-f", "raw", &raw, "--", "-1"]),
+        ];
+        files.push((outcomes, std::fs::metadata(&raw).unwrap().len()));
+    }
+    assert_eq!(files[0], files[1]);
+    assert_eq!(files[0].1, 65537, "a raw file takes the exact size");
+}

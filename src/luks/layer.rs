@@ -100,7 +100,12 @@ impl Luks {
 
     /// Changes the payload's size; a grown range is written as encrypted zeros.
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
-        let new_size = new_size.next_multiple_of(512);
+        if new_size % 512 != 0 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "The new size must be a multiple of 512",
+            ));
+        }
         let old = self.size;
         self.storage
             .set_len(self.payload + new_size)

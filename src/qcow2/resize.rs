@@ -61,6 +61,12 @@ impl Qcow2 {
     /// new range read as zeros; shrinking releases every cluster past the new end.
     pub fn resize(&mut self, new_size: u64, below: &Below) -> Result<()> {
         self.editable()?;
+        if new_size % 512 != 0 {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "The new size must be a multiple of 512",
+            ));
+        }
         let cs = self.cs();
         let old = self.size();
         let span = self.geometry.l2_span();

@@ -36,8 +36,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         -1 => current.checked_sub(n),
         _ => Some(n),
     }
-    .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Invalid image size specified"))?
-    .next_multiple_of(512);
+    .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Invalid image size specified"))?;
     if new_size < current {
         if !args.shrink {
             return Err(Error::new(
