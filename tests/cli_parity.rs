@@ -785,3 +785,37 @@ fn resize_by_odd_amounts_is_qemu_img_resize() {
     assert_eq!(files[0], files[1]);
     assert_eq!(files[0].1, 65537, "a raw file takes the exact size");
 }
+
+#[test]
+fn create_prints_the_formatting_line_qemu_img_prints() {
+    let secret = "secret,id=s0,data=x";
+    let cases: [&[&str]; 10] = [
+        &["-f", "qcow2"],
+        &["-f", "qcow2", "-o", "cluster_size=4k,lazy_refcounts=on,compat=v3"],
+        &["-f", "qcow2", "-o", "preallocation=metadata,refcount_bits=8,extended_l2=on"],
+        &["-f", "qcow2", "-o", "compression_type=zstd,data_file=d.raw,data_file_raw=on"],
+        &["-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2"],
+        &["-f", "qcow2", "--object", secret, "-o", "encrypt.iter-time=10,encrypt.format=luks,encrypt.key-secret=s0,encrypt.cipher-alg=aes-128"],
+        &["-f", "luks", "--object", secret, "-o", "cipher-alg=aes-128,key-secret=s0,iter-time=10"],
+        &["-f", "raw", "-o", "preallocation=full"],
+        &["-f", "raw"],
+        &["-f", "qcow", "-b", "base.qcow2", "-F", "qcow2"],
+    ];
+    for case in cases {
+        let mut lines = Vec::new();
+        for program in [env!("CARGO_BIN_EXE_cowimg"), "qemu-img"] {
+            let dir = Scratch::new("formatting");
+            qemu_img(&["create", "-q", "-f", "qcow2", &dir.str("base.qcow2"), "1M"]);
+            let out = Command::new(program)
+                .current_dir(dir.path(""))
+                .arg("create")
+                .args(case)
+                .args(["f.img", "1M"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{program} {case:?}: {out:?}");
+            lines.push(String::from_utf8(out.stdout).unwrap());
+        }
+        assert_eq!(lines[0], lines[1], "{case:?}");
+    }
+}

@@ -306,14 +306,95 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             "Image creation needs a size parameter",
         )
     })?;
-    cowimg::create::create_file(format, Path::new(&args.filename), &opts, cow_version)?;
     if !args.quiet {
-        crate::print_out(&format!(
-            "Formatting '{}', fmt={} size={}\n",
-            args.filename, format, opts.size
-        ));
+        // As qemu-img, before the image is made.
+        let mut given: Vec<(String, String)> = Vec::new();
+        given.extend(
+            args.backing
+                .iter()
+                .map(|b| ("backing_file".into(), b.clone())),
+        );
+        given.extend(
+            args.backing_format
+                .iter()
+                .map(|f| ("backing_fmt".into(), f.clone())),
+        );
+        given.extend(options.iter().flat_map(|t| parse_options(t)));
+        crate::print_out(&formatting_line(&args.filename, format, &given, opts.size));
     }
+    cowimg::create::create_file(format, Path::new(&args.filename), &opts, cow_version)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line qemu-img create prints: the options given, as given (sizes in bytes), in
+/// qemu-img's order for the format, with the qcow2 defaults it always shows.
+fn formatting_line(
+    filename: &str,
+    format: Format,
+    given: &[(String, String)],
+    size: u64,
+) -> String {
+    let value = |key: &str| {
+        given
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let or = |key: &str, default: &str| Some(value(key).unwrap_or_else(|| default.into()));
+    let encrypt = [
+        "format",
+        "key-secret",
+        "cipher-alg",
+        "cipher-mode",
+        "ivgen-alg",
+        "ivgen-hash-alg",
+        "hash-alg",
+        "iter-time",
+    ];
+    let prefixed = |key: &&str| (format!("encrypt.{key}"), value(&format!("encrypt.{key}")));
+    let mut fields: Vec<(String, Option<String>)> = vec![("size".into(), Some(size.to_string()))];
+    match format {
+        Format::Qcow2 => {
+            fields = encrypt.iter().map(prefixed).collect();
+            let cluster_size = value("cluster_size")
+                .map(|v| parse_size(&v).map_or(v, |n| n.to_string()))
+                .unwrap_or_else(|| "65536".into());
+            fields.extend([
+                ("cluster_size".into(), Some(cluster_size)),
+                ("extended_l2".into(), or("extended_l2", "off")),
+                ("preallocation".into(), value("preallocation")),
+                ("compression_type".into(), or("compression_type", "zlib")),
+                ("size".into(), Some(size.to_string())),
+            ]);
+            for key in [
+                "compat",
+                "backing_file",
+                "backing_fmt",
+                "data_file",
+                "data_file_raw",
+            ] {
+                fields.push((key.into(), value(key)));
+            }
+            fields.push(("lazy_refcounts".into(), or("lazy_refcounts", "off")));
+            fields.push(("refcount_bits".into(), or("refcount_bits", "16")));
+        }
+        Format::Luks => fields.extend(encrypt.iter().skip(1).map(|k| (k.to_string(), value(k)))),
+        Format::Qcow => {
+            fields.extend(["backing_file", "backing_fmt"].map(|k| (k.into(), value(k))));
+            fields.extend(encrypt.iter().take(2).map(prefixed));
+        }
+        Format::Cow => fields.push(("backing_file".into(), value("backing_file"))),
+        _ => fields.push(("preallocation".into(), value("preallocation"))),
+    }
+    let shown: Vec<String> = fields
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    format!(
+        "Formatting '{filename}', fmt={format} {}\n",
+        shown.join(" ")
+    )
 }
 
 #[cfg(test)]
