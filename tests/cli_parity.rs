@@ -157,7 +157,10 @@ fn info_reads_cow_headers_and_reports_bad_files_clearly() {
     assert!(!ok);
     assert_eq!(
         err,
-        "cowimg: Unsupported cluster size: 2^40 (qcow2 header: cluster_bits = 0x28 at byte 20)\n"
+        format!(
+            "cowimg: Could not open '{}': Unsupported cluster size: 2^40 (qcow2 header: cluster_bits = 0x28 at byte 20)\n",
+            dir.str("bad.qcow2")
+        )
     );
 }
 
@@ -292,7 +295,7 @@ fn convert_writes_what_qemu_img_convert_writes() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "cowimg: Parameter 'encrypt.key-secret' is required for cipher\n"
+        format!("cowimg: Could not open '{img}': Parameter 'encrypt.key-secret' is required for cipher\n")
     );
 }
 
@@ -818,4 +821,50 @@ fn create_prints_the_formatting_line_qemu_img_prints() {
         }
         assert_eq!(lines[0], lines[1], "{case:?}");
     }
+}
+
+#[test]
+fn installed_as_qemu_img_or_qemu_io_it_is_that_program() {
+    let dir = Scratch::new("argv0");
+    for name in ["qemu-img", "qemu-io"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path(name)).unwrap();
+    }
+    let image = dir.str("x.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ours = dir.str("qemu-img");
+    // The same subcommands, output and messages, under qemu-img's name; a repeated
+    // option takes its last value, as getopt gives it.
+    for args in [
+        vec!["info", "-f", "raw", "-f", "qcow2", image.as_str()],
+        vec!["info", dir.str("missing.qcow2").leak()],
+        vec!["check", image.as_str()],
+    ] {
+        assert_eq!(run(&ours, &args), run("qemu-img", &args), "{args:?}");
+    }
+    let (code, stdout, _) = run(
+        &dir.str("qemu-io"),
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 7 0 4k",
+            "-c",
+            "read -P 7 0 4k",
+            &image,
+        ],
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("read 4096/4096 bytes at offset 0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("verification failed"), "{stdout}");
 }

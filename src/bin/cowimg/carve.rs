@@ -27,13 +27,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     options.backing = Backing::Ignore;
     let io_options = options.clone();
     options.metadata_only = true;
-    let image = Image::open(&path, &options)?;
+    let image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     let runs = carve(&image)?;
     // A snapshot entry with impossible sizes costs the VM states, not the carving.
     let (states, mut failed) = match vm_states(&image) {
         Ok(states) => (states, false),
         Err(e) => {
-            eprintln!("cowimg: VM states not extracted: {e}");
+            complain!("VM states not extracted: {e}");
             (Vec::new(), true)
         }
     };
@@ -82,7 +82,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             let name = format!("vmstate-{}.bin", s.snapshot_id);
             let out = args.outdir.join(&name);
             if let Err(e) = write_vm_state(&image, &s.snapshot_id, &out) {
-                eprintln!("cowimg: VM state of snapshot {}: {e}", s.snapshot_id);
+                complain!("VM state of snapshot {}: {e}", s.snapshot_id);
                 failed = true;
                 continue;
             }

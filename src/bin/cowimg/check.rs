@@ -84,7 +84,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         Ok(r) => r,
         Err(e) => {
             // qemu-img: the check could not be completed (exit 1).
-            eprintln!("cowimg: Check failed: {e}");
+            complain!("Check failed: {e}");
             return Ok(ExitCode::from(1));
         }
     };
@@ -92,7 +92,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         eprintln!("{line}");
     }
     if let Some(why) = &result.failed {
-        eprintln!("cowimg: Check failed: {why}");
+        complain!("Check failed: {why}");
         return Ok(ExitCode::from(1));
     }
     let out = if args.report.output.json() {

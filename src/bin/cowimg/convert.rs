@@ -76,9 +76,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     })?;
     progress.finish();
     for r in &unreadable {
-        eprintln!(
-            "cowimg: warning: error while reading at byte {} ({} bytes, written as zeros): {}",
-            r.start, r.len, r.error
+        complain!(
+            "warning: error while reading at byte {} ({} bytes, written as zeros): {}",
+            r.start,
+            r.len,
+            r.error
         );
     }
     Ok(ExitCode::SUCCESS)

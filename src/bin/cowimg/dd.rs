@@ -90,7 +90,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     };
     let format = format_named(&args.output_format)?;
     let (path, options) = args.source.resolve(input)?;
-    let image = Image::open(&path, &options)?;
+    let image = crate::source::opened(input, Image::open(&path, &options))?;
     crate::print_warnings(&image);
 
     // The output holds `count` blocks (or the whole input), less the skipped ones.

@@ -56,7 +56,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let window = args.window.as_deref().map(parse_size).transpose()?;
     let (path, options) = args.report.source.resolve(&args.filename)?;
-    let mut image = Image::open(&path, &options)?;
+    let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
     args.partition.apply(&mut image)?;
     let snapshots: Vec<(String, String)> = image.snapshot_names();
@@ -96,9 +96,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     }
     for h in &results {
         for r in &h.unreadable {
-            eprintln!(
-                "cowimg: warning: {}: error while reading at byte {} ({} bytes, hashed as zeros): {}",
-                h.label, r.start, r.len, r.error
+            complain!(
+                "warning: {}: error while reading at byte {} ({} bytes, hashed as zeros): {}",
+                h.label,
+                r.start,
+                r.len,
+                r.error
             );
         }
     }

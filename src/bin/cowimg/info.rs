@@ -28,7 +28,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     if !args.backing_chain {
         options.backing = Backing::Ignore;
     }
-    let image = Image::open(&path, &options)?;
+    let image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
     let infos = image.info()?;
     let out = if args.report.output.json() {

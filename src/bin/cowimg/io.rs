@@ -332,7 +332,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             args.filename
         );
     }
-    let mut image = Image::open(&path, &options)?;
+    let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
     let mut failed = false;
     for command in &args.commands {

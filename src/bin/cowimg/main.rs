@@ -1,5 +1,13 @@
 //! The `cowimg` command: qemu-img's subcommands, flags and output shapes.
 
+/// Prints a message to standard error after the program's name ("qemu-img: …" when
+/// installed as qemu-img), as QEMU's tools print theirs.
+macro_rules! complain {
+    ($($arg:tt)*) => {
+        eprintln!("{}: {}", $crate::program(), format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod carve;
 mod check;
@@ -24,7 +32,7 @@ mod resize;
 mod snapshot;
 mod source;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -85,11 +93,44 @@ enum Command {
     Mount(mount::Args),
 }
 
+/// The name this program goes by: qemu-img, qemu-io or qemu-nbd when installed as
+/// (or linked to) one of them, else cowimg.
+pub fn program() -> &'static str {
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let invoked = std::env::args_os().next().unwrap_or_default();
+        let base = std::path::Path::new(&invoked)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        ["qemu-img", "qemu-io", "qemu-nbd"]
+            .into_iter()
+            .find(|p| *p == base)
+            .unwrap_or("cowimg")
+    })
+}
+
+/// The command line as cowimg parses it: installed as qemu-io or qemu-nbd, the `io` or
+/// `nbd` subcommand is implied (qemu-img's subcommands are cowimg's).
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let implied = match program() {
+        "qemu-io" => Some("io"),
+        "qemu-nbd" => Some("nbd"),
+        _ => None,
+    };
+    if let Some(sub) = implied {
+        args.insert(1.min(args.len()), sub.into());
+    }
+    args
+}
+
 /// Prints what the images of a chain warn about, as qemu-img prints its warnings.
 pub fn print_warnings(image: &cowimg::Image) {
     for entry in image.chain() {
         for w in &entry.warnings {
-            eprintln!("cowimg: warning: {w}");
+            complain!("warning: {w}");
         }
     }
 }
@@ -110,7 +151,22 @@ pub fn print_out(text: &str) {
 fn main() -> ExitCode {
     // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
     // found corruption.
-    let cli = match Cli::try_parse() {
+    // A repeated option takes its last value, as getopt gives it to qemu-img.
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let mut command = Cli::command()
+        .name(program())
+        .bin_name(program())
+        .args_override_self(true);
+    for name in names {
+        command = command.mut_subcommand(name, |s| s.args_override_self(true));
+    }
+    let cli = match command
+        .try_get_matches_from(arguments())
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -143,7 +199,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cowimg: {e}");
+            complain!("{e}");
             ExitCode::FAILURE
         }
     }

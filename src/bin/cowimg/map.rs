@@ -17,7 +17,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let (path, options) = args.report.source.resolve(&args.filename)?;
-    let mut image = Image::open(&path, &options)?;
+    let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     args.partition.apply(&mut image)?;
     crate::print_warnings(&image);
     let ranges = image.map()?;

@@ -197,7 +197,7 @@ impl Filesystem for DiskFs {
         let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
         if !buf.is_empty() {
             if let Err(e) = image.read_at(&mut buf, offset) {
-                eprintln!("cowimg: read at {offset}: {e}");
+                complain!("read at {offset}: {e}");
                 return reply.error(errno(&e));
             }
         }
@@ -226,7 +226,7 @@ impl Filesystem for DiskFs {
         match self.disk.write_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
-                eprintln!("cowimg: write at {offset}: {e}");
+                complain!("write at {offset}: {e}");
                 reply.error(errno(&e))
             }
         }
@@ -283,7 +283,7 @@ impl Filesystem for DiskFs {
     fn destroy(&mut self) {
         if self.writable {
             if let Err(e) = self.disk.flush() {
-                eprintln!("cowimg: flushing on unmount: {e}");
+                complain!("flushing on unmount: {e}");
             }
         }
     }

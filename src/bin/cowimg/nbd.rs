@@ -311,7 +311,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         let (exports, active, clients) = (exports.clone(), active.clone(), clients.clone());
         threads.push(std::thread::spawn(move || {
             if let Err(e) = serve(reader, writer, &exports, &STOP) {
-                eprintln!("cowimg: a client's connection ended: {e}");
+                complain!("a client's connection ended: {e}");
             }
             clients
                 .lock()

@@ -44,8 +44,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 "Use the --shrink option to perform a shrink operation.",
             ));
         }
-        eprintln!(
-            "cowimg: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
+        complain!("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
         );
     }
     image.resize(new_size)?;

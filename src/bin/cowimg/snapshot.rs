@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     } else {
         options.metadata_only = true;
     }
-    let mut image = Image::open(&path, &options)?;
+    let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     if let Some(name) = &args.create {
         image.snapshot_create(name)?;
     } else if let Some(name) = &args.apply {

@@ -119,7 +119,7 @@ impl SourceArgs {
         }
         options.writable = true;
         options.backing = backing;
-        Image::open(&path, &options)
+        opened(filename, Image::open(&path, &options))
     }
 
     /// The path to open and the options to open it with.
@@ -189,10 +189,23 @@ impl SnapshotSourceArgs {
         if let Some(spec) = &self.snapshot {
             options.snapshot = Some(snapshot_ref(spec)?);
         }
-        let image = Image::open(&path, &options)?;
+        let image = opened(filename, Image::open(&path, &options))?;
         crate::print_warnings(&image);
         Ok(image)
     }
+}
+
+/// An open's failure as qemu-img words it: "Could not open 'NAME': why" (a missing
+/// file's "why" names it again, as QEMU's file driver does; a lock conflict's message
+/// is already worded whole).
+pub fn opened(filename: &str, result: Result<Image, Error>) -> Result<Image, Error> {
+    result.map_err(|e| {
+        if e.kind() == ErrorKind::InUse {
+            e
+        } else {
+            e.context(format_args!("Could not open '{filename}'"))
+        }
+    })
 }
 
 /// qemu-img's `-l`: snapshot.id=ID, snapshot.name=NAME, or a bare id or name.
