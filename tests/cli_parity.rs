@@ -868,3 +868,34 @@ fn installed_as_qemu_img_or_qemu_io_it_is_that_program() {
     );
     assert!(!stdout.contains("verification failed"), "{stdout}");
 }
+
+#[test]
+fn map_of_a_range_is_qemu_img_map_of_it() {
+    let dir = Scratch::new("map-range");
+    let image = dir.str("m.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "4M"]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 1 0 100k",
+        "-c",
+        "write -z 1M 64k",
+        "-c",
+        "write -P 2 2M 300k",
+        &image,
+    ]);
+    for range in [
+        ["--start-offset=1000", "--max-length=5000"],
+        ["--start-offset=70k", "--max-length=4M"],
+        ["--start-offset=1M", "--max-length=1536k"],
+        ["--start-offset=0", "--max-length=10"],
+        ["--start-offset=5M", "--max-length=1"],
+    ] {
+        for output in ["--output=json", "--output=human"] {
+            let args = ["map", output, range[0], range[1], image.as_str()];
+            let (ours, theirs) = both(&args);
+            assert_eq!(ours, theirs, "{args:?}");
+        }
+    }
+}

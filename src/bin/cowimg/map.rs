@@ -1,5 +1,6 @@
 //! `cowimg map`: where each range of the disk comes from, as qemu-img map says it.
 
+use crate::create::parse_size;
 use crate::flags::{PartitionArgs, ReportArgs};
 use cowimg::report;
 use cowimg::{Error, ErrorKind, Image};
@@ -11,6 +12,12 @@ pub struct Args {
     report: ReportArgs,
     #[command(flatten)]
     partition: PartitionArgs,
+    /// Map from this guest offset (k, M, G… suffixes as for sizes).
+    #[arg(long = "start-offset", value_name = "OFFSET")]
+    start_offset: Option<String>,
+    /// Map at most this many bytes.
+    #[arg(long = "max-length", value_name = "LENGTH")]
+    max_length: Option<String>,
     /// The image file.
     filename: String,
 }
@@ -20,7 +27,38 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     args.partition.apply(&mut image)?;
     crate::print_warnings(&image);
-    let ranges = image.map()?;
+    let size = image.size();
+    let start = args
+        .start_offset
+        .as_deref()
+        .map(parse_size)
+        .transpose()?
+        .unwrap_or(0);
+    let end = match args.max_length.as_deref().map(parse_size).transpose()? {
+        Some(len) => start.saturating_add(len).min(size),
+        None => size,
+    };
+    // The whole map, cut to the range asked for (runs merge the same either way).
+    let whole = image.map()?;
+    let past_end = whole.first().filter(|_| start >= size).map(|r| {
+        // qemu-img answers a start past the end with one empty, absent range.
+        let mut r = r.clone();
+        (r.start, r.len, r.depth) = (start, 0, 0);
+        (r.present, r.zero, r.data, r.compressed, r.offset) = (false, false, false, false, None);
+        r
+    });
+    let ranges: Vec<_> = whole
+        .into_iter()
+        .filter(|r| r.start < end && r.start + r.len > start)
+        .map(|mut r| {
+            let (from, to) = (r.start.max(start), (r.start + r.len).min(end));
+            r.offset = r.offset.map(|o| o + (from - r.start));
+            r.start = from;
+            r.len = to - from;
+            r
+        })
+        .chain(past_end)
+        .collect();
     let mut out = String::new();
     if args.report.output.json() {
         out = report::map(&ranges);
