@@ -42,7 +42,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let whole = image.map()?;
     let past_end = whole.first().filter(|_| start >= size).map(|r| {
         // qemu-img answers a start past the end with one empty, absent range.
-        let mut r = r.clone();
+        let mut r = *r;
         (r.start, r.len, r.depth) = (start, 0, 0);
         (r.present, r.zero, r.data, r.compressed, r.offset) = (false, false, false, false, None);
         r
