@@ -65,7 +65,7 @@ struct Pass<'a> {
     storage: &'a dyn Storage,
     header: &'a Header,
     cs: u64,
-    refs: Vec<u64>,
+    refs: Vec<u32>,
     res: CheckResult,
     /// The refcount structures need rebuilding.
     rebuild: bool,
@@ -119,7 +119,8 @@ impl Pass<'_> {
             return;
         }
         for c in first..=last {
-            self.refs[c as usize] = self.refs[c as usize].saturating_add(n);
+            self.refs[c as usize] =
+                self.refs[c as usize].saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
 

@@ -117,13 +117,13 @@ fn compare(
     p: &mut Pass,
     storage: &dyn Storage,
     refcounts: &mut Refcounts,
-    refs: &[u64],
+    refs: &[u32],
     fix: Repair,
 ) -> Result<u64> {
     let max = refcounts.max();
     let mut highest = 0;
     for (i, &refs) in refs.iter().enumerate() {
-        let i = i as u64;
+        let (i, refs) = (i as u64, u64::from(refs));
         let rc = match refcounts.get(storage, i) {
             Ok(v) => v,
             Err(e) => {
@@ -184,7 +184,7 @@ fn compare(
 
 /// Writes new refcount structures computed from `refs` after the last cluster in use
 /// and switches the header to them. Returns where they start and end.
-fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(u64, u64)> {
+fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u32]) -> Result<(u64, u64)> {
     let cs = header.cluster_size();
     let order = header.refcount_order();
     let entries_per_block = (cs * 8) >> order;
@@ -221,7 +221,7 @@ fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u64]) -> Result<(
                 break;
             };
             if v != 0 {
-                set_entry(1 << order, &mut block, k, v);
+                set_entry(1 << order, &mut block, k, u64::from(v));
             }
         }
         storage
