@@ -33,6 +33,12 @@ pub struct ConvertOptions {
     /// Read what cannot be read as zeros and go on (qemu-img's `--salvage`); the
     /// ranges are returned.
     pub salvage: bool,
+    /// Write into the target as it is (qemu-img's `-n`): nothing created, and its
+    /// content not assumed to be zeros (it must be at least the source's size).
+    pub existing: bool,
+    /// With `existing`: the target reads as zeros already (`--target-is-zero`), so
+    /// zeros need not be written.
+    pub target_is_zero: bool,
 }
 
 impl ConvertOptions {
@@ -45,6 +51,8 @@ impl ConvertOptions {
             passphrase: None,
             flush: false,
             salvage: false,
+            existing: false,
+            target_is_zero: false,
         }
     }
 
@@ -58,6 +66,10 @@ impl ConvertOptions {
         flush: bool;
         /// Read what cannot be read as zeros and go on.
         salvage: bool;
+        /// Write into the existing target (qemu-img's `-n`).
+        existing: bool;
+        /// The existing target reads as zeros already.
+        target_is_zero: bool;
         }
         optional {
         /// The passphrase of an encrypted target.
@@ -77,11 +89,20 @@ pub fn convert(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Unreadable>> {
     refuse_overwrite(out, &[source])?;
+    if options.target_is_zero && !options.existing {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "--target-is-zero requires use of -n flag",
+        ));
+    }
     let existed = out.symlink_metadata().is_ok();
     let salvage = options.salvage.then(Salvage::new);
     let s = salvage.as_ref();
     let result = match options.format {
-        Format::Raw if !options.compress => to_raw(source, out, options, s, progress),
+        Format::Raw if !options.compress && !options.existing => {
+            to_raw(source, out, options, s, progress)
+        }
+        Format::Raw if !options.compress => to_image(source, out, options, s, progress),
         Format::Qcow2 | Format::Qcow => to_image(source, out, options, s, progress),
         Format::Luks if !options.compress => to_image(source, out, options, s, progress),
         Format::Raw | Format::Luks => Err(Error::new(
@@ -136,11 +157,14 @@ fn to_image(
             "Compression not supported with a data file",
         ));
     }
-    create_file(options.format, out, &opts, 3)?;
+    if !options.existing {
+        create_file(options.format, out, &opts, 3)?;
+    }
     // A new image nobody relies on yet: no barriers until the final flush, as qemu-img
     // writes convert targets with cache=unsafe. With a backing file, what it gives
-    // need not be written (and zeros over it must be).
-    let backing = if opts.backing_file.is_some() {
+    // need not be written (and zeros over it must be); an existing target reads
+    // through its own.
+    let backing = if opts.backing_file.is_some() || options.existing {
         Backing::Follow
     } else {
         Backing::Ignore
@@ -152,6 +176,19 @@ fn to_image(
         .barriers(false)
         .passphrase(passphrase);
     let mut target = Image::open(out, &target_options)?;
+    if target.size() < source.size() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "output file is smaller than input file",
+        ));
+    }
+    // What a target reads before it is written: zeros when new (a LUKS volume's
+    // sectors decrypt to noise), unknown when it existed unless the caller knows.
+    let zero_init = if options.existing {
+        options.target_is_zero
+    } else {
+        target.format() != Format::Luks
+    };
     // A qcow target compresses in its own clusters; the others in the ones asked for.
     let cs = match (target.format(), target.cluster_size()) {
         (Format::Qcow, Some(cs)) => cs,
@@ -163,7 +200,7 @@ fn to_image(
         (0, size),
         &mut target,
         cs,
-        options.compress,
+        (options.compress, zero_init),
         salvage,
         progress,
     )?;

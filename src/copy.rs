@@ -124,9 +124,9 @@ enum Need {
     Data,
 }
 
-/// Copies the `(from, len)` bytes of `image` to the start of `target`, a new image
-/// whose clusters of `cs` bytes read as zeros (but a luks volume's), or as its backing
-/// file gives them: only
+/// Copies the `(from, len)` bytes of `image` to the start of `target`, whose clusters
+/// of `cs` bytes read as zeros (when `zero_init`; else zeros are written too), or as its
+/// backing file gives them: only
 /// clusters that read otherwise are written, plainly or, with `compress`, compressed
 /// (zeros over backing data are written as zeros). `progress` hears of every byte
 /// done, written or skipped. With `salvage`, what cannot be read is copied as zeros
@@ -136,7 +136,7 @@ pub fn copy_into(
     (from, len): (u64, u64),
     target: &mut Image,
     cs: u64,
-    compress: bool,
+    (compress, zero_init): (bool, bool),
     salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -149,8 +149,6 @@ pub fn copy_into(
         (CHUNK, workers())
     };
     let backed = target.chain().len() > 1;
-    // A new LUKS volume's sectors decrypt to noise until written: zeros are written.
-    let zero_init = target.format() != crate::probe::Format::Luks;
     let mut below = vec![0u8; cs_us];
     let range = (from, len);
     // Where the pieces read so far end: the wholly zero ones between are skipped by the

@@ -899,3 +899,81 @@ fn map_of_a_range_is_qemu_img_map_of_it() {
         }
     }
 }
+
+#[test]
+fn convert_into_an_existing_target_is_qemu_img_convert_n() {
+    let dir = Scratch::new("convert-n");
+    let source = dir.str("src.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &source, "2M"]);
+    // Data, written zeros and a never-written hole: over a full target, both kinds of
+    // zeros must be written.
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 3 0 300k",
+        "-c",
+        "write -z 512k 64k",
+        "-c",
+        "write -P 4 1M 4k",
+        &source,
+    ]);
+    for (format, extra) in [
+        ("qcow2", None),
+        ("raw", None),
+        ("raw", Some("--target-is-zero")),
+    ] {
+        let mut outputs = Vec::new();
+        for program in [env!("CARGO_BIN_EXE_cowimg"), "qemu-img"] {
+            let target = dir.str(&format!("{}-{format}", outputs.len()));
+            let _ = std::fs::remove_file(&target);
+            qemu_img(&["create", "-q", "-f", format, &target, "3M"]);
+            if extra.is_none() {
+                // Full of other bytes, past the source's end too (left as they are).
+                qemu_io(&["-f", format, "-c", "write -P 9 0 3M", &target]);
+            }
+            let mut args = vec!["convert", "-n", "-O", format, "-m", "4", "-W", "-T", "none"];
+            args.extend(extra);
+            args.extend([source.as_str(), target.as_str()]);
+            let out = Command::new(program).args(&args).output().unwrap();
+            assert!(out.status.success(), "{program} {args:?}: {out:?}");
+            outputs.push(target);
+        }
+        let same = qemu_img(&[
+            "compare",
+            "-f",
+            format,
+            "-F",
+            format,
+            &outputs[0],
+            &outputs[1],
+        ]);
+        assert!(same.contains("identical"), "{format} {extra:?}: {same}");
+        if format == "qcow2" {
+            qemu_img(&["check", &outputs[0]]);
+        }
+    }
+    let small = dir.str("small.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &small, "1M"]);
+    for args in [
+        vec![
+            "convert",
+            "-n",
+            "-O",
+            "qcow2",
+            source.as_str(),
+            small.as_str(),
+        ],
+        vec![
+            "convert",
+            "--target-is-zero",
+            "-O",
+            "qcow2",
+            source.as_str(),
+            small.as_str(),
+        ],
+    ] {
+        let (ours, theirs) = both(&args);
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+}

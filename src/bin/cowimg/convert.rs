@@ -35,6 +35,24 @@ pub struct Args {
     /// Read what cannot be read as zeros, list it, and go on.
     #[arg(long = "salvage")]
     salvage: bool,
+    /// Write into the existing output image (not created; its size at least the
+    /// input's; what lies past the input's end is left as it is).
+    #[arg(short = 'n')]
+    existing: bool,
+    /// With -n: the output reads as zeros already, so zeros are not written.
+    #[arg(long = "target-is-zero")]
+    target_is_zero: bool,
+    /// Accepted for qemu-img's sake; they tune how qemu-img schedules its I/O and
+    /// change nothing in the output: -T (source cache mode), -W (out-of-order writes),
+    /// -m (requests in flight: cowimg uses one worker per core), -C (copy offloading).
+    #[arg(short = 'T', value_name = "SRC_CACHE")]
+    source_cache: Option<String>,
+    #[arg(short = 'W', hide = true)]
+    out_of_order: bool,
+    #[arg(short = 'm', value_name = "NUM", hide = true)]
+    coroutines: Option<u32>,
+    #[arg(short = 'C', hide = true)]
+    copy_offloading: bool,
     /// Input image.
     filename: String,
     /// Output file.
@@ -48,7 +66,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let mut options = ConvertOptions::new(target)
         .compress(args.compress)
         .flush(args.cache != "unsafe")
-        .salvage(args.salvage);
+        .salvage(args.salvage)
+        .existing(args.existing)
+        .target_is_zero(args.target_is_zero);
+    if matches!(args.coroutines, Some(0) | Some(17..)) {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
+        ));
+    }
     if matches!(target, Format::Qcow2 | Format::Qcow | Format::Luks) {
         let mut create = CreateOptions::default();
         let secrets = args.input.source.secrets()?;

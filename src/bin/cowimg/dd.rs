@@ -129,7 +129,16 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
-    copy_into(&image, (from, size), &mut target, cs, false, None, &|_| {})?;
+    let zero_init = target.format() != Format::Luks;
+    copy_into(
+        &image,
+        (from, size),
+        &mut target,
+        cs,
+        (false, zero_init),
+        None,
+        &|_| {},
+    )?;
     target.flush()?;
     Ok(ExitCode::SUCCESS)
 }
