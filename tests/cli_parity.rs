@@ -977,3 +977,85 @@ fn convert_into_an_existing_target_is_qemu_img_convert_n() {
         assert_eq!(ours, theirs, "{args:?}");
     }
 }
+
+#[test]
+fn io_alloc_info_and_vectored_commands_are_qemu_ios() {
+    let dir = Scratch::new("io-commands");
+    let image = dir.str("m.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "4M"]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 1 0 100k",
+        "-c",
+        "write -z 1M 64k",
+        &image,
+    ]);
+    // The timing lines differ from run to run; everything else must not.
+    let report = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap();
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains(" ops; "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ours = [env!("CARGO_BIN_EXE_cowimg"), "io"];
+    let queries = [
+        "-f",
+        "qcow2",
+        "-r",
+        "-c",
+        "alloc 0",
+        "-c",
+        "alloc 0 1M",
+        "-c",
+        "alloc 50k 100k",
+        "-c",
+        "alloc 1M 64k",
+        "-c",
+        "alloc 3M 64k",
+        "-c",
+        "alloc 5M 1",
+        "-c",
+        "info",
+        &image,
+    ];
+    assert_eq!(
+        report(ours[0], &[&ours[1..], &queries[..]].concat()),
+        report("qemu-io", &queries)
+    );
+    // Vectored and aio commands: the same reports and the same image afterwards.
+    let twin = dir.str("twin.qcow2");
+    std::fs::copy(&image, &twin).unwrap();
+    let writes = |file: &str| {
+        vec![
+            "-f".to_string(),
+            "qcow2".into(),
+            "-c".into(),
+            "writev -P 7 0 1k 3k".into(),
+            "-c".into(),
+            "readv -P 7 0 2k 2k".into(),
+            "-c".into(),
+            "aio_write -P 8 8k 4k".into(),
+            "-c".into(),
+            "aio_flush".into(),
+            "-c".into(),
+            "aio_read -P 8 8k 4k".into(),
+            "-c".into(),
+            "sleep 1".into(),
+            file.to_string(),
+        ]
+    };
+    let (a, b) = (writes(&image), writes(&twin));
+    let a: Vec<&str> = [ours[1]]
+        .into_iter()
+        .chain(a.iter().map(String::as_str))
+        .collect();
+    let b: Vec<&str> = b.iter().map(String::as_str).collect();
+    assert_eq!(report(ours[0], &a), report("qemu-io", &b));
+    let same = qemu_img(&["compare", &image, &twin]);
+    assert!(same.contains("identical"), "{same}");
+}

@@ -159,8 +159,32 @@ fn run_command(
         return Ok(());
     };
     match name {
-        "read" | "r" => read(image, args, out, failed),
-        "write" | "w" => write(image, args, out),
+        // The aio_ commands run synchronously, in order: their reports are the same.
+        "read" | "r" | "aio_read" => read(image, args, out, failed),
+        "write" | "w" | "aio_write" => write(image, args, out),
+        "readv" | "writev" => {
+            let words = vectored(args)?;
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            if name == "readv" {
+                read(image, &words, out, failed)
+            } else {
+                write(image, &words, out)
+            }
+        }
+        "aio_flush" => image.flush().map_err(|e| e.context("aio_flush failed")),
+        "alloc" => alloc(image, args, out),
+        "info" => info(image, out),
+        "sleep" => {
+            let [ms] = args else {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    "sleep takes a time in milliseconds",
+                ));
+            };
+            let ms = number(ms)?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(())
+        }
         "discard" | "d" => {
             let (flags, rest) = split_args(args, "")?;
             let (off, len) = offset_len(&rest)?;
@@ -201,6 +225,91 @@ fn run_command(
             format!("command \"{other}\" not found"),
         )),
     }
+}
+
+/// readv/writev's `[flags] offset len1 len2 …` as read/write's `[flags] offset len`:
+/// the pieces lie end to end, so they are one contiguous range.
+fn vectored(args: &[&str]) -> Result<Vec<String>, Error> {
+    let (flags_end, _) = args
+        .iter()
+        .enumerate()
+        .find(|(i, w)| !w.starts_with('-') && (*i == 0 || !matches!(args[i - 1], "-P" | "-s")))
+        .ok_or_else(|| Error::new(ErrorKind::BadArgument, "an offset and lengths are needed"))?;
+    let (flags, rest) = args.split_at(flags_end);
+    let [offset, lengths @ ..] = rest else {
+        return Err(Error::new(ErrorKind::BadArgument, "an offset is needed"));
+    };
+    if lengths.is_empty() {
+        return Err(Error::new(ErrorKind::BadArgument, "lengths are needed"));
+    }
+    let total = lengths
+        .iter()
+        .map(|l| number(l))
+        .sum::<Result<u64, Error>>()?;
+    Ok(flags
+        .iter()
+        .map(|f| f.to_string())
+        .chain([offset.to_string(), total.to_string()])
+        .collect())
+}
+
+/// `alloc offset [count]`: how much of the range the top image itself allocates.
+fn alloc(image: &Image, args: &[&str], out: &mut String) -> Result<(), Error> {
+    let (off, count) = match args {
+        [off] => (number(off)?, 512),
+        [off, count] => (number(off)?, number(count)?),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "alloc takes an offset and a count",
+            ))
+        }
+    };
+    let end = off.saturating_add(count).min(image.size());
+    let (mut at, mut allocated) = (off, 0);
+    while at < end {
+        let (is_allocated, len) = image.top_status(at, end - at)?;
+        let len = len.min(end - at).max(1);
+        if is_allocated {
+            allocated += len;
+        }
+        at += len;
+    }
+    let _ = writeln!(
+        out,
+        "{allocated}/{} bytes allocated at offset {}",
+        end.saturating_sub(off),
+        cvtstr(off)
+    );
+    Ok(())
+}
+
+/// `info`: the format, its cluster size, where VM state would go, and the format's
+/// own facts as qemu-img info lists them.
+fn info(image: &Image, out: &mut String) -> Result<(), Error> {
+    let described = image.info()?;
+    let top = described.first();
+    let cs = image.cluster_size().unwrap_or(0);
+    // qcow2 keeps VM state past the disk, from the first L1 entry it does not use.
+    let vm_state = match top.and_then(|i| i.qcow2.as_ref()) {
+        Some(q) => {
+            let entry = if q.extended_l2 == Some(true) { 16 } else { 8 };
+            let span = cs * (cs / entry);
+            image.size().div_ceil(span) * span
+        }
+        None => 0,
+    };
+    let _ = writeln!(out, "format name: {}", image.format());
+    let _ = writeln!(out, "cluster size: {}", cvtstr(cs));
+    let _ = writeln!(out, "vm state offset: {}", cvtstr(vm_state));
+    if let Some(q) = top.and_then(|i| i.qcow2.as_ref()) {
+        out.push_str("Format specific information:\n");
+        cowimg::report::qcow2_specific(q).write_tree(out, 1);
+    } else if let Some(l) = top.and_then(|i| i.luks.as_ref()) {
+        out.push_str("Format specific information:\n");
+        cowimg::report::luks_info(l, false).write_tree(out, 1);
+    }
+    Ok(())
 }
 
 /// `read [-P pattern] [-q] [-v] offset length`.
