@@ -1059,3 +1059,43 @@ fn io_alloc_info_and_vectored_commands_are_qemu_ios() {
     let same = qemu_img(&["compare", &image, &twin]);
     assert!(same.contains("identical"), "{same}");
 }
+
+#[test]
+fn io_reads_commands_from_standard_input_as_qemu_io_does() {
+    use std::io::Write as _;
+    let dir = Scratch::new("io-stdin");
+    let image = dir.str("s.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 64k", &image]);
+    let session = |program: &str, pre: &[&str]| {
+        let mut child = Command::new(program)
+            .args(pre)
+            .args(["-f", "qcow2", "-r", &image])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"alloc 0\nbogus\nread -P 1 0 4k\nalloc 64k 64k\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains(" ops; "))
+            .map(String::from)
+            .collect();
+        (
+            out.status.code(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        session(env!("CARGO_BIN_EXE_cowimg"), &["io"]),
+        session("qemu-io", &[])
+    );
+}

@@ -12,7 +12,8 @@ use std::time::Instant;
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// A command to run (repeatable), in qemu-io's language.
+    /// A command to run (repeatable), in qemu-io's language; without any, commands are
+    /// read from standard input.
     #[arg(short = 'c', long = "cmd", value_name = "COMMAND")]
     commands: Vec<String>,
     /// Open read-only.
@@ -444,14 +445,28 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
     let mut failed = false;
-    for command in &args.commands {
+    // Without -c, commands come from standard input, each after qemu-io's prompt (and
+    // one more prompt at the end).
+    let interactive = args.commands.is_empty();
+    let from_stdin: Box<dyn Iterator<Item = String>> = if interactive {
+        Box::new(std::io::stdin().lines().map_while(|l| l.ok()))
+    } else {
+        Box::new(args.commands.iter().cloned())
+    };
+    for command in from_stdin {
         let mut out = String::new();
-        let result = run_command(&mut image, command, &mut out, &mut failed);
+        if interactive {
+            out.push_str("qemu-io> ");
+        }
+        let result = run_command(&mut image, &command, &mut out, &mut failed);
         crate::print_out(&out);
         if let Err(e) = result {
             failed = true;
             eprintln!("{e}");
         }
+    }
+    if interactive {
+        crate::print_out("qemu-io> ");
     }
     image.flush()?;
     Ok(if failed {
