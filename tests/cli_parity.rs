@@ -1099,3 +1099,49 @@ fn io_reads_commands_from_standard_input_as_qemu_io_does() {
         session("qemu-io", &[])
     );
 }
+
+#[test]
+fn convert_onto_a_backing_file_writes_only_what_differs() {
+    let dir = Scratch::new("convert-b");
+    let (base, src) = (dir.str("base.qcow2"), dir.str("src.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 1M", &base]);
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &src,
+    ]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 2 64k 64k",
+        "-c",
+        "write -z 512k 4k",
+        &src,
+    ]);
+    let mut maps = Vec::new();
+    for (i, program) in [env!("CARGO_BIN_EXE_cowimg"), "qemu-img"]
+        .into_iter()
+        .enumerate()
+    {
+        let out = dir.str(&format!("out{i}.qcow2"));
+        let args = [
+            "convert", "-B", &base, "-F", "qcow2", "-O", "qcow2", &src, &out,
+        ];
+        assert!(Command::new(program).args(args).status().unwrap().success());
+        maps.push(qemu_img(&["map", "--output=json", &out]));
+        let same = qemu_img(&["compare", &src, &out]);
+        assert!(same.contains("identical"), "{program}: {same}");
+    }
+    assert_eq!(maps[0], maps[1]);
+    let missing_format = [
+        "convert",
+        "-B",
+        &base,
+        "-O",
+        "qcow2",
+        &src,
+        &dir.str("x.qcow2"),
+    ];
+    let (ours, theirs) = both(&missing_format);
+    assert_eq!(ours, theirs);
+}

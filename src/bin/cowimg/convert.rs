@@ -39,6 +39,12 @@ pub struct Args {
     /// input's; what lies past the input's end is left as it is).
     #[arg(short = 'n')]
     existing: bool,
+    /// The output's backing file: only what differs from it is written.
+    #[arg(short = 'B', value_name = "BACKING_FILE")]
+    backing: Option<String>,
+    /// The format of that backing file (required with -B, as qemu-img asks).
+    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    backing_format: Option<String>,
     /// With -n: the output reads as zeros already, so zeros are not written.
     #[arg(long = "target-is-zero")]
     target_is_zero: bool,
@@ -85,6 +91,18 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             &mut None,
             Some(&secrets),
         )?;
+        if let Some(b) = &args.backing {
+            create.backing_file = Some(b.clone());
+        }
+        if let Some(f) = &args.backing_format {
+            create.backing_format = Some(f.clone());
+        }
+        if create.backing_file.is_some() && create.backing_format.is_none() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Use of backing file requires explicit backing format",
+            ));
+        }
         if let Some(id) = key_secret(&args.target.options) {
             let secret = secrets.get(&id).cloned().ok_or_else(|| {
                 Error::new(
