@@ -1145,3 +1145,44 @@ fn convert_onto_a_backing_file_writes_only_what_differs() {
     let (ours, theirs) = both(&missing_format);
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn amend_size_and_refusals_are_qemu_img_amend() {
+    let dir = Scratch::new("amend-size");
+    let image = dir.str("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 5 0 64k", &image]);
+    for args in [
+        vec![
+            "amend",
+            "-f",
+            "qcow2",
+            "-o",
+            "backing_file=x.qcow2,backing_fmt=qcow2",
+            image.as_str(),
+        ],
+        vec!["amend", "-f", "qcow2", "-o", "size=1000", image.as_str()],
+        vec![
+            "amend",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file_raw=on",
+            image.as_str(),
+        ],
+    ] {
+        let (ours, theirs) = both(&args);
+        assert_eq!(ours, theirs, "{args:?}");
+    }
+    // size= grows and shrinks (no --shrink needed), as qemu-img's amend.
+    let twin = dir.str("b.qcow2");
+    std::fs::copy(&image, &twin).unwrap();
+    for size in ["3M", "512k"] {
+        let o = format!("size={size}");
+        common::cowimg(&["amend", "-p", "-f", "qcow2", "-o", &o, &image]);
+        qemu_img(&["amend", "-f", "qcow2", "-o", &o, &twin]);
+        let same = qemu_img(&["compare", "-s", &image, &twin]);
+        assert!(same.contains("identical"), "{size}: {same}");
+        qemu_img(&["check", &image]);
+    }
+}

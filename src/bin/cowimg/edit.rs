@@ -124,6 +124,9 @@ pub struct AmendArgs {
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
+    /// Show progress (an amend here is one step).
+    #[arg(short = 'p')]
+    progress: bool,
     /// The image file.
     filename: String,
 }
@@ -132,6 +135,7 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
     let mut compat = None;
     let mut lazy = None;
     let mut slots: Option<KeySlotChange> = None;
+    let mut size = None;
     let mut state_given = false;
     let secrets = args.source.secrets()?;
     let secret = |id: &str| {
@@ -197,6 +201,19 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             match key.as_str() {
                 "compat" => compat = Some(value),
                 "lazy_refcounts" => lazy = Some(matches!(value.as_str(), "on" | "true" | "yes")),
+                "size" => size = Some(crate::create::parse_size(&value)?),
+                "backing_file" | "backing_fmt" => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.",
+                    ))
+                }
+                "data_file_raw" => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "data-file-raw cannot be set on existing images",
+                    ))
+                }
                 "cluster_size" => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
@@ -232,6 +249,11 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
         .transpose()?;
     if compat.is_some() || lazy.is_some() {
         image.amend(compat, lazy)?;
+    }
+    // As qemu-img: size= resizes either way, no --shrink asked.
+    if let Some(size) = size {
+        image.resize(size)?;
+        image.flush()?;
     }
     if let Some(change) = &slots {
         if !state_given {
