@@ -186,6 +186,25 @@ impl Image {
         })
     }
 
+    /// Writes `buf` at byte `pos` of the top image's VM state area (qcow2 keeps it past
+    /// the disk), as savevm and qemu-io's `write -b` do.
+    pub fn write_vm_state(&mut self, buf: &[u8], pos: u64) -> Result<()> {
+        self.whole_disk("VM state")?;
+        self.on_top(|top, below| match top {
+            Layer::Qcow2(q) => q.write_vm_state(pos, buf, below),
+            _ => Err(no_vm_state()),
+        })
+    }
+
+    /// Reads `buf.len()` bytes at byte `pos` of the top image's VM state area.
+    pub fn read_vm_state(&self, buf: &mut [u8], pos: u64) -> Result<()> {
+        self.whole_disk("VM state")?;
+        match self.top() {
+            Layer::Qcow2(q) => q.read_vm_state(pos, buf),
+            _ => Err(no_vm_state()),
+        }
+    }
+
     /// (ID, name) of each internal snapshot of the top image, in table order.
     pub fn snapshot_names(&self) -> Vec<(String, String)> {
         self.snapshots()
@@ -229,4 +248,9 @@ impl Image {
         self.whole_disk("a snapshot")?;
         self.top_qcow2("a snapshot")?.snapshot_delete(id_or_name)
     }
+}
+
+/// Only qcow2 keeps VM state (QEMU's other drivers refuse the same way).
+fn no_vm_state() -> Error {
+    Error::new(ErrorKind::Unsupported, "Operation not supported")
 }

@@ -16,6 +16,7 @@ pub mod refcount;
 mod resize;
 pub mod snapshot;
 mod snapshot_ops;
+mod vm_state;
 pub mod write;
 mod writeback;
 mod zeros;

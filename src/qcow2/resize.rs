@@ -24,7 +24,7 @@ impl Qcow2 {
     /// Replaces the active L1 table by one with `entries` entries: written in fresh
     /// clusters, switched with one header write (size and offset are adjacent), then
     /// the old table freed.
-    fn grow_l1(&mut self, entries: u64) -> Result<()> {
+    pub(super) fn grow_l1(&mut self, entries: u64) -> Result<()> {
         let cs = self.cs();
         if entries * 8 > crate::format::qcow2::MAX_L1_BYTES {
             return Err(Error::new(

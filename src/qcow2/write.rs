@@ -206,25 +206,39 @@ impl Qcow2 {
         &mut self,
         guest: u64,
         len: u64,
+        per_cluster: impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
+    ) -> Result<()> {
+        self.for_each_cluster_within(guest, len, self.size(), per_cluster)
+    }
+
+    /// As `for_each_cluster`, for a range that may reach `limit` (past the disk: the VM
+    /// state area).
+    pub(super) fn for_each_cluster_within(
+        &mut self,
+        guest: u64,
+        len: u64,
+        limit: u64,
         mut per_cluster: impl FnMut(&mut Self, Slot, &mut Pending) -> Result<()>,
     ) -> Result<()> {
-        self.request(guest, len, |this, end| {
+        self.request_within(guest, len, limit, |this, end| {
             this.walk_clusters(guest, end, &mut per_cluster)
         })
     }
 
     /// Runs `body(self, end)` as one request on `[guest, guest + len)`: refcount changes
     /// held to one write per block, and what is held sent out at the end.
-    pub(super) fn request(
+    /// The range may reach `limit`: the disk's end, or past it in the VM state area.
+    pub(super) fn request_within(
         &mut self,
         guest: u64,
         len: u64,
+        limit: u64,
         body: impl FnOnce(&mut Self, u64) -> Result<()>,
     ) -> Result<()> {
         self.is_writable()?;
         let end = guest
             .checked_add(len)
-            .filter(|e| *e <= self.size())
+            .filter(|e| *e <= limit)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::BadArgument,
@@ -246,7 +260,7 @@ impl Qcow2 {
     /// True when `[guest, guest + len)` is whole clusters without host space
     /// (unallocated or plain zero) in a plain image: written whole, nothing of them
     /// needs reading, copying or freeing.
-    pub(super) fn all_new(&self, guest: u64, len: u64) -> Result<bool> {
+    pub(super) fn all_new(&self, guest: u64, len: u64, limit: u64) -> Result<bool> {
         let cs = self.cs();
         if self.key.is_some()
             || self.data_file.is_some()
@@ -254,7 +268,7 @@ impl Qcow2 {
             || guest % cs != 0
             || len % cs != 0
             || len == 0
-            || guest.checked_add(len).is_none_or(|end| end > self.size())
+            || guest.checked_add(len).is_none_or(|end| end > limit)
         {
             return Ok(false);
         }
@@ -360,14 +374,26 @@ impl Qcow2 {
     /// Writes `data` at guest offset `guest`. `below` supplies backing data for the
     /// parts of newly allocated clusters that `data` does not cover.
     pub fn write_at(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
-        if self.all_new(guest, data.len() as u64)? {
-            return self.request(guest, data.len() as u64, |this, _| {
+        self.write_within(guest, data, below, self.size())
+    }
+
+    /// As `write_at`, for data that may reach `limit` (the VM state area lies past the
+    /// disk; there, as past the disk's end, uncovered parts of new clusters are zeros).
+    pub(super) fn write_within(
+        &mut self,
+        guest: u64,
+        data: &[u8],
+        below: &Below,
+        limit: u64,
+    ) -> Result<()> {
+        if self.all_new(guest, data.len() as u64, limit)? {
+            return self.request_within(guest, data.len() as u64, limit, |this, _| {
                 this.write_new_clusters(guest, data)
             });
         }
         let cs = self.cs();
         let size = self.size();
-        self.for_each_cluster(guest, data.len() as u64, |this, slot, pending| {
+        self.for_each_cluster_within(guest, data.len() as u64, limit, |this, slot, pending| {
             let Slot {
                 gc, a, b, index, ..
             } = slot;

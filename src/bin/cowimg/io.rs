@@ -84,14 +84,6 @@ fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec
         let w = words[i];
         if w.len() >= 2 && w.starts_with('-') && !w[1..].starts_with(|c: char| c.is_ascii_digit()) {
             for (j, c) in w[1..].char_indices() {
-                if c == 'b' {
-                    // qemu-io's -b addresses the VM state area past the disk: taken as
-                    // a plain flag it would read or write guest data instead.
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "-b (the VM state area) is not supported: cowimg io reads and writes guest data only",
-                    ));
-                }
                 if with_value.contains(c) {
                     let value = if j + 2 < w.len() {
                         &w[j + 2..]
@@ -320,9 +312,12 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
     let quiet = flags.iter().any(|(c, _)| *c == 'q');
     let started = Instant::now();
     let mut buf = vec![0u8; len as usize];
-    image
-        .read_at(&mut buf, off)
-        .map_err(|e| e.context("read failed"))?;
+    if flags.iter().any(|(c, _)| *c == 'b') {
+        image.read_vm_state(&mut buf, off)
+    } else {
+        image.read_at(&mut buf, off)
+    }
+    .map_err(|e| e.context("read failed"))?;
     if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
         let pattern = number(p)? as u8;
         if let Some(i) = buf.iter().position(|b| *b != pattern) {
@@ -380,7 +375,10 @@ fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error
                 vec![pattern; len as usize]
             }
         };
-        if has('c') {
+        if has('b') {
+            // The VM state area, past the disk (qcow2).
+            image.write_vm_state(&buf, off)
+        } else if has('c') {
             image.write_compressed(&buf, off)
         } else {
             image.write_at(&buf, off)
