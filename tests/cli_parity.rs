@@ -1186,3 +1186,18 @@ fn amend_size_and_refusals_are_qemu_img_amend() {
         qemu_img(&["check", &image]);
     }
 }
+
+#[test]
+fn json_and_file_filenames_name_images_as_qemu_img_reads_them() {
+    for name in [
+        r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"sample.qcow2"}}"#,
+        r#"json:{"file":{"driver":"file","filename":"sample.qcow2"}}"#,
+        r#"json:{"driver":"qcow2","file.filename":"snapshots.qcow2"}"#,
+        "file:sample.qcow2",
+    ] {
+        for args in [vec!["info", name], vec!["map", "--output=json", name]] {
+            let (ours, theirs) = both(&args);
+            assert_eq!(ours, theirs, "{args:?}");
+        }
+    }
+}

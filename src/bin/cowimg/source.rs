@@ -60,6 +60,35 @@ pub fn secrets_of(objects: &[String]) -> Result<HashMap<String, Secret>, Error> 
     Ok(out)
 }
 
+/// A `json:` filename's object as `key=value` pairs, nested objects' keys joined with
+/// dots (`{"file": {"filename": "x"}}` is `file.filename=x`), as QEMU flattens it.
+fn json_options(text: &str) -> Result<Vec<(String, String)>, Error> {
+    fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("Could not parse 'json:' filename: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("A 'json:' filename must be a JSON object"));
+    }
+    let mut out = Vec::new();
+    flatten("", &value, &mut out);
+    Ok(out)
+}
+
 /// Splits a QEMU option string at commas, where ",," stands for a comma.
 pub fn split_options(text: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
@@ -131,9 +160,21 @@ impl SourceArgs {
         if let Some(f) = &self.format {
             options.format = Some(format_named(f)?);
         }
-        if self.image_opts {
+        // `json:{…}` is an option list too, nested objects giving dotted keys; `file:`
+        // names the file protocol, the only one there is here.
+        let json = filename
+            .strip_prefix("json:")
+            .map(json_options)
+            .transpose()?;
+        if !self.image_opts && json.is_none() {
+            if let Some(plain) = filename.strip_prefix("file:") {
+                path = PathBuf::from(plain);
+            }
+        }
+        if self.image_opts || json.is_some() {
             let mut file = None;
-            for (key, value) in parse_options(filename) {
+            let pairs = json.unwrap_or_else(|| parse_options(filename));
+            for (key, value) in pairs {
                 match key.as_str() {
                     "driver" => options.format = Some(format_named(&value)?),
                     "file.filename" | "file" | "filename" => file = Some(value),
