@@ -1201,3 +1201,48 @@ fn json_and_file_filenames_name_images_as_qemu_img_reads_them() {
         }
     }
 }
+
+#[test]
+fn resize_preallocation_and_commit_b_are_qemu_imgs() {
+    let dir = Scratch::new("prealloc-commit");
+    // A raw file grown with preallocation=full: the same length and bytes, allocated.
+    let mut sizes = Vec::new();
+    for program in [env!("CARGO_BIN_EXE_cowimg"), "qemu-img"] {
+        let raw = dir.str(&format!("{}.raw", sizes.len()));
+        std::fs::write(&raw, vec![1u8; 65536]).unwrap();
+        let args = [
+            "resize",
+            "-q",
+            "--preallocation=full",
+            "-f",
+            "raw",
+            &raw,
+            "+64k",
+        ];
+        assert!(Command::new(program).args(args).status().unwrap().success());
+        sizes.push((
+            std::fs::read(&raw).unwrap(),
+            qemu_img(&["info", "--output=json", &raw]),
+        ));
+    }
+    assert_eq!(sizes[0].0, sizes[1].0);
+    assert_eq!(
+        json_number(&sizes[0].1, "actual-size"),
+        json_number(&sizes[1].1, "actual-size")
+    );
+    let raw = dir.str("0.raw");
+    let (ours, theirs) = both(&["resize", "--preallocation=bogus", "-f", "raw", &raw, "+1k"]);
+    assert_eq!(ours, theirs);
+    // commit -b: the backing file named, or a file not in the chain refused alike.
+    let (base, top) = (dir.str("base.qcow2"), dir.str("top.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+    ]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 6 0 64k", &top]);
+    let (ours, theirs) = both(&["commit", "-b", &dir.str("elsewhere.qcow2"), &top]);
+    assert_eq!(ours, theirs);
+    common::cowimg(&["commit", "-q", "-b", &base, &top]);
+    let read = qemu_io(&["-f", "qcow2", "-r", "-c", "read -P 6 0 64k", &base]);
+    assert!(!read.contains("failed"), "{read}");
+}

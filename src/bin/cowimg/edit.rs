@@ -89,6 +89,10 @@ pub struct CommitArgs {
     /// The backing file's format, when the image does not record it (qcow, cow).
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
+    /// The image to commit into: the backing file (committing through several layers
+    /// at once is not supported yet).
+    #[arg(short = 'b', value_name = "BASE")]
+    base: Option<String>,
     #[command(flatten)]
     progress: ProgressArgs,
     /// The image file.
@@ -102,6 +106,31 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(format_named)
         .transpose()?;
+    if let Some(base) = &args.base {
+        // Found by file identity among the chain's files, as QEMU looks it up.
+        let wanted = cowimg::image::resolve_backing(Path::new(&args.filename), base);
+        let same = |p: &Path| {
+            cowimg::create::same_file(p, &wanted) || cowimg::create::same_file(p, Path::new(base))
+        };
+        match image.chain().iter().skip(1).position(|e| same(&e.path)) {
+            Some(0) => {}
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "committing into a base below the backing file (-b) is not supported",
+                ))
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!(
+                        "Did not find '{base}' in the backing chain of '{}'",
+                        args.filename
+                    ),
+                ))
+            }
+        }
+    }
     let bar = watch(&mut image, args.progress.bar());
     image.commit(args.keep, format)?;
     bar.finish();

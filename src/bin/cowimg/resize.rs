@@ -15,6 +15,9 @@ pub struct Args {
     /// Quiet.
     #[arg(short = 'q')]
     quiet: bool,
+    /// How to allocate a grown raw image: off, falloc or full (written as zeros).
+    #[arg(long = "preallocation", value_name = "PREALLOC")]
+    preallocation: Option<String>,
     /// The image file.
     filename: String,
     /// New size, or +SIZE / -SIZE relative to the current one.
@@ -47,7 +50,30 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         complain!("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
         );
     }
+    let prealloc = match args.preallocation.as_deref() {
+        None | Some("off") => false,
+        Some("falloc" | "full") if image.format() == cowimg::Format::Raw => true,
+        Some(mode @ ("metadata" | "falloc" | "full")) => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "Preallocation mode '{mode}' is not supported by cowimg for {} resize",
+                    image.format()
+                ),
+            ))
+        }
+        Some(other) => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("Invalid preallocation mode '{other}'"),
+            ))
+        }
+    };
     image.resize(new_size)?;
+    if prealloc && new_size > current {
+        // The new range written out (raw writes real zeros), as preallocation=full.
+        image.write_zeroes(current, new_size - current, false)?;
+    }
     image.flush()?;
     if !args.quiet {
         crate::print_out("Image resized.\n");
