@@ -1246,3 +1246,44 @@ fn resize_preallocation_and_commit_b_are_qemu_imgs() {
     let read = qemu_io(&["-f", "qcow2", "-r", "-c", "read -P 6 0 64k", &base]);
     assert!(!read.contains("failed"), "{read}");
 }
+
+#[test]
+fn io_without_a_file_opens_and_closes_as_qemu_io() {
+    use std::io::Write as _;
+    let dir = Scratch::new("io-open");
+    let image = dir.str("o.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 64k", &image]);
+    let script = format!(
+        "alloc 0\nopen -o driver=qcow2 {image}\nalloc 0\nopen {image}\nclose\nalloc 0\n\
+         open -r -U {image}\nread -P 1 0 4k\nclose\n"
+    );
+    // One after the other: each holds the image's lock while it is open.
+    let session = |program: &str, pre: &[&str]| {
+        let mut child = Command::new(program)
+            .args(pre)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let keep = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .filter(|l| !l.contains(" ops; "))
+                .map(|l| l.replace("qemu-io:", "cowimg:"))
+                .collect::<Vec<_>>()
+        };
+        (out.status.code(), keep(&out.stdout), keep(&out.stderr))
+    };
+    let ours = session(env!("CARGO_BIN_EXE_cowimg"), &["io"]);
+    let theirs = session("qemu-io", &[]);
+    assert_eq!(ours, theirs);
+}

@@ -19,8 +19,8 @@ pub struct Args {
     /// Open read-only.
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
-    /// The image file.
-    filename: String,
+    /// The image file (or none: then `open` names one).
+    filename: Option<String>,
 }
 
 /// qemu-io's `cvtstr`: "4 KiB", "1.500 MiB", "512 bytes".
@@ -426,22 +426,57 @@ fn map(image: &Image, out: &mut String) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let (path, mut options) = args.source.resolve(&args.filename)?;
+/// Opens `filename` as qemu-io does: writable unless `read_only`, a probed format
+/// other than qcow2 only for reading.
+fn open_image(source: &SourceArgs, filename: &str, read_only: bool) -> Result<Image, Error> {
+    let (path, mut options) = source.resolve(filename)?;
     // Writing needs a stated format or a probed qcow2; anything else is only read.
-    if !args.read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
+    if !read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
         options.format = Some(Format::Qcow2);
     }
-    options.writable = !args.read_only && options.format.is_some();
-    if !args.read_only && !options.writable {
+    options.writable = !read_only && options.format.is_some();
+    if !read_only && !options.writable {
         eprintln!(
-            "WARNING: Image format was not specified for '{}' and probing did not find \
-             qcow2: it is opened read-only. Specify the format with -f to write.",
-            args.filename
+            "WARNING: Image format was not specified for '{filename}' and probing did not find \
+             qcow2: it is opened read-only. Specify the format with -f to write."
         );
     }
-    let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
+    let image = crate::source::opened(filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
+    Ok(image)
+}
+
+/// `open [-rsCnkU] [-t cache] [-d discard] [-o options] path`: the image the following
+/// commands work on (`-o driver=FMT` names its format; the cache and discard choices
+/// change nothing here).
+fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Image, Error> {
+    let (flags, rest) = split_args(args, "tdo")?;
+    let [path] = rest.as_slice() else {
+        return Err(Error::new(ErrorKind::BadArgument, "open takes one path"));
+    };
+    let mut source = source.clone();
+    source.force_share |= flags.iter().any(|(c, _)| *c == 'U');
+    for (_, value) in flags.iter().filter(|(c, _)| *c == 'o') {
+        for (key, value) in crate::source::parse_options(value.unwrap_or_default()) {
+            match key.as_str() {
+                "driver" => source.format = Some(value),
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("open: option '{other}' is not supported"),
+                    ))
+                }
+            }
+        }
+    }
+    open_image(&source, path, flags.iter().any(|(c, _)| *c == 'r'))
+}
+
+pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let mut image = match &args.filename {
+        Some(name) => Some(open_image(&args.source, name, args.read_only)?),
+        None => None,
+    };
     let mut failed = false;
     // Without -c, commands come from standard input, each after qemu-io's prompt (and
     // one more prompt at the end).
@@ -456,17 +491,48 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if interactive {
             out.push_str("qemu-io> ");
         }
-        let result = run_command(&mut image, &command, &mut out, &mut failed);
+        let words: Vec<&str> = command.split_whitespace().collect();
+        // qemu-io reports open's failures with its name, other commands' without.
+        let opening = words.first() == Some(&"open");
+        let result = match (words.split_first(), image.as_mut()) {
+            (Some((&"open", rest)), None) => {
+                open_command(&args.source, rest).map(|opened| image = Some(opened))
+            }
+            (Some((&"open", _)), Some(_)) => Err(Error::new(
+                ErrorKind::BadArgument,
+                "file open already, try 'help close'",
+            )),
+            (Some((&"close", _)), Some(open)) => {
+                let flushed = open.flush();
+                image = None;
+                flushed
+            }
+            (Some(_), None) => Err(Error::new(
+                ErrorKind::BadArgument,
+                "no file open, try 'help open'",
+            )),
+            (_, Some(open)) => run_command(open, &command, &mut out, &mut failed),
+            (None, None) => Ok(()),
+        };
         crate::print_out(&out);
-        if let Err(e) = result {
-            failed = true;
-            eprintln!("{e}");
+        match result {
+            Err(e) if opening => {
+                failed = true;
+                complain!("{e}");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+            Ok(()) => {}
         }
     }
     if interactive {
         crate::print_out("qemu-io> ");
     }
-    image.flush()?;
+    if let Some(image) = image.as_mut() {
+        image.flush()?;
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
