@@ -364,7 +364,7 @@ fn with_snapshot(
 
 /// Creates an empty image file.
 #[pyfunction]
-#[pyo3(signature = (path, size, format="qcow2", cluster_size=None, backing_file=None, backing_format=None, compat=None, preallocation=None, lazy_refcounts=false, extended_l2=false, compression=None))]
+#[pyo3(signature = (path, size, format="qcow2", cluster_size=None, backing_file=None, backing_format=None, compat=None, preallocation=None, lazy_refcounts=false, extended_l2=false, compression=None, encryption=None, passphrase=None, iter_time=None))]
 #[allow(clippy::too_many_arguments)]
 fn create(
     py: Python<'_>,
@@ -379,8 +379,28 @@ fn create(
     lazy_refcounts: bool,
     extended_l2: bool,
     compression: Option<&str>,
+    encryption: Option<&str>,
+    passphrase: Option<Vec<u8>>,
+    iter_time: Option<u64>,
 ) -> PyResult<()> {
     let format = format_named(Some(format))?.unwrap_or(Format::Qcow2);
+    // "luks" (qcow2's encrypt.format=luks, or the whole of a luks image) or "aes"
+    // (legacy); LUKS puts the passphrase in its first key slot.
+    let encryption = match (encryption, format) {
+        (None, Format::Luks) | (Some("luks"), _) => {
+            let secret = passphrase
+                .map(cowimg::Secret::new)
+                .ok_or_else(|| bad("LUKS encryption needs a passphrase"))?;
+            let mut luks = cowimg::create::LuksOptions::new(secret);
+            if let Some(ms) = iter_time {
+                luks = luks.iter_time_ms(ms);
+            }
+            cowimg::create::Encryption::Luks(luks)
+        }
+        (Some("aes"), _) => cowimg::create::Encryption::Aes,
+        (None, _) => cowimg::create::Encryption::None,
+        (Some(other), _) => return Err(bad(format!("Invalid encryption format: '{other}'"))),
+    };
     let options = create_options(
         size,
         cluster_size,
@@ -391,7 +411,8 @@ fn create(
         compression,
     )?
     .lazy_refcounts(lazy_refcounts)
-    .extended_l2(extended_l2);
+    .extended_l2(extended_l2)
+    .encryption(encryption);
     py.allow_threads(|| cowimg::create::create_file(format, &path, &options, 3))
         .map_err(py_err)
 }

@@ -47,6 +47,24 @@ def test_create_makes_images_qemu_accepts(tmp_path):
         cowimg.create(tmp_path / "bad.qcow2", 1 << 20, compat="2.0")
 
 
+@pytest.mark.parametrize("fmt", ["qcow2", "luks"])
+def test_create_makes_luks_images_qemu_unlocks(tmp_path, fmt):
+    path = tmp_path / f"enc.{fmt}"
+    cowimg.create(path, 1 << 20, format=fmt, encryption="luks", passphrase=b"pw", iter_time=10)
+    with cowimg.open(path, format=fmt, writable=True, passphrase=b"pw") as disk:
+        disk.seek(4096)
+        disk.write(b"\x5a" * 8192)
+    key = "encrypt.key-secret" if fmt == "qcow2" else "key-secret"
+    out = subprocess.run(
+        ["qemu-io", "--object", "secret,id=s0,data=pw", "--image-opts", "-c", "read -P 0x5a 4096 8192",
+         f"driver={fmt},{key}=s0,file.filename={path}"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert "read 8192/8192" in out and "failed" not in out
+    with pytest.raises(cowimg.BadArgument):
+        cowimg.create(tmp_path / "nokey.qcow2", 1 << 20, encryption="luks")
+
+
 @pytest.mark.parametrize("fmt,compress", [("qcow2", False), ("qcow2", True), ("raw", False), ("qcow", False)])
 def test_convert_copies_the_disk_with_progress(corpus, tmp_path, fmt, compress):
     source = corpus["chain"][0]
