@@ -196,6 +196,14 @@ impl Image {
         })
     }
 
+    /// Where the top image's VM state area starts (qcow2; None for formats without one).
+    pub fn vm_state_offset(&self) -> Option<u64> {
+        match self.top() {
+            Layer::Qcow2(q) => Some(q.vm_state_offset()),
+            _ => None,
+        }
+    }
+
     /// Reads `buf.len()` bytes at byte `pos` of the top image's VM state area.
     pub fn read_vm_state(&self, buf: &mut [u8], pos: u64) -> Result<()> {
         self.whole_disk("VM state")?;

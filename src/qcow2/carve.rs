@@ -350,7 +350,7 @@ pub(crate) fn vm_state_range(q: &Qcow2, index: usize) -> Result<Option<(u64, u64
     }
     let span = q.geometry.l2_span();
     let covered = u64::from(s.header.l1_size).saturating_mul(span);
-    let start = s.disk_size.div_ceil(span).saturating_mul(span);
+    let start = q.geometry.vm_state_start(s.disk_size);
     if start.saturating_add(s.vm_state_size) > covered {
         return Err(crate::Error::new(
             crate::ErrorKind::Corrupt,

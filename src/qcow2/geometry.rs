@@ -39,6 +39,13 @@ impl Geometry {
         1 << (self.cluster_bits + self.l2_bits)
     }
 
+    /// Where the VM state of a disk of `disk_size` bytes starts: the first L1 entry the
+    /// disk does not use, as QEMU places it.
+    pub(crate) fn vm_state_start(self, disk_size: u64) -> u64 {
+        let span = self.l2_span();
+        disk_size.div_ceil(span).saturating_mul(span)
+    }
+
     /// 64-bit words per L2 entry: 2 with the subcluster bitmap.
     pub(crate) fn entry_words(self) -> u64 {
         if self.extended_l2 {

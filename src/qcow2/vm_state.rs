@@ -14,8 +14,7 @@ impl Qcow2 {
     /// Where the VM state area starts: the disk's end rounded up to a whole L2 table's
     /// span, as QEMU places it.
     pub fn vm_state_offset(&self) -> u64 {
-        let span = self.geometry.l2_span();
-        self.size().div_ceil(span).saturating_mul(span)
+        self.geometry.vm_state_start(self.size())
     }
 
     /// The guest range `[start, end)` that `len` bytes at `pos` of the VM state cover,

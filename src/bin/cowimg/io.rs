@@ -283,15 +283,7 @@ fn info(image: &Image, out: &mut String) -> Result<(), Error> {
     let described = image.info()?;
     let top = described.first();
     let cs = image.cluster_size().unwrap_or(0);
-    // qcow2 keeps VM state past the disk, from the first L1 entry it does not use.
-    let vm_state = match top.and_then(|i| i.qcow2.as_ref()) {
-        Some(q) => {
-            let entry = if q.extended_l2 == Some(true) { 16 } else { 8 };
-            let span = cs * (cs / entry);
-            image.size().div_ceil(span) * span
-        }
-        None => 0,
-    };
+    let vm_state = image.vm_state_offset().unwrap_or(0);
     let _ = writeln!(out, "format name: {}", image.format());
     let _ = writeln!(out, "cluster size: {}", cvtstr(cs));
     let _ = writeln!(out, "vm state offset: {}", cvtstr(vm_state));
