@@ -124,6 +124,17 @@ fn volumes_cowimg_creates_open_in_qemu_with_the_cipher_asked_for() {
         );
         for (driver, image) in [("qcow2", &qcow2), ("luks", &raw)] {
             let info = qemu_info(image);
+            // The encrypt block (qcow2) or luks data, as qemu-img describes it.
+            assert_eq!(
+                common::cowimg(&["info", "--output=json", image]),
+                info,
+                "{driver} case {i}: info JSON"
+            );
+            assert_eq!(
+                common::cowimg(&["info", image]),
+                qemu_img(&["info", image]),
+                "{driver} case {i}: info"
+            );
             for (key, want) in [
                 ("cipher-alg", alg),
                 ("cipher-mode", mode),
