@@ -187,7 +187,7 @@ fn to_image(
     let zero_init = if options.existing {
         options.target_is_zero
     } else {
-        target.format() != Format::Luks
+        target.format().zero_initialised()
     };
     // A qcow target compresses in its own clusters; the others in the ones asked for.
     let cs = match (target.format(), target.cluster_size()) {

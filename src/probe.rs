@@ -35,6 +35,12 @@ impl Format {
         }
     }
 
+    /// Whether a newly created image of this format reads as zeros where nothing was
+    /// written (a LUKS volume's unwritten sectors decrypt to noise).
+    pub fn zero_initialised(self) -> bool {
+        self != Format::Luks
+    }
+
     /// The format named `name`, as `-f` takes it.
     pub fn from_name(name: &str) -> Option<Format> {
         [

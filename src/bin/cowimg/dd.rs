@@ -129,7 +129,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
-    let zero_init = target.format() != Format::Luks;
+    let zero_init = target.format().zero_initialised();
     copy_into(
         &image,
         (from, size),
