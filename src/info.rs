@@ -23,8 +23,12 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     /// The file's length, in whole 512-byte sectors as QEMU's file layer counts it.
     pub file_length: u64,
-    /// Bytes the file occupies on disk.
-    pub actual_size: u64,
+    /// Bytes the file occupies on disk; None where the storage cannot tell (a remote
+    /// object), which qemu-img shows as "unavailable".
+    pub actual_size: Option<u64>,
+    /// The protocol the file is read by, as qemu-img names its driver: `file`, or a
+    /// remote URL's scheme (`https`, `s3`, …).
+    pub protocol: String,
     /// qcow and qcow2 only.
     pub cluster_size: Option<u64>,
     /// Whether its data is encrypted.
@@ -137,7 +141,15 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
     let file = entry.layer.reader().file();
     let stat = |e| Error::io(format!("Could not open '{}'", path.display()), e);
     let file_length = file.len().map_err(stat)?;
-    let actual_size = file.allocated_size().map_err(stat)?.unwrap_or(file_length);
+    let path_text = path.to_string_lossy();
+    let protocol = match path_text.split_once("://") {
+        Some((scheme, _)) if crate::storage::is_remote(&path_text) => scheme.to_ascii_lowercase(),
+        _ => "file".to_string(),
+    };
+    let actual_size = match protocol.as_str() {
+        "file" => Some(file.allocated_size().map_err(stat)?.unwrap_or(file_length)),
+        _ => None,
+    };
     let backing = entry.layer.backing_name();
     let (backing_file, backing_format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
     let mut info = ImageInfo {
@@ -146,6 +158,7 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
         virtual_size: entry.layer.size(),
         file_length: file_length.next_multiple_of(512),
         actual_size,
+        protocol,
         cluster_size: None,
         encrypted: false,
         dirty: false,

@@ -259,6 +259,10 @@ pub fn check_backing_name(name: &str) -> Result<String> {
         ));
     }
     if let Some((proto, _)) = name.split_once(':') {
+        // Read remotely, as QEMU's curl driver reads http(s) backing files.
+        if cfg!(feature = "remote") && crate::storage::is_remote(name) {
+            return Ok(name.to_string());
+        }
         if PROTOCOLS.contains(&proto) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -273,10 +277,16 @@ pub fn check_backing_name(name: &str) -> Result<String> {
 }
 
 /// Where a backing file named `name` by the image at `image` is: relative names are
-/// relative to the image's folder.
+/// relative to the image's folder, or to its URL when it is remote.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
+    #[cfg(feature = "remote")]
+    if let Some(url) = image.to_str().filter(|i| crate::storage::is_remote(i)) {
+        if let Some(resolved) = crate::storage::remote::resolve_relative(url, name) {
+            return PathBuf::from(resolved);
+        }
+    }
     let name = Path::new(name);
-    if name.is_absolute() {
+    if name.is_absolute() || name.to_str().is_some_and(crate::storage::is_remote) {
         name.to_path_buf()
     } else {
         image.parent().unwrap_or(Path::new("")).join(name)
@@ -286,9 +296,44 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 /// Opens one file of an image (the image, a backing file, a data file) for reading or
 /// writing, with QEMU's locks for that use; `force_share` is qemu-img's `-U`. A lock
 /// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
-pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<FileStorage> {
+/// A URL (`s3://…`, `https://…`) is opened remotely, for reading only.
+pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<Arc<dyn Storage>> {
+    if let Some(url) = path.to_str().filter(|p| crate::storage::is_remote(p)) {
+        return open_remote(url, writable);
+    }
     let access = Access::for_use(writable, force_share);
-    FileStorage::open_with(path, writable, access).map_err(|e| file_error(path, e))
+    match FileStorage::open_with(path, writable, access) {
+        Ok(file) => Ok(Arc::new(file)),
+        Err(e) => Err(file_error(path, e)),
+    }
+}
+
+#[cfg(feature = "remote")]
+fn open_remote(url: &str, writable: bool) -> Result<Arc<dyn Storage>> {
+    let shown = crate::storage::display_url(url);
+    if writable {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("'{shown}' is remote: remote images are read-only"),
+        ));
+    }
+    match crate::storage::remote::RemoteStorage::open(url) {
+        Ok(remote) => Ok(Arc::new(remote)),
+        // The storage's message names the URL and what failed; callers add "Could not
+        // open" once.
+        Err(e) => Err(Error::new(ErrorKind::Io, e.to_string())),
+    }
+}
+
+#[cfg(not(feature = "remote"))]
+fn open_remote(url: &str, _writable: bool) -> Result<Arc<dyn Storage>> {
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "Could not open '{}': URLs are read with the `remote` feature, which this build lacks",
+            crate::storage::display_url(url)
+        ),
+    ))
 }
 
 /// An error opening the file at `path`, as qemu-img words it.
@@ -380,7 +425,6 @@ fn open_layer(
         ));
     }
     let storage = open_file(path, writable, options.force_share)?;
-    let storage: Arc<dyn Storage> = Arc::new(storage);
     let (format, probed) = match format {
         Some(f) => (f, false),
         None => (
@@ -418,7 +462,7 @@ fn open_layer(
                         let s = open_file(&p, writable, options.force_share)
                             .map_err(|e| e.context("Could not open data file"))?;
                         data_path = Some(p);
-                        Some(Arc::new(s) as Arc<dyn Storage>)
+                        Some(s)
                     }
                     _ => None,
                 }

@@ -15,21 +15,26 @@ use crate::qcow2::Snapshot;
 /// One file of a chain as `qemu-img info --output=json` prints it.
 pub fn info(info: &ImageInfo) -> Json {
     let filename = info.filename.display().to_string();
-    let file = Json::Object(vec![
+    let mut file = vec![
         ("children", Json::Array(vec![])),
         ("virtual-size", Json::int(info.file_length)),
         ("filename", Json::str(&filename)),
-        ("format", Json::str("file")),
-        ("actual-size", Json::int(info.actual_size)),
-        (
+        ("format", Json::str(&info.protocol)),
+    ];
+    if let Some(size) = info.actual_size {
+        file.push(("actual-size", Json::int(size)));
+    }
+    if info.protocol == "file" {
+        file.push((
             "format-specific",
             Json::Object(vec![
                 ("type", Json::str("file")),
                 ("data", Json::Object(vec![])),
             ]),
-        ),
-        ("dirty-flag", Json::Bool(false)),
-    ]);
+        ));
+    }
+    file.push(("dirty-flag", Json::Bool(false)));
+    let file = Json::Object(file);
     let mut fields = vec![(
         "children",
         Json::Array(vec![Json::Object(vec![
@@ -52,7 +57,9 @@ pub fn info(info: &ImageInfo) -> Json {
         fields.push(("cluster-size", Json::int(cs)));
     }
     fields.push(("format", Json::str(info.format.name())));
-    fields.push(("actual-size", Json::int(info.actual_size)));
+    if let Some(size) = info.actual_size {
+        fields.push(("actual-size", Json::int(size)));
+    }
     if let Some(q) = &info.qcow2 {
         fields.push((
             "format-specific",

@@ -5,6 +5,8 @@ mod fault;
 mod file;
 pub mod lock;
 mod memory;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 pub use fault::{Fault, FaultStorage};
 pub use file::FileStorage;
@@ -12,6 +14,32 @@ pub use lock::{Access, LockConflict};
 pub use memory::MemoryStorage;
 
 use std::io;
+
+/// The URL schemes read remotely (with the `remote` feature). Other `x://` names are
+/// local paths.
+const REMOTE_SCHEMES: [&str; 10] = [
+    "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "adl", "http", "https",
+];
+
+/// Whether `name` is a URL of a scheme read remotely (`s3://…`, `https://…`).
+pub fn is_remote(name: &str) -> bool {
+    name.split_once("://")
+        .is_some_and(|(scheme, _)| REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// A URL as messages show it: without a user, password, query (where signatures
+/// live) or fragment.
+pub fn display_url(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
 
 /// A run of stored data or of a hole, from some offset up to `end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,3 +170,19 @@ macro_rules! forward {
 
 forward!(Box);
 forward!(std::sync::Arc);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_names() {
+        assert!(is_remote("s3://b/k") && is_remote("HTTPS://h/x") && is_remote("gs://b/o"));
+        assert!(!is_remote("/tmp/x") && !is_remote("file:///x") && !is_remote("nbd://h"));
+        assert_eq!(
+            display_url("https://user:pw@h:8/a/b.qcow2?sig=SECRET#x"),
+            "https://h:8/a/b.qcow2"
+        );
+        assert_eq!(display_url("s3://bucket/k"), "s3://bucket/k");
+    }
+}

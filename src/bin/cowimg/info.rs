@@ -57,7 +57,7 @@ fn to_human(info: &ImageInfo, header_dump: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "image: {}\nfile format: {}", filename, info.format);
     let _ = writeln!(out, "virtual size: {}", with_bytes(info.virtual_size));
-    let _ = writeln!(out, "disk size: {}", human::size(info.actual_size));
+    let _ = writeln!(out, "disk size: {}", disk_size(info.actual_size));
     if info.encrypted {
         out.push_str("encrypted: yes\n");
     }
@@ -104,10 +104,19 @@ fn to_human(info: &ImageInfo, header_dump: &str) -> String {
         out.push('\n');
     }
     let _ = writeln!(out, "Child node '/file':");
-    let _ = writeln!(out, "    filename: {filename}\n    protocol type: file");
+    let _ = writeln!(
+        out,
+        "    filename: {filename}\n    protocol type: {}",
+        info.protocol
+    );
     let _ = writeln!(out, "    file length: {}", with_bytes(info.file_length));
-    let _ = writeln!(out, "    disk size: {}", human::size(info.actual_size));
+    let _ = writeln!(out, "    disk size: {}", disk_size(info.actual_size));
     out
+}
+
+/// Bytes a file takes, or qemu-img's word when the storage cannot tell.
+fn disk_size(actual: Option<u64>) -> String {
+    actual.map_or("unavailable".to_string(), human::size)
 }
 
 /// A size as qemu-img prints it with its exact count: "1 MiB (1048576 bytes)".
