@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::image::{ChainEntry, Image, Layer};
 use crate::probe::Format;
+use crate::storage::display_url;
 use crate::qcow2::Snapshot;
 use std::path::PathBuf;
 
@@ -139,7 +140,9 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
     let path = &entry.path;
     // Asked of the storage, not the path: an image need not be a local file.
     let file = entry.layer.reader().file();
-    let stat = |e| Error::io(format!("Could not open '{}'", path.display()), e);
+    // Reports show a URL without the credentials or signature it may carry.
+    let shown = |p: &std::path::Path| PathBuf::from(display_url(&p.to_string_lossy()));
+    let stat = |e| Error::io(format!("Could not open '{}'", shown(path).display()), e);
     let file_length = file.len().map_err(stat)?;
     let path_text = path.to_string_lossy();
     let protocol = match path_text.split_once("://") {
@@ -153,7 +156,7 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
     let backing = entry.layer.backing_name();
     let (backing_file, backing_format) = backing.map_or((None, None), |(n, f)| (Some(n), f));
     let mut info = ImageInfo {
-        filename: path.clone(),
+        filename: shown(path),
         format: entry.layer.format(),
         virtual_size: entry.layer.size(),
         file_length: file_length.next_multiple_of(512),
@@ -164,7 +167,7 @@ fn describe(entry: &ChainEntry) -> Result<ImageInfo> {
         dirty: false,
         full_backing_file: backing_file
             .as_deref()
-            .map(|n| crate::image::resolve_backing(path, n)),
+            .map(|n| shown(&crate::image::resolve_backing(path, n))),
         backing_file,
         backing_format,
         snapshots: Vec::new(),

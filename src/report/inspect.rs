@@ -45,7 +45,7 @@ pub fn inspect(image: &Image, unreadable: Option<&[crate::copy::Unreadable]>) ->
 
 fn inspect_file(entry: &ChainEntry) -> Result<Json> {
     let mut out = vec![
-        ("filename", Json::str(entry.path.display().to_string())),
+        ("filename", Json::str(crate::storage::display_url(&entry.path.to_string_lossy()))),
         ("format", Json::str(entry.format().name())),
     ];
     match &entry.layer {

@@ -27,9 +27,12 @@ pub fn is_remote(name: &str) -> bool {
         .is_some_and(|(scheme, _)| REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
 }
 
-/// A URL as messages show it: without a user, password, query (where signatures
-/// live) or fragment.
+/// An image name as messages and reports show it: a remote URL without a user,
+/// password, query (where signatures live) or fragment; any other name unchanged.
 pub fn display_url(url: &str) -> String {
+    if !is_remote(url) {
+        return url.to_string();
+    }
     let url = url.split(['?', '#']).next().unwrap_or(url);
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -184,5 +187,6 @@ mod tests {
             "https://h:8/a/b.qcow2"
         );
         assert_eq!(display_url("s3://bucket/k"), "s3://bucket/k");
+        assert_eq!(display_url("/tmp/a?b#c"), "/tmp/a?b#c");
     }
 }

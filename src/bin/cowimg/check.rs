@@ -66,7 +66,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if e.message().starts_with("Could not open '") {
             e
         } else {
-            e.context(format_args!("Could not open '{}'", path.display()))
+            let shown = cowimg::storage::display_url(&path.to_string_lossy());
+            e.context(format_args!("Could not open '{shown}'"))
         }
     })?);
     let header = cowimg::header::Qcow2::read(&storage);
@@ -96,7 +97,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         return Ok(ExitCode::from(1));
     }
     let out = if args.report.output.json() {
-        report::check(&result, &args.filename).pretty() + "\n"
+        report::check(&result, &cowimg::storage::display_url(&args.filename)).pretty() + "\n"
     } else {
         human(&result)
     };

@@ -77,7 +77,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         let salvage = args.salvage.then(Salvage::new);
         let d = hash(image, &algorithms, window, salvage.as_ref(), &|_| {})?;
         Ok(Hashed {
-            label: args.filename.clone(),
+            label: cowimg::storage::display_url(&args.filename),
             snapshot: None,
             whole: d.whole,
             windows: d.windows,
@@ -89,7 +89,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     for (id, name) in wanted {
         let at = args.partition.open_snapshot(&path, &options, &id)?;
         results.push(Hashed {
-            label: format!("{}@{name}", args.filename),
+            label: format!("{}@{name}", cowimg::storage::display_url(&args.filename)),
             snapshot: Some((id, name)),
             ..hash_one(&at)?
         });

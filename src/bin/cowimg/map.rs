@@ -89,7 +89,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 hex(r.start),
                 hex(r.len),
                 hex(offset),
-                file.display()
+                cowimg::storage::display_url(&file.to_string_lossy())
             ));
         }
     }

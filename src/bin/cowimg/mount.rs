@@ -349,8 +349,12 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
 
 /// A new qcow2 file at `overlay` whose backing file is `base`, opened for writing.
 fn new_overlay(overlay: &Path, base: &Path, format: Option<Format>) -> Result<Image, Error> {
-    let base = std::fs::canonicalize(base)
-        .map_err(|e| Error::io(format!("Could not open '{}'", base.display()), e))?;
+    // The overlay names its base by an absolute path, or by the URL a remote base has.
+    let base = match base.to_str().filter(|b| cowimg::storage::is_remote(b)) {
+        Some(url) => PathBuf::from(url),
+        None => std::fs::canonicalize(base)
+            .map_err(|e| Error::io(format!("Could not open '{}'", base.display()), e))?,
+    };
     let format = match format {
         Some(f) => f,
         None => {

@@ -244,7 +244,8 @@ pub fn opened(filename: &str, result: Result<Image, Error>) -> Result<Image, Err
         if e.kind() == ErrorKind::InUse {
             e
         } else {
-            e.context(format_args!("Could not open '{filename}'"))
+            let shown = cowimg::storage::display_url(filename);
+            e.context(format_args!("Could not open '{shown}'"))
         }
     })
 }
