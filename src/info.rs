@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::format::qcow2::{autoclear, compatible, incompatible};
 use crate::image::{ChainEntry, Image, Layer};
 use crate::probe::Format;
-use crate::storage::display_url;
 use crate::qcow2::Snapshot;
+use crate::storage::display_url;
 use std::path::PathBuf;
 
 pub use crate::qcow2::bitmaps::Bitmap;

@@ -45,7 +45,10 @@ pub fn inspect(image: &Image, unreadable: Option<&[crate::copy::Unreadable]>) ->
 
 fn inspect_file(entry: &ChainEntry) -> Result<Json> {
     let mut out = vec![
-        ("filename", Json::str(crate::storage::display_url(&entry.path.to_string_lossy()))),
+        (
+            "filename",
+            Json::str(crate::storage::display_url(&entry.path.to_string_lossy())),
+        ),
         ("format", Json::str(entry.format().name())),
     ];
     match &entry.layer {

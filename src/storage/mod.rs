@@ -174,6 +174,29 @@ macro_rules! forward {
 forward!(Box);
 forward!(std::sync::Arc);
 
+/// `text` with every URL in it shown as [`display_url`] shows it: for messages of
+/// libraries that name the request they sent, user, password and signature included.
+pub fn scrub_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_len = rest[..at]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+            .count();
+        let start = at - scheme_len;
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+            .map_or(rest.len(), |n| at + n);
+        out.push_str(&rest[..start]);
+        out.push_str(&display_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +211,9 @@ mod tests {
         );
         assert_eq!(display_url("s3://bucket/k"), "s3://bucket/k");
         assert_eq!(display_url("/tmp/a?b#c"), "/tmp/a?b#c");
+        assert_eq!(
+            scrub_urls("GET https://u:p@h/x?sig=1 in 5ms, then s3://b/k?X=y."),
+            "GET https://h/x in 5ms, then s3://b/k"
+        );
     }
 }

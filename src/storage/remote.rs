@@ -8,12 +8,12 @@
 //! one small block each. Requests are retried; what still fails is an I/O error naming
 //! the URL (without credentials).
 
-use super::{display_url, is_remote, Run, Storage};
+use super::{display_url, is_remote, scrub_urls, Run, Storage};
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 use url::Url;
 
@@ -108,6 +108,8 @@ pub struct RemoteStorage {
     size: u64,
     patience: Patience,
     cache: Mutex<BlockCache>,
+    /// Signalled whenever a fetch ends, for the readers waiting on it.
+    arrived: Condvar,
 }
 
 impl std::fmt::Debug for RemoteStorage {
@@ -124,7 +126,7 @@ impl RemoteStorage {
     /// environment variables of each service (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     pub fn open(url: &str) -> io::Result<RemoteStorage> {
         let shown = display_url(url);
-        let fail = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        let fail = |what: String| io::Error::new(io::ErrorKind::InvalidInput, scrub_urls(&what));
         let parsed = Url::parse(url).map_err(|e| fail(format!("invalid URL '{shown}': {e}")))?;
         let (scheme, path) = ObjectStoreScheme::parse(&parsed)
             .map_err(|e| fail(format!("unsupported URL '{shown}': {e}")))?;
@@ -191,6 +193,7 @@ impl RemoteStorage {
             size: 0,
             patience,
             cache: Mutex::new(BlockCache::default()),
+            arrived: Condvar::new(),
         };
         let store = Arc::clone(&storage.store);
         let path = storage.path.clone();
@@ -238,6 +241,7 @@ impl RemoteStorage {
                     0 => String::new(),
                     n => format!(" (after {} attempts)", n + 1),
                 };
+                let error = scrub_urls(&error.to_string());
                 return Err(io::Error::new(
                     kind,
                     format!("{what} '{}'{tries}: {error}", self.shown),
@@ -272,12 +276,18 @@ impl RemoteStorage {
     }
 }
 
-/// Fetched blocks by their start, each with when it was last used.
+/// Fetched blocks by their start, each with when it was last used, and the fetches
+/// under way (other readers of their range wait for them instead of fetching again).
 #[derive(Default)]
 struct BlockCache {
     blocks: BTreeMap<u64, (bytes::Bytes, u64)>,
     bytes: usize,
     clock: u64,
+    /// Fetches under way: start → end.
+    pending: BTreeMap<u64, u64>,
+    /// Recent fetches that failed, with why: a reader that waited for one fails too
+    /// rather than trying again itself.
+    failed: Vec<(u64, u64, io::ErrorKind, String)>,
     /// Where the last fetch ended, and the size of the next one if a read starts there.
     sequential_end: u64,
     window: u64,
@@ -302,13 +312,22 @@ impl BlockCache {
         n
     }
 
-    /// The range to fetch for a read of `want` bytes at `offset` that the cache missed:
-    /// aligned, grown while reads are sequential, ending where the next cached block
-    /// starts, within `size`.
+    /// The fetch under way that will bring `offset`, if any.
+    fn pending_at(&self, offset: u64) -> Option<(u64, u64)> {
+        let (&start, &end) = self.pending.range(..=offset).next_back()?;
+        (offset < end).then_some((start, end))
+    }
+
+    /// The range to fetch for a read of `want` bytes at `offset` that neither the cache
+    /// nor a fetch under way holds: aligned, grown while reads are sequential, ending
+    /// where the next cached or coming block starts, within `size`.
     fn plan(&mut self, offset: u64, want: u64, size: u64) -> (u64, u64) {
         let mut start = offset - offset % MIN_FETCH;
         if let Some((&s, (data, _))) = self.blocks.range(..=offset).next_back() {
             start = start.max(s + data.len() as u64);
+        }
+        if let Some((_, &e)) = self.pending.range(..=offset).next_back() {
+            start = start.max(e);
         }
         self.window = match start <= self.sequential_end && offset >= self.sequential_end {
             true => (self.window * 2).clamp(MIN_FETCH, MAX_FETCH),
@@ -320,8 +339,36 @@ impl BlockCache {
         if let Some((&next, _)) = self.blocks.range(offset + 1..).next() {
             end = end.min(next);
         }
+        if let Some((&next, _)) = self.pending.range(offset + 1..).next() {
+            end = end.min(next);
+        }
         self.sequential_end = end;
+        self.pending.insert(start, end);
         (start, end)
+    }
+
+    /// Ends the fetch of `[start, end)`: its block cached, or why it failed kept for
+    /// those who waited for it.
+    fn settle(&mut self, start: u64, end: u64, result: &io::Result<bytes::Bytes>) {
+        self.pending.remove(&start);
+        match result {
+            Ok(data) => self.insert(start, data.clone()),
+            Err(e) => {
+                if self.failed.len() >= 16 {
+                    self.failed.remove(0);
+                }
+                self.failed.push((start, end, e.kind(), e.to_string()));
+            }
+        }
+    }
+
+    /// Why the fetch of `[start, end)` failed, if it did.
+    fn failure(&self, start: u64, end: u64) -> Option<io::Error> {
+        self.failed
+            .iter()
+            .rev()
+            .find(|f| f.0 == start && f.1 == end)
+            .map(|f| io::Error::new(f.2, f.3.clone()))
     }
 
     fn insert(&mut self, start: u64, data: bytes::Bytes) {
@@ -354,25 +401,35 @@ impl Storage for RemoteStorage {
             .len()
             .min((self.size - offset).min(usize::MAX as u64) as usize);
         let mut done = 0;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         while done < want {
             let at = offset + done as u64;
-            let (start, end) = {
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                let n = cache.copy_out(&mut buf[done..want], at);
-                if n > 0 {
-                    done += n;
-                    continue;
+            let n = cache.copy_out(&mut buf[done..want], at);
+            if n > 0 {
+                done += n;
+                continue;
+            }
+            if let Some((start, end)) = cache.pending_at(at) {
+                cache = self.arrived.wait(cache).unwrap_or_else(|e| e.into_inner());
+                if cache.pending_at(at) != Some((start, end)) {
+                    if let Some(e) = cache.failure(start, end) {
+                        return Err(e);
+                    }
                 }
-                cache.plan(at, (want - done) as u64, self.size)
-            };
+                continue;
+            }
+            let (start, end) = cache.plan(at, (want - done) as u64, self.size);
             // Fetched without the lock held, so that other threads' reads go on.
-            let data = self.fetch(start, end)?;
+            drop(cache);
+            let result = self.fetch(start, end);
+            cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.settle(start, end, &result);
+            self.arrived.notify_all();
+            let data = result?;
             let from = (at - start) as usize;
             let n = (want - done).min(data.len() - from);
             buf[done..done + n].copy_from_slice(&data[from..from + n]);
             done += n;
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.insert(start, data);
         }
         Ok(done)
     }
@@ -428,16 +485,36 @@ mod tests {
     fn fetches_grow_while_sequential_and_stay_within_the_object() {
         let mut c = BlockCache::default();
         let size = 100 << 20;
-        assert_eq!(c.plan(0, 512, size), (0, MIN_FETCH));
-        c.insert(0, bytes::Bytes::from(vec![0; MIN_FETCH as usize]));
-        assert_eq!(c.plan(MIN_FETCH, 512, size), (MIN_FETCH, 3 * MIN_FETCH));
+        let fetched = |c: &mut BlockCache, offset, want| {
+            let (start, end) = c.plan(offset, want, size);
+            // A second reader of the same range waits for this fetch.
+            assert_eq!(c.pending_at(offset), Some((start, end)));
+            let data = bytes::Bytes::from(vec![0; (end - start) as usize]);
+            c.settle(start, end, &Ok(data));
+            (start, end)
+        };
+        assert_eq!(fetched(&mut c, 0, 512), (0, MIN_FETCH));
+        assert_eq!(fetched(&mut c, MIN_FETCH, 512), (MIN_FETCH, 3 * MIN_FETCH));
+        assert_eq!(
+            fetched(&mut c, 3 * MIN_FETCH, 512),
+            (3 * MIN_FETCH, 7 * MIN_FETCH)
+        );
         // A jump elsewhere starts small again; the last block ends with the object.
-        assert_eq!(c.plan(size - 10, 1, size), (size - MIN_FETCH, size));
+        assert_eq!(fetched(&mut c, size - 10, 1), (size - MIN_FETCH, size));
         // A read that a cached block follows stops where that block starts.
         c.insert(10 * MIN_FETCH, bytes::Bytes::from(vec![0; 16]));
         assert_eq!(
-            c.plan(9 * MIN_FETCH + 5, 1, size),
+            fetched(&mut c, 9 * MIN_FETCH + 5, 1),
             (9 * MIN_FETCH, 10 * MIN_FETCH)
         );
+        // A failed fetch is remembered for whoever waited on it.
+        let (start, end) = c.plan(20 * MIN_FETCH, 1, size);
+        c.settle(start, end, &Err(io::Error::other("cut short")));
+        assert_eq!(c.pending_at(20 * MIN_FETCH), None);
+        assert!(c
+            .failure(start, end)
+            .unwrap()
+            .to_string()
+            .contains("cut short"));
     }
 }

@@ -100,7 +100,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
     }
     let manifest = Json::Object(vec![
-        ("image", Json::str(cowimg::storage::display_url(&path.to_string_lossy()))),
+        (
+            "image",
+            Json::str(cowimg::storage::display_url(&path.to_string_lossy())),
+        ),
         ("carved", Json::Array(entries)),
         ("vm-states", Json::Array(vm_entries)),
     ])
