@@ -190,7 +190,7 @@ fn images(dir: &Scratch) -> Vec<&'static str> {
         &p("top.qcow2"),
     ]);
     // Compressible data that is not all one byte: counters, then a run of text.
-    let mut raw: Vec<u8> = (0..12u32 << 20).map(|i| (i / 3 ^ i >> 9) as u8).collect();
+    let mut raw: Vec<u8> = (0..12u32 << 20).map(|i| ((i / 3) ^ (i >> 9)) as u8).collect();
     raw.extend(b"cowimg remote ".repeat(1 << 18));
     std::fs::write(dir.path("packed.raw"), &raw).unwrap();
     qemu_img(&[
