@@ -235,13 +235,41 @@ impl NativeDisk {
         Ok(cowimg::report::check(&result, &filename).pretty())
     }
 
+    /// Digests of the guest disk, (algorithm, lower-case hex) for each name asked: what
+    /// `cowimg hash` computes, decompressing on every core.
+    fn hash(&self, py: Python<'_>, algorithms: Vec<String>) -> PyResult<Vec<(String, String)>> {
+        let algorithms = algorithms
+            .iter()
+            .map(|n| {
+                cowimg::hash::Algorithm::from_name(n)
+                    .ok_or_else(|| bad(format!("unknown digest algorithm '{n}' (sha256, sha1, md5)")))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let shared = self.shared()?;
+        let found = py
+            .allow_threads(|| {
+                shared.with(|i| cowimg::hash::hash(i, &algorithms, None, None, &|_| {}))
+            })
+            .map_err(py_err)?;
+        Ok(found
+            .whole
+            .digests
+            .into_iter()
+            .map(|(a, hex)| (a.name().to_string(), hex))
+            .collect())
+    }
+
     /// (path, format) of every file of the chain, the image first.
-    fn chain(&self) -> PyResult<Vec<(PathBuf, String)>> {
+    /// Names as text, not paths: a URL's `//` must survive, and its credentials not.
+    fn chain(&self) -> PyResult<Vec<(String, String)>> {
         let shared = self.shared()?;
         Ok(shared.with(|i| {
             i.chain()
                 .iter()
-                .map(|e| (e.path.clone(), e.format().name().to_string()))
+                .map(|e| {
+                    let name = cowimg::storage::display_url(&e.path.to_string_lossy());
+                    (name, e.format().name().to_string())
+                })
                 .collect()
         }))
     }

@@ -127,3 +127,72 @@ def expected(entry, tmp: Path) -> bytes:
         qemu_img("convert", *convert_args[:-1], "-O", "raw", convert_args[-1], str(out))
         return out.read_bytes()
     return qemu_raw(path, tmp)
+
+
+class RangeServer:
+    """An HTTP server honouring Range (rangehttpserver's handler) over `root`, on
+    127.0.0.1, in a thread of this process; it counts the requests it answers."""
+
+    def __init__(self, root: Path) -> None:
+        import functools
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        from RangeHTTPServer import RangeRequestHandler
+
+        server = self
+
+        class Counting(RangeRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002 (http.server's name)
+                server.requests.append(self.command)
+
+        self.requests: list = []
+        handler = functools.partial(Counting, directory=str(root))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def range_server(tmp_path):
+    """A RangeServer over a fresh folder (`.root`); stopped after the test."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = RangeServer(root)
+    server.root = root
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server on 127.0.0.1 with bucket `evidence`, and the environment that
+    points boto3 and cowimg at it. Yields a function that uploads a file as a key."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "cowimg-test-key",
+        "AWS_SECRET_ACCESS_KEY": "cowimg-test-secret",
+        "AWS_REGION": "us-east-1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="evidence")
+    yield lambda path, key: client.upload_file(str(path), "evidence", key)
+    server.stop()
