@@ -24,6 +24,7 @@ pub fn info(info: &ImageInfo) -> Json {
     if let Some(size) = info.actual_size {
         file.push(("actual-size", Json::int(size)));
     }
+    // The file driver says more of itself than QEMU's remote (curl) drivers do.
     if info.protocol == "file" {
         file.push((
             "format-specific",
@@ -32,8 +33,8 @@ pub fn info(info: &ImageInfo) -> Json {
                 ("data", Json::Object(vec![])),
             ]),
         ));
+        file.push(("dirty-flag", Json::Bool(false)));
     }
-    file.push(("dirty-flag", Json::Bool(false)));
     let file = Json::Object(file);
     let mut fields = vec![(
         "children",
@@ -42,14 +43,15 @@ pub fn info(info: &ImageInfo) -> Json {
             ("info", file),
         ])]),
     )];
+    // qemu-img's order: the backing format, then the snapshots.
+    if let Some(f) = &info.backing_format {
+        fields.push(("backing-filename-format", Json::str(f)));
+    }
     if !info.snapshots.is_empty() {
         fields.push((
             "snapshots",
             Json::Array(info.snapshots.iter().map(snapshot).collect()),
         ));
-    }
-    if let Some(f) = &info.backing_format {
-        fields.push(("backing-filename-format", Json::str(f)));
     }
     fields.push(("virtual-size", Json::int(info.virtual_size)));
     fields.push(("filename", Json::str(&filename)));
