@@ -691,3 +691,89 @@ fn read_errors_at_every_read_point() {
         }
     }
 }
+
+/// Which LUKS1 key slots a raw volume's header marks active, read from the bytes as the
+/// LUKS1 layout has them (eight 48-byte slots from byte 208, each opening with
+/// 0x00AC71F3 when active): independent of cowimg's own reader.
+fn active_luks_slots(bytes: &[u8]) -> Vec<usize> {
+    (0..8)
+        .filter(|i| be32(bytes, 208 + 48 * *i as u64) == 0x00AC_71F3)
+        .collect()
+}
+
+/// Whether `passphrase` unlocks the raw LUKS volume in `bytes`.
+fn luks_unlocks(bytes: &[u8], passphrase: &str) -> bool {
+    let storage = Arc::new(MemoryStorage::new(bytes.to_vec()));
+    let options = OpenOptions::new().passphrase(cowimg::Secret::from(passphrase));
+    Image::open_storage(storage, Format::Luks, &options).is_ok()
+}
+
+/// Adding a key slot writes its key material before the header that activates it, and
+/// erasing one writes the header before wiping the material: a crash, a failed write or
+/// a full disk at any write leaves every slot the header calls active unlocking with
+/// its passphrase, and the passphrase that was not being changed always unlocking.
+#[test]
+fn crash_or_failure_at_every_write_of_a_key_slot_change() {
+    use cowimg::create::{Encryption, KeySlotChange, LuksOptions};
+    let dir = Scratch::new("luks-slot-faults");
+    let path = dir.str("v.luks");
+    let luks = LuksOptions::new(cowimg::Secret::from("old")).iter_time_ms(10);
+    let options = CreateOptions::new(1 << 20).encryption(Encryption::Luks(luks));
+    drop(Image::create(&path, Format::Luks, &options).unwrap());
+    let only_old = std::fs::read(&path).unwrap();
+    assert_eq!(active_luks_slots(&only_old), vec![0]);
+
+    let mut add = KeySlotChange::default();
+    add.active = true;
+    add.new_secret = Some(cowimg::Secret::from("new"));
+    add.iter_time_ms = Some(10);
+    let mut erase = KeySlotChange::default();
+    erase.old_secret = Some(cowimg::Secret::from("old"));
+    let change = |start: &[u8], opened_with: &str, change: &KeySlotChange, fault| {
+        let storage = Arc::new(FaultStorage::new(start.to_vec(), fault));
+        let options = OpenOptions::new()
+            .writable(true)
+            .passphrase(cowimg::Secret::from(opened_with));
+        let result = Image::open_storage(storage.clone(), Format::Luks, &options)
+            .and_then(|mut image| image.change_key_slots(change));
+        (storage, result)
+    };
+    let (done, result) = change(&only_old, "old", &add, None);
+    result.unwrap();
+    let both = done.current();
+    assert_eq!(active_luks_slots(&both), vec![0, 1]);
+    assert!(luks_unlocks(&both, "old") && luks_unlocks(&both, "new"));
+
+    // (start, opened with, change, the passphrase kept, the slot changed and its passphrase)
+    let cases = [
+        (&only_old, "old", &add, "old", 1, "new"),
+        (&both, "new", &erase, "new", 0, "old"),
+    ];
+    for (start, opened_with, what, kept, slot, changed) in cases {
+        for fault in [Fault::Drop, Fault::Reorder, Fault::Fail, Fault::NoSpace] {
+            for at in 0.. {
+                let (storage, result) = change(start, opened_with, what, Some((at, fault)));
+                if !storage.tripped() {
+                    result.unwrap();
+                    assert!(at > 1, "the change took several writes");
+                    break;
+                }
+                let after = match fault {
+                    Fault::Drop | Fault::Reorder => storage.durable(),
+                    _ => storage.current(),
+                };
+                let context = format!("{changed:?} slot {slot}, {fault:?} at write {at}");
+                assert!(
+                    luks_unlocks(&after, kept),
+                    "{context}: '{kept}' no longer unlocks"
+                );
+                let active = active_luks_slots(&after).contains(&slot);
+                assert_eq!(
+                    luks_unlocks(&after, changed),
+                    active,
+                    "{context}: slot active {active} but its passphrase disagrees"
+                );
+            }
+        }
+    }
+}

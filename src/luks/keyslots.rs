@@ -249,6 +249,14 @@ fn field<const N: usize>(text: &str) -> Result<ByteArray<N>> {
         })
 }
 
+/// Makes what was written durable before what depends on it is written: disks
+/// complete writes in any order between flushes.
+fn barrier(storage: &dyn Storage, before: &str) -> Result<()> {
+    storage
+        .flush()
+        .map_err(|e| Error::io(format!("flushing before writing the LUKS {before}"), e))
+}
+
 /// Writes `bytes` at byte `at` of `storage`, naming what they are on failure.
 fn write(storage: &dyn Storage, bytes: &[u8], at: u64, what: &str) -> Result<()> {
     storage
@@ -332,8 +340,8 @@ impl LuksVolume {
     }
 
     /// Puts `master` into slot `index` under `passphrase`: new salt, iterations for
-    /// `iter_time_ms`, the split key encrypted and written, then the header that
-    /// marks the slot active (a crash between the two leaves the slot as it was).
+    /// `iter_time_ms`, the split key encrypted and written and flushed, then the header
+    /// that marks the slot active (a crash between the two leaves the slot as it was).
     fn store_key(
         &mut self,
         storage: &dyn Storage,
@@ -368,14 +376,16 @@ impl LuksVolume {
             at + u64::from(slot.key_offset) * SECTOR_SIZE,
             "key material",
         )?;
+        barrier(storage, "header")?;
         slot.active = SLOT_ACTIVE;
         slot.iterations = rounds;
         slot.salt = ByteArray(salt);
         self.write_header(storage, at)
     }
 
-    /// Marks slot `index` disabled in the header, then overwrites its key material
-    /// with random bytes (one pass: the header no longer points a passphrase at it).
+    /// Marks slot `index` disabled in the header and flushes, then overwrites its key
+    /// material with random bytes (one pass: the header no longer points a passphrase
+    /// at it).
     fn erase_key(&mut self, storage: &dyn Storage, at: u64, index: usize) -> Result<()> {
         let slot = &mut self.slots[index];
         slot.active = SLOT_DISABLED;
@@ -384,6 +394,7 @@ impl LuksVolume {
         let material_at = at + u64::from(slot.key_offset) * SECTOR_SIZE;
         let len = self.header.key_bytes as usize * slot.stripes as usize;
         self.write_header(storage, at)?;
+        barrier(storage, "erased key material")?;
         let mut garbage = vec![0u8; len];
         random(&mut garbage)?;
         write(storage, &garbage, material_at, "key material")
