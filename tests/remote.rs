@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{qemu_img, qemu_io, Scratch};
+use common::{qemu_img, qemu_io, run_ok, Scratch};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -190,7 +190,9 @@ fn images(dir: &Scratch) -> Vec<&'static str> {
         &p("top.qcow2"),
     ]);
     // Compressible data that is not all one byte: counters, then a run of text.
-    let mut raw: Vec<u8> = (0..12u32 << 20).map(|i| ((i / 3) ^ (i >> 9)) as u8).collect();
+    let mut raw: Vec<u8> = (0..12u32 << 20)
+        .map(|i| ((i / 3) ^ (i >> 9)) as u8)
+        .collect();
     raw.extend(b"cowimg remote ".repeat(1 << 18));
     std::fs::write(dir.path("packed.raw"), &raw).unwrap();
     qemu_img(&[
@@ -226,7 +228,34 @@ fn images(dir: &Scratch) -> Vec<&'static str> {
         &p("parts.raw"),
         &p("parts.qcow2"),
     ]);
-    vec!["top.qcow2", "base.qcow2", "packed.qcow2", "parts.qcow2"]
+    // An external data file named relatively, and a raw file that ends mid-sector
+    // (QEMU reads it as whole sectors: the last range asked runs past the object).
+    run_ok(
+        Some(&dir.path("")),
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=ext.data",
+            "ext.qcow2",
+            "8M",
+        ],
+    );
+    qemu_io(&["-c", "write -P 0x55 64k 1M", &p("ext.qcow2")]);
+    let odd: Vec<u8> = (0..1234u32).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(dir.path("odd.raw"), odd).unwrap();
+    vec![
+        "top.qcow2",
+        "base.qcow2",
+        "packed.qcow2",
+        "parts.qcow2",
+        "ext.qcow2",
+        "ext.data",
+        "odd.raw",
+    ]
 }
 
 /// `qemu-img info --output=json` without what names or measures the file itself.
@@ -247,6 +276,8 @@ fn info_facts(json: &str) -> serde_json::Value {
 /// Every read-type command on the image `name` at `url`, against qemu-img on the copy
 /// in `dir`.
 fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
+    // In the image's folder: QEMU resolves a data file against its working directory.
+    let qemu_img = |args: &[&str]| run_ok(Some(&dir.path("")), "qemu-img", args);
     let local = dir.str(name);
     let qemu_raw = dir.path(&format!("{name}.qemu.raw"));
     qemu_img(&["convert", "-O", "raw", &local, qemu_raw.to_str().unwrap()]);
@@ -265,6 +296,7 @@ fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
     );
     let compared = Command::new("qemu-img")
         .args(["compare", &local, ours_qcow2.to_str().unwrap()])
+        .current_dir(dir.path(""))
         .output()
         .unwrap();
     assert!(compared.status.success(), "{url}: qcow2 convert differs");
@@ -281,6 +313,7 @@ fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
         let ours = cowimg_env(&["map", &flag, url], env);
         let qemu = Command::new("qemu-img")
             .args(["map", &flag, &local])
+            .current_dir(dir.path(""))
             .output()
             .unwrap();
         assert_eq!(ours.status.code(), qemu.status.code(), "{url}: map {flag}");
@@ -372,7 +405,13 @@ fn http_images_read_as_qemu_img_reads_the_local_copies() {
     }
     let server = http_server(&dir.path("srv"), &dir.path("http.log"));
     let base = format!("http://127.0.0.1:{}", server.port);
-    for name in ["top.qcow2", "packed.qcow2", "parts.qcow2"] {
+    for name in [
+        "top.qcow2",
+        "packed.qcow2",
+        "parts.qcow2",
+        "ext.qcow2",
+        "odd.raw",
+    ] {
         same_as_qemu(&dir, name, &format!("{base}/{name}"), &[]);
     }
 

@@ -241,8 +241,11 @@ impl NativeDisk {
         let algorithms = algorithms
             .iter()
             .map(|n| {
-                cowimg::hash::Algorithm::from_name(n)
-                    .ok_or_else(|| bad(format!("unknown digest algorithm '{n}' (sha256, sha1, md5)")))
+                cowimg::hash::Algorithm::from_name(n).ok_or_else(|| {
+                    bad(format!(
+                        "unknown digest algorithm '{n}' (sha256, sha1, md5)"
+                    ))
+                })
             })
             .collect::<PyResult<Vec<_>>>()?;
         let shared = self.shared()?;

@@ -333,7 +333,9 @@ impl BlockCache {
             true => (self.window * 2).clamp(MIN_FETCH, MAX_FETCH),
             false => MIN_FETCH,
         };
-        let wanted_end = offset.saturating_add(want).min(offset + MAX_FETCH);
+        let wanted_end = offset
+            .saturating_add(want)
+            .min(offset.saturating_add(MAX_FETCH));
         let mut end = start.saturating_add(self.window).max(wanted_end);
         end = end.div_ceil(MIN_FETCH).saturating_mul(MIN_FETCH).min(size);
         if let Some((&next, _)) = self.blocks.range(offset + 1..).next() {
@@ -421,7 +423,12 @@ impl Storage for RemoteStorage {
             let (start, end) = cache.plan(at, (want - done) as u64, self.size);
             // Fetched without the lock held, so that other threads' reads go on.
             drop(cache);
-            let result = self.fetch(start, end);
+            // Settled whatever happens, or those waiting for this range would wait on.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fetch(start, end)))
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::other(format!("reading '{}' failed", self.shown)))
+                    });
             cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.settle(start, end, &result);
             self.arrived.notify_all();
