@@ -661,3 +661,98 @@ fn the_library_creates_luks_images_and_writes_through_them() {
         assert!(qemu_info(&path).contains("twofish-256"));
     }
 }
+
+/// While one `cowimg amend` writes a key slot (its PBKDF2 timing holds the image for
+/// about two seconds), a second cowimg amend and a qemu-img amend of the same image
+/// are refused by QEMU's write lock, in qemu-img's words, and change nothing; the
+/// first one's slot then unlocks in QEMU.
+#[test]
+fn a_key_slot_change_holds_the_image_against_other_amends() {
+    let dir = Scratch::new("luks-amend-lock");
+    let image = dir.str("locked.luks");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "luks",
+            "-o",
+            "key-secret=s0,iter-time=10",
+            &image,
+            "1M",
+        ],
+    );
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+        .arg("amend")
+        .args(SECRETS)
+        .args([
+            "-o",
+            "state=active,new-secret=s1,iter-time=2000",
+            "--image-opts",
+        ])
+        .arg(opts("luks", &image, "s0"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held once its write lock (QEMU's byte 201) shows in /proc/locks.
+    use std::os::unix::fs::MetadataExt;
+    let needle = format!(":{} 201 ", std::fs::metadata(&image).unwrap().ino());
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&needle)
+    {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "cowimg amend took no write lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let before = std::fs::read(&image).unwrap();
+    let erase = "state=inactive,old-secret=s0";
+    let refusals: Vec<(String, String)> = ["cowimg", "qemu-img"]
+        .iter()
+        .map(|program| {
+            let args = [
+                "amend",
+                "-o",
+                erase,
+                "--image-opts",
+                &opts("luks", &image, "s0"),
+            ];
+            let err = run(program, &args).expect_err("a second amend must be refused");
+            let line = err.lines().next().unwrap_or("").to_string();
+            (
+                program.to_string(),
+                line.replacen("qemu-img: ", "", 1)
+                    .replacen("cowimg: ", "", 1),
+            )
+        })
+        .collect();
+    let still_held = first.try_wait().unwrap().is_none();
+    assert!(
+        still_held,
+        "the first amend ended before the others were tried"
+    );
+    assert_eq!(refusals[0].1, refusals[1].1, "{refusals:?}");
+    assert!(refusals[0].1.contains("\"write\" lock"), "{refusals:?}");
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "a refused amend wrote"
+    );
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    // Both passphrases unlock in QEMU: the first amend's slot was written whole.
+    for id in ["s0", "s1"] {
+        ok(
+            "qemu-io",
+            &[
+                "--image-opts",
+                "-c",
+                "read 0 512",
+                &opts("luks", &image, id),
+            ],
+        );
+    }
+}

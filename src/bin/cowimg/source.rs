@@ -242,7 +242,18 @@ impl SnapshotSourceArgs {
 pub fn opened(filename: &str, result: Result<Image, Error>) -> Result<Image, Error> {
     result.map_err(|e| {
         if e.kind() == ErrorKind::InUse {
-            e
+            // qemu-img names the image as it was given (an --image-opts string too);
+            // the library named the file.
+            let why = (e.message().strip_prefix("Could not open '"))
+                .and_then(|rest| rest.split_once("': "))
+                .map(|(_, why)| why.to_string());
+            match why {
+                Some(why) => Error::new(
+                    ErrorKind::InUse,
+                    format!("Could not open '{filename}': {why}"),
+                ),
+                None => e,
+            }
         } else {
             let shown = cowimg::storage::display_url(filename);
             e.context(format_args!("Could not open '{shown}'"))
