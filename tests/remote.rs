@@ -244,7 +244,11 @@ fn images(dir: &Scratch) -> Vec<&'static str> {
             "8M",
         ],
     );
-    qemu_io(&["-c", "write -P 0x55 64k 1M", &p("ext.qcow2")]);
+    run_ok(
+        Some(&dir.path("")),
+        "qemu-io",
+        &["-c", "write -P 0x55 64k 1M", "ext.qcow2"],
+    );
     let odd: Vec<u8> = (0..1234u32).map(|i| (i % 251) as u8 + 1).collect();
     std::fs::write(dir.path("odd.raw"), odd).unwrap();
     vec![
@@ -303,40 +307,43 @@ fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
 
     // Names of the chain's files, local or remote, as one word.
     let folder = url.rsplit_once('/').unwrap().0;
+    // (A data file is named as resolved against the image's folder, where qemu-img
+    // names it as its working directory sees it: the README's deliberate difference.)
     let unnamed = |text: &str| {
         text.replace(&format!("{folder}/"), "DIR/")
             .replace(&dir.str(""), "DIR/")
+            .replace("DIR/ext.data", "ext.data")
     };
-    for output in ["json", "human"] {
-        // (qemu-img refuses the human map of compressed clusters: so must we.)
-        let flag = format!("--output={output}");
-        let ours = cowimg_env(&["map", &flag, url], env);
-        let qemu = Command::new("qemu-img")
-            .args(["map", &flag, &local])
-            .current_dir(dir.path(""))
-            .output()
-            .unwrap();
-        assert_eq!(ours.status.code(), qemu.status.code(), "{url}: map {flag}");
+    // The same exit code and words (errors included: qemu-img refuses the human map of
+    // compressed clusters and the check of a raw image, so must we).
+    let same = |words: &[&str]| {
         let text = |out: &Output| {
-            let words = [&out.stdout, &out.stderr].map(|s| String::from_utf8_lossy(s).into_owned());
+            let all = [&out.stdout, &out.stderr].map(|s| String::from_utf8_lossy(s).into_owned());
+            let all = all.join("");
             unnamed(
-                &words
-                    .join("")
-                    .replacen("qemu-img: ", "", 1)
+                &all.replacen("qemu-img: ", "", 1)
                     .replacen("cowimg: ", "", 1),
             )
         };
-        assert_eq!(text(&ours), text(&qemu), "{url}: map {flag}");
-    }
+        let mut ours: Vec<&str> = words.to_vec();
+        ours.push(url);
+        let ours = cowimg_env(&ours, env);
+        let qemu = Command::new("qemu-img")
+            .args(words)
+            .arg(&local)
+            .current_dir(dir.path(""))
+            .output()
+            .unwrap();
+        assert_eq!(ours.status.code(), qemu.status.code(), "{url}: {words:?}");
+        assert_eq!(text(&ours), text(&qemu), "{url}: {words:?}");
+    };
+    same(&["map", "--output=json"]);
+    same(&["map", "--output=human"]);
+    same(&["check"]);
     assert_eq!(
         info_facts(&ok(&["info", "--output=json", url], env)),
         info_facts(&qemu_img(&["info", "--output=json", &local])),
         "{url}: info"
-    );
-    assert_eq!(
-        ok(&["check", url], env),
-        qemu_img(&["check", &local]),
-        "{url}: check"
     );
     ok(&["compare", url, &local], env);
 
@@ -377,16 +384,17 @@ fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
     }
     let carve = |image: &str, to: &str| {
         let to = dir.str(to);
-        ok(&["carve", image, &to], env);
+        let code = cowimg_env(&["carve", image, &to], env).status.code();
         let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&to)
-            .unwrap()
+            .into_iter()
+            .flatten()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "bin"))
             .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
             .map(|(n, b)| (n.rsplit('/').next().unwrap().to_string(), b))
             .collect();
         files.sort();
-        files
+        (code, files)
     };
     assert_eq!(
         carve(url, &format!("{name}.carved.remote")),
