@@ -107,9 +107,7 @@ pub struct RemoteStorage {
     path: object_store::path::Path,
     size: u64,
     patience: Patience,
-    cache: Mutex<BlockCache>,
-    /// Signalled whenever a fetch ends, for the readers waiting on it.
-    arrived: Condvar,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for RemoteStorage {
@@ -192,8 +190,7 @@ impl RemoteStorage {
             path,
             size: 0,
             patience,
-            cache: Mutex::new(BlockCache::default()),
-            arrived: Condvar::new(),
+            shared: Arc::new(Shared::default()),
         };
         let store = Arc::clone(&storage.store);
         let path = storage.path.clone();
@@ -276,58 +273,103 @@ impl RemoteStorage {
     }
 }
 
-/// Fetched blocks by their start, each with when it was last used, and the fetches
-/// under way (other readers of their range wait for them instead of fetching again).
+/// A fetched block: its bytes, when it was last used, and whether it was fetched
+/// ahead of any reader (its first reader then asks for the next one).
+struct Block {
+    data: bytes::Bytes,
+    used: u64,
+    ahead: bool,
+}
+
+/// A fetch under way: where it ends, and whether it runs ahead of any reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    end: u64,
+    ahead: bool,
+}
+
+/// Fetched blocks by their start, and the fetches under way (other readers of their
+/// range wait for them instead of fetching again).
 #[derive(Default)]
 struct BlockCache {
-    blocks: BTreeMap<u64, (bytes::Bytes, u64)>,
+    blocks: BTreeMap<u64, Block>,
     bytes: usize,
     clock: u64,
-    /// Fetches under way: start → end.
-    pending: BTreeMap<u64, u64>,
+    /// Fetches under way, by start.
+    pending: BTreeMap<u64, Pending>,
     /// Recent fetches that failed, with why: a reader that waited for one fails too
     /// rather than trying again itself.
     failed: Vec<(u64, u64, io::ErrorKind, String)>,
-    /// Where the last fetch ended, and the size of the next one if a read starts there.
+    /// Where the sequential run of fetches ends, and the size of the next one.
     sequential_end: u64,
     window: u64,
 }
 
+/// What a look into the cache found at an offset.
+enum Found {
+    /// Bytes copied; `ahead`: they came from a block fetched ahead, read for the
+    /// first time.
+    Copied { n: usize, ahead: bool },
+    /// A fetch under way brings it: wait. `ahead`: it is a fetch ahead of readers.
+    Coming { start: u64, end: u64, ahead: bool },
+    /// Nothing: it must be fetched.
+    Missing,
+}
+
 impl BlockCache {
-    /// Copies what the cache holds at `offset` into `buf`; returns how much.
-    fn copy_out(&mut self, buf: &mut [u8], offset: u64) -> usize {
+    /// Copies what the cache holds at `offset` into `buf`, or says what is coming.
+    fn look(&mut self, buf: &mut [u8], offset: u64) -> Found {
         self.clock += 1;
         let clock = self.clock;
-        let Some((&start, (data, used))) = self.blocks.range_mut(..=offset).next_back() else {
-            return 0;
-        };
-        let end = start + data.len() as u64;
-        if offset >= end {
-            return 0;
+        if let Some((&start, block)) = self.blocks.range_mut(..=offset).next_back() {
+            let from = (offset - start) as usize;
+            if from < block.data.len() {
+                block.used = clock;
+                let n = buf.len().min(block.data.len() - from);
+                buf[..n].copy_from_slice(&block.data[from..from + n]);
+                let ahead = std::mem::take(&mut block.ahead);
+                return Found::Copied { n, ahead };
+            }
         }
-        *used = clock;
-        let from = (offset - start) as usize;
-        let n = buf.len().min(data.len() - from);
-        buf[..n].copy_from_slice(&data[from..from + n]);
-        n
+        match self.pending_at(offset) {
+            Some((start, p)) => Found::Coming {
+                start,
+                end: p.end,
+                ahead: p.ahead,
+            },
+            None => Found::Missing,
+        }
     }
 
     /// The fetch under way that will bring `offset`, if any.
-    fn pending_at(&self, offset: u64) -> Option<(u64, u64)> {
-        let (&start, &end) = self.pending.range(..=offset).next_back()?;
-        (offset < end).then_some((start, end))
+    fn pending_at(&self, offset: u64) -> Option<(u64, Pending)> {
+        let (&start, &p) = self.pending.range(..=offset).next_back()?;
+        (offset < p.end).then_some((start, p))
+    }
+
+    /// Where a fetch for `offset` may end at most: where the next cached or coming
+    /// block starts, or the object ends.
+    fn limit(&self, offset: u64, size: u64) -> u64 {
+        let next_block = self.blocks.range(offset + 1..).next().map(|(&s, _)| s);
+        let next_pending = self.pending.range(offset + 1..).next().map(|(&s, _)| s);
+        [Some(size), next_block, next_pending]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(size)
     }
 
     /// The range to fetch for a read of `want` bytes at `offset` that neither the cache
     /// nor a fetch under way holds: aligned, grown while reads are sequential, ending
-    /// where the next cached or coming block starts, within `size`.
+    /// where the next cached or coming block starts, within `size`. Registered as under
+    /// way.
     fn plan(&mut self, offset: u64, want: u64, size: u64) -> (u64, u64) {
         let mut start = offset - offset % MIN_FETCH;
-        if let Some((&s, (data, _))) = self.blocks.range(..=offset).next_back() {
-            start = start.max(s + data.len() as u64);
+        if let Some((&s, block)) = self.blocks.range(..=offset).next_back() {
+            start = start.max(s + block.data.len() as u64);
         }
-        if let Some((_, &e)) = self.pending.range(..=offset).next_back() {
-            start = start.max(e);
+        if let Some((_, p)) = self.pending.range(..=offset).next_back() {
+            start = start.max(p.end);
         }
         self.window = match start <= self.sequential_end && offset >= self.sequential_end {
             true => (self.window * 2).clamp(MIN_FETCH, MAX_FETCH),
@@ -336,25 +378,40 @@ impl BlockCache {
         let wanted_end = offset
             .saturating_add(want)
             .min(offset.saturating_add(MAX_FETCH));
-        let mut end = start.saturating_add(self.window).max(wanted_end);
-        end = end.div_ceil(MIN_FETCH).saturating_mul(MIN_FETCH).min(size);
-        if let Some((&next, _)) = self.blocks.range(offset + 1..).next() {
-            end = end.min(next);
-        }
-        if let Some((&next, _)) = self.pending.range(offset + 1..).next() {
-            end = end.min(next);
-        }
+        let end = start.saturating_add(self.window).max(wanted_end);
+        let end = (end.div_ceil(MIN_FETCH).saturating_mul(MIN_FETCH)).min(self.limit(offset, size));
         self.sequential_end = end;
-        self.pending.insert(start, end);
+        self.pending.insert(start, Pending { end, ahead: false });
         (start, end)
+    }
+
+    /// The next fetch ahead of a sequential reader, from where the run of fetches
+    /// ends, when nothing holds or brings those bytes yet. Registered as under way.
+    fn plan_ahead(&mut self, size: u64) -> Option<(u64, u64)> {
+        let start = self.sequential_end;
+        if start >= size || self.pending_at(start).is_some() {
+            return None;
+        }
+        if let Some((&s, block)) = self.blocks.range(..=start).next_back() {
+            if start < s + block.data.len() as u64 {
+                return None;
+            }
+        }
+        self.window = (self.window * 2).clamp(MIN_FETCH, MAX_FETCH);
+        let end = start
+            .saturating_add(self.window)
+            .min(self.limit(start, size));
+        self.sequential_end = end;
+        self.pending.insert(start, Pending { end, ahead: true });
+        Some((start, end))
     }
 
     /// Ends the fetch of `[start, end)`: its block cached, or why it failed kept for
     /// those who waited for it.
     fn settle(&mut self, start: u64, end: u64, result: &io::Result<bytes::Bytes>) {
-        self.pending.remove(&start);
+        let ahead = self.pending.remove(&start).is_some_and(|p| p.ahead);
         match result {
-            Ok(data) => self.insert(start, data.clone()),
+            Ok(data) => self.insert(start, data.clone(), ahead),
             Err(e) => {
                 if self.failed.len() >= 16 {
                     self.failed.remove(0);
@@ -373,22 +430,76 @@ impl BlockCache {
             .map(|f| io::Error::new(f.2, f.3.clone()))
     }
 
-    fn insert(&mut self, start: u64, data: bytes::Bytes) {
+    fn insert(&mut self, start: u64, data: bytes::Bytes, ahead: bool) {
         self.clock += 1;
         self.bytes += data.len();
-        if let Some((old, _)) = self.blocks.insert(start, (data, self.clock)) {
-            self.bytes -= old.len();
+        let block = Block {
+            data,
+            used: self.clock,
+            ahead,
+        };
+        if let Some(old) = self.blocks.insert(start, block) {
+            self.bytes -= old.data.len();
         }
         while self.bytes > CACHE_BYTES && self.blocks.len() > 1 {
             let oldest = self
                 .blocks
                 .iter()
                 .filter(|(&s, _)| s != start)
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, b)| b.used)
                 .map(|(&s, _)| s);
             let Some(oldest) = oldest else { break };
-            if let Some((data, _)) = self.blocks.remove(&oldest) {
-                self.bytes -= data.len();
+            if let Some(block) = self.blocks.remove(&oldest) {
+                self.bytes -= block.data.len();
+            }
+        }
+    }
+}
+
+/// The cache and the signal its waiters wait on, shared with fetches running ahead.
+#[derive(Default)]
+struct Shared {
+    cache: Mutex<BlockCache>,
+    /// Signalled whenever a fetch ends, for the readers waiting on it.
+    arrived: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BlockCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RemoteStorage {
+    /// Starts fetching `[start, end)` in the background, ahead of the reader. One try:
+    /// if it fails, it is simply dropped, and a reader that needs the bytes fetches
+    /// them itself (with retries).
+    fn fetch_ahead(&self, start: u64, end: u64) {
+        let (store, path, shared) = (
+            Arc::clone(&self.store),
+            self.path.clone(),
+            Arc::clone(&self.shared),
+        );
+        let task = async move {
+            REQUESTS.fetch_add(1, Ordering::Relaxed);
+            let result = store.get_range(&path, start..end).await;
+            let mut cache = shared.lock();
+            match result {
+                Ok(data) if data.len() as u64 == end - start => {
+                    BYTES.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    cache.settle(start, end, &Ok(data));
+                }
+                _ => {
+                    cache.pending.remove(&start);
+                }
+            }
+            drop(cache);
+            shared.arrived.notify_all();
+        };
+        match runtime() {
+            Ok(rt) => drop(rt.spawn(task)),
+            Err(_) => {
+                self.shared.lock().pending.remove(&start);
             }
         }
     }
@@ -403,24 +514,49 @@ impl Storage for RemoteStorage {
             .len()
             .min((self.size - offset).min(usize::MAX as u64) as usize);
         let mut done = 0;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.shared.lock();
         while done < want {
             let at = offset + done as u64;
-            let n = cache.copy_out(&mut buf[done..want], at);
-            if n > 0 {
-                done += n;
-                continue;
-            }
-            if let Some((start, end)) = cache.pending_at(at) {
-                cache = self.arrived.wait(cache).unwrap_or_else(|e| e.into_inner());
-                if cache.pending_at(at) != Some((start, end)) {
-                    if let Some(e) = cache.failure(start, end) {
-                        return Err(e);
+            match cache.look(&mut buf[done..want], at) {
+                Found::Copied { n, ahead } => {
+                    done += n;
+                    // A block fetched ahead is being read: fetch the next one.
+                    if ahead {
+                        if let Some((s, e)) = cache.plan_ahead(self.size) {
+                            self.fetch_ahead(s, e);
+                        }
                     }
+                    continue;
                 }
-                continue;
+                Found::Coming { start, end, ahead } => {
+                    if ahead {
+                        if let Some((s, e)) = cache.plan_ahead(self.size) {
+                            self.fetch_ahead(s, e);
+                        }
+                    }
+                    cache = self
+                        .shared
+                        .arrived
+                        .wait(cache)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if cache.pending_at(at).map(|(s, p)| (s, p.end)) != Some((start, end)) {
+                        if let Some(e) = cache.failure(start, end) {
+                            return Err(e);
+                        }
+                    }
+                    continue;
+                }
+                Found::Missing => {}
             }
+            // Carrying on where the last fetch ended (not merely starting at 0: a
+            // header read alone fetches nothing ahead).
+            let sequential = at > 0 && at == cache.sequential_end;
             let (start, end) = cache.plan(at, (want - done) as u64, self.size);
+            if sequential {
+                if let Some((s, e)) = cache.plan_ahead(self.size) {
+                    self.fetch_ahead(s, e);
+                }
+            }
             // Fetched without the lock held, so that other threads' reads go on.
             drop(cache);
             // Settled whatever happens, or those waiting for this range would wait on.
@@ -429,9 +565,9 @@ impl Storage for RemoteStorage {
                     .unwrap_or_else(|_| {
                         Err(io::Error::other(format!("reading '{}' failed", self.shown)))
                     });
-            cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache = self.shared.lock();
             cache.settle(start, end, &result);
-            self.arrived.notify_all();
+            self.shared.arrived.notify_all();
             let data = result?;
             let from = (at - start) as usize;
             let n = (want - done).min(data.len() - from);
@@ -492,32 +628,49 @@ mod tests {
     fn fetches_grow_while_sequential_and_stay_within_the_object() {
         let mut c = BlockCache::default();
         let size = 100 << 20;
+        let block = |start: u64, end: u64| bytes::Bytes::from(vec![0; (end - start) as usize]);
         let fetched = |c: &mut BlockCache, offset, want| {
             let (start, end) = c.plan(offset, want, size);
             // A second reader of the same range waits for this fetch.
-            assert_eq!(c.pending_at(offset), Some((start, end)));
-            let data = bytes::Bytes::from(vec![0; (end - start) as usize]);
-            c.settle(start, end, &Ok(data));
+            assert!(matches!(c.look(&mut [0], offset), Found::Coming { .. }));
+            c.settle(start, end, &Ok(block(start, end)));
             (start, end)
         };
         assert_eq!(fetched(&mut c, 0, 512), (0, MIN_FETCH));
         assert_eq!(fetched(&mut c, MIN_FETCH, 512), (MIN_FETCH, 3 * MIN_FETCH));
-        assert_eq!(
-            fetched(&mut c, 3 * MIN_FETCH, 512),
-            (3 * MIN_FETCH, 7 * MIN_FETCH)
-        );
+        // Ahead of a sequential reader: the next, larger block, once.
+        let ahead = c.plan_ahead(size).unwrap();
+        assert_eq!(ahead, (3 * MIN_FETCH, 7 * MIN_FETCH));
+        assert_eq!(c.plan_ahead(size), Some((7 * MIN_FETCH, 15 * MIN_FETCH)));
+        c.pending.remove(&(7 * MIN_FETCH));
+        c.sequential_end = 7 * MIN_FETCH;
+        assert!(matches!(
+            c.look(&mut [0], 5 * MIN_FETCH),
+            Found::Coming { ahead: true, .. }
+        ));
+        c.settle(ahead.0, ahead.1, &Ok(block(ahead.0, ahead.1)));
+        // Its first reader learns it was fetched ahead; the next does not.
+        assert!(matches!(
+            c.look(&mut [0], 4 * MIN_FETCH),
+            Found::Copied { ahead: true, .. }
+        ));
+        assert!(matches!(
+            c.look(&mut [0], 4 * MIN_FETCH),
+            Found::Copied { ahead: false, .. }
+        ));
         // A jump elsewhere starts small again; the last block ends with the object.
         assert_eq!(fetched(&mut c, size - 10, 1), (size - MIN_FETCH, size));
+        assert_eq!(c.plan_ahead(size), None);
         // A read that a cached block follows stops where that block starts.
-        c.insert(10 * MIN_FETCH, bytes::Bytes::from(vec![0; 16]));
+        c.insert(40 * MIN_FETCH, bytes::Bytes::from(vec![0; 16]), false);
         assert_eq!(
-            fetched(&mut c, 9 * MIN_FETCH + 5, 1),
-            (9 * MIN_FETCH, 10 * MIN_FETCH)
+            fetched(&mut c, 39 * MIN_FETCH + 5, 1),
+            (39 * MIN_FETCH, 40 * MIN_FETCH)
         );
         // A failed fetch is remembered for whoever waited on it.
-        let (start, end) = c.plan(20 * MIN_FETCH, 1, size);
+        let (start, end) = c.plan(60 * MIN_FETCH, 1, size);
         c.settle(start, end, &Err(io::Error::other("cut short")));
-        assert_eq!(c.pending_at(20 * MIN_FETCH), None);
+        assert!(matches!(c.look(&mut [0], 60 * MIN_FETCH), Found::Missing));
         assert!(c
             .failure(start, end)
             .unwrap()
