@@ -308,9 +308,10 @@ struct BlockCache {
 /// What a look into the cache found at an offset.
 enum Found {
     /// Bytes copied; `ahead`: they came from a block fetched ahead, read for the
-    /// first time.
+    /// first time, which ends where the run of fetches ends (so the next may start).
     Copied { n: usize, ahead: bool },
-    /// A fetch under way brings it: wait. `ahead`: it is a fetch ahead of readers.
+    /// A fetch under way brings it: wait. `ahead`: it is a fetch ahead of readers
+    /// and the last of the run (so the next may start: one block ahead, never more).
     Coming { start: u64, end: u64, ahead: bool },
     /// Nothing: it must be fetched.
     Missing,
@@ -327,7 +328,8 @@ impl BlockCache {
                 block.used = clock;
                 let n = buf.len().min(block.data.len() - from);
                 buf[..n].copy_from_slice(&block.data[from..from + n]);
-                let ahead = std::mem::take(&mut block.ahead);
+                let end = start + block.data.len() as u64;
+                let ahead = std::mem::take(&mut block.ahead) && end == self.sequential_end;
                 return Found::Copied { n, ahead };
             }
         }
@@ -335,7 +337,7 @@ impl BlockCache {
             Some((start, p)) => Found::Coming {
                 start,
                 end: p.end,
-                ahead: p.ahead,
+                ahead: p.ahead && p.end == self.sequential_end,
             },
             None => Found::Missing,
         }
