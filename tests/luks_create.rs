@@ -54,6 +54,15 @@ fn ok(program: &str, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
 }
 
+/// A raw LUKS volume of `size` made by qemu-img, unlocked by secret s0 (fast to open).
+fn qemu_luks(image: &str, size: &str) {
+    let opts = "key-secret=s0,iter-time=10";
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "luks", "-o", opts, image, size],
+    );
+}
+
 /// The guest disk of `image` as qemu-img reads it and as cowimg reads it.
 fn both_read(dir: &Scratch, driver: &str, image: &str, id: &str) -> (Vec<u8>, Vec<u8>) {
     let (q, c) = (dir.str("q.raw"), dir.str("c.raw"));
@@ -280,19 +289,7 @@ fn refusals_name_the_option_as_qemu_does() {
 fn raw_luks_volumes_qemu_makes_probe_read_and_write() {
     let dir = Scratch::new("luks-raw");
     let image = dir.str("q.luks");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "luks",
-            "-o",
-            "key-secret=s0,iter-time=10",
-            &image,
-            "2M",
-        ],
-    );
+    qemu_luks(&image, "2M");
     let o = opts("luks", &image, "s0");
     ok("qemu-io", &["--image-opts", "-c", "write -P 0x21 0 1M", &o]);
     // Probed by its magic, described as qemu-img describes it (same file, same text).
@@ -670,19 +667,7 @@ fn the_library_creates_luks_images_and_writes_through_them() {
 fn a_key_slot_change_holds_the_image_against_other_amends() {
     let dir = Scratch::new("luks-amend-lock");
     let image = dir.str("locked.luks");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "luks",
-            "-o",
-            "key-secret=s0,iter-time=10",
-            &image,
-            "1M",
-        ],
-    );
+    qemu_luks(&image, "1M");
     let mut first = Command::new(env!("CARGO_BIN_EXE_cowimg"))
         .arg("amend")
         .args(SECRETS)

@@ -4,21 +4,12 @@
 
 mod common;
 
-use common::{qemu_img, qemu_io, Scratch};
+use common::{free_port, qemu_img, qemu_io, Scratch};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server process, stopped (SIGTERM, then waited for) when dropped.
 struct Server {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{qemu_img, qemu_io, run_ok, Scratch};
+use common::{free_port, qemu_img, qemu_io, run_ok, Scratch};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,14 +16,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "cowimg-test-secret-Zq8v";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server process, stopped when dropped, with its log (stderr) in a file.
 struct Server {
@@ -164,22 +156,21 @@ fn images(dir: &Scratch) -> Vec<&'static str> {
         "write -P 0x22 10M 3M",
         &p("base.qcow2"),
     ]);
-    let out = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-        ])
-        .arg(p("top.qcow2"))
-        .current_dir(dir.path(""))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let create = [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+    ];
+    run_ok(
+        Some(&dir.path("")),
+        "qemu-img",
+        &[&create[..], &["top.qcow2"]].concat(),
+    );
     qemu_io(&["-c", "write -P 0x33 1M 2M", &p("top.qcow2")]);
     qemu_img(&["snapshot", "-c", "snap1", &p("top.qcow2")]);
     qemu_io(&[
@@ -403,6 +394,17 @@ fn same_as_qemu(dir: &Scratch, name: &str, url: &str, env: &[(&str, String)]) {
     );
 }
 
+/// `info` of a URL naming no object fails with exit 1, naming it as `shown`.
+fn refused_as_missing(url: &str, shown: &str, env: &[(&str, String)]) {
+    let missing = cowimg_env(&["info", url], env);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains(&format!("'{shown}'")) && err.contains("not found"),
+        "{err}"
+    );
+}
+
 #[test]
 fn http_images_read_as_qemu_img_reads_the_local_copies() {
     let dir = Scratch::new("remote-http");
@@ -438,12 +440,10 @@ fn http_images_read_as_qemu_img_reads_the_local_copies() {
         "{info}"
     );
     assert!(info.contains("disk size: unavailable\n"), "{info}");
-    let missing = cowimg_env(&["info", &signed.replace("top", "absent")], &[]);
-    assert_eq!(missing.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        err.contains(&format!("'{base}/absent.qcow2'")) && err.contains("not found"),
-        "{err}"
+    refused_as_missing(
+        &signed.replace("top", "absent"),
+        &format!("{base}/absent.qcow2"),
+        &[],
     );
 
     // Remote images are read-only, refused by name.
@@ -499,13 +499,8 @@ fn s3_images_read_as_qemu_img_reads_the_local_copies() {
     for name in ["top.qcow2", "packed.qcow2"] {
         same_as_qemu(&dir, name, &format!("s3://evidence/d/{name}"), &env);
     }
-    let missing = cowimg_env(&["info", "s3://evidence/d/absent.qcow2"], &env);
-    assert_eq!(missing.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        err.contains("'s3://evidence/d/absent.qcow2'") && err.contains("not found"),
-        "{err}"
-    );
+    let absent = "s3://evidence/d/absent.qcow2";
+    refused_as_missing(absent, absent, &env);
 }
 
 #[test]

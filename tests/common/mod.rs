@@ -44,6 +44,15 @@ pub fn cowimg(args: &[&str]) -> String {
     run_ok(None, env!("CARGO_BIN_EXE_cowimg"), args)
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A child process stopped (SIGTERM, then waited for) when dropped, even by a failed
 /// assertion, so that no server outlives its test.
 pub struct Stopped(pub std::process::Child);
