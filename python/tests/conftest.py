@@ -196,3 +196,55 @@ def s3(monkeypatch):
     client.create_bucket(Bucket="evidence")
     yield lambda path, key: client.upload_file(str(path), "evidence", key)
     server.stop()
+
+
+# Azurite's well-known development account (public, in Microsoft's documentation).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@pytest.fixture
+def azure(monkeypatch, tmp_path):
+    """An Azurite blob server on 127.0.0.1:10000 (`azurite-blob` on PATH: npm's
+    azurite) with container `evidence`, and the environment that points cowimg at it.
+    Yields a function that uploads a file as a blob."""
+    import shutil
+    import socket
+    import time
+
+    from azure.storage.blob import BlobServiceClient
+
+    program = shutil.which("azurite-blob")
+    assert program, "azurite-blob is needed: npm install azurite (.ci/run does)"
+    server = subprocess.Popen(
+        [program, "--blobHost", "127.0.0.1", "--blobPort", "10000", "--silent",
+         "--skipApiVersionCheck", "--location", str(tmp_path / "azurite")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", 10000)).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT)
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY)
+        service = BlobServiceClient.from_connection_string(
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:10000/{AZURITE_ACCOUNT};"
+        )
+        container = service.create_container("evidence")
+
+        def upload(path, name):
+            with open(path, "rb") as f:
+                container.upload_blob(name, f)
+
+        yield upload
+    finally:
+        server.terminate()
+        server.wait()

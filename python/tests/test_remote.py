@@ -1,5 +1,6 @@
-"""Images read where they lie: over HTTP with Range (rangehttpserver) and from S3
-(moto), on 127.0.0.1, compared with what qemu-img reads from the local copies."""
+"""Images read where they lie: over HTTP with Range (rangehttpserver), from S3 (moto)
+and from Azure blob storage (Azurite), on 127.0.0.1, compared with what qemu-img
+reads from the local copies."""
 
 import hashlib
 import json
@@ -64,6 +65,14 @@ def test_s3_images_read_as_qemu_img_reads_the_local_copies(s3, tmp_path):
     target = tmp_path / "copy.qcow2"
     cowimg.convert("s3://evidence/case/top.qcow2", target)
     assert subprocess.run(["qemu-img", "compare", str(top), str(target)]).returncode == 0
+
+
+def test_azure_images_read_as_qemu_img_reads_the_local_copies(azure, tmp_path):
+    top, packed = chain(tmp_path)
+    for image in (top, packed, tmp_path / "base.qcow2"):
+        azure(image, f"case/{image.name}")
+    for image in (top, packed):
+        same_as_qemu(f"az://evidence/case/{image.name}", image, tmp_path)
 
 
 def test_missing_objects_and_writes_are_refused_by_name(range_server, s3):
