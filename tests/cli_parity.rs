@@ -1253,3 +1253,79 @@ fn io_without_a_file_opens_and_closes_as_qemu_io() {
     let theirs = session("qemu-io", &[], script.as_bytes());
     assert_eq!(ours, theirs);
 }
+
+/// qemu-io's program options as QEMU's own test harness passes them (`--cache
+/// writeback --aio threads`), their invalid values refused in qemu-io's words, `-s`
+/// writing to a throw-away overlay, and `-d ignore` making discards change nothing:
+/// the same sessions and the same image afterwards as with qemu-io.
+#[test]
+fn qemu_io_program_options_act_as_in_qemu_io() {
+    let dir = Scratch::new("io-options");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    let ours = dir.str("qemu-io");
+    let cases: [&[&str]; 9] = [
+        &[
+            "--cache",
+            "writeback",
+            "--aio",
+            "threads",
+            "-c",
+            "write -P 5 0 64k",
+            "-c",
+            "read -P 5 0 64k",
+        ],
+        &[
+            "-t",
+            "none",
+            "-n",
+            "-k",
+            "-m",
+            "-c",
+            "read -P 0 1020k 4k",
+            "-c",
+            "read 1020k 8k",
+        ],
+        &["-t", "fast", "-c", "read 0 512"],
+        &["-i", "posix", "-c", "read 0 512"],
+        &["-d", "sometimes", "-c", "read 0 512"],
+        &["-s", "-c", "write -P 9 0 128k", "-c", "read -P 9 0 128k"],
+        &[
+            "-d",
+            "ignore",
+            "-c",
+            "write -P 3 64k 64k",
+            "-c",
+            "discard 64k 64k",
+            "-c",
+            "read -P 3 64k 64k",
+        ],
+        &[
+            "-d",
+            "unmap",
+            "-c",
+            "write -P 4 192k 64k",
+            "-c",
+            "discard 192k 64k",
+        ],
+        &["-C", "-r", "-c", "read 0 512"],
+    ];
+    for (n, args) in cases.iter().enumerate() {
+        let mut maps = Vec::new();
+        let mut sessions = Vec::new();
+        for (program, name) in [(ours.as_str(), "ours"), ("qemu-io", "qemu")] {
+            let image = dir.str(&format!("{n}-{name}.qcow2"));
+            qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+            let mut all = vec!["-f", "qcow2"];
+            all.extend_from_slice(args);
+            all.push(&image);
+            let (code, out, err) = session(program, &all, b"");
+            let unnamed = |lines: Vec<String>| -> Vec<String> {
+                lines.iter().map(|l| l.replace(&image, "IMAGE")).collect()
+            };
+            sessions.push((code, unnamed(out), unnamed(err)));
+            maps.push(qemu_img(&["map", "--output=json", &image]));
+        }
+        assert_eq!(sessions[0], sessions[1], "{args:?}");
+        assert_eq!(maps[0], maps[1], "{args:?}: the image afterwards");
+    }
+}

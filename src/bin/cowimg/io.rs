@@ -19,13 +19,102 @@ pub struct Args {
     /// Open read-only.
     #[arg(short = 'r', long = "read-only")]
     read_only: bool,
+    /// Writes go to a temporary overlay, dropped at exit: the image is only read.
+    #[arg(short = 's', long = "snapshot")]
+    snapshot: bool,
+    /// Copy-on-read: accepted where it changes nothing (no backing file, or
+    /// read-only); refused by name where it would copy backing data into the image.
+    #[arg(short = 'C', long = "copy-on-read")]
+    copy_on_read: bool,
+    /// Host cache mode (none, writeback, writethrough, directsync, unsafe): every mode
+    /// reads and writes the same bytes here.
+    #[arg(short = 't', long = "cache", value_name = "MODE")]
+    cache: Option<String>,
+    /// Short for `-t none`.
+    #[arg(short = 'n', long = "nocache")]
+    nocache: bool,
+    /// AIO mode (threads, native, io_uring): how QEMU submits I/O; the same here.
+    #[arg(short = 'i', long = "aio", value_name = "MODE")]
+    aio: Option<String>,
+    /// Short for `-i native`.
+    #[arg(short = 'k', long = "native-aio")]
+    native_aio: bool,
+    /// Misaligned buffers for O_DIRECT testing: the same I/O here.
+    #[arg(short = 'm', long = "misalign")]
+    misalign: bool,
+    /// Discard mode: `ignore`/`off` make `discard` change nothing; `unmap`/`on` discard.
+    #[arg(short = 'd', long = "discard", value_name = "MODE")]
+    discard: Option<String>,
+    /// QEMU's trace options: accepted, nothing is traced.
+    #[arg(short = 'T', long = "trace", value_name = "OPTIONS")]
+    trace: Option<String>,
     /// The image file (or none: then `open` names one).
     filename: Option<String>,
 }
 
+/// How qemu-io opens an image: from its program options or `open`'s flags.
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenChoices {
+    read_only: bool,
+    snapshot: bool,
+    copy_on_read: bool,
+    /// `-d ignore` (or `off`): discards report success and change nothing.
+    discard_ignored: bool,
+}
+
+/// The modes qemu-io checks by name, checked as it does (its words); returns whether
+/// discards are ignored.
+fn check_modes(
+    cache: Option<&str>,
+    aio: Option<&str>,
+    discard: Option<&str>,
+) -> Result<bool, Error> {
+    let invalid = |what: &str, value: &str| {
+        Error::new(
+            ErrorKind::BadArgument,
+            format!("Invalid {what} option: {value}"),
+        )
+    };
+    if let Some(c) = cache {
+        if ![
+            "none",
+            "off",
+            "writeback",
+            "writethrough",
+            "directsync",
+            "unsafe",
+        ]
+        .contains(&c)
+        {
+            return Err(invalid("cache", c));
+        }
+    }
+    if let Some(a) = aio {
+        if !["threads", "native", "io_uring"].contains(&a) {
+            return Err(invalid("aio", a));
+        }
+    }
+    match discard {
+        None | Some("unmap" | "on") => Ok(false),
+        Some("ignore" | "off") => Ok(true),
+        Some(d) => Err(invalid("discard", d)),
+    }
+}
+
+/// An open image and how it was opened.
+struct Opened {
+    image: Image,
+    discard_ignored: bool,
+}
+
 /// qemu-io's `cvtstr`: "4 KiB", "1.500 MiB", "512 bytes".
 fn cvtstr(value: u64) -> String {
-    const UNITS: [(u64, &str); 6] = [
+    cvtstr_f64(value as f64)
+}
+
+/// `cvtstr` of a rate or any fractional amount, as qemu-io scales it.
+fn cvtstr_f64(value: f64) -> String {
+    const UNITS: [(i32, &str); 6] = [
         (60, "EiB"),
         (50, "PiB"),
         (40, "TiB"),
@@ -35,9 +124,9 @@ fn cvtstr(value: u64) -> String {
     ];
     let (v, suffix) = UNITS
         .iter()
-        .find(|(shift, _)| value >= 1 << shift)
-        .map_or((value as f64, "bytes"), |(shift, s)| {
-            (value as f64 / (1u64 << shift) as f64, s)
+        .find(|(shift, _)| value >= 2f64.powi(*shift))
+        .map_or((value, "bytes"), |(shift, s)| {
+            (value / 2f64.powi(*shift), s)
         });
     let text = format!("{v:.3}");
     format!("{} {suffix}", text.strip_suffix(".000").unwrap_or(&text))
@@ -47,10 +136,10 @@ fn stats(out: &mut String, bytes: u64, started: Instant) {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let _ = writeln!(
         out,
-        "{}, 1 ops; {:05.2} sec ({:.3} MiB/sec and {:.4} ops/sec)",
+        "{}, 1 ops; {:05.2} sec ({}/sec and {:.4} ops/sec)",
         cvtstr(bytes),
         secs,
-        bytes as f64 / secs / 1048576.0,
+        cvtstr_f64(bytes as f64 / secs),
         1.0 / secs
     );
 }
@@ -106,6 +195,18 @@ fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec
     Ok((flags, rest))
 }
 
+/// A request outside the disk fails as the block layer fails it in qemu-io: with EIO
+/// (and nothing allocated for it).
+fn on_disk(image: &Image, off: u64, len: u64, verb: &str) -> Result<(), Error> {
+    match off.checked_add(len) {
+        Some(end) if end <= image.size() => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::Io,
+            format!("{verb} failed: Input/output error"),
+        )),
+    }
+}
+
 fn offset_len(rest: &[&str]) -> Result<(u64, u64), Error> {
     match rest {
         [off, len] => Ok((number(off)?, number(len)?)),
@@ -143,6 +244,7 @@ fn hexdump(out: &mut String, offset: u64, data: &[u8]) {
 /// then exits 1 as for an error.
 fn run_command(
     image: &mut Image,
+    discard_ignored: bool,
     line: &str,
     out: &mut String,
     failed: &mut bool,
@@ -181,10 +283,13 @@ fn run_command(
         "discard" | "d" => {
             let (flags, rest) = split_args(args, "")?;
             let (off, len) = offset_len(&rest)?;
+            on_disk(image, off, len, "discard")?;
             let started = Instant::now();
-            image
-                .discard(off, len)
-                .map_err(|e| e.context("discard failed"))?;
+            if !discard_ignored {
+                image
+                    .discard(off, len)
+                    .map_err(|e| e.context("discard failed"))?;
+            }
             if !flags.iter().any(|(c, _)| *c == 'q') {
                 let _ = writeln!(out, "discard {len}/{len} bytes at offset {off}");
                 stats(out, len, started);
@@ -301,6 +406,9 @@ fn info(image: &Image, out: &mut String) -> Result<(), Error> {
 fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Result<(), Error> {
     let (flags, rest) = split_args(args, "P")?;
     let (off, len) = offset_len(&rest)?;
+    if !flags.iter().any(|(c, _)| *c == 'b') {
+        on_disk(image, off, len, "read")?;
+    }
     let quiet = flags.iter().any(|(c, _)| *c == 'q');
     let started = Instant::now();
     let mut buf = vec![0u8; len as usize];
@@ -337,6 +445,9 @@ fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error
     let (flags, rest) = split_args(args, "Ps")?;
     let (off, len) = offset_len(&rest)?;
     let has = |f: char| flags.iter().any(|(c, _)| *c == f);
+    if !has('b') {
+        on_disk(image, off, len, "write")?;
+    }
     let started = Instant::now();
     let result = if has('z') {
         if has('P') || has('c') {
@@ -418,36 +529,74 @@ fn map(image: &Image, out: &mut String) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens `filename` as qemu-io does: writable unless `read_only`, a probed format
-/// other than qcow2 only for reading.
-fn open_image(source: &SourceArgs, filename: &str, read_only: bool) -> Result<Image, Error> {
+/// Opens `filename` as qemu-io does: writable unless read-only, a probed format other
+/// than qcow2 only for reading; with `-s`, writable through a temporary overlay.
+fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Result<Opened, Error> {
+    if choices.copy_on_read && choices.read_only {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("can't open device {filename}: Can't use copy-on-read on read-only device"),
+        ));
+    }
     let (path, mut options) = source.resolve(filename)?;
-    // Writing needs a stated format or a probed qcow2; anything else is only read.
-    if !read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
-        options.format = Some(Format::Qcow2);
+    let image = if choices.snapshot && !choices.read_only {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let overlay = std::env::temp_dir().join(format!(
+            "cowimg-io-snapshot-{}-{n}.qcow2",
+            std::process::id()
+        ));
+        let image = crate::source::new_overlay(&overlay, &path, options.format, &options);
+        // Open, it needs no name: nothing is left behind, whatever happens next.
+        let _ = std::fs::remove_file(&overlay);
+        crate::source::opened(filename, image)?
+    } else {
+        // Writing needs a stated format or a probed qcow2; anything else is only read.
+        if !choices.read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
+            options.format = Some(Format::Qcow2);
+        }
+        options.writable = !choices.read_only && options.format.is_some();
+        if !choices.read_only && !options.writable {
+            eprintln!(
+                "WARNING: Image format was not specified for '{filename}' and probing did not find \
+                 qcow2: it is opened read-only. Specify the format with -f to write."
+            );
+        }
+        crate::source::opened(filename, Image::open(&path, &options))?
+    };
+    if choices.copy_on_read && !choices.read_only && image.chain().len() > 1 {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "copy-on-read (-C) is not supported: reads would copy backing data into '{filename}'"
+            ),
+        ));
     }
-    options.writable = !read_only && options.format.is_some();
-    if !read_only && !options.writable {
-        eprintln!(
-            "WARNING: Image format was not specified for '{filename}' and probing did not find \
-             qcow2: it is opened read-only. Specify the format with -f to write."
-        );
-    }
-    let image = crate::source::opened(filename, Image::open(&path, &options))?;
     crate::print_warnings(&image);
-    Ok(image)
+    Ok(Opened {
+        image,
+        discard_ignored: choices.discard_ignored,
+    })
 }
 
 /// `open [-rsCnkU] [-t cache] [-d discard] [-o options] path`: the image the following
-/// commands work on (`-o driver=FMT` names its format; the cache and discard choices
-/// change nothing here).
-fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Image, Error> {
+/// commands work on (`-o driver=FMT` names its format; the cache choice changes
+/// nothing here).
+fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     let (flags, rest) = split_args(args, "tdo")?;
     let [path] = rest.as_slice() else {
         return Err(Error::new(ErrorKind::BadArgument, "open takes one path"));
     };
+    let has = |flag: char| flags.iter().any(|(c, _)| *c == flag);
+    let value = |flag: char| {
+        flags
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == flag)
+            .and_then(|(_, v)| *v)
+    };
     let mut source = source.clone();
-    source.force_share |= flags.iter().any(|(c, _)| *c == 'U');
+    source.force_share |= has('U');
     for (_, value) in flags.iter().filter(|(c, _)| *c == 'o') {
         for (key, value) in crate::source::parse_options(value.unwrap_or_default()) {
             match key.as_str() {
@@ -461,12 +610,28 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Image, Error> {
             }
         }
     }
-    open_image(&source, path, flags.iter().any(|(c, _)| *c == 'r'))
+    let choices = OpenChoices {
+        read_only: has('r'),
+        snapshot: has('s'),
+        copy_on_read: has('C'),
+        discard_ignored: check_modes(value('t'), None, value('d'))?,
+    };
+    open_image(&source, path, choices)
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
+    let aio = args.aio.as_deref().or(args.native_aio.then_some("native"));
+    let discard_ignored = check_modes(args.cache.as_deref(), aio, args.discard.as_deref())?;
+    // -n, -m and -T change how QEMU does its I/O, not what is read or written.
+    let _ = (args.nocache, args.misalign, &args.trace);
+    let choices = OpenChoices {
+        read_only: args.read_only,
+        snapshot: args.snapshot,
+        copy_on_read: args.copy_on_read,
+        discard_ignored,
+    };
     let mut image = match &args.filename {
-        Some(name) => Some(open_image(&args.source, name, args.read_only)?),
+        Some(name) => Some(open_image(&args.source, name, choices)?),
         None => None,
     };
     let mut failed = false;
@@ -495,7 +660,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 "file open already, try 'help close'",
             )),
             (Some((&"close", _)), Some(open)) => {
-                let flushed = open.flush();
+                let flushed = open.image.flush();
                 image = None;
                 flushed
             }
@@ -503,7 +668,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 ErrorKind::BadArgument,
                 "no file open, try 'help open'",
             )),
-            (_, Some(open)) => run_command(open, &command, &mut out, &mut failed),
+            (_, Some(open)) => run_command(
+                &mut open.image,
+                open.discard_ignored,
+                &command,
+                &mut out,
+                &mut failed,
+            ),
             (None, None) => Ok(()),
         };
         crate::print_out(&out);
@@ -512,9 +683,17 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 failed = true;
                 complain!("{e}");
             }
+            // qemu-io's dispatcher complains on standard error; a command prints its own
+            // failure on standard output, in order.
             Err(e) => {
                 failed = true;
-                eprintln!("{e}");
+                let message = e.to_string();
+                let dispatcher = message.starts_with("no file open")
+                    || (message.starts_with("command \"") && message.ends_with("not found"));
+                match dispatcher {
+                    true => eprintln!("{message}"),
+                    false => crate::print_out(&format!("{message}\n")),
+                }
             }
             Ok(()) => {}
         }
@@ -522,8 +701,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     if interactive {
         crate::print_out("qemu-io> ");
     }
-    if let Some(image) = image.as_mut() {
-        image.flush()?;
+    if let Some(open) = image.as_mut() {
+        open.image.flush()?;
     }
     Ok(if failed {
         ExitCode::FAILURE

@@ -7,8 +7,7 @@
 
 use crate::flags::PartitionArgs;
 use crate::source::SourceArgs;
-use cowimg::create::create_file;
-use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, SharedImage};
+use cowimg::{Error, ErrorKind, Image, SharedImage};
 use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyWrite, Request,
@@ -321,7 +320,7 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
     }
     let disk = if let Some(overlay) = &args.overlay {
         drop(base);
-        new_overlay(overlay, &path, options.format)?
+        crate::source::new_overlay(overlay, &path, options.format, &options)?
     } else if args.writable {
         drop(base);
         if options.format.is_none() && !crate::source::probed_qcow2(&path)? {
@@ -345,36 +344,6 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
         gid: unsafe { libc::getgid() },
         started: SystemTime::now(),
     })
-}
-
-/// A new qcow2 file at `overlay` whose backing file is `base`, opened for writing.
-fn new_overlay(overlay: &Path, base: &Path, format: Option<Format>) -> Result<Image, Error> {
-    // The overlay names its base by an absolute path, or by the URL a remote base has.
-    let base = match base.to_str().filter(|b| cowimg::storage::is_remote(b)) {
-        Some(url) => PathBuf::from(url),
-        None => std::fs::canonicalize(base)
-            .map_err(|e| Error::io(format!("Could not open '{}'", base.display()), e))?,
-    };
-    let format = match format {
-        Some(f) => f,
-        None => {
-            let storage = cowimg::image::open_file(&base, false, true)?;
-            cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?
-        }
-    };
-    let opts = CreateOptions::default()
-        .backing_file(base.display().to_string())
-        .backing_format(format.name().to_string());
-    let mut opts = opts;
-    opts.size = Image::open(&base, &cowimg::OpenOptions::new().format(format))?.size();
-    create_file(Format::Qcow2, overlay, &opts, 3)?;
-    Image::open(
-        overlay,
-        &cowimg::OpenOptions::new()
-            .format(Format::Qcow2)
-            .writable(true)
-            .backing(Backing::Follow),
-    )
 }
 
 /// Detaches: the parent waits until the child has mounted (or failed), then exits.

@@ -2,7 +2,8 @@
 //! `--image-opts` and `-U`, plus the COWIMG_PASSPHRASE environment variable, so that a
 //! passphrase never has to appear on the command line.
 
-use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
+use cowimg::create::create_file;
+use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, OpenOptions};
 use cowimg::{Secret, SnapshotRef};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -283,6 +284,45 @@ pub fn probed_qcow2(path: &Path) -> Result<bool, Error> {
     let storage = cowimg::image::open_file(path, false, true)?;
     let format = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
     Ok(format == Format::Qcow2)
+}
+
+/// A new qcow2 file at `overlay` whose backing file is `base` (its format stated or
+/// probed), opened for writing with `options` (their passphrase reaches the base):
+/// writes land in the overlay and `base` is only read (mount's `--overlay`, qemu-io's
+/// `-s`).
+pub fn new_overlay(
+    overlay: &Path,
+    base: &Path,
+    format: Option<Format>,
+    options: &OpenOptions,
+) -> Result<Image, Error> {
+    // The overlay names its base by an absolute path, or by the URL a remote base has.
+    let base = match base.to_str().filter(|b| cowimg::storage::is_remote(b)) {
+        Some(url) => PathBuf::from(url),
+        None => std::fs::canonicalize(base)
+            .map_err(|e| Error::io(format!("Could not open '{}'", base.display()), e))?,
+    };
+    let format = match format {
+        Some(f) => f,
+        None => {
+            let storage = cowimg::image::open_file(&base, false, true)?;
+            cowimg::probe(storage.as_ref()).map_err(|e| Error::io("probing", e))?
+        }
+    };
+    let read_base = options.clone().format(format).writable(false);
+    let mut create = CreateOptions::default()
+        .backing_file(base.display().to_string())
+        .backing_format(format.name().to_string());
+    create.size = Image::open(&base, &read_base)?.size();
+    create_file(Format::Qcow2, overlay, &create, 3)?;
+    Image::open(
+        overlay,
+        &options
+            .clone()
+            .format(Format::Qcow2)
+            .writable(true)
+            .backing(Backing::Follow),
+    )
 }
 
 #[cfg(test)]
