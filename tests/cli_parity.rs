@@ -1329,3 +1329,33 @@ fn qemu_io_program_options_act_as_in_qemu_io() {
         assert_eq!(maps[0], maps[1], "{args:?}: the image afterwards");
     }
 }
+
+/// `read -P` checks the pattern over `-s`/`-l`'s part of the buffer and names that
+/// range when it differs; requests past the disk fail with EIO, readv and writev
+/// under their own names: as qemu-io reports them, line for line.
+#[test]
+fn qemu_io_reads_verify_and_fail_as_qemu_io() {
+    let dir = Scratch::new("io-verify");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    let image = dir.str("p.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let commands = [
+        "write -P 65 8k 4k",
+        "read -P 65 -s 4k -l 4k 4k 12k",
+        "read -P 65 -s 4k -l 4k 8k 8k",
+        "read -P 65 8k 8k",
+        "read -P 0 -s 12k 4k",
+        "readv 1020k 8k",
+        "writev 1M 512",
+        "write 1020k 8k",
+        "discard 1M 64k",
+        "read -P 1 -s 4k -l 8k 0 8k",
+    ];
+    let mut args = vec!["-f", "qcow2"];
+    for c in &commands {
+        args.extend(["-c", c]);
+    }
+    args.push(&image);
+    let ours = session(&dir.str("qemu-io"), &args, b"");
+    assert_eq!(ours, session("qemu-io", &args, b""));
+}

@@ -210,10 +210,7 @@ fn on_disk(image: &Image, off: u64, len: u64, verb: &str) -> Result<(), Error> {
 fn offset_len(rest: &[&str]) -> Result<(u64, u64), Error> {
     match rest {
         [off, len] => Ok((number(off)?, number(len)?)),
-        _ => Err(Error::new(
-            ErrorKind::BadArgument,
-            "expected an offset and a length",
-        )),
+        _ => Err(Error::new(ErrorKind::BadArgument, WRONG_ARGUMENTS)),
     }
 }
 
@@ -253,6 +250,42 @@ fn run_command(
     let Some((&name, args)) = words.split_first() else {
         return Ok(());
     };
+    // Wrong arguments: qemu-io answers with the command's one-line usage.
+    dispatch(image, discard_ignored, name, args, out, failed).map_err(|e| {
+        match (e.message() == WRONG_ARGUMENTS, usage(name)) {
+            (true, Some(usage)) => Error::new(ErrorKind::BadArgument, usage),
+            _ => e,
+        }
+    })
+}
+
+/// What a command says when it did not get the words it takes.
+const WRONG_ARGUMENTS: &str = "expected an offset and a length";
+
+/// qemu-io's usage line of a command taking an offset and a length (by any of its
+/// names), as `help` lists it.
+fn usage(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "read" | "r" => "read [-abCqrv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
+        "readv" => "readv [-Cqrv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset",
+        "write" | "w" => "write [-bcCfnqruz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
+        "writev" => "writev [-Cfqr] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset",
+        "aio_read" => "aio_read [-Ciqrv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes",
+        "aio_write" => "aio_write [-Cfiqruz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes",
+        "discard" | "d" => "discard [-Cq] off len -- discards a number of bytes at a specified offset",
+        _ => return None,
+    })
+}
+
+/// Runs the command `name` with its `args`.
+fn dispatch(
+    image: &mut Image,
+    discard_ignored: bool,
+    name: &str,
+    args: &[&str],
+    out: &mut String,
+    failed: &mut bool,
+) -> Result<(), Error> {
     match name {
         // The aio_ commands run synchronously, in order: their reports are the same.
         "read" | "r" | "aio_read" => read(image, args, out, failed),
@@ -260,11 +293,16 @@ fn run_command(
         "readv" | "writev" => {
             let words = vectored(args)?;
             let words: Vec<&str> = words.iter().map(String::as_str).collect();
-            if name == "readv" {
+            let done = if name == "readv" {
                 read(image, &words, out, failed)
             } else {
                 write(image, &words, out)
-            }
+            };
+            // Their failures carry their own names ("readv failed: …").
+            done.map_err(|e| match e.message().split_once(" failed: ") {
+                Some((_, why)) => Error::new(e.kind(), format!("{name} failed: {why}")),
+                None => e,
+            })
         }
         "aio_flush" => image.flush().map_err(|e| e.context("aio_flush failed")),
         "alloc" => alloc(image, args, out),
@@ -404,10 +442,32 @@ fn info(image: &Image, out: &mut String) -> Result<(), Error> {
 
 /// `read [-P pattern] [-q] [-v] offset length`.
 fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Result<(), Error> {
-    let (flags, rest) = split_args(args, "P")?;
+    let (flags, rest) = split_args(args, "Psl")?;
     let (off, len) = offset_len(&rest)?;
     if !flags.iter().any(|(c, _)| *c == 'b') {
         on_disk(image, off, len, "read")?;
+    }
+    let value = |flag: char| {
+        flags
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == flag)
+            .and_then(|(_, v)| *v)
+    };
+    // -s/-l: the part of the buffer the pattern is checked against (all by default).
+    let check_from = value('s').map(number).transpose()?.unwrap_or(0);
+    let check_len = value('l')
+        .map(number)
+        .transpose()?
+        .unwrap_or(len.saturating_sub(check_from));
+    if check_from
+        .checked_add(check_len)
+        .is_none_or(|end| end > len)
+    {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "pattern verification range exceeds end of read data",
+        ));
     }
     let quiet = flags.iter().any(|(c, _)| *c == 'q');
     let started = Instant::now();
@@ -420,13 +480,14 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
     .map_err(|e| e.context("read failed"))?;
     if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
         let pattern = number(p)? as u8;
-        if let Some(i) = buf.iter().position(|b| *b != pattern) {
+        let checked = &buf[check_from as usize..(check_from + check_len) as usize];
+        // qemu-io names the range checked, not where it first differs.
+        if checked.iter().any(|b| *b != pattern) {
             *failed = true;
             let _ = writeln!(
                 out,
-                "Pattern verification failed at offset {}, {} bytes",
-                off + i as u64,
-                len - i as u64
+                "Pattern verification failed at offset {}, {check_len} bytes",
+                off + check_from
             );
         }
     }
