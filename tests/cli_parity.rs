@@ -1350,6 +1350,11 @@ fn qemu_io_reads_verify_and_fail_as_qemu_io() {
         "write 1020k 8k",
         "discard 1M 64k",
         "read -P 1 -s 4k -l 8k 0 8k",
+        "write -P -1 0 512",
+        "write -P 256 0 512",
+        "write -P 0x1g 0 512",
+        "write -P 010 0 512",
+        "read -P 8 0 512",
     ];
     let mut args = vec!["-f", "qcow2"];
     for c in &commands {

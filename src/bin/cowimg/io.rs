@@ -161,6 +161,25 @@ fn number(text: &str) -> Result<u64, Error> {
     })
 }
 
+/// `-P`'s byte, read as C's strtol reads it (decimal, `0x` hex, leading-0 octal), and
+/// refused in qemu-io's words unless it is one byte.
+fn pattern_byte(text: &str) -> Result<u8, Error> {
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None if text.len() > 1 && text.starts_with('0') => (&text[1..], 8),
+        None => (text, 10),
+    };
+    u8::from_str_radix(digits, radix)
+        .ok()
+        .filter(|_| !digits.starts_with(['+', '-']))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::BadArgument,
+                format!("{text} is not a valid pattern byte"),
+            )
+        })
+}
+
 /// A command's flags: each letter, with its value for those that take one.
 type Flags<'a> = Vec<(char, Option<&'a str>)>;
 
@@ -479,7 +498,7 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
     }
     .map_err(|e| e.context("read failed"))?;
     if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
-        let pattern = number(p)? as u8;
+        let pattern = pattern_byte(p)?;
         let checked = &buf[check_from as usize..(check_from + check_len) as usize];
         // qemu-io names the range checked, not where it first differs.
         if checked.iter().any(|b| *b != pattern) {
@@ -533,7 +552,7 @@ fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error
             }
             _ => {
                 let pattern = match flags.iter().find(|(c, _)| *c == 'P') {
-                    Some((_, Some(p))) => number(p)? as u8,
+                    Some((_, Some(p))) => pattern_byte(p)?,
                     _ => 0xcd,
                 };
                 vec![pattern; len as usize]
@@ -784,6 +803,12 @@ mod tests {
         assert_eq!(cvtstr(0), "0 bytes");
         assert_eq!(number("0x10").unwrap(), 16);
         assert_eq!(number("64k").unwrap(), 65536);
+        assert_eq!(pattern_byte("0x41").unwrap(), 0x41);
+        assert_eq!(pattern_byte("010").unwrap(), 8);
+        assert_eq!(pattern_byte("255").unwrap(), 255);
+        for bad in ["-1", "256", "0x", "x"] {
+            assert!(pattern_byte(bad).is_err(), "{bad}");
+        }
         let (flags, rest) = split_args(&["-P", "0x55", "-q", "0", "4k"], "P").unwrap();
         assert_eq!(flags, vec![('P', Some("0x55")), ('q', None)]);
         assert_eq!(rest, vec!["0", "4k"]);
