@@ -1364,3 +1364,20 @@ fn qemu_io_reads_verify_and_fail_as_qemu_io() {
     let ours = session(&dir.str("qemu-io"), &args, b"");
     assert_eq!(ours, session("qemu-io", &args, b""));
 }
+
+/// A backing chain that comes back to one of its files: `info --backing-chain` says
+/// so in qemu-img's words, naming the file that closes the loop.
+#[test]
+fn a_looping_chain_is_named_as_qemu_img_names_it() {
+    let dir = Scratch::new("loop");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    let (a, b) = (dir.str("a.qcow2"), dir.str("b.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &a, "1M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &a, "-F", "qcow2", &b]);
+    qemu_img(&["rebase", "-u", "-b", &b, "-F", "qcow2", &a]);
+    for image in [&a, &b] {
+        let args = ["info", "--backing-chain", image.as_str()];
+        let ours = session(&dir.str("qemu-img"), &args, b"");
+        assert_eq!(ours, session("qemu-img", &args, b""), "{image}");
+    }
+}

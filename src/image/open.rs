@@ -143,7 +143,12 @@ impl Image {
             if !seen.insert(canonical) {
                 return Err(Error::new(
                     ErrorKind::Corrupt,
-                    format!("backing chain loops back to '{}'", path.display()),
+                    // qemu-img's words; they name the file, so no "Could not open" is
+                    // put before them.
+                    format!(
+                        "Backing file '{}' creates an infinite loop.",
+                        path.display()
+                    ),
                 ));
             }
             let entry = open_layer(&path, format, top, options).map_err(|e| {

@@ -255,6 +255,8 @@ pub fn opened(filename: &str, result: Result<Image, Error>) -> Result<Image, Err
                 ),
                 None => e,
             }
+        } else if e.message().ends_with("creates an infinite loop.") {
+            e
         } else {
             let shown = cowimg::storage::display_url(filename);
             e.context(format_args!("Could not open '{shown}'"))
