@@ -1381,3 +1381,28 @@ fn a_looping_chain_is_named_as_qemu_img_names_it() {
         assert_eq!(ours, session("qemu-img", &args, b""), "{image}");
     }
 }
+
+/// `open -o` naming the file among its options (no path word), `driver=file` as the
+/// bytes themselves, and `json:` filenames with QEMU's single-quoted strings: read as
+/// qemu-io reads them.
+#[test]
+fn qemu_io_opens_by_options_and_single_quoted_json() {
+    let dir = Scratch::new("io-open-opts");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    let image = dir.str("o.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 65 8k 4k", &image]);
+    let by_options = format!("open -o driver=qcow2,file.driver=file,file.filename={image}");
+    let raw = format!("open -r -o driver=file,filename={image}");
+    let json = format!("json:{{'driver':'qcow2','file':{{'driver':'file','filename':'{image}'}}}}");
+    let cases: [Vec<&str>; 3] = [
+        vec!["-c", &by_options, "-c", "read -P 65 8k 4k"],
+        vec!["-c", &raw, "-c", "read -v 0 16"],
+        vec!["-c", "read -P 65 8k 4k", &json],
+    ];
+    for args in cases {
+        let ours = session(&dir.str("qemu-io"), &args, b"");
+        assert_eq!(ours, session("qemu-io", &args, b""), "{args:?}");
+        assert_eq!(ours.0, Some(0), "{args:?}");
+    }
+}

@@ -664,8 +664,10 @@ fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
 /// nothing here).
 fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     let (flags, rest) = split_args(args, "tdo")?;
-    let [path] = rest.as_slice() else {
-        return Err(Error::new(ErrorKind::BadArgument, "open takes one path"));
+    let mut path = match rest.as_slice() {
+        [path] => Some(path.to_string()),
+        [] => None,
+        _ => return Err(Error::new(ErrorKind::BadArgument, "open takes one path")),
     };
     let has = |flag: char| flags.iter().any(|(c, _)| *c == flag);
     let value = |flag: char| {
@@ -680,7 +682,11 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     for (_, value) in flags.iter().filter(|(c, _)| *c == 'o') {
         for (key, value) in crate::source::parse_options(value.unwrap_or_default()) {
             match key.as_str() {
+                // The file protocol alone reads the bytes as they are: raw.
+                "driver" if value == "file" => source.format = Some("raw".to_string()),
                 "driver" => source.format = Some(value),
+                "filename" | "file.filename" => path = Some(value),
+                "file.driver" if value == "file" => {}
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
@@ -696,7 +702,13 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         copy_on_read: has('C'),
         discard_ignored: check_modes(value('t'), None, value('d'))?,
     };
-    open_image(&source, path, choices)
+    let path = path.ok_or_else(|| {
+        Error::new(
+            ErrorKind::BadArgument,
+            "open: no filename given (a path, or -o filename=…)",
+        )
+    })?;
+    open_image(&source, &path, choices)
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {

@@ -80,7 +80,7 @@ fn json_options(text: &str) -> Result<Vec<(String, String)>, Error> {
             other => out.push((prefix.to_string(), other.to_string())),
         }
     }
-    let value: serde_json::Value = serde_json::from_str(text)
+    let value: serde_json::Value = serde_json::from_str(&double_quoted(text))
         .map_err(|e| bad(format!("Could not parse 'json:' filename: {e}")))?;
     if !value.is_object() {
         return Err(bad("A 'json:' filename must be a JSON object"));
@@ -88,6 +88,38 @@ fn json_options(text: &str) -> Result<Vec<(String, String)>, Error> {
     let mut out = Vec::new();
     flatten("", &value, &mut out);
     Ok(out)
+}
+
+/// QEMU's JSON parser also takes 'single-quoted' strings: the same text with every
+/// such string double-quoted (its `"` escaped, its `\'` unescaped), for a standard
+/// parser.
+fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push('"');
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push('"');
+            }
+            (Some(q), '\\') => match chars.next() {
+                Some('\'') if q == '\'' => out.push('\''),
+                Some(next) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                None => out.push('\\'),
+            },
+            (Some('\''), '"') => out.push_str("\\\""),
+            (_, c) => out.push(c),
+        }
+    }
+    out
 }
 
 /// Splits a QEMU option string at commas, where ",," stands for a comma.
@@ -330,6 +362,14 @@ pub fn new_overlay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_quoted_json_as_qemu_reads_it() {
+        assert_eq!(
+            double_quoted(r#"{'a': 'x"y', "b": 'it\'s', 'c': "q'"}"#),
+            r#"{"a": "x\"y", "b": "it's", "c": "q'"}"#
+        );
+    }
 
     #[test]
     fn qemu_option_strings() {
