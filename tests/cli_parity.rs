@@ -1406,3 +1406,62 @@ fn qemu_io_opens_by_options_and_single_quoted_json() {
         assert_eq!(ours.0, Some(0), "{args:?}");
     }
 }
+
+/// `create` as qemu-img: a backing file without its format is refused after opening
+/// it (naming what it failed on, or the format it found), `extent_size_hint` is taken
+/// and shown, and a `file:` target is created at the name after the prefix.
+#[test]
+fn create_backing_checks_hints_and_file_prefixes_as_qemu_img() {
+    let dir = Scratch::new("create-more");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow", &dir.str("base.qcow"), "1M"]);
+    let cases: [&[&str]; 5] = [
+        &["create", "-f", "qcow", "t.qcow", "-b", "absent.qcow", "1M"],
+        &["create", "-f", "qcow2", "t.qcow2", "-b", "base.qcow", "1M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extent_size_hint=1M",
+            "hint.qcow2",
+            "1M",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=64k",
+            "hint.raw",
+            "1M",
+        ],
+        &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"],
+    ];
+    for args in cases {
+        let mut results = Vec::new();
+        for program in [dir.str("qemu-img"), "qemu-img".to_string()] {
+            let out = Command::new(&program)
+                .args(args)
+                .current_dir(dir.path(""))
+                .output()
+                .unwrap();
+            let made: Vec<String> = ["t.qcow", "t.qcow2", "hint.qcow2", "hint.raw", "a:b.qcow2"]
+                .iter()
+                .filter(|n| dir.path(n).exists())
+                .map(|n| n.to_string())
+                .collect();
+            for n in &made {
+                std::fs::remove_file(dir.path(n)).unwrap();
+            }
+            let err = String::from_utf8_lossy(&out.stderr).replace(&program, "qemu-img");
+            results.push((
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                err,
+                made,
+            ));
+        }
+        assert_eq!(results[0], results[1], "{args:?}");
+    }
+}

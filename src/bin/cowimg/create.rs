@@ -165,6 +165,16 @@ pub fn apply_options(
                 }
                 "data_file" => opts.data_file = Some(value),
                 "data_file_raw" => opts.data_file_raw = flag(&value)?,
+                // The file system's extent size hint: how it lays the file out, which
+                // changes no byte of the image here.
+                "extent_size_hint" => {
+                    parse_size(&value).map_err(|_| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            format!("Parameter 'extent_size_hint' expects a size, got '{value}'"),
+                        )
+                    })?;
+                }
                 _ => {
                     return Err(Error::new(
                         ErrorKind::BadArgument,
@@ -260,8 +270,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     }
     let secrets = crate::source::secrets_of(&args.objects)?;
     apply_options(&options, format, &mut opts, &mut size, Some(&secrets))?;
+    // `file:NAME` is the file NAME (its own colons included); messages keep the name
+    // as given.
+    let target = Path::new(
+        args.filename
+            .strip_prefix("file:")
+            .unwrap_or(&args.filename),
+    );
     if let Some(backing) = &opts.backing_file {
-        let path = cowimg::image::resolve_backing(Path::new(&args.filename), backing);
+        let path = cowimg::image::resolve_backing(target, backing);
         let refuse = |what: &str| {
             Err(Error::new(
                 ErrorKind::BadArgument,
@@ -269,11 +286,21 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             ))
         };
         if opts.backing_format.is_none() && format != Format::Cow {
-            // As qemu-img: a backing file is never named without its format. (UML's
-            // cow, which QEMU no longer creates, has no place for one.)
-            return refuse("Backing file specified without backing format");
+            // As qemu-img: a backing file is never named without its format, and
+            // qemu-img says what it would have been, having opened it. (UML's cow,
+            // which QEMU no longer creates, has no place for one.)
+            let probe = OpenOptions::new()
+                .backing(Backing::Ignore)
+                .metadata_only(true);
+            return match Image::open(&path, &probe) {
+                Err(e) => refuse(&format!("{e}\nCould not open backing image.")),
+                Ok(image) => refuse(&format!(
+                    "Backing file specified without backing format\nDetected format of {}.",
+                    image.chain()[0].format().name()
+                )),
+            };
         }
-        if cowimg::create::same_file(&path, Path::new(&args.filename)) {
+        if cowimg::create::same_file(&path, target) {
             return refuse(
                 "Error: Trying to create an image with the same filename as the backing file",
             );
@@ -322,7 +349,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         given.extend(options.iter().flat_map(|t| parse_options(t)));
         crate::print_out(&formatting_line(&args.filename, format, &given, opts.size));
     }
-    cowimg::create::create_file(format, Path::new(&args.filename), &opts, cow_version)?;
+    cowimg::create::create_file(format, target, &opts, cow_version)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -387,6 +414,9 @@ fn formatting_line(
         Format::Cow => fields.push(("backing_file".into(), value("backing_file"))),
         _ => fields.push(("preallocation".into(), value("preallocation"))),
     }
+    // The file protocol's own option comes last, in bytes.
+    let hint = value("extent_size_hint").map(|v| parse_size(&v).map_or(v, |n| n.to_string()));
+    fields.push(("extent_size_hint".into(), hint));
     let shown: Vec<String> = fields
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
