@@ -1465,3 +1465,35 @@ fn create_backing_checks_hints_and_file_prefixes_as_qemu_img() {
         assert_eq!(results[0], results[1], "{args:?}");
     }
 }
+
+/// An unknown incompatible feature is named from the image's own feature table, read
+/// as QEMU reads it: here a table of one entry cut short after its name (14 bytes), as
+/// QEMU's iotest 036 writes it.
+#[test]
+fn unknown_features_are_named_from_a_short_feature_table_as_qemu_names_them() {
+    let dir = Scratch::new("feature-table");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    let image = dir.str("f.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let mut bytes = std::fs::read(&image).unwrap();
+    // Incompatible features (byte 72): bits 63 and 62.
+    bytes[72] |= 0xc0;
+    let at = bytes
+        .windows(4)
+        .position(|w| w == [0x68, 0x03, 0xf8, 0x57])
+        .expect("qemu-img writes a feature name table");
+    let mut table = b"\x00\x3fTest feature".to_vec();
+    bytes[at + 4..at + 8].copy_from_slice(&(table.len() as u32).to_be_bytes());
+    table.resize(16 + 8, 0); // padded to 8 bytes, then the end-of-extensions marker
+    bytes[at + 8..at + 8 + table.len()].copy_from_slice(&table);
+    std::fs::write(&image, bytes).unwrap();
+    let args = ["info", image.as_str()];
+    let ours = session(&dir.str("qemu-img"), &args, b"");
+    assert_eq!(ours, session("qemu-img", &args, b""));
+    assert!(
+        ours.2
+            .iter()
+            .any(|l| l.contains("Test feature, Unknown incompatible feature: 4000000000000000")),
+        "{ours:?}"
+    );
+}

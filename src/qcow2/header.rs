@@ -198,13 +198,21 @@ impl Header {
             .map(|e| e.data.as_slice())
     }
 
-    /// The feature name table's entries (empty when the image has none).
+    /// The feature name table's entries (empty when the image has none), read as QEMU
+    /// reads them: a last, partial entry zero-padded, and the table ending at the
+    /// first entry without a name.
     pub fn feature_table(&self) -> Vec<FeatureNameEntry> {
         self.extension(ExtensionMagic::FeatureTable)
             .map(|e| {
                 e.data
-                    .chunks_exact(FeatureNameEntry::SIZE)
-                    .filter_map(|c| FeatureNameEntry::parse(c).ok())
+                    .chunks(FeatureNameEntry::SIZE)
+                    .map(|c| {
+                        let mut entry = [0u8; FeatureNameEntry::SIZE];
+                        entry[..c.len()].copy_from_slice(c);
+                        entry
+                    })
+                    .filter_map(|c| FeatureNameEntry::parse(&c).ok())
+                    .take_while(|entry| entry.name.0[0] != 0)
                     .collect()
             })
             .unwrap_or_default()
