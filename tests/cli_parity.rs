@@ -1497,3 +1497,84 @@ fn unknown_features_are_named_from_a_short_feature_table_as_qemu_names_them() {
         "{ours:?}"
     );
 }
+
+/// Failed opens in qemu-io's words ("can't open device NAME: why", from the command
+/// line and from `open`), and create's refusals of impossible qcow2 layouts naming the
+/// image first, as qemu-img's do.
+#[test]
+fn open_and_create_failures_are_worded_as_qemu_words_them() {
+    let dir = Scratch::new("open-create-words");
+    for name in ["qemu-img", "qemu-io"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path(name)).unwrap();
+    }
+    let image = dir.str("w.qcow2");
+    let missing = dir.str("missing.qcow2");
+    let base_missing = dir.str("orphan.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "gone.qcow2",
+        "-F",
+        "qcow2",
+        "-u",
+        &base_missing,
+        "1M",
+    ]);
+    let open_missing = format!("open {missing}");
+    let cases: [(&str, Vec<&str>); 7] = [
+        ("qemu-io", vec!["-c", "read 0 1", &missing]),
+        ("qemu-io", vec!["-c", &open_missing]),
+        (
+            "qemu-io",
+            vec!["-f", "qcow2", "-c", "read 0 1", &base_missing],
+        ),
+        (
+            "qemu-io",
+            vec!["-f", "qcow2", "-C", "-r", "-c", "read 0 1", &image],
+        ),
+        (
+            "qemu-img",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=3k",
+                &image,
+                "1M",
+            ],
+        ),
+        (
+            "qemu-img",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=512",
+                &image,
+                "100T",
+            ],
+        ),
+        (
+            "qemu-img",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "refcount_bits=3",
+                &image,
+                "1M",
+            ],
+        ),
+    ];
+    for (program, args) in cases {
+        let ours = session(&dir.str(program), &args, b"");
+        assert_eq!(ours, session(program, &args, b""), "{program} {args:?}");
+    }
+}

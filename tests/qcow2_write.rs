@@ -40,7 +40,8 @@ fn writes_through_damaged_entries_never_touch_metadata() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // A command's failure is on standard output, as qemu-io prints it.
+    let err = String::from_utf8_lossy(&out.stdout);
     assert!(
         err.contains("Preventing invalid write on metadata (overlaps with refcount table)"),
         "{err}"
@@ -511,5 +512,5 @@ fn vm_state_reads_and_writes_meet_qemu_ios_past_the_disk() {
         .args(["io", "-f", "raw", "-c", "write -b 0 4k", &raw])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not supported"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Operation not supported"));
 }

@@ -314,7 +314,9 @@ pub fn create(
     let cs = geometry.cluster_size();
     let l1_size = size.div_ceil(geometry.l2_span());
     if l1_size * 8 > crate::format::qcow2::MAX_L1_BYTES {
-        return Err(bad("Image size is too big for this cluster size"));
+        return Err(bad(
+            "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+        ));
     }
     let order = opts.refcount_bits.trailing_zeros();
 

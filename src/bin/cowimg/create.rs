@@ -349,7 +349,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         given.extend(options.iter().flat_map(|t| parse_options(t)));
         crate::print_out(&formatting_line(&args.filename, format, &given, opts.size));
     }
-    cowimg::create::create_file(format, target, &opts, cow_version)?;
+    // The format's own refusals name the image first, as qemu-img's do; failures to
+    // make the file name it themselves.
+    cowimg::create::create_file(format, target, &opts, cow_version).map_err(|e| {
+        match e.kind() {
+            ErrorKind::BadArgument | ErrorKind::Unsupported => e.context(&args.filename),
+            _ => e,
+        }
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -612,10 +612,20 @@ fn map(image: &Image, out: &mut String) -> Result<(), Error> {
 /// Opens `filename` as qemu-io does: writable unless read-only, a probed format other
 /// than qcow2 only for reading; with `-s`, writable through a temporary overlay.
 fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Result<Opened, Error> {
+    let image = cannot_open(source, filename, open_chain(source, filename, choices))?;
+    crate::print_warnings(&image);
+    Ok(Opened {
+        image,
+        discard_ignored: choices.discard_ignored,
+    })
+}
+
+/// The chain `open_image` opens, its failures in cowimg's words.
+fn open_chain(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Result<Image, Error> {
     if choices.copy_on_read && choices.read_only {
         return Err(Error::new(
             ErrorKind::BadArgument,
-            format!("can't open device {filename}: Can't use copy-on-read on read-only device"),
+            "Can't use copy-on-read on read-only device",
         ));
     }
     let (path, mut options) = source.resolve(filename)?;
@@ -629,7 +639,7 @@ fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
         let image = crate::source::new_overlay(&overlay, &path, options.format, &options);
         // Open, it needs no name: nothing is left behind, whatever happens next.
         let _ = std::fs::remove_file(&overlay);
-        crate::source::opened(filename, image)?
+        image?
     } else {
         // Writing needs a stated format or a probed qcow2; anything else is only read.
         if !choices.read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
@@ -642,20 +652,41 @@ fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
                  qcow2: it is opened read-only. Specify the format with -f to write."
             );
         }
-        crate::source::opened(filename, Image::open(&path, &options))?
+        Image::open(&path, &options)?
     };
     if choices.copy_on_read && !choices.read_only && image.chain().len() > 1 {
         return Err(Error::new(
             ErrorKind::Unsupported,
-            format!(
-                "copy-on-read (-C) is not supported: reads would copy backing data into '{filename}'"
-            ),
+            "copy-on-read (-C) is not supported: reads would copy backing data into the image",
         ));
     }
-    crate::print_warnings(&image);
-    Ok(Opened {
-        image,
-        discard_ignored: choices.discard_ignored,
+    Ok(image)
+}
+
+/// A failed open in qemu-io's words: "can't open device NAME: why" ("can't open: why"
+/// for an option string), a lock conflict's why without the file's name before it.
+fn cannot_open(
+    source: &SourceArgs,
+    filename: &str,
+    opened: Result<Image, Error>,
+) -> Result<Image, Error> {
+    opened.map_err(|e| {
+        let why = match e.kind() {
+            ErrorKind::InUse => e
+                .message()
+                .strip_prefix("Could not open '")
+                .and_then(|rest| rest.split_once("': "))
+                .map(|(_, why)| why.to_string()),
+            _ => None,
+        };
+        let what = match source.image_opts {
+            true => "can't open".to_string(),
+            false => format!("can't open device {filename}"),
+        };
+        match why {
+            Some(why) => Error::new(e.kind(), format!("{what}: {why}")),
+            None => e.context(what),
+        }
     })
 }
 
