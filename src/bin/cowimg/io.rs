@@ -181,11 +181,36 @@ fn pattern_byte(text: &str) -> Result<u8, Error> {
 }
 
 /// A command's flags: each letter, with its value for those that take one.
-type Flags<'a> = Vec<(char, Option<&'a str>)>;
+#[derive(Debug, Default, PartialEq)]
+struct Flags<'a>(Vec<(char, Option<&'a str>)>);
+
+impl<'a> Flags<'a> {
+    /// Whether `-flag` was given.
+    fn has(&self, flag: char) -> bool {
+        self.0.iter().any(|(c, _)| *c == flag)
+    }
+
+    /// The value of the last `-flag VALUE` (getopt's: the last one counts).
+    fn value(&self, flag: char) -> Option<&'a str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == flag)
+            .and_then(|(_, v)| *v)
+    }
+
+    /// The values of every `-flag VALUE`, in order.
+    fn values(&self, flag: char) -> impl Iterator<Item = &'a str> + '_ {
+        self.0
+            .iter()
+            .filter(move |(c, _)| *c == flag)
+            .filter_map(|(_, v)| *v)
+    }
+}
 
 /// Flags (each `-x`, with a value for those in `with_value`) and positional words.
 fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec<&'a str>), Error> {
-    let mut flags = Vec::new();
+    let mut flags = Flags::default();
     let mut rest = Vec::new();
     let mut i = 0;
     while i < words.len() {
@@ -201,10 +226,10 @@ fn split_args<'a>(words: &[&'a str], with_value: &str) -> Result<(Flags<'a>, Vec
                             Error::new(ErrorKind::BadArgument, format!("option -{c} needs a value"))
                         })?
                     };
-                    flags.push((c, Some(value)));
+                    flags.0.push((c, Some(value)));
                     break;
                 }
-                flags.push((c, None));
+                flags.0.push((c, None));
             }
         } else {
             rest.push(w);
@@ -347,7 +372,7 @@ fn dispatch(
                     .discard(off, len)
                     .map_err(|e| e.context("discard failed"))?;
             }
-            if !flags.iter().any(|(c, _)| *c == 'q') {
+            if !flags.has('q') {
                 let _ = writeln!(out, "discard {len}/{len} bytes at offset {off}");
                 stats(out, len, started);
             }
@@ -463,19 +488,13 @@ fn info(image: &Image, out: &mut String) -> Result<(), Error> {
 fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Result<(), Error> {
     let (flags, rest) = split_args(args, "Psl")?;
     let (off, len) = offset_len(&rest)?;
-    if !flags.iter().any(|(c, _)| *c == 'b') {
+    if !flags.has('b') {
         on_disk(image, off, len, "read")?;
     }
-    let value = |flag: char| {
-        flags
-            .iter()
-            .rev()
-            .find(|(c, _)| *c == flag)
-            .and_then(|(_, v)| *v)
-    };
     // -s/-l: the part of the buffer the pattern is checked against (all by default).
-    let check_from = value('s').map(number).transpose()?.unwrap_or(0);
-    let check_len = value('l')
+    let check_from = flags.value('s').map(number).transpose()?.unwrap_or(0);
+    let check_len = flags
+        .value('l')
         .map(number)
         .transpose()?
         .unwrap_or(len.saturating_sub(check_from));
@@ -488,16 +507,16 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
             "pattern verification range exceeds end of read data",
         ));
     }
-    let quiet = flags.iter().any(|(c, _)| *c == 'q');
+    let quiet = flags.has('q');
     let started = Instant::now();
     let mut buf = vec![0u8; len as usize];
-    if flags.iter().any(|(c, _)| *c == 'b') {
+    if flags.has('b') {
         image.read_vm_state(&mut buf, off)
     } else {
         image.read_at(&mut buf, off)
     }
     .map_err(|e| e.context("read failed"))?;
-    if let Some((_, Some(p))) = flags.iter().find(|(c, _)| *c == 'P') {
+    if let Some(p) = flags.value('P') {
         let pattern = pattern_byte(p)?;
         let checked = &buf[check_from as usize..(check_from + check_len) as usize];
         // qemu-io names the range checked, not where it first differs.
@@ -510,7 +529,7 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
             );
         }
     }
-    if flags.iter().any(|(c, _)| *c == 'v') {
+    if flags.has('v') {
         hexdump(out, off, &buf);
     }
     if !quiet {
@@ -524,22 +543,21 @@ fn read(image: &Image, args: &[&str], out: &mut String, failed: &mut bool) -> Re
 fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error> {
     let (flags, rest) = split_args(args, "Ps")?;
     let (off, len) = offset_len(&rest)?;
-    let has = |f: char| flags.iter().any(|(c, _)| *c == f);
-    if !has('b') {
+    if !flags.has('b') {
         on_disk(image, off, len, "write")?;
     }
     let started = Instant::now();
-    let result = if has('z') {
-        if has('P') || has('c') {
+    let result = if flags.has('z') {
+        if flags.has('P') || flags.has('c') {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "-z supports neither -P nor -c",
             ));
         }
-        image.write_zeroes(off, len, has('u'))
+        image.write_zeroes(off, len, flags.has('u'))
     } else {
-        let buf = match flags.iter().find(|(c, _)| *c == 's') {
-            Some((_, Some(file))) => {
+        let buf = match flags.value('s') {
+            Some(file) => {
                 let data =
                     std::fs::read(file).map_err(|e| Error::io(format!("reading '{file}'"), e))?;
                 if (data.len() as u64) < len {
@@ -551,24 +569,24 @@ fn write(image: &mut Image, args: &[&str], out: &mut String) -> Result<(), Error
                 data[..len as usize].to_vec()
             }
             _ => {
-                let pattern = match flags.iter().find(|(c, _)| *c == 'P') {
-                    Some((_, Some(p))) => pattern_byte(p)?,
-                    _ => 0xcd,
+                let pattern = match flags.value('P') {
+                    Some(p) => pattern_byte(p)?,
+                    None => 0xcd,
                 };
                 vec![pattern; len as usize]
             }
         };
-        if has('b') {
+        if flags.has('b') {
             // The VM state area, past the disk (qcow2).
             image.write_vm_state(&buf, off)
-        } else if has('c') {
+        } else if flags.has('c') {
             image.write_compressed(&buf, off)
         } else {
             image.write_at(&buf, off)
         }
     };
     result.map_err(|e| e.context("write failed"))?;
-    if !has('q') {
+    if !flags.has('q') {
         let _ = writeln!(out, "wrote {len}/{len} bytes at offset {off}");
         stats(out, len, started);
     }
@@ -700,18 +718,10 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         [] => None,
         _ => return Err(Error::new(ErrorKind::BadArgument, "open takes one path")),
     };
-    let has = |flag: char| flags.iter().any(|(c, _)| *c == flag);
-    let value = |flag: char| {
-        flags
-            .iter()
-            .rev()
-            .find(|(c, _)| *c == flag)
-            .and_then(|(_, v)| *v)
-    };
     let mut source = source.clone();
-    source.force_share |= has('U');
-    for (_, value) in flags.iter().filter(|(c, _)| *c == 'o') {
-        for (key, value) in crate::source::parse_options(value.unwrap_or_default()) {
+    source.force_share |= flags.has('U');
+    for value in flags.values('o') {
+        for (key, value) in crate::source::parse_options(value) {
             match key.as_str() {
                 // The file protocol alone reads the bytes as they are: raw.
                 "driver" if value == "file" => source.format = Some("raw".to_string()),
@@ -728,10 +738,10 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         }
     }
     let choices = OpenChoices {
-        read_only: has('r'),
-        snapshot: has('s'),
-        copy_on_read: has('C'),
-        discard_ignored: check_modes(value('t'), None, value('d'))?,
+        read_only: flags.has('r'),
+        snapshot: flags.has('s'),
+        copy_on_read: flags.has('C'),
+        discard_ignored: check_modes(flags.value('t'), None, flags.value('d'))?,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -853,7 +863,7 @@ mod tests {
             assert!(pattern_byte(bad).is_err(), "{bad}");
         }
         let (flags, rest) = split_args(&["-P", "0x55", "-q", "0", "4k"], "P").unwrap();
-        assert_eq!(flags, vec![('P', Some("0x55")), ('q', None)]);
+        assert_eq!(flags, Flags(vec![('P', Some("0x55")), ('q', None)]));
         assert_eq!(rest, vec!["0", "4k"]);
     }
 }
