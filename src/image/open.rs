@@ -285,7 +285,7 @@ pub fn check_backing_name(name: &str) -> Result<String> {
 /// relative to the image's folder, or to its URL when it is remote.
 pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
     #[cfg(feature = "remote")]
-    if let Some(url) = image.to_str().filter(|i| crate::storage::is_remote(i)) {
+    if let Some(url) = crate::storage::remote_url(image) {
         if let Some(resolved) = crate::storage::remote::resolve_relative(url, name) {
             return PathBuf::from(resolved);
         }
@@ -303,7 +303,7 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 /// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
 /// A URL (`s3://…`, `https://…`) is opened remotely, for reading only.
 pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<Arc<dyn Storage>> {
-    if let Some(url) = path.to_str().filter(|p| crate::storage::is_remote(p)) {
+    if let Some(url) = crate::storage::remote_url(path) {
         return open_remote(url, writable);
     }
     let access = Access::for_use(writable, force_share);

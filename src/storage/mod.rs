@@ -27,6 +27,11 @@ pub fn is_remote(name: &str) -> bool {
         .is_some_and(|(scheme, _)| REMOTE_SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
 }
 
+/// `path` as a URL of a scheme read remotely, if it is one.
+pub fn remote_url(path: &std::path::Path) -> Option<&str> {
+    path.to_str().filter(|p| is_remote(p))
+}
+
 /// An image name as messages and reports show it: a remote URL without a user,
 /// password, query (where signatures live) or fragment; any other name unchanged.
 pub fn display_url(url: &str) -> String {

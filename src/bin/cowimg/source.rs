@@ -331,7 +331,7 @@ pub fn new_overlay(
     options: &OpenOptions,
 ) -> Result<Image, Error> {
     // The overlay names its base by an absolute path, or by the URL a remote base has.
-    let base = match base.to_str().filter(|b| cowimg::storage::is_remote(b)) {
+    let base = match cowimg::storage::remote_url(base) {
         Some(url) => PathBuf::from(url),
         None => std::fs::canonicalize(base)
             .map_err(|e| Error::io(format!("Could not open '{}'", base.display()), e))?,
