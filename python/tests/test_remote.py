@@ -56,23 +56,26 @@ def test_http_images_read_as_qemu_img_reads_the_local_copies(range_server, tmp_p
             f"{range_server.url}/top.qcow2", f"{range_server.url}/base.qcow2"]
 
 
-def test_s3_images_read_as_qemu_img_reads_the_local_copies(s3, tmp_path):
+def bucket_reads_as_qemu(upload, prefix, tmp_path):
+    """Uploads the chain as `case/NAME` with `upload`, reads each image from
+    `prefix/case/NAME` against qemu-img; returns the local top image."""
     top, packed = chain(tmp_path)
     for image in (top, packed, tmp_path / "base.qcow2"):
-        s3(image, f"case/{image.name}")
+        upload(image, f"case/{image.name}")
     for image in (top, packed):
-        same_as_qemu(f"s3://evidence/case/{image.name}", image, tmp_path)
+        same_as_qemu(f"{prefix}/case/{image.name}", image, tmp_path)
+    return top
+
+
+def test_s3_images_read_as_qemu_img_reads_the_local_copies(s3, tmp_path):
+    top = bucket_reads_as_qemu(s3, "s3://evidence", tmp_path)
     target = tmp_path / "copy.qcow2"
     cowimg.convert("s3://evidence/case/top.qcow2", target)
     assert subprocess.run(["qemu-img", "compare", str(top), str(target)]).returncode == 0
 
 
 def test_azure_images_read_as_qemu_img_reads_the_local_copies(azure, tmp_path):
-    top, packed = chain(tmp_path)
-    for image in (top, packed, tmp_path / "base.qcow2"):
-        azure(image, f"case/{image.name}")
-    for image in (top, packed):
-        same_as_qemu(f"az://evidence/case/{image.name}", image, tmp_path)
+    bucket_reads_as_qemu(azure, "az://evidence", tmp_path)
 
 
 def test_missing_objects_and_writes_are_refused_by_name(range_server, s3):
