@@ -25,6 +25,12 @@ fn cowimg(args: &[&str]) -> (bool, String, String) {
 /// program's name in messages made cowimg's, so that two tools' sessions compare.
 type Session = (Option<i32>, Vec<String>, Vec<String>);
 
+/// cowimg installed in `dir` as `name` (qemu-img, qemu-io): the path to run it by.
+fn installed_as(dir: &Scratch, name: &str) -> String {
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path(name)).unwrap();
+    dir.str(name)
+}
+
 fn session(program: &str, args: &[&str], input: &[u8]) -> Session {
     use std::io::Write as _;
     use std::process::Stdio;
@@ -846,7 +852,7 @@ fn create_prints_the_formatting_line_qemu_img_prints() {
 fn installed_as_qemu_img_or_qemu_io_it_is_that_program() {
     let dir = Scratch::new("argv0");
     for name in ["qemu-img", "qemu-io"] {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path(name)).unwrap();
+        installed_as(&dir, name);
     }
     let image = dir.str("x.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
@@ -1261,7 +1267,7 @@ fn io_without_a_file_opens_and_closes_as_qemu_io() {
 #[test]
 fn qemu_io_program_options_act_as_in_qemu_io() {
     let dir = Scratch::new("io-options");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    installed_as(&dir, "qemu-io");
     let ours = dir.str("qemu-io");
     let cases: [&[&str]; 9] = [
         &[
@@ -1336,7 +1342,7 @@ fn qemu_io_program_options_act_as_in_qemu_io() {
 #[test]
 fn qemu_io_reads_verify_and_fail_as_qemu_io() {
     let dir = Scratch::new("io-verify");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    installed_as(&dir, "qemu-io");
     let image = dir.str("p.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
     let commands = [
@@ -1370,7 +1376,7 @@ fn qemu_io_reads_verify_and_fail_as_qemu_io() {
 #[test]
 fn a_looping_chain_is_named_as_qemu_img_names_it() {
     let dir = Scratch::new("loop");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    installed_as(&dir, "qemu-img");
     let (a, b) = (dir.str("a.qcow2"), dir.str("b.qcow2"));
     qemu_img(&["create", "-q", "-f", "qcow2", &a, "1M"]);
     qemu_img(&["create", "-q", "-f", "qcow2", "-b", &a, "-F", "qcow2", &b]);
@@ -1388,7 +1394,7 @@ fn a_looping_chain_is_named_as_qemu_img_names_it() {
 #[test]
 fn qemu_io_opens_by_options_and_single_quoted_json() {
     let dir = Scratch::new("io-open-opts");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-io")).unwrap();
+    installed_as(&dir, "qemu-io");
     let image = dir.str("o.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
     qemu_io(&["-f", "qcow2", "-c", "write -P 65 8k 4k", &image]);
@@ -1413,7 +1419,7 @@ fn qemu_io_opens_by_options_and_single_quoted_json() {
 #[test]
 fn create_backing_checks_hints_and_file_prefixes_as_qemu_img() {
     let dir = Scratch::new("create-more");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    installed_as(&dir, "qemu-img");
     qemu_img(&["create", "-q", "-f", "qcow", &dir.str("base.qcow"), "1M"]);
     let cases: [&[&str]; 5] = [
         &["create", "-f", "qcow", "t.qcow", "-b", "absent.qcow", "1M"],
@@ -1472,7 +1478,7 @@ fn create_backing_checks_hints_and_file_prefixes_as_qemu_img() {
 #[test]
 fn unknown_features_are_named_from_a_short_feature_table_as_qemu_names_them() {
     let dir = Scratch::new("feature-table");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path("qemu-img")).unwrap();
+    installed_as(&dir, "qemu-img");
     let image = dir.str("f.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
     let mut bytes = std::fs::read(&image).unwrap();
@@ -1505,7 +1511,7 @@ fn unknown_features_are_named_from_a_short_feature_table_as_qemu_names_them() {
 fn open_and_create_failures_are_worded_as_qemu_words_them() {
     let dir = Scratch::new("open-create-words");
     for name in ["qemu-img", "qemu-io"] {
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), dir.path(name)).unwrap();
+        installed_as(&dir, name);
     }
     let image = dir.str("w.qcow2");
     let missing = dir.str("missing.qcow2");
