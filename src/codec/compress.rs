@@ -3,7 +3,7 @@
 //! that cluster needs is ignored, as QEMU does.
 
 use crate::error::{Error, ErrorKind, Result};
-use std::io::Read;
+use std::cell::RefCell;
 
 /// A compression type, as the qcow2 header numbers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,10 +50,8 @@ impl Compression {
             )
         };
         let got = match self {
-            Compression::Deflate => read_up_to(&mut flate2::read::DeflateDecoder::new(input), out),
-            // Frames one after another until the cluster is full; a truncated frame fails.
-            Compression::Zstd => zstd::stream::read::Decoder::with_buffer(input)
-                .and_then(|mut decoder| read_up_to(&mut decoder, out)),
+            Compression::Deflate => inflate_into(input, out),
+            Compression::Zstd => unzstd_into(input, out),
         }
         .map_err(damaged)?;
         if got != out.len() {
@@ -165,17 +163,63 @@ impl Compressor {
     }
 }
 
-fn read_up_to(reader: &mut impl Read, out: &mut [u8]) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < out.len() {
-        match reader.read(&mut out[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+thread_local! {
+    /// Each thread's inflater and zstd context, reset per cluster: setting one up costs
+    /// more than inflating a cluster, and bulk reads inflate on every core.
+    static INFLATER: RefCell<flate2::Decompress> = RefCell::new(flate2::Decompress::new(false));
+    static ZSTD_CONTEXT: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Inflates raw deflate from `input` straight into `out`, stopping when it is full;
+/// the bytes produced.
+fn inflate_into(input: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    INFLATER.with_borrow_mut(|z| {
+        z.reset(false);
+        while (z.total_out() as usize) < out.len() {
+            let (read, wrote) = (z.total_in() as usize, z.total_out() as usize);
+            let status = z
+                .decompress(
+                    &input[read..],
+                    &mut out[wrote..],
+                    flate2::FlushDecompress::Finish,
+                )
+                .map_err(std::io::Error::other)?;
+            let stalled = z.total_in() as usize == read && z.total_out() as usize == wrote;
+            if status == flate2::Status::StreamEnd || stalled {
+                break;
+            }
         }
-    }
-    Ok(done)
+        Ok(z.total_out() as usize)
+    })
+}
+
+/// Decodes zstd frames, one after another, from `input` straight into `out` until it
+/// is full (a frame whose size is known and whose bytes are all there is decoded in
+/// one pass, without the context's window); the bytes produced.
+fn unzstd_into(input: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, ResetDirective};
+    let failed = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+    ZSTD_CONTEXT.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = DCtx::try_create();
+        }
+        let dctx = slot
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no memory for a zstd context"))?;
+        dctx.reset(ResetDirective::SessionOnly).map_err(failed)?;
+        let mut source = InBuffer::around(input);
+        let mut target = OutBuffer::around(out);
+        while target.pos() < target.capacity() {
+            let (read, wrote) = (source.pos(), target.pos());
+            dctx.decompress_stream(&mut target, &mut source)
+                .map_err(failed)?;
+            if source.pos() == read && target.pos() == wrote {
+                break;
+            }
+        }
+        Ok(target.pos())
+    })
 }
 
 #[cfg(test)]

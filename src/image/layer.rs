@@ -11,7 +11,6 @@ use crate::qcow::Qcow;
 use crate::qcow2::Qcow2;
 use crate::raw::Raw;
 use crate::storage::Storage;
-use std::sync::Arc;
 
 /// What the chain asks of a format's runtime.
 pub(crate) trait ReadLayer {
@@ -35,9 +34,15 @@ pub(crate) trait ReadLayer {
     /// (which encrypted formats need to decrypt them).
     fn read_data(&self, host: u64, guest: u64, buf: &mut [u8]) -> Result<()>;
 
-    /// The cluster whose `len` compressed bytes are at `host`, inflated. Formats
-    /// without compression never map a range as compressed.
-    fn decompress(&self, host: u64, _len: u64) -> Result<Arc<[u8]>> {
+    /// Fills `buf` with the bytes from `from` of the cluster whose `len` compressed
+    /// bytes are at `host`, inflated. Formats without compression never map a range as
+    /// compressed.
+    fn read_compressed(
+        &self,
+        (host, _len): (u64, u64),
+        _from: usize,
+        _buf: &mut [u8],
+    ) -> Result<()> {
         Err(Error::new(
             ErrorKind::Corrupt,
             format!("compressed cluster at {host:#x} in a format without compression"),
@@ -50,16 +55,7 @@ pub(crate) trait ReadLayer {
         match extent.mapping {
             Mapping::Data { host } => self.read_data(host.0 + (guest - extent.start), guest, buf),
             Mapping::Compressed { cluster, host, len } => {
-                let data = self.decompress(host.0, len)?;
-                let from = (guest - cluster) as usize;
-                let part = data.get(from..from + buf.len()).ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::BadArgument,
-                        format!("a read at {guest:#x} runs past its compressed cluster"),
-                    )
-                })?;
-                buf.copy_from_slice(part);
-                Ok(())
+                self.read_compressed((host.0, len), (guest - cluster) as usize, buf)
             }
             _ => Err(Error::new(
                 ErrorKind::BadArgument,

@@ -110,10 +110,11 @@ impl Qcow {
         )
     }
 
-    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+    fn read_compressed(&self, at: (u64, u64), from: usize, buf: &mut [u8]) -> Result<()> {
         // The size field has cluster_bits bits: at most one cluster of input.
         let cs = 1usize << self.cluster_bits;
-        (self.decompressed).get(self.storage.as_ref(), Compression::Deflate, host, len, cs)
+        let storage = self.storage.as_ref();
+        (self.decompressed).read(storage, Compression::Deflate, at, cs, from, buf)
     }
 
     // ---- Writing.
@@ -217,7 +218,7 @@ impl Qcow {
                     let mut buf = vec![0u8; cs as usize];
                     match mapping {
                         Mapping::Compressed { host, len, .. } => {
-                            buf.copy_from_slice(&self.decompress(host.0, len)?)
+                            self.read_compressed((host.0, len), 0, &mut buf)?
                         }
                         _ if at == cluster && stop == cluster + cs => {}
                         _ => below(cluster, &mut buf)?,
@@ -359,8 +360,8 @@ impl ReadLayer for Qcow {
         crate::sector_io::read(self.storage.as_ref(), self.key.as_ref(), host, guest, buf)
     }
 
-    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
-        Qcow::decompress(self, host, len)
+    fn read_compressed(&self, at: (u64, u64), from: usize, buf: &mut [u8]) -> Result<()> {
+        Qcow::read_compressed(self, at, from, buf)
     }
 
     fn is_encrypted(&self) -> bool {

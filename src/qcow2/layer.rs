@@ -251,10 +251,17 @@ impl Qcow2 {
         )
     }
 
-    pub(super) fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
+    /// Reads from the compressed cluster at `host` (see `ReadLayer::read_compressed`).
+    pub(super) fn read_compressed(
+        &self,
+        at: (u64, u64),
+        from: usize,
+        buf: &mut [u8],
+    ) -> Result<()> {
         // len ≤ 2 × cluster size: the descriptor's sector count has cluster_bits − 8 bits.
         let cs = self.geometry.cluster_size() as usize;
-        (self.decompressed).get(self.storage.as_ref(), self.compression, host, len, cs)
+        let storage = self.storage.as_ref();
+        (self.decompressed).read(storage, self.compression, at, cs, from, buf)
     }
 
     /// The mapping of the (sub)cluster holding `guest` in the tree `l1` heads (this
@@ -408,8 +415,8 @@ impl ReadLayer for Qcow2 {
         crate::sector_io::read(storage.as_ref(), self.key.as_ref(), host, guest, buf)
     }
 
-    fn decompress(&self, host: u64, len: u64) -> Result<Arc<[u8]>> {
-        Qcow2::decompress(self, host, len)
+    fn read_compressed(&self, at: (u64, u64), from: usize, buf: &mut [u8]) -> Result<()> {
+        Qcow2::read_compressed(self, at, from, buf)
     }
 
     fn is_encrypted(&self) -> bool {

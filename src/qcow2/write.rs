@@ -152,8 +152,7 @@ impl Qcow2 {
             ClusterEntry::ZeroPlain | ClusterEntry::ZeroAlloc { .. } => {}
             ClusterEntry::Normal { host, .. } => self.fetch(host, gc, 0, &mut buf)?,
             ClusterEntry::Compressed { host, len, .. } => {
-                let data = self.decompress(host, len)?;
-                buf.copy_from_slice(&data);
+                self.read_compressed((host, len), 0, &mut buf)?
             }
         }
         Ok(buf)
