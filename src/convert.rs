@@ -230,13 +230,13 @@ fn to_raw(
         let len = match source.block_status(offset, (size - offset).min(CHUNK)) {
             Ok(status) if status.zero => status.len,
             Ok(status) => {
-                pieces.push((offset, status.len));
+                push_piece(&mut pieces, offset, status.len);
                 status.len
             }
             // Salvaging: what cannot be told is read (and salvaged) as data.
             Err(_) if salvage.is_some() => {
                 let len = (size - offset).min(CHUNK);
-                pieces.push((offset, len));
+                push_piece(&mut pieces, offset, len);
                 len
             }
             Err(e) => return Err(e),
@@ -281,6 +281,16 @@ fn to_raw(
             .map_err(|e| Error::io(format!("flushing '{}'", out_path.display()), e))?;
     }
     Ok(())
+}
+
+/// Adds `(offset, len)` to the planned pieces, joined to the last one while they stay
+/// within one `CHUNK`: runs of single compressed clusters then go out as few large
+/// writes rather than one per cluster.
+fn push_piece(pieces: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
+    match pieces.last_mut() {
+        Some((at, n)) if *at + *n == offset && *n + len <= CHUNK => *n += len,
+        _ => pieces.push((offset, len)),
+    }
 }
 
 /// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.
