@@ -80,7 +80,14 @@ impl FileStorage {
             .truncate(false)
             .open(path)?;
         lock::lock(&file, Access::Write)?;
-        file.set_len(0)?;
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+            // ext4 marks a file truncated to nothing for writing out at its next close
+            // (`auto_da_alloc`, for programs that rewrite files in place): closing a
+            // second description of it now, while nothing is written, takes that
+            // close, which would otherwise start writing out everything we write.
+            drop(File::open(format!("/proc/self/fd/{}", file.as_raw_fd())));
+        }
         Ok(FileStorage {
             file,
             writable: true,
