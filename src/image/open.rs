@@ -53,6 +53,9 @@ pub struct OpenOptions {
     /// Read whatever other processes do to the files (qemu-img's `-U`): take no lock
     /// that keeps a writer out. Only for read-only opens.
     pub force_share: bool,
+    /// Take QEMU's locks on every file (on by default); off (QEMU's `locking=off`)
+    /// takes none, so no other opener is kept out or noticed.
+    pub locking: bool,
     /// Open as qemu-img check opens (QEMU's BDRV_O_CHECK): a qcow2 image without a
     /// refcount table opens, so that a check can report on it.
     pub for_check: bool,
@@ -74,6 +77,8 @@ impl OpenOptions {
         backing: Backing;
         /// Read whatever other processes do to the files (qemu-img's `-U`).
         force_share: bool;
+        /// Take QEMU's locks (off: none at all, as QEMU's `locking=off`).
+        locking: bool;
         /// Open for metadata only (what `info` needs): no key or data file required.
         metadata_only: bool;
         /// Flush between dependent metadata updates (on by default; off only for a new
@@ -117,6 +122,7 @@ impl Default for OpenOptions {
             writable: false,
             barriers: true,
             force_share: false,
+            locking: true,
             for_check: false,
         }
     }
@@ -303,10 +309,15 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 /// held by another user is an [`ErrorKind::InUse`] error worded as qemu-img words it.
 /// A URL (`s3://…`, `https://…`) is opened remotely, for reading only.
 pub fn open_file(path: &Path, writable: bool, force_share: bool) -> Result<Arc<dyn Storage>> {
+    open_file_as(path, writable, Access::for_use(writable, force_share))
+}
+
+/// Opens one file of an image as [`open_file`] does, declaring `access` with QEMU's
+/// locks.
+fn open_file_as(path: &Path, writable: bool, access: Access) -> Result<Arc<dyn Storage>> {
     if let Some(url) = crate::storage::remote_url(path) {
         return open_remote(url, writable);
     }
-    let access = Access::for_use(writable, force_share);
     match FileStorage::open_with(path, writable, access) {
         Ok(file) => Ok(Arc::new(file)),
         Err(e) => Err(file_error(path, e)),
@@ -357,6 +368,10 @@ fn file_error_as(path: &Path, e: io::Error, what: &str) -> Error {
                 path.display()
             ),
         ),
+        // "'file' driver requires 'x' to be a regular file" names the file itself.
+        None if e.kind() == io::ErrorKind::InvalidInput => {
+            Error::new(ErrorKind::BadArgument, e.to_string())
+        }
         None => Error::io(what, e),
     }
 }
@@ -429,7 +444,11 @@ fn open_layer(
             "force-share=on can only be used with read-only images",
         ));
     }
-    let storage = open_file(path, writable, options.force_share)?;
+    let access = match options.locking {
+        true => Access::for_use(writable, options.force_share),
+        false => Access::Unlocked,
+    };
+    let storage = open_file_as(path, writable, access)?;
     let (format, probed) = match format {
         Some(f) => (f, false),
         None => (
@@ -464,7 +483,7 @@ fn open_layer(
                 };
                 match chosen {
                     Some(p) if !options.metadata_only => {
-                        let s = open_file(&p, writable, options.force_share)
+                        let s = open_file_as(&p, writable, access)
                             .map_err(|e| e.context("Could not open data file"))?;
                         data_path = Some(p);
                         Some(s)

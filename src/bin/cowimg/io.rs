@@ -5,6 +5,8 @@ use crate::create::parse_size;
 use crate::source::SourceArgs;
 use cowimg::{Error, ErrorKind, Format, Image};
 use std::fmt::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -53,13 +55,18 @@ pub struct Args {
 }
 
 /// How qemu-io opens an image: from its program options or `open`'s flags.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct OpenChoices {
     read_only: bool,
     snapshot: bool,
     copy_on_read: bool,
     /// `-d ignore` (or `off`): discards report success and change nothing.
     discard_ignored: bool,
+    /// `locking=off`: no locks taken.
+    unlocked: bool,
+    /// The protocol driver named (`driver=file`, `host_device`, `host_cdrom`), whose
+    /// kind of file is checked as QEMU checks it.
+    protocol: Option<String>,
 }
 
 /// The modes qemu-io checks by name, checked as it does (its words); returns whether
@@ -629,8 +636,14 @@ fn map(image: &Image, out: &mut String) -> Result<(), Error> {
 
 /// Opens `filename` as qemu-io does: writable unless read-only, a probed format other
 /// than qcow2 only for reading; with `-s`, writable through a temporary overlay.
-fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Result<Opened, Error> {
-    let image = cannot_open(source, filename, open_chain(source, filename, choices))?;
+fn open_image(
+    source: &SourceArgs,
+    filename: &str,
+    named: bool,
+    choices: &OpenChoices,
+) -> Result<Opened, Error> {
+    let device = (named && !source.image_opts).then_some(filename);
+    let image = cannot_open(device, open_chain(source, filename, choices))?;
     crate::print_warnings(&image);
     Ok(Opened {
         image,
@@ -639,7 +652,7 @@ fn open_image(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
 }
 
 /// The chain `open_image` opens, its failures in cowimg's words.
-fn open_chain(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Result<Image, Error> {
+fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Result<Image, Error> {
     if choices.copy_on_read && choices.read_only {
         return Err(Error::new(
             ErrorKind::BadArgument,
@@ -647,6 +660,10 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
         ));
     }
     let (path, mut options) = source.resolve(filename)?;
+    if let Some(protocol) = &choices.protocol {
+        check_protocol(protocol, &path, choices.read_only)?;
+    }
+    options.locking = !choices.unlocked;
     let image = if choices.snapshot && !choices.read_only {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -681,13 +698,42 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: OpenChoices) -> Resu
     Ok(image)
 }
 
+/// Opens `path` as the protocol driver `protocol` would, failing in its words: the
+/// file must open (for writing unless `read_only`), then be a regular file for `file`
+/// and a character or block device for `host_device` and `host_cdrom`.
+fn check_protocol(protocol: &str, path: &Path, read_only: bool) -> Result<(), Error> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| Error::io(format!("Could not open '{}'", path.display()), e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io(format!("Could not stat '{}'", path.display()), e))?
+        .file_type();
+    let (fits, required) = match protocol {
+        "file" => (kind.is_file(), "a regular file"),
+        _ => (
+            kind.is_char_device() || kind.is_block_device(),
+            "either a character or block device",
+        ),
+    };
+    match fits {
+        true => Ok(()),
+        false => Err(Error::new(
+            ErrorKind::BadArgument,
+            format!(
+                "'{protocol}' driver requires '{}' to be {required}",
+                path.display()
+            ),
+        )),
+    }
+}
+
 /// A failed open in qemu-io's words: "can't open device NAME: why" ("can't open: why"
-/// for an option string), a lock conflict's why without the file's name before it.
-fn cannot_open(
-    source: &SourceArgs,
-    filename: &str,
-    opened: Result<Image, Error>,
-) -> Result<Image, Error> {
+/// when the image was not named by a path), a lock conflict's why without the file's
+/// name before it.
+fn cannot_open(device: Option<&str>, opened: Result<Image, Error>) -> Result<Image, Error> {
     opened.map_err(|e| {
         let why = match e.kind() {
             ErrorKind::InUse => e
@@ -697,9 +743,9 @@ fn cannot_open(
                 .map(|(_, why)| why.to_string()),
             _ => None,
         };
-        let what = match source.image_opts {
-            true => "can't open".to_string(),
-            false => format!("can't open device {filename}"),
+        let what = match device {
+            None => "can't open".to_string(),
+            Some(name) => format!("can't open device {name}"),
         };
         match why {
             Some(why) => Error::new(e.kind(), format!("{what}: {why}")),
@@ -718,16 +764,22 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         [] => None,
         _ => return Err(Error::new(ErrorKind::BadArgument, "open takes one path")),
     };
+    let named = path.is_some();
     let mut source = source.clone();
     source.force_share |= flags.has('U');
+    let (mut protocol, mut unlocked) = (None, false);
     for value in flags.values('o') {
         for (key, value) in crate::source::parse_options(value) {
             match key.as_str() {
-                // The file protocol alone reads the bytes as they are: raw.
-                "driver" if value == "file" => source.format = Some("raw".to_string()),
+                // A protocol alone reads the bytes as they are: raw.
+                "driver" if PROTOCOLS.contains(&value.as_str()) => {
+                    source.format = Some("raw".to_string());
+                    protocol = Some(value);
+                }
                 "driver" => source.format = Some(value),
                 "filename" | "file.filename" => path = Some(value),
-                "file.driver" if value == "file" => {}
+                "file.driver" if PROTOCOLS.contains(&value.as_str()) => protocol = Some(value),
+                "locking" | "file.locking" => unlocked = locking_off(&value)?,
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
@@ -742,6 +794,8 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         snapshot: flags.has('s'),
         copy_on_read: flags.has('C'),
         discard_ignored: check_modes(flags.value('t'), None, flags.value('d'))?,
+        unlocked,
+        protocol,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -749,7 +803,22 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
             "open: no filename given (a path, or -o filename=…)",
         )
     })?;
-    open_image(&source, &path, choices)
+    open_image(&source, &path, named, &choices)
+}
+
+/// The protocol drivers `open -o driver=…` names: all read a local file or device.
+const PROTOCOLS: [&str; 3] = ["file", "host_device", "host_cdrom"];
+
+/// Whether a `locking=` value turns the locks off, in QEMU's words when it is neither.
+fn locking_off(value: &str) -> Result<bool, Error> {
+    match value {
+        "off" => Ok(true),
+        "on" | "auto" => Ok(false),
+        _ => Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Parameter 'locking' does not accept value '{value}'"),
+        )),
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
@@ -762,9 +831,11 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         snapshot: args.snapshot,
         copy_on_read: args.copy_on_read,
         discard_ignored,
+        unlocked: false,
+        protocol: None,
     };
     let mut image = match &args.filename {
-        Some(name) => Some(open_image(&args.source, name, choices)?),
+        Some(name) => Some(open_image(&args.source, name, true, &choices)?),
         None => None,
     };
     let mut failed = false;
