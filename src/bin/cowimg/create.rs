@@ -390,7 +390,8 @@ fn formatting_line(
     let mut fields: Vec<(String, Option<String>)> = vec![("size".into(), Some(size.to_string()))];
     match format {
         Format::Qcow2 => {
-            fields = encrypt.iter().map(prefixed).collect();
+            fields = vec![("encryption".into(), value("encryption"))];
+            fields.extend(encrypt.iter().map(prefixed));
             let cluster_size = value("cluster_size")
                 .map(|v| parse_size(&v).map_or(v, |n| n.to_string()))
                 .unwrap_or_else(|| "65536".into());
@@ -415,7 +416,8 @@ fn formatting_line(
         }
         Format::Luks => fields.extend(encrypt.iter().skip(1).map(|k| (k.to_string(), value(k)))),
         Format::Qcow => {
-            fields.extend(["backing_file", "backing_fmt"].map(|k| (k.into(), value(k))));
+            let legacy = ["backing_file", "backing_fmt", "encryption"];
+            fields.extend(legacy.map(|k| (k.into(), value(k))));
             fields.extend(encrypt.iter().take(2).map(prefixed));
         }
         Format::Cow => fields.push(("backing_file".into(), value("backing_file"))),
