@@ -201,11 +201,12 @@ impl SourceArgs {
             .transpose()?;
         if !self.image_opts && json.is_none() {
             if let Some(plain) = filename.strip_prefix("file:") {
-                path = PathBuf::from(plain);
+                path = PathBuf::from(unambiguous(plain));
             }
         }
         if self.image_opts || json.is_some() {
-            let mut file = None;
+            let (mut file, mut backing_file, mut backing_format) = (None, None, None);
+            let mut backing_key = None;
             let pairs = json.unwrap_or_else(|| parse_options(filename));
             for (key, value) in pairs {
                 match key.as_str() {
@@ -213,6 +214,15 @@ impl SourceArgs {
                     "file.filename" | "file" | "filename" => file = Some(value),
                     "file.driver" if value == "file" => {}
                     "encrypt.key-secret" | "key-secret" => key_secret = Some(value),
+                    // The backing node, named as QEMU names its options; its key must be
+                    // the image's (one passphrase serves the chain).
+                    "backing" if value == "null" || value.is_empty() => {
+                        options.backing = Backing::Ignore
+                    }
+                    "backing.driver" => backing_format = Some(format_named(&value)?),
+                    "backing.file.filename" | "backing.file" => backing_file = Some(value),
+                    "backing.file.driver" if value == "file" => {}
+                    "backing.encrypt.key-secret" => backing_key = Some(value),
                     "encrypt.format" => {}
                     "data-file" | "data-file.filename" => {
                         options.data_file = Some(PathBuf::from(value))
@@ -221,6 +231,31 @@ impl SourceArgs {
                 }
             }
             path = PathBuf::from(file.ok_or_else(|| bad("Parameter 'file.filename' is required"))?);
+            match (&key_secret, backing_key) {
+                (Some(id), Some(other)) if *id != other => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "a backing file keyed by another secret than its overlay \
+                         (backing.encrypt.key-secret) is not supported",
+                    ))
+                }
+                (None, Some(id)) => key_secret = Some(id),
+                _ => {}
+            }
+            match (backing_file, backing_format) {
+                (Some(file), format) => {
+                    options.backing = Backing::Override {
+                        path: PathBuf::from(file),
+                        format,
+                    }
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "backing.driver needs backing.file.filename: the backing file to open",
+                    ))
+                }
+                (None, None) => {}
+            }
         }
         options.passphrase = match key_secret {
             Some(id) => Some(
@@ -232,6 +267,17 @@ impl SourceArgs {
             None => std::env::var_os(PASSPHRASE_ENV).map(|v| Secret::new(v.into_encoded_bytes())),
         };
         Ok((path, options))
+    }
+}
+
+/// A file name as QEMU shows one given after `file:`: a relative name whose first
+/// component has a colon ("a:b") would read as a protocol, so it gets "./" before it
+/// (and so do the names of backing files found beside it).
+fn unambiguous(name: &str) -> String {
+    let first = name.split('/').next().unwrap_or_default();
+    match first.contains(':') {
+        true => format!("./{name}"),
+        false => name.to_string(),
     }
 }
 
