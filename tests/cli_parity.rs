@@ -1584,3 +1584,111 @@ fn open_and_create_failures_are_worded_as_qemu_words_them() {
         assert_eq!(ours, session(program, &args, b""), "{program} {args:?}");
     }
 }
+
+/// qemu-io's protocol drivers check the kind of file they open (a directory, a device),
+/// `locking=off` is taken, `--image-opts` may name the backing file and its format,
+/// `encryption=on` shows in the Formatting line, and a `file:` name with a colon reads
+/// as "./a:b", backing files found beside it too, as QEMU shows them.
+#[test]
+fn protocols_locking_backing_options_and_colon_names_are_qemus() {
+    let dir = Scratch::new("protocols");
+    for name in ["qemu-img", "qemu-io"] {
+        installed_as(&dir, name);
+    }
+    let folder = dir.str("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let mut cases: Vec<(&str, Vec<String>)> =
+        vec![("qemu-img", vec!["info".into(), folder.clone()])];
+    for driver in ["file", "host_device", "host_cdrom"] {
+        for (target, extra) in [(folder.as_str(), ""), ("/dev/null", ",locking=off")] {
+            for mode in ["-r ", ""] {
+                let open = format!("open {mode}-o driver={driver},filename={target}{extra}");
+                cases.push(("qemu-io", vec!["-c".into(), open]));
+            }
+        }
+    }
+    // The backing file named by options, instead of the one the header names.
+    let (base, other, top) = (
+        dir.str("base.qcow2"),
+        dir.str("other.qcow2"),
+        dir.str("top.qcow2"),
+    );
+    for (image, byte) in [(&base, "1"), (&other, "2")] {
+        qemu_img(&["create", "-q", "-f", "qcow2", image, "1M"]);
+        qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P {byte} 0 64k"),
+            image,
+        ]);
+    }
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+    ]);
+    let spec = format!(
+        "driver=qcow2,file.filename={top},backing.driver=qcow2,backing.file.filename={other}"
+    );
+    for read in ["read -P 2 0 64k", "read -P 1 0 64k"] {
+        cases.push((
+            "qemu-io",
+            vec![
+                "--image-opts".into(),
+                "-c".into(),
+                read.into(),
+                spec.clone(),
+            ],
+        ));
+    }
+    let secret = "secret,id=sec0,data=123456";
+    for format in ["qcow", "qcow2"] {
+        let target = dir.str(&format!("e.{format}"));
+        let args = ["create", "-f", format, "--object", secret, "-o"];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "encryption=on,encrypt.key-secret=sec0".into(),
+            target,
+            "1M".into(),
+        ]);
+        cases.push(("qemu-img", args));
+    }
+    for (program, args) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ours = session(&dir.str(program), &args, b"");
+        assert_eq!(ours, session(program, &args, b""), "{program} {args:?}");
+    }
+
+    // Relative names with a colon, run from the folder they are in.
+    let in_folder = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .current_dir(dir.path(""))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).replace("qemu-img:", "cowimg:");
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    in_folder(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "file:a:b.qcow2",
+        ],
+    );
+    for args in [
+        vec!["info", "file:a:b.qcow2"],
+        vec!["info", "--output=json", "file:a:b.qcow2"],
+        vec!["info", "file:other.qcow2"],
+    ] {
+        let ours = in_folder(&dir.str("qemu-img"), &args);
+        assert_eq!(ours, in_folder("qemu-img", &args), "{args:?}");
+        assert_eq!(ours.0, Some(0), "{args:?}");
+    }
+}
