@@ -133,7 +133,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if let Some(loc) = &self.location {
+        // The alternate form (`{:#}`) leaves the location out: QEMU's words alone, for
+        // programs standing in for QEMU's tools.
+        if let Some(loc) = self.location.as_ref().filter(|_| !f.alternate()) {
             write!(
                 f,
                 " ({}: {} = {:#x} at byte {})",

@@ -44,7 +44,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            complain!("{e}");
+            complain!("{}", crate::shown(&e));
             return Ok(ExitCode::from(2));
         }
     };

@@ -293,7 +293,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 .backing(Backing::Ignore)
                 .metadata_only(true);
             return match Image::open(&path, &probe) {
-                Err(e) => refuse(&format!("{e}\nCould not open backing image.")),
+                Err(e) => refuse(&format!(
+                    "{}\nCould not open backing image.",
+                    crate::shown(&e)
+                )),
                 Ok(image) => refuse(&format!(
                     "Backing file specified without backing format\nDetected format of {}.",
                     image.chain()[0].format().name()

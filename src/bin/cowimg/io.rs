@@ -885,13 +885,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         match result {
             Err(e) if opening => {
                 failed = true;
-                complain!("{e}");
+                complain!("{}", crate::shown(&e));
             }
             // qemu-io's dispatcher complains on standard error; a command prints its own
             // failure on standard output, in order.
             Err(e) => {
                 failed = true;
-                let message = e.to_string();
+                let message = crate::shown(&e);
                 let dispatcher = message.starts_with("no file open")
                     || (message.starts_with("command \"") && message.ends_with("not found"));
                 match dispatcher {

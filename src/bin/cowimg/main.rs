@@ -111,6 +111,16 @@ pub fn program() -> &'static str {
     })
 }
 
+/// An error as this program shows it: installed as a QEMU tool, in QEMU's words alone
+/// (scripts match QEMU's lines), else with the on-disk structure, field and value that
+/// cowimg names after them.
+pub fn shown(e: &cowimg::Error) -> String {
+    match program() {
+        "cowimg" => e.to_string(),
+        _ => format!("{e:#}"),
+    }
+}
+
 /// The command line as cowimg parses it: installed as qemu-io or qemu-nbd, the `io` or
 /// `nbd` subcommand is implied (qemu-img's subcommands are cowimg's).
 fn arguments() -> Vec<std::ffi::OsString> {
@@ -199,7 +209,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            complain!("{e}");
+            complain!("{}", shown(&e));
             ExitCode::FAILURE
         }
     }
