@@ -171,6 +171,21 @@ impl Image {
         })
     }
 
+    /// Completes the snapshot table entries of a version 3 qcow2 image whose extra data
+    /// lacks the disk size (what `check -r all` repairs as "snapshot table entry N is
+    /// incomplete"), rewriting the table as QEMU does. Returns the indices completed.
+    pub fn complete_snapshot_table(&mut self) -> Result<Vec<usize>> {
+        self.on_top(|top, _| match top {
+            Layer::Qcow2(q) if q.header().version() >= 3 => {
+                let needed = crate::qcow2::snapshot::v3_required_extra();
+                let completed = q.complete_snapshot_entries(needed)?;
+                q.flush()?;
+                Ok(completed)
+            }
+            _ => Ok(Vec::new()),
+        })
+    }
+
     /// Adds or erases key slots of the top image's LUKS header (qcow2 with LUKS, or a
     /// luks volume), as qemu-img amend's `encrypt.state` and friends; a new slot is
     /// unlocked with the passphrase the image was opened with.

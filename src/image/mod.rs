@@ -241,10 +241,10 @@ impl Image {
     }
 
     /// Runs `op` on the top layer, with the layers below it as copy-on-write reads.
-    pub(super) fn on_top(
+    pub(super) fn on_top<T>(
         &mut self,
-        op: impl FnOnce(&mut Layer, &Below) -> Result<()>,
-    ) -> Result<()> {
+        op: impl FnOnce(&mut Layer, &Below) -> Result<T>,
+    ) -> Result<T> {
         let (top, below) = self.split_top()?;
         op(top, &|at: u64, b: &mut [u8]| read_chain(below, at, b))
     }

@@ -6,9 +6,11 @@ use super::header::Header;
 use super::layer::Qcow2;
 use super::write::Below;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::qcow2::SnapshotExtraData;
 use crate::format::qcow2::{compatible, incompatible};
 use crate::format::qcow2::{L1Entry, L2Entry, Qcow2HeaderCompression, Qcow2HeaderV3};
 use crate::format::ByteArray;
+use crate::format::Layout;
 use crate::image::ReadLayer;
 
 impl Qcow2 {
@@ -112,6 +114,9 @@ impl Qcow2 {
         if self.header.version() >= 3 {
             return Ok(());
         }
+        // Version 3 wants every snapshot's extra data (QEMU upgrades the table first; a
+        // version 2 image with complete entries is as valid).
+        self.complete_snapshot_entries(SnapshotExtraData::SIZE as u32)?;
         self.rewrite_header(|h| {
             h.common.version = 3;
             h.v3 = Some(Qcow2HeaderV3 {

@@ -57,6 +57,16 @@ impl Snapshot {
     }
 }
 
+/// Extra data bytes a version 3 entry must have: its first two fields, up to where
+/// `icount` starts (the spec's words).
+pub(crate) fn v3_required_extra() -> u32 {
+    use crate::format::Layout;
+    let mut fields = SnapshotExtraData::FIELD_OFFSETS.iter();
+    fields
+        .find(|(name, _)| *name == "icount")
+        .map_or(SnapshotExtraData::SIZE as u32, |&(_, at)| at as u32)
+}
+
 /// Bytes the snapshot table occupies on disk: every entry, each padded to 8.
 pub fn table_len(snapshots: &[Snapshot]) -> u64 {
     snapshots

@@ -136,6 +136,22 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Rewrites the snapshot table as QEMU writes one, every entry's extra data at
+    /// least complete (VM state size, disk size, icount: the values read, or their
+    /// defaults), unknown extra data kept. Returns the indices of the entries whose
+    /// extra data was shorter than `needed` bytes; nothing is written when none was.
+    pub(crate) fn complete_snapshot_entries(&mut self, needed: u32) -> Result<Vec<usize>> {
+        let short: Vec<usize> = (self.snapshots.iter().enumerate())
+            .filter(|(_, s)| s.header.extra_data_size < needed)
+            .map(|(i, _)| i)
+            .collect();
+        if !short.is_empty() {
+            self.editable()?;
+            self.write_snapshot_table(self.snapshots.clone())?;
+        }
+        Ok(short)
+    }
+
     /// Writes `snapshots` as the new snapshot table in fresh clusters, switches the
     /// header to it in one write, then frees the old table.
     fn write_snapshot_table(&mut self, snapshots: Vec<Snapshot>) -> Result<()> {

@@ -371,7 +371,7 @@ fn check_once(
 fn count_snapshot_tables(p: &mut Pass, snapshots: &[snapshot::Snapshot]) {
     let (header, cs) = (p.header, p.cs);
     for (i, s) in snapshots.iter().enumerate() {
-        if header.version() >= 3 && s.header.extra_data_size < 16 {
+        if header.version() >= 3 && s.header.extra_data_size < snapshot::v3_required_extra() {
             p.error(format!("ERROR snapshot table entry {i} is incomplete"));
         }
         let (offset, size) = (s.header.l1_table_offset, u64::from(s.header.l1_size));
