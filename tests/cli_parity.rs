@@ -1777,3 +1777,38 @@ fn short_snapshot_extra_data_is_completed_as_qemu_img_completes_it() {
         assert!(qemu_img(&["compare", &ours, &theirs]).contains("identical"));
     }
 }
+
+/// Installed as qemu-io or qemu-img, a bad header is refused in QEMU's words alone;
+/// as cowimg, the structure, field and value follow them.
+#[test]
+fn header_errors_are_qemus_words_when_installed_as_qemu() {
+    let dir = Scratch::new("header-words");
+    for name in ["qemu-img", "qemu-io"] {
+        installed_as(&dir, name);
+    }
+    let image = dir.str("h.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[56..60].copy_from_slice(&0xffff_ffffu32.to_be_bytes()); // refcount_table_clusters
+    std::fs::write(&image, bytes).unwrap();
+    for (program, args) in [
+        ("qemu-io", vec!["-c", "read 0 512", &image]),
+        ("qemu-img", vec!["info", &image]),
+        ("qemu-img", vec!["check", &image]),
+    ] {
+        let ours = session(&dir.str(program), &args, b"");
+        assert_eq!(ours, session(program, &args, b""), "{program} {args:?}");
+        assert!(
+            ours.2
+                .iter()
+                .any(|l| l.contains("Reference count table too large")),
+            "{ours:?}"
+        );
+    }
+    let (ok, _, err) = cowimg(&["info", &image]);
+    assert!(!ok);
+    assert!(
+        err.contains("refcount_table_clusters = 0xffffffff at byte 56"),
+        "{err}"
+    );
+}
