@@ -1812,3 +1812,31 @@ fn header_errors_are_qemus_words_when_installed_as_qemu() {
         "{err}"
     );
 }
+
+/// `check -r` opens the image for writing as qemu-img's does, so an autoclear bit
+/// cowimg does not know is cleared whether or not anything needed repair.
+#[test]
+fn check_repair_clears_unknown_autoclear_bits_as_qemu_img() {
+    let dir = Scratch::new("autoclear");
+    for mode in ["leaks", "all"] {
+        let (ours, theirs) = (dir.str("ours.qcow2"), dir.str("theirs.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", &ours, "1M"]);
+        let mut bytes = std::fs::read(&ours).unwrap();
+        bytes[88..96].copy_from_slice(&(1u64 << 63).to_be_bytes()); // autoclear_features
+        std::fs::write(&ours, &bytes).unwrap();
+        std::fs::copy(&ours, &theirs).unwrap();
+        let args = |p: &str| ["check", "-r", mode, p].map(str::to_string);
+        let said = |program: &str, p: &str| {
+            let args = args(p);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            session(program, &args, b"")
+        };
+        assert_eq!(
+            said(env!("CARGO_BIN_EXE_cowimg"), &ours),
+            said("qemu-img", &theirs)
+        );
+        let autoclear = |p: &str| be64(&std::fs::read(p).unwrap(), 88);
+        assert_eq!(autoclear(&theirs), 0, "qemu-img clears it");
+        assert_eq!(autoclear(&ours), 0, "-r {mode}");
+    }
+}

@@ -49,17 +49,23 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         eprintln!("qemu-img: This image format does not support checks");
         return Ok(ExitCode::from(63));
     }
-    // Snapshot entries too short for version 3 are completed first, through the
-    // image, as QEMU rewrites its snapshot table before counting references; an image
+    // A repair opens the image for writing first, as qemu-img check -r does: unknown
+    // autoclear bits are cleared, and (-r all) snapshot entries too short for version
+    // 3 completed, as QEMU rewrites its snapshot table before counting references. A
+    // dirty image is counted as it is (an open for writing would repair it unseen); one
     // that does not open is left to the open below to report.
+    let dirty = cowimg::image::open_file(&path, false, true)
+        .and_then(|s| cowimg::header::Qcow2::read(&s))
+        .map_or(true, |h| {
+            h.incompatible_features() & incompatible::DIRTY != 0
+        });
     let completed = match repair {
-        Repair::All => {
-            match Image::open(&path, &options.clone().format(Format::Qcow2).writable(true)) {
-                Ok(mut image) => image.complete_snapshot_table()?,
-                Err(_) => Vec::new(),
-            }
-        }
-        _ => Vec::new(),
+        Repair::None => Vec::new(),
+        _ if dirty => Vec::new(),
+        _ => match Image::open(&path, &options.clone().format(Format::Qcow2).writable(true)) {
+            Ok(mut image) if repair == Repair::All => image.complete_snapshot_table()?,
+            Ok(_) | Err(_) => Vec::new(),
+        },
     };
     let storage = cowimg::image::open_file(&path, repair != Repair::None, options.force_share)?;
     // qemu-img opens the image (its chain, data file and key) before checking it: what
