@@ -1840,3 +1840,43 @@ fn check_repair_clears_unknown_autoclear_bits_as_qemu_img() {
         assert_eq!(autoclear(&ours), 0, "-r {mode}");
     }
 }
+
+/// qcow2's cache options are taken by `open -o` and `--image-opts`, and refused in
+/// qemu-io's words where QEMU refuses them (combinations, entry sizes).
+#[test]
+fn qcow2_cache_options_are_checked_as_qemu_io_checks_them() {
+    let dir = Scratch::new("cache-options");
+    installed_as(&dir, "qemu-io");
+    let image = dir.str("c.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "64k"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 42 0 64k", &image]);
+    let mut cases: Vec<Vec<String>> = Vec::new();
+    for opts in [
+        "cache-size=1.25M,l2-cache-size=1M,refcount-cache-size=0.25M",
+        "cache-size=1M,l2-cache-size=2M",
+        "cache-size=1M,refcount-cache-size=2M",
+        "l2-cache-entry-size=4242",
+        "l2-cache-entry-size=128k",
+        "l2-cache-size=0",
+        "cache-size=2M,l2-cache-size=1M",
+        "l2-cache-entry-size=16k,cache-clean-interval=30",
+    ] {
+        let open = format!("open -o {opts} {image}");
+        cases.push(
+            ["-c", &open, "-c", "read -P 42 0 64k"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let spec = format!("driver=qcow2,file.filename={image},{opts}");
+        cases.push(
+            ["--image-opts", "-c", "read -P 42 0 64k", &spec]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ours = session(&dir.str("qemu-io"), &args, b"");
+        assert_eq!(ours, session("qemu-io", &args, b""), "{args:?}");
+    }
+}

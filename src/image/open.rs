@@ -40,6 +40,8 @@ pub struct OpenOptions {
     pub snapshot: Option<SnapshotRef>,
     /// Bytes of L2 tables each qcow2 layer keeps in memory.
     pub l2_cache_bytes: u64,
+    /// QEMU's qcow2 cache options for the top image, checked as QEMU checks them.
+    pub qcow2_caches: crate::CacheSizes,
     /// The longest chain accepted, the top image included.
     pub max_chain_length: usize,
     /// Open for metadata only (what `info` needs): no key or data file required.
@@ -117,6 +119,7 @@ impl Default for OpenOptions {
             data_file: None,
             snapshot: None,
             l2_cache_bytes: 4 << 20,
+            qcow2_caches: Default::default(),
             max_chain_length: 64,
             metadata_only: false,
             writable: false,
@@ -216,6 +219,7 @@ impl Image {
                     passphrase: options.passphrase.clone(),
                     data_file: None,
                     l2_cache_bytes: options.l2_cache_bytes,
+                    caches: options.qcow2_caches.clone(),
                     snapshot: options.snapshot.clone(),
                     io: !options.metadata_only,
                     writable: options.writable,
@@ -456,6 +460,12 @@ fn open_layer(
             true,
         ),
     };
+    if top && format != Format::Qcow2 && options.qcow2_caches != Default::default() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("Block format '{format}' does not support qcow2's cache options"),
+        ));
+    }
     let mut data_path = None;
     let layer = match format {
         Format::Raw => Layer::Raw(Raw::open(storage)?),
@@ -497,6 +507,10 @@ fn open_layer(
                 passphrase: options.passphrase.clone(),
                 data_file,
                 l2_cache_bytes: options.l2_cache_bytes,
+                caches: match top {
+                    true => options.qcow2_caches.clone(),
+                    false => Default::default(),
+                },
                 snapshot: if top { options.snapshot.clone() } else { None },
                 io: !options.metadata_only,
                 writable: top && options.writable,

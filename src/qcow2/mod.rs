@@ -23,5 +23,5 @@ mod zeros;
 
 pub use header::Header;
 pub use layer::Qcow2;
-pub use open::{Qcow2Options, SnapshotRef};
+pub use open::{CacheSizes, Qcow2Options, SnapshotRef};
 pub use snapshot::Snapshot;

@@ -25,6 +25,59 @@ pub enum SnapshotRef {
     IdOrName(String),
 }
 
+/// QEMU's qcow2 cache options (`cache-size`, `l2-cache-size`, `refcount-cache-size`,
+/// `l2-cache-entry-size`): they tune memory, never what is read, and are checked as
+/// QEMU checks them when the image opens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheSizes {
+    /// Bytes for the L2 and refcount caches together.
+    pub cache_size: Option<u64>,
+    /// Bytes of L2 tables.
+    pub l2_cache_size: Option<u64>,
+    /// Bytes of refcount blocks.
+    pub refcount_cache_size: Option<u64>,
+    /// The unit the L2 cache loads (a power of two from 512 to the cluster size).
+    pub l2_cache_entry_size: Option<u64>,
+}
+
+impl CacheSizes {
+    /// The L2 cache bytes these sizes give an image of `cluster_size` (None: they
+    /// leave the default), or QEMU's refusal.
+    pub fn l2_bytes(&self, cluster_size: u64) -> Result<Option<u64>> {
+        let bad = |message: String| Err(Error::new(ErrorKind::BadArgument, message));
+        let (all, l2, refcount) = (
+            self.cache_size,
+            self.l2_cache_size,
+            self.refcount_cache_size,
+        );
+        if let (Some(_), Some(_), Some(_)) = (all, l2, refcount) {
+            return bad(
+                "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time"
+                    .into(),
+            );
+        }
+        if let (Some(all), Some(l2)) = (all, l2) {
+            if l2 > all {
+                return bad("l2-cache-size may not exceed cache-size".into());
+            }
+        }
+        if let (Some(all), Some(refcount)) = (all, refcount) {
+            if refcount > all {
+                return bad("refcount-cache-size may not exceed cache-size".into());
+            }
+        }
+        if let Some(entry) = self.l2_cache_entry_size {
+            if !entry.is_power_of_two() || !(512..=cluster_size).contains(&entry) {
+                return bad(format!(
+                    "L2 cache entry size must be a power of two between 512 and the cluster size ({cluster_size})"
+                ));
+            }
+        }
+        Ok(l2.or(all.map(|all| all - refcount.unwrap_or(0).min(all))))
+    }
+}
+
 /// What opening a qcow2 layer needs besides its file.
 #[derive(Clone, Debug)]
 pub struct Qcow2Options {
@@ -35,6 +88,8 @@ pub struct Qcow2Options {
     pub data_file: Option<Arc<dyn Storage>>,
     /// Bytes of L2 tables to keep in memory.
     pub l2_cache_bytes: u64,
+    /// QEMU's cache options, checked at open; a size given replaces `l2_cache_bytes`.
+    pub caches: CacheSizes,
     /// Read a snapshot instead of the active state.
     pub snapshot: Option<SnapshotRef>,
     /// False to open for metadata only (info): no key or data file is needed.
@@ -55,6 +110,7 @@ impl Default for Qcow2Options {
             passphrase: None,
             data_file: None,
             l2_cache_bytes: 4 << 20,
+            caches: CacheSizes::default(),
             snapshot: None,
             io: true,
             writable: false,
@@ -131,7 +187,8 @@ impl Qcow2 {
             }
             _ => None,
         };
-        let tables = (options.l2_cache_bytes / cluster_size).max(2) as usize;
+        let l2_bytes = options.caches.l2_bytes(cluster_size)?;
+        let tables = (l2_bytes.unwrap_or(options.l2_cache_bytes) / cluster_size).max(2) as usize;
         Ok(Qcow2 {
             storage,
             data_file: if has_data_file {

@@ -67,6 +67,8 @@ struct OpenChoices {
     /// The protocol driver named (`driver=file`, `host_device`, `host_cdrom`), whose
     /// kind of file is checked as QEMU checks it.
     protocol: Option<String>,
+    /// qcow2 cache options given to `open -o`.
+    caches: cowimg::CacheSizes,
 }
 
 /// The modes qemu-io checks by name, checked as it does (its words); returns whether
@@ -664,6 +666,9 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Res
         check_protocol(protocol, &path, choices.read_only)?;
     }
     options.locking = !choices.unlocked;
+    if choices.caches != cowimg::CacheSizes::default() {
+        options.qcow2_caches = choices.caches.clone();
+    }
     let image = if choices.snapshot && !choices.read_only {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -768,6 +773,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     let mut source = source.clone();
     source.force_share |= flags.has('U');
     let (mut protocol, mut unlocked) = (None, false);
+    let mut caches = cowimg::CacheSizes::default();
     for value in flags.values('o') {
         for (key, value) in crate::source::parse_options(value) {
             match key.as_str() {
@@ -780,6 +786,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
                 "filename" | "file.filename" => path = Some(value),
                 "file.driver" if PROTOCOLS.contains(&value.as_str()) => protocol = Some(value),
                 "locking" | "file.locking" => unlocked = locking_off(&value)?,
+                key if crate::source::cache_option(&mut caches, key, &value)? => {}
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,
@@ -796,6 +803,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         discard_ignored: check_modes(flags.value('t'), None, flags.value('d'))?,
         unlocked,
         protocol,
+        caches,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -833,6 +841,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         discard_ignored,
         unlocked: false,
         protocol: None,
+        caches: Default::default(),
     };
     let mut image = match &args.filename {
         Some(name) => Some(open_image(&args.source, name, true, &choices)?),

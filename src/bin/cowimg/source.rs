@@ -3,7 +3,7 @@
 //! passphrase never has to appear on the command line.
 
 use cowimg::create::create_file;
-use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, OpenOptions};
+use cowimg::{Backing, CacheSizes, CreateOptions, Error, ErrorKind, Format, Image, OpenOptions};
 use cowimg::{Secret, SnapshotRef};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -223,6 +223,7 @@ impl SourceArgs {
                     "backing.file.filename" | "backing.file" => backing_file = Some(value),
                     "backing.file.driver" if value == "file" => {}
                     "backing.encrypt.key-secret" => backing_key = Some(value),
+                    key if cache_option(&mut options.qcow2_caches, key, &value)? => {}
                     "encrypt.format" => {}
                     "data-file" | "data-file.filename" => {
                         options.data_file = Some(PathBuf::from(value))
@@ -268,6 +269,34 @@ impl SourceArgs {
         };
         Ok((path, options))
     }
+}
+
+/// Takes one of QEMU's qcow2 cache options (`cache-size`, `l2-cache-size`,
+/// `refcount-cache-size`, `l2-cache-entry-size`, `cache-clean-interval`) into
+/// `caches`; false when `key` is none of them. The sizes are checked when the image
+/// opens, against its cluster size, as QEMU checks them.
+pub fn cache_option(caches: &mut CacheSizes, key: &str, value: &str) -> Result<bool, Error> {
+    let size = || {
+        crate::create::parse_size(value).map_err(|_| {
+            bad(format!(
+                "Parameter '{key}' expects a non-negative number below 2^64"
+            ))
+        })
+    };
+    match key {
+        "cache-size" => caches.cache_size = Some(size()?),
+        "l2-cache-size" => caches.l2_cache_size = Some(size()?),
+        "refcount-cache-size" => caches.refcount_cache_size = Some(size()?),
+        "l2-cache-entry-size" => caches.l2_cache_entry_size = Some(size()?),
+        // How often unused cache entries are dropped: memory, nothing read.
+        "cache-clean-interval" => {
+            value
+                .parse::<u64>()
+                .map_err(|_| bad("Parameter 'cache-clean-interval' expects an unsigned integer"))?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A file name as QEMU shows one given after `file:`: a relative name whose first
