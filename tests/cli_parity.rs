@@ -1880,3 +1880,81 @@ fn qcow2_cache_options_are_checked_as_qemu_io_checks_them() {
         assert_eq!(ours, session("qemu-io", &args, b""), "{args:?}");
     }
 }
+
+/// `commit -b` commits through every layer above the named base and keeps the image
+/// (as qemu-img's -b implies -d); a relative base is named relative to the image, and
+/// a qcow chain (no backing format recorded) commits without -F, as qemu-img's does.
+#[test]
+fn commit_through_layers_is_qemu_img_commit() {
+    let dir = Scratch::new("commit-layers");
+    installed_as(&dir, "qemu-img");
+    for (format, target) in [("qcow2", "t.base"), ("qcow2", "t.mid"), ("qcow", "t.base")] {
+        let sets = ["ours", "theirs"].map(|who| {
+            let sub = dir.path(who);
+            let _ = std::fs::remove_dir_all(&sub);
+            std::fs::create_dir(&sub).unwrap();
+            let p = |n: &str| sub.join(n).to_string_lossy().into_owned();
+            qemu_img(&["create", "-q", "-f", format, &p("t.base"), "4M"]);
+            for (name, below) in [("t.mid", "t.base"), ("t", "t.mid")] {
+                let path = p(name);
+                qemu_img(&[
+                    "create", "-q", "-f", format, "-b", below, "-F", format, &path, "4M",
+                ]);
+            }
+            for (name, byte, at) in [("t.base", 1, "0"), ("t.mid", 2, "1M"), ("t", 3, "2M")] {
+                let w = format!("write -P {byte} {at} 640k");
+                qemu_io(&["-f", format, "-c", &w, &p(name)]);
+            }
+            sub
+        });
+        let run = |program: &str, sub: &std::path::Path, args: &[&str]| {
+            let out = Command::new(program)
+                .current_dir(sub)
+                .args(args)
+                .output()
+                .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).replace("qemu-img:", "cowimg:");
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let ours_said = run(
+            &dir.str("qemu-img"),
+            &sets[0],
+            &["commit", "-b", target, "t"],
+        );
+        let theirs_said = run("qemu-img", &sets[1], &["commit", "-b", target, "t"]);
+        assert_eq!(ours_said, theirs_said, "{format} -b {target}");
+        assert_eq!(ours_said.0, Some(0));
+        for name in ["t.base", "t.mid", "t"] {
+            // Which guest ranges each file holds (host offsets follow write order).
+            let held = |sub: &std::path::Path| {
+                let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+                for e in qemu_map(&sub.join(name), format) {
+                    let held = e.present && e.depth == 0;
+                    match runs.last_mut() {
+                        Some(last) if last.2 == held && last.0 + last.1 == e.start => {
+                            last.1 += e.length
+                        }
+                        _ => runs.push((e.start, e.length, held)),
+                    }
+                }
+                runs
+            };
+            assert_eq!(
+                held(&sets[0]),
+                held(&sets[1]),
+                "{format} -b {target}: {name}"
+            );
+            let files = sets
+                .each_ref()
+                .map(|s| s.join(name).to_string_lossy().into_owned());
+            let same = qemu_img(&["compare", "-f", format, "-F", format, &files[0], &files[1]]);
+            assert!(same.contains("identical"), "{format} {name}: {same}");
+        }
+        // Named from the folder above, relative to the working directory: not found.
+        let above = sets[0].parent().unwrap();
+        let args = ["commit", "-b", "ours/t.mid", "ours/t"];
+        let ours_said = run(&dir.str("qemu-img"), above, &args);
+        assert_eq!(ours_said, run("qemu-img", above, &args));
+        assert_eq!(ours_said.0, Some(1));
+    }
+}

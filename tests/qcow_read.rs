@@ -149,7 +149,7 @@ fn commit_of_a_qcow_image() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("commit -F FMT"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("commit -F raw"));
     cowimg(&["commit", "-f", "qcow", "-F", "raw", &p("ours.qcow")]);
     qemu_img(&["commit", "-f", "qcow", &p("twin.qcow")]);
     assert!(

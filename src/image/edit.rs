@@ -29,7 +29,8 @@ impl Image {
         let mut new_buf = vec![0u8; unit as usize];
         let mut offset = 0;
         while offset < size {
-            let (held, len) = self.top_status(offset, size - offset)?;
+            let status = self.block_status(offset, size - offset)?;
+            let (held, len) = (status.present, status.len);
             if held {
                 offset += len;
                 self.report(offset, size);
@@ -58,26 +59,45 @@ impl Image {
 
     /// Writes everything the top image holds into its backing file, then (unless
     /// `keep`) empties the top image so that it reads through to it (`commit`). A
-    /// backing file whose format was probed is written only when `backing_format` states it.
+    /// backing file that probed as raw is written only when `backing_format` states it.
     pub fn commit(&mut self, keep: bool, backing_format: Option<Format>) -> Result<()> {
+        self.commit_into(1, keep, backing_format)
+    }
+
+    /// `commit -b`: what the layers above the chain's layer `depth` hold (1: the backing
+    /// file, 2: its backing file…), written into that layer. Through several layers
+    /// the image is kept as it is (as qemu-img's `-b` implies `-d`): the layers in
+    /// between no longer read as they did, and the top image still does.
+    pub fn commit_into(
+        &mut self,
+        depth: usize,
+        keep: bool,
+        backing_format: Option<Format>,
+    ) -> Result<()> {
         self.whole_disk("commit")?;
-        let Some(below) = self.chain.get(1) else {
+        let keep = keep || depth > 1;
+        let Some(below) = self.chain.get(depth).filter(|_| depth > 0) else {
             return Err(Error::new(
                 ErrorKind::BadArgument,
-                "Image does not have a backing file",
+                match depth {
+                    1 => "Image does not have a backing file".to_string(),
+                    _ => format!("the backing chain has no layer {depth}"),
+                },
             ));
         };
-        if below.probed && backing_format.is_none() {
+        // A header that names its format is trusted, as QEMU trusts it; a file that
+        // merely probed as raw could be anything, and is written only when stated.
+        if below.probed && below.layer.format() == Format::Raw && backing_format.is_none() {
             return Err(Error::new(
                 ErrorKind::BadArgument,
-                "the backing file's format was probed, not stated, and a probed format is never trusted for writing: state it (commit -F FMT)",
+                "the backing file probed as raw, which is never trusted for writing: state its format (commit -F raw)",
             ));
         }
         let base_path = below.path.clone();
         let base_format = backing_format.unwrap_or(below.layer.format());
         // The chain below holds read locks that keep writers out, this one too: it is
         // closed while the base is written, and opened again after.
-        drop(self.chain.split_off(1));
+        drop(self.chain.split_off(depth));
         let written = self.copy_into_base(&base_path, base_format);
         let reopened = Image::open(
             &base_path,
@@ -111,9 +131,10 @@ impl Image {
         Ok(())
     }
 
-    /// The copying half of `commit`: every range the top image holds, written into the
-    /// base image at `path` opened for writing (its own backing chain below it, so that
-    /// a part-written cluster of the base keeps what the base's backing file gives).
+    /// The copying half of `commit`: every range a layer of the chain holds (the chain
+    /// ends above the base now), written into the base image at `path` opened for
+    /// writing (its own backing chain below it, so that a part-written cluster of the
+    /// base keeps what the base's backing file gives).
     fn copy_into_base(&self, path: &Path, format: Format) -> Result<()> {
         let options = OpenOptions {
             format: Some(format),
@@ -132,7 +153,8 @@ impl Image {
         let mut buf = vec![0u8; unit as usize];
         let mut offset = 0;
         while offset < size {
-            let (held, len) = self.top_status(offset, size - offset)?;
+            let status = self.block_status(offset, size - offset)?;
+            let (held, len) = (status.present, status.len);
             if held {
                 let mut at = offset;
                 while at < offset + len {

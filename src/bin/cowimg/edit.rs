@@ -89,8 +89,8 @@ pub struct CommitArgs {
     /// The backing file's format, when the image does not record it (qcow, cow).
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
-    /// The image to commit into: the backing file (committing through several layers
-    /// at once is not supported yet).
+    /// The image to commit into, anywhere in the backing chain (default: the backing
+    /// file); committing through several layers keeps the image as it is (-d).
     #[arg(short = 'b', value_name = "BASE")]
     base: Option<String>,
     #[command(flatten)]
@@ -106,20 +106,14 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
         .as_deref()
         .map(format_named)
         .transpose()?;
+    let mut depth = 1;
     if let Some(base) = &args.base {
-        // Found by file identity among the chain's files, as QEMU looks it up.
+        // Found by file identity among the chain's files, as QEMU looks it up: a
+        // relative name is relative to the image, as backing file names are.
         let wanted = cowimg::image::resolve_backing(Path::new(&args.filename), base);
-        let same = |p: &Path| {
-            cowimg::create::same_file(p, &wanted) || cowimg::create::same_file(p, Path::new(base))
-        };
+        let same = |p: &Path| cowimg::create::same_file(p, &wanted);
         match image.chain().iter().skip(1).position(|e| same(&e.path)) {
-            Some(0) => {}
-            Some(_) => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "committing into a base below the backing file (-b) is not supported",
-                ))
-            }
+            Some(below) => depth = below + 1,
             None => {
                 return Err(Error::new(
                     ErrorKind::BadArgument,
@@ -132,7 +126,8 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
         }
     }
     let bar = watch(&mut image, args.progress.bar());
-    image.commit(args.keep, format)?;
+    // qemu-img's -b implies -d, even naming the backing file itself.
+    image.commit_into(depth, args.keep || args.base.is_some(), format)?;
     bar.finish();
     if !args.progress.quiet {
         crate::print_out("Image committed.\n");

@@ -3,7 +3,7 @@
 
 use crate::create::parse_size;
 use crate::source::SourceArgs;
-use cowimg::{Error, ErrorKind, Format, Image};
+use cowimg::{Error, ErrorKind, Image};
 use std::fmt::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -681,15 +681,15 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Res
         let _ = std::fs::remove_file(&overlay);
         image?
     } else {
-        // Writing needs a stated format or a probed qcow2; anything else is only read.
-        if !choices.read_only && options.format.is_none() && crate::source::probed_qcow2(&path)? {
-            options.format = Some(Format::Qcow2);
+        // Writing needs a stated format or one whose header names it; raw is only read.
+        if !choices.read_only && options.format.is_none() {
+            options.format = crate::source::probed_self_describing(&path)?;
         }
         options.writable = !choices.read_only && options.format.is_some();
         if !choices.read_only && !options.writable {
             eprintln!(
-                "WARNING: Image format was not specified for '{filename}' and probing did not find \
-                 qcow2: it is opened read-only. Specify the format with -f to write."
+                "WARNING: Image format was not specified for '{filename}' and probing guessed raw: \
+                 it is opened read-only. Specify the 'raw' format explicitly to write."
             );
         }
         Image::open(&path, &options)?

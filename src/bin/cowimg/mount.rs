@@ -323,13 +323,17 @@ fn build(args: &Args) -> Result<DiskFs, Error> {
         crate::source::new_overlay(overlay, &path, options.format, &options)?
     } else if args.writable {
         drop(base);
-        if options.format.is_none() && !crate::source::probed_qcow2(&path)? {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "the image's format was probed: state it with -f to mount it writable",
-            ));
+        let mut options = options.clone().writable(true);
+        if options.format.is_none() {
+            let probed = crate::source::probed_self_describing(&path)?;
+            options.format = Some(probed.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    "the image probed as raw: state its format with -f to mount it writable",
+                )
+            })?);
         }
-        Image::open(&path, &options.clone().writable(true))?
+        Image::open(&path, &options)?
     } else {
         base
     };

@@ -168,10 +168,11 @@ fn exports(args: &Args) -> Result<Vec<Export>, Error> {
             .allocation_depth(args.allocation_depth)]);
     }
     options.writable = !read_only;
-    if !read_only && options.format.is_none() && !crate::source::probed_qcow2(&path)? {
-        return Err(bad(
-            "the image's format was probed: state it with -f to serve it writable",
-        ));
+    if !read_only && options.format.is_none() {
+        let probed = crate::source::probed_self_describing(&path)?;
+        options.format = Some(probed.ok_or_else(|| {
+            bad("the image probed as raw: state its format with -f to serve it writable")
+        })?);
     }
     let mut image = Image::open(&path, &options)?;
     crate::print_warnings(&image);

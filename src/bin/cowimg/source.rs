@@ -169,15 +169,13 @@ impl SourceArgs {
         secrets_of(&self.objects)
     }
 
-    /// Opens the image for writing. A qcow2 header identifies itself; anything else must
-    /// be named with -f, since a probed format is never trusted for writing.
+    /// Opens the image for writing. A header that names its format is trusted, as QEMU
+    /// trusts it; a raw file must be named with -f.
     pub fn open_writable(&self, filename: &str, backing: Backing) -> Result<Image, Error> {
         let (path, mut options) = self.resolve(filename)?;
         if options.format.is_none() {
-            if !probed_qcow2(&path)? {
-                return Err(bad("give the image format with -f"));
-            }
-            options.format = Some(Format::Qcow2);
+            let probed = probed_self_describing(&path)?;
+            options.format = Some(probed.ok_or_else(|| bad("give the image format with -f"))?);
         }
         options.writable = true;
         options.backing = backing;
@@ -387,12 +385,13 @@ fn snapshot_ref(spec: &str) -> Result<SnapshotRef, Error> {
     }
 }
 
-/// Whether the file at `path` probes as qcow2: the one format written without `-f`,
-/// as QEMU does (a probed raw, qcow or cow file is only read).
-pub fn probed_qcow2(path: &Path) -> Result<bool, Error> {
+/// The format the file at `path` probes as, when its header names it (every format
+/// but raw): such a format is written without `-f`, as QEMU writes it; a file that
+/// probes as raw is only read unless `-f raw` says so.
+pub fn probed_self_describing(path: &Path) -> Result<Option<Format>, Error> {
     let storage = cowimg::image::open_file(path, false, true)?;
     let format = cowimg::probe(&storage).map_err(|e| Error::io("probing", e))?;
-    Ok(format == Format::Qcow2)
+    Ok((format != Format::Raw).then_some(format))
 }
 
 /// A new qcow2 file at `overlay` whose backing file is `base` (its format stated or
