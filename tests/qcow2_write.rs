@@ -290,20 +290,23 @@ fn long_runs_with_small_refcount_blocks() {
     }
 }
 
-/// As qemu-io: a probed qcow2 is written; any other probed format is only read, and the
-/// user is told how to write it.
+/// As qemu-io: an image whose header names its format (qcow2, qcow) is written without
+/// -f; a file that probes as raw is only read, and the user is told how to write it.
 #[test]
-fn io_writes_a_probed_qcow2_and_only_reads_other_probed_formats() {
+fn io_writes_self_describing_probed_formats_and_only_reads_probed_raw() {
     let dir = Scratch::new("probed");
-    let (img, raw) = (dir.str("p.qcow2"), dir.str("p.raw"));
-    qemu_img(&["create", "-q", "-f", "qcow2", &img, "1M"]);
-    cowimg(&["io", "-c", "write -P 5 0 4k", &img]);
-    let read = qemu_io(&["-f", "qcow2", "-c", "read -P 5 0 4k", &img]);
-    assert!(!read.contains("verification failed"), "{read}");
+    let raw = dir.str("p.raw");
+    for (format, name) in [("qcow2", "p.qcow2"), ("qcow", "p.qcow")] {
+        let img = dir.str(name);
+        qemu_img(&["create", "-q", "-f", format, &img, "1M"]);
+        cowimg(&["io", "-c", "write -P 5 0 4k", &img]);
+        let read = qemu_io(&["-f", format, "-c", "read -P 5 0 4k", &img]);
+        assert!(!read.contains("verification failed"), "{read}");
+    }
     std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
     let (code, stderr) = cowimg_io(&["-c", "write -P 5 0 4k", &raw]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("Specify the format with -f"), "{stderr}");
+    assert!(stderr.contains("probing guessed raw"), "{stderr}");
     assert!(std::fs::read(&raw).unwrap().iter().all(|&b| b == 0));
 }
 
