@@ -104,7 +104,11 @@ fn read_padded(image: &Image, buf: &mut Vec<u8>, at: u64, len: u64) -> Result<()
     buf.clear();
     buf.resize(len as usize, 0);
     let inside = image.size().saturating_sub(at).min(len) as usize;
-    image.read_at(&mut buf[..inside], at)
+    match inside {
+        // Wholly past the end (of the smaller image): zeros, nothing to read.
+        0 => Ok(()),
+        _ => image.read_at(&mut buf[..inside], at),
+    }
 }
 
 /// The first offset where `a` and `b` (of one size) answer block status differently,

@@ -1958,3 +1958,29 @@ fn commit_through_layers_is_qemu_img_commit() {
         assert_eq!(ours_said.0, Some(1));
     }
 }
+
+/// `compare` of images of different sizes reads the larger one's tail against zeros,
+/// however far past the smaller one's end, as qemu-img compare does.
+#[test]
+fn compare_reads_a_longer_tail_against_zeros_as_qemu_img() {
+    let dir = Scratch::new("compare-tail");
+    let (small, large) = (dir.str("small.raw"), dir.str("large.raw"));
+    qemu_img(&["create", "-q", "-f", "raw", &small, "4M"]);
+    qemu_img(&["create", "-q", "-f", "raw", &large, "12M"]);
+    for (write, expect) in [
+        ("write -P 0 4M 8M", Some(0)),
+        ("write -P 7 10M 4k", Some(1)),
+    ] {
+        qemu_io(&["-f", "raw", "-c", write, &large]);
+        for args in [
+            vec!["compare", small.as_str(), large.as_str()],
+            vec!["compare", "-s", small.as_str(), large.as_str()],
+        ] {
+            let (ours, theirs) = both(&args);
+            assert_eq!(ours, theirs, "{write}: {args:?}");
+            if !args.contains(&"-s") {
+                assert_eq!(ours.code, expect, "{write}: {ours:?}");
+            }
+        }
+    }
+}
