@@ -1984,3 +1984,69 @@ fn compare_reads_a_longer_tail_against_zeros_as_qemu_img() {
         }
     }
 }
+
+/// `amend --force` does what qemu-img does only when forced: overwrite an active LUKS
+/// key slot, erase the last one (an inactive slot erased again is no error); without
+/// it the same requests are refused in qemu-img's words.
+#[test]
+fn amend_force_overwrites_and_erases_key_slots_as_qemu_img() {
+    let dir = Scratch::new("amend-force");
+    installed_as(&dir, "qemu-img");
+    let secrets = [
+        "--object",
+        "secret,id=s0,data=zero",
+        "--object",
+        "secret,id=s1,data=one",
+    ];
+    let steps: [(&str, bool); 6] = [
+        ("state=active,new-secret=s1,keyslot=0,iter-time=10", false),
+        ("state=active,new-secret=s1,keyslot=0,iter-time=10", true),
+        ("state=inactive,keyslot=0", false),
+        ("state=inactive,old-secret=s1", false),
+        ("state=inactive,keyslot=1", true),
+        ("state=inactive,keyslot=0", true),
+    ];
+    let images = ["ours", "theirs"].map(|who| {
+        let image = dir.str(&format!("{who}.luks"));
+        let mut args = vec!["create", "-q", "-f", "luks"];
+        args.extend(secrets);
+        args.extend(["-o", "key-secret=s0,iter-time=10", &image, "1M"]);
+        qemu_img(&args);
+        image
+    });
+    for (options, force) in steps {
+        let said = |program: &str, image: &str| {
+            let mut args = vec!["amend".to_string()];
+            args.extend(secrets.map(String::from));
+            let spec = format!("driver=luks,file.filename={image},key-secret=s1");
+            let spec = if options.contains("new-secret") {
+                spec.replace("s1", "s0")
+            } else {
+                spec
+            };
+            args.extend(["--image-opts".into(), "-o".into(), options.into(), spec]);
+            if force {
+                args.push("--force".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            session(program, &args, b"")
+        };
+        let ours = said(&dir.str("qemu-img"), &images[0]);
+        let theirs = said("qemu-img", &images[1]);
+        assert_eq!(ours, theirs, "{options} force={force}");
+    }
+    // Every slot erased: neither passphrase opens either image.
+    for image in &images {
+        for key in ["s0", "s1"] {
+            let spec = format!("driver=luks,file.filename={image},key-secret={key}");
+            let mut args = secrets.to_vec();
+            args.extend(["--image-opts", "-c", "read 0 512", &spec]);
+            let (code, _, err) = session("qemu-io", &args, b"");
+            assert_eq!(code, Some(1), "{image} {key}");
+            assert!(
+                err.iter().any(|l| l.contains("Invalid password")),
+                "{err:?}"
+            );
+        }
+    }
+}

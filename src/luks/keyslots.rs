@@ -444,7 +444,7 @@ impl LuksVolume {
                     .position(|s| s.active != SLOT_ACTIVE)
                     .ok_or_else(|| bad("Can't add a keyslot - all keyslots are in use".into()))?,
             };
-            if self.slots[index].active == SLOT_ACTIVE {
+            if self.slots[index].active == SLOT_ACTIVE && !change.force {
                 return Err(bad(format!(
                     "Refusing to overwrite active keyslot {index} - please erase it first"
                 )));
@@ -476,10 +476,10 @@ impl LuksVolume {
                         )));
                     }
                 }
-                if self.slots[i].active != SLOT_ACTIVE {
+                if self.slots[i].active != SLOT_ACTIVE && !change.force {
                     return Err(bad(format!("Given keyslot {i} is already erased (inactive) ")));
                 }
-                if self.active_slots() == 1 {
+                if self.active_slots() == 1 && !change.force {
                     return Err(bad(format!(
                         "Attempt to erase the only active keyslot {i} which will erase all the data in the image irreversibly - refusing operation"
                     )));
@@ -498,7 +498,7 @@ impl LuksVolume {
                         "No keyslots match given (old) password for erase operation".into(),
                     ));
                 }
-                if matching.len() == self.active_slots() {
+                if matching.len() == self.active_slots() && !change.force {
                     return Err(bad("All the active keyslots match the (old) password that was given and erasing them will erase all the data in the image irreversibly - refusing operation".into()));
                 }
                 matching
@@ -528,4 +528,7 @@ pub struct KeySlotChange {
     pub keyslot: Option<usize>,
     /// Milliseconds the new slot's key derivation should take.
     pub iter_time_ms: Option<u64>,
+    /// What qemu-img amend allows only with `--force`: overwriting an active slot, and
+    /// erasing the last active slots (the data is then lost for good).
+    pub force: bool,
 }

@@ -151,6 +151,10 @@ pub struct AmendArgs {
     /// Show progress (an amend here is one step).
     #[arg(short = 'p')]
     progress: bool,
+    /// Allow what cannot be undone: overwriting an active LUKS key slot, erasing the
+    /// last ones.
+    #[arg(long = "force")]
+    force: bool,
     /// The image file.
     filename: String,
 }
@@ -163,12 +167,10 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
     let mut state_given = false;
     let secrets = args.source.secrets()?;
     let secret = |id: &str| {
-        secrets.get(id).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::BadArgument,
-                format!("No secret with id '{id}' found"),
-            )
-        })
+        secrets
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorKind::BadArgument, format!("No secret with id '{id}'")))
     };
     for text in &args.options {
         for (key, value) in parse_options(text) {
@@ -179,6 +181,7 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             );
             if is_luks {
                 let change = slots.get_or_insert_with(KeySlotChange::default);
+                change.force = args.force;
                 match luks_key {
                     "state" => {
                         state_given = true;
