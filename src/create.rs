@@ -87,9 +87,12 @@ fn create_files(
                 .transpose()?;
             create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
         }
-        Format::Raw => storage
-            .set_len(opts.size)
-            .map_err(|e| Error::io("sizing the image", e)),
+        Format::Raw => {
+            storage
+                .set_len(opts.size)
+                .map_err(|e| Error::io("sizing the image", e))?;
+            preallocate_raw(&storage, opts.size, opts.preallocation)
+        }
         Format::Cow => {
             let backing = cow_backing;
             let backing_path = crate::image::resolve_backing(path, backing);
@@ -148,6 +151,26 @@ fn create_files(
                     }
                 },
             )
+        }
+    }
+}
+
+/// Allocates a new raw file's `size` bytes as `mode` asks: `falloc` reserves the
+/// blocks (they read as zeros), `full` writes the zeros; `metadata` has no meaning
+/// for raw and is refused in QEMU's words.
+fn preallocate_raw(storage: &dyn Storage, size: u64, mode: Preallocation) -> Result<()> {
+    let failed = |e| Error::io("preallocating the image", e);
+    match mode {
+        Preallocation::Off => Ok(()),
+        Preallocation::Metadata => Err(Error::new(
+            ErrorKind::BadArgument,
+            "Unsupported preallocation mode: metadata",
+        )),
+        Preallocation::Falloc if storage.zero_range(0, size).map_err(failed)? => Ok(()),
+        Preallocation::Falloc | Preallocation::Full => {
+            crate::image::write_zero_buffers(0, size, |at, zeros| {
+                storage.write_at(zeros, at).map_err(failed)
+            })
         }
     }
 }

@@ -2050,3 +2050,82 @@ fn amend_force_overwrites_and_erases_key_slots_as_qemu_img() {
         }
     }
 }
+
+/// `resize` refuses a shrink without --shrink and preallocation without growth in
+/// qemu-img's words and order; `create -f raw -o preallocation=falloc|full` allocates
+/// the file as qemu-img does (metadata is refused).
+#[test]
+fn resize_refusals_and_raw_preallocation_are_qemu_imgs() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("resize-prealloc");
+    installed_as(&dir, "qemu-img");
+    for (format, name) in [("raw", "r"), ("qcow2", "q")] {
+        for args in [
+            vec!["512k"],
+            vec!["--preallocation=falloc", "512k"],
+            vec!["--preallocation=falloc", "1M"],
+            vec!["--shrink", "--preallocation=full", "256k"],
+            vec!["--shrink", "512k"],
+        ] {
+            let images = ["ours", "theirs"].map(|who| {
+                let image = dir.str(&format!("{name}-{who}"));
+                qemu_img(&["create", "-q", "-f", format, &image, "1M"]);
+                image
+            });
+            let said = |program: &str, image: &str| {
+                let mut all = vec!["resize", "-f", format];
+                all.extend(&args);
+                all.insert(all.len() - 1, image);
+                session(program, &all, b"")
+            };
+            let ours = said(&dir.str("qemu-img"), &images[0]);
+            assert_eq!(ours, said("qemu-img", &images[1]), "{format} {args:?}");
+            let size = |p: &str| {
+                qemu_img(&["info", "--output=json", p])
+                    .lines()
+                    .find(|l| l.contains("virtual-size"))
+                    .map(String::from)
+            };
+            assert_eq!(size(&images[0]), size(&images[1]), "{format} {args:?}");
+        }
+    }
+    for mode in ["falloc", "full", "metadata"] {
+        let images = ["ours", "theirs"].map(|who| dir.str(&format!("p-{mode}-{who}.raw")));
+        let o = format!("preallocation={mode}");
+        let args = |image: &str| {
+            vec![
+                "create".to_string(),
+                "-f".into(),
+                "raw".into(),
+                "-o".into(),
+                o.clone(),
+                image.to_string(),
+                "1M".into(),
+            ]
+        };
+        let run = |program: &str, image: &str| {
+            let args = args(image);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = session(program, &args, b"");
+            (
+                code,
+                out.join("\n").replace(image, "IMAGE"),
+                err.join("\n").replace(image, "IMAGE"),
+            )
+        };
+        assert_eq!(
+            run(&dir.str("qemu-img"), &images[0]),
+            run("qemu-img", &images[1]),
+            "{mode}"
+        );
+        if mode != "metadata" {
+            let blocks = |p: &str| std::fs::metadata(p).unwrap().blocks() * 512;
+            assert!(
+                blocks(&images[0]) >= 1 << 20,
+                "{mode}: {}",
+                blocks(&images[0])
+            );
+            assert!(blocks(&images[1]) >= 1 << 20, "{mode}");
+        }
+    }
+}

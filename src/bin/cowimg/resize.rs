@@ -40,15 +40,21 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         _ => Some(n),
     }
     .ok_or_else(|| Error::new(ErrorKind::BadArgument, "Invalid image size specified"))?;
-    if new_size < current {
-        if !args.shrink {
-            return Err(Error::new(
-                ErrorKind::BadArgument,
-                "Use the --shrink option to perform a shrink operation.",
-            ));
-        }
-        complain!("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
-        );
+    if new_size <= current
+        && args
+            .preallocation
+            .as_deref()
+            .is_some_and(|mode| mode != "off")
+    {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Preallocation can only be used for growing images",
+        ));
+    }
+    if new_size < current && !args.shrink {
+        complain!("Use the --shrink option to perform a shrink operation.");
+        complain!("warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
+        return Ok(ExitCode::FAILURE);
     }
     let prealloc = match args.preallocation.as_deref() {
         None | Some("off") => false,
