@@ -222,6 +222,7 @@ fn to_raw(
     let size = source.size();
     out.set_len(size)
         .map_err(|e| Error::io("sizing the output", e))?;
+    crate::raw::allocate_first_block(&out, size)?;
 
     // Plan from metadata alone: the pieces that are not known zeros.
     let mut pieces = Vec::new();

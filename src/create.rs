@@ -88,10 +88,12 @@ fn create_files(
             create(&storage, data.as_ref().map(|d| d as &dyn Storage), opts)
         }
         Format::Raw => {
+            // Whole 512-byte sectors, as QEMU's file driver creates it.
+            let size = opts.size.next_multiple_of(512);
             storage
-                .set_len(opts.size)
+                .set_len(size)
                 .map_err(|e| Error::io("sizing the image", e))?;
-            preallocate_raw(&storage, opts.size, opts.preallocation)
+            preallocate_raw(&storage, size, opts.preallocation)
         }
         Format::Cow => {
             let backing = cow_backing;
@@ -161,7 +163,7 @@ fn create_files(
 fn preallocate_raw(storage: &dyn Storage, size: u64, mode: Preallocation) -> Result<()> {
     let failed = |e| Error::io("preallocating the image", e);
     match mode {
-        Preallocation::Off => Ok(()),
+        Preallocation::Off => crate::raw::allocate_first_block(storage, size),
         Preallocation::Metadata => Err(Error::new(
             ErrorKind::BadArgument,
             "Unsupported preallocation mode: metadata",

@@ -70,12 +70,28 @@ impl Raw {
         crate::image::write_zero_buffers(guest, len, |at, zeros| self.write_at(at, zeros))
     }
 
+    /// Discards a range: a hole punched where the file system can (it reads as zeros
+    /// and takes no space, as QEMU's discard leaves it), zeros written elsewhere.
+    pub fn discard(&mut self, guest: u64, len: u64) -> Result<()> {
+        self.forget_runs();
+        let punched = (self.storage)
+            .punch_hole(guest, len)
+            .map_err(|e| Error::io("discarding", e))?;
+        match punched {
+            true => Ok(()),
+            false => self.write_zeroes(guest, len),
+        }
+    }
+
     /// Sets the file's length.
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
         self.forget_runs();
         self.storage
             .set_len(new_size)
             .map_err(|e| Error::io("resizing the image", e))?;
+        if self.file_len == 0 {
+            allocate_first_block(self.storage.as_ref(), new_size)?;
+        }
         self.size = new_size.next_multiple_of(512);
         self.file_len = new_size;
         Ok(())
@@ -116,4 +132,18 @@ impl ReadLayer for Raw {
             .map_err(|e| Error::io(format!("reading at {host:#x}"), e))?;
         Ok(())
     }
+}
+
+/// Writes zeros over the first block of a raw file just sized from empty to `size`
+/// bytes (512 bytes of a file under 4 KiB, else 4 KiB), as QEMU's file driver does so
+/// that the block size can be probed later: `map` then shows that block as data,
+/// as it shows it for a file qemu-img made.
+pub(crate) fn allocate_first_block(storage: &dyn Storage, size: u64) -> Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    let block = if size < 4096 { 512 } else { 4096 };
+    storage
+        .write_at(&[0u8; 4096][..block], 0)
+        .map_err(|e| Error::io("allocating the first block", e))
 }

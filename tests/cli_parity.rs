@@ -2129,3 +2129,41 @@ fn resize_refusals_and_raw_preallocation_are_qemu_imgs() {
         }
     }
 }
+
+/// A raw file is created as QEMU's file driver creates it (whole sectors, the first
+/// block written so that its block size can be probed), converted to raw likewise, and
+/// a discard punches a hole: `map` shows the same for files made by either tool.
+#[test]
+fn raw_files_are_made_and_discarded_as_qemu_makes_them() {
+    let dir = Scratch::new("raw-files");
+    for name in ["qemu-img", "qemu-io"] {
+        installed_as(&dir, name);
+    }
+    let source = dir.str("source.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &source, "1M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 3 512k 64k", &source]);
+    let tool = |who: usize, name: &str| match who {
+        0 => dir.str(name),
+        _ => name.to_string(),
+    };
+    let mut maps = [Vec::new(), Vec::new()];
+    for (who, map) in maps.iter_mut().enumerate() {
+        let (img, io) = (tool(who, "qemu-img"), tool(who, "qemu-io"));
+        for size in ["65537", "1048575", "1000"] {
+            let file = dir.str(&format!("r{who}-{size}.raw"));
+            run_ok(None, &img, &["create", "-q", "-f", "raw", &file, size]);
+            map.push(qemu_img(&["map", "--output=json", "-f", "raw", &file]));
+            map.push(std::fs::metadata(&file).unwrap().len().to_string());
+            run_ok(
+                None,
+                &io,
+                &["-f", "raw", "-c", &format!("discard 0 {size}"), &file],
+            );
+            map.push(qemu_img(&["map", "--output=json", "-f", "raw", &file]));
+        }
+        let converted = dir.str(&format!("c{who}.raw"));
+        run_ok(None, &img, &["convert", "-O", "raw", &source, &converted]);
+        map.push(qemu_img(&["map", "--output=json", "-f", "raw", &converted]));
+    }
+    assert_eq!(maps[0], maps[1]);
+}

@@ -29,8 +29,7 @@ impl Image {
         let mut new_buf = vec![0u8; unit as usize];
         let mut offset = 0;
         while offset < size {
-            let status = self.block_status(offset, size - offset)?;
-            let (held, len) = (status.present, status.len);
+            let (held, len) = self.top_status(offset, size - offset)?;
             if held {
                 offset += len;
                 self.report(offset, size);

@@ -284,7 +284,7 @@ impl Image {
             // qcow cannot discard; QEMU ignores the request and so does cowimg. A LUKS
             // volume's sectors stay ciphertext of what they held.
             Layer::Qcow(_) | Layer::Cow(_) | Layer::Luks(_) => Ok(()),
-            Layer::Raw(r) => r.write_zeroes(offset, len),
+            Layer::Raw(r) => r.discard(offset, len),
         })
     }
 

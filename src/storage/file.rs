@@ -94,6 +94,26 @@ impl FileStorage {
         })
     }
 
+    /// fallocate with `mode` over `[offset, offset + len)`; false, having changed
+    /// nothing, where the file system or the file cannot.
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<bool> {
+        if !self.writable {
+            return Err(read_only());
+        }
+        let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate on a descriptor this value owns; no memory is passed.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, at, n) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::ENODEV) => Ok(false),
+            _ => Err(e),
+        }
+    }
+
     fn is_char_device(&self) -> bool {
         self.file
             .metadata()
@@ -143,23 +163,13 @@ impl Storage for FileStorage {
     /// fallocate(FALLOC_FL_ZERO_RANGE), as QEMU zeroes a new cluster before writing
     /// part of it; file systems without it (tmpfs) answer false.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
-        if !self.writable {
-            return Err(read_only());
-        }
-        let (Ok(at), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Ok(false);
-        };
-        // SAFETY: fallocate on a descriptor this value owns; no memory is passed.
-        let r =
-            unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, at, n) };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => Ok(false),
-            _ => Err(e),
-        }
+        self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
+    }
+
+    /// fallocate(FALLOC_FL_PUNCH_HOLE), as QEMU's file driver discards.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        self.fallocate(mode, offset, len)
     }
 
     /// Asks the file system with lseek(SEEK_DATA / SEEK_HOLE), as QEMU's file driver

@@ -86,6 +86,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         Ok(false)
     }
 
+    /// Deallocates `[offset, offset + len)` so that it reads as zeros, the length kept
+    /// (a raw image's discard, as QEMU's file driver punches holes). Returns false,
+    /// having changed nothing, when the storage cannot.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(false)
+    }
+
     /// Bytes the storage really takes (a sparse file's allocated blocks), when known.
     fn allocated_size(&self) -> io::Result<Option<u64>> {
         Ok(None)
@@ -168,6 +176,9 @@ macro_rules! forward {
             }
             fn zero_range(&self, offset: u64, len: u64) -> io::Result<bool> {
                 (**self).zero_range(offset, len)
+            }
+            fn punch_hole(&self, offset: u64, len: u64) -> io::Result<bool> {
+                (**self).punch_hole(offset, len)
             }
             fn allocated_size(&self) -> io::Result<Option<u64>> {
                 (**self).allocated_size()

@@ -787,6 +787,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
                 "file.driver" if PROTOCOLS.contains(&value.as_str()) => protocol = Some(value),
                 "locking" | "file.locking" => unlocked = locking_off(&value)?,
                 key if crate::source::cache_option(&mut caches, key, &value)? => {}
+                key if crate::source::cache_mode_option(key, &value)? => {}
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,

@@ -222,6 +222,7 @@ impl SourceArgs {
                     "backing.file.driver" if value == "file" => {}
                     "backing.encrypt.key-secret" => backing_key = Some(value),
                     key if cache_option(&mut options.qcow2_caches, key, &value)? => {}
+                    key if cache_mode_option(key, &value)? => {}
                     "encrypt.format" => {}
                     "data-file" | "data-file.filename" => {
                         options.data_file = Some(PathBuf::from(value))
@@ -266,6 +267,20 @@ impl SourceArgs {
             None => std::env::var_os(PASSPHRASE_ENV).map(|v| Secret::new(v.into_encoded_bytes())),
         };
         Ok((path, options))
+    }
+}
+
+/// Whether `key` is one of QEMU's cache-mode options (`cache.direct`, `cache.no-flush`,
+/// on a node or its file), which change how QEMU reaches the file, never what is
+/// read or written; its value is checked as QEMU checks a boolean.
+pub fn cache_mode_option(key: &str, value: &str) -> Result<bool, Error> {
+    let name = key.strip_prefix("file.").unwrap_or(key);
+    if !matches!(name, "cache.direct" | "cache.no-flush") {
+        return Ok(false);
+    }
+    match value {
+        "on" | "off" | "true" | "false" | "yes" | "no" => Ok(true),
+        _ => Err(bad(format!("Parameter '{key}' expects 'on' or 'off'"))),
     }
 }
 
