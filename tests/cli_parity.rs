@@ -2167,3 +2167,50 @@ fn raw_files_are_made_and_discarded_as_qemu_makes_them() {
     }
     assert_eq!(maps[0], maps[1]);
 }
+
+/// `blkdebug::IMAGE` (no rules) reads and writes the image itself at blkdebug's
+/// alignment, as qemu-io does; blkdebug with a rules file is refused by name.
+#[test]
+fn blkdebug_without_rules_is_the_image_itself() {
+    let dir = Scratch::new("blkdebug");
+    installed_as(&dir, "qemu-io");
+    for who in ["ours", "theirs"] {
+        let image = dir.str(&format!("{who}.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    }
+    for align in ["512", "4k"] {
+        for command in [
+            "write -P 10 0x200 0x400",
+            "write -z 0x400 0x800",
+            "read -P 10 0x200 0x200",
+            "read -P 0 0x400 0x800",
+        ] {
+            let said = |program: &str, image: &str| {
+                let open = format!("open -o driver=qcow2,file.align={align} blkdebug::{image}");
+                session(program, &[], format!("{open}\n{command}\n").as_bytes())
+            };
+            let ours = said(&dir.str("qemu-io"), &dir.str("ours.qcow2"));
+            assert_eq!(
+                ours,
+                said("qemu-io", &dir.str("theirs.qcow2")),
+                "{align} {command}"
+            );
+            assert!(!ours.1.iter().any(|l| l.contains("failed")), "{ours:?}");
+        }
+    }
+    let same = qemu_img(&["compare", &dir.str("ours.qcow2"), &dir.str("theirs.qcow2")]);
+    assert!(same.contains("identical"), "{same}");
+    let rules = dir.str("rules.conf");
+    std::fs::write(&rules, "[inject-error]\nevent = \"read_aio\"\n").unwrap();
+    let (code, _, err) = session(
+        &dir.str("qemu-io"),
+        &[
+            "-c",
+            "read 0 512",
+            &format!("blkdebug:{rules}:{}", dir.str("ours.qcow2")),
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.iter().any(|l| l.contains("blkdebug rules")), "{err:?}");
+}

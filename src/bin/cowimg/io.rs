@@ -788,6 +788,17 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
                 "locking" | "file.locking" => unlocked = locking_off(&value)?,
                 key if crate::source::cache_option(&mut caches, key, &value)? => {}
                 key if crate::source::cache_mode_option(key, &value)? => {}
+                // blkdebug's request alignment (for `blkdebug::IMAGE`, which reads as
+                // the image itself): requests are split, never changed.
+                "file.align" if path.as_deref().is_some_and(|p| p.starts_with("blkdebug:")) => {
+                    let align = crate::create::parse_size(&value)?;
+                    if !align.is_power_of_two() {
+                        return Err(Error::new(
+                            ErrorKind::BadArgument,
+                            "Cannot meet constraints with align",
+                        ));
+                    }
+                }
                 other => {
                     return Err(Error::new(
                         ErrorKind::Unsupported,

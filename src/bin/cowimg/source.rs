@@ -201,6 +201,9 @@ impl SourceArgs {
             if let Some(plain) = filename.strip_prefix("file:") {
                 path = PathBuf::from(unambiguous(plain));
             }
+            if let Some(plain) = without_blkdebug(filename)? {
+                path = PathBuf::from(plain);
+            }
         }
         if self.image_opts || json.is_some() {
             let (mut file, mut backing_file, mut backing_format) = (None, None, None);
@@ -310,6 +313,23 @@ pub fn cache_option(caches: &mut CacheSizes, key: &str, value: &str) -> Result<b
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// The image named by QEMU's `blkdebug:CONFIG:IMAGE` when CONFIG is empty: blkdebug
+/// without rules passes every request through unchanged (it only splits them at
+/// its alignment), so the image is read as itself. Rules (error injection, request
+/// suspension) are refused by name; None when `name` does not start with blkdebug.
+pub fn without_blkdebug(name: &str) -> Result<Option<&str>, Error> {
+    let Some(rest) = name.strip_prefix("blkdebug:") else {
+        return Ok(None);
+    };
+    match rest.split_once(':') {
+        Some(("", image)) => Ok(Some(image)),
+        _ => Err(Error::new(
+            ErrorKind::Unsupported,
+            "blkdebug rules (error injection, request suspension) are not supported",
+        )),
+    }
 }
 
 /// A file name as QEMU shows one given after `file:`: a relative name whose first
