@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 mod edit;
 mod layer;
+mod nested;
 mod open;
 mod views;
 

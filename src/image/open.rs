@@ -42,6 +42,9 @@ pub struct OpenOptions {
     pub l2_cache_bytes: u64,
     /// QEMU's qcow2 cache options for the top image, checked as QEMU checks them.
     pub qcow2_caches: crate::CacheSizes,
+    /// The file named is itself an image of this format, whose guest disk holds the
+    /// top image (QEMU's `file.driver=FORMAT`); None: a plain file.
+    pub file_format: Option<Format>,
     /// The longest chain accepted, the top image included.
     pub max_chain_length: usize,
     /// Open for metadata only (what `info` needs): no key or data file required.
@@ -120,6 +123,7 @@ impl Default for OpenOptions {
             snapshot: None,
             l2_cache_bytes: 4 << 20,
             qcow2_caches: Default::default(),
+            file_format: None,
             max_chain_length: 64,
             metadata_only: false,
             writable: false,
@@ -135,6 +139,9 @@ impl Image {
     /// Opens `path` and, by `options.backing`, its backing chain.
     pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Image> {
         let path = path.as_ref();
+        if let Some(inner) = options.file_format {
+            return Image::open_nested(path, inner, options);
+        }
         let mut chain: Vec<ChainEntry> = Vec::new();
         let mut seen = HashSet::new();
         let mut next = Some((path.to_path_buf(), options.format, true));
@@ -195,6 +202,38 @@ impl Image {
         })
     }
 
+    /// Opens the image held in the guest disk of the `inner`-format image at `path`
+    /// (which is opened for writing when the image is); backing files named by the
+    /// image are not opened.
+    fn open_nested(path: &Path, inner: Format, options: &OpenOptions) -> Result<Image> {
+        let inner_options = OpenOptions {
+            format: Some(inner),
+            file_format: None,
+            snapshot: None,
+            data_file: None,
+            qcow2_caches: Default::default(),
+            ..options.clone()
+        };
+        let storage: Arc<dyn Storage> = Arc::new(super::nested::GuestDisk::new(Image::open(
+            path,
+            &inner_options,
+        )?));
+        let format = match options.format {
+            Some(format) => format,
+            None => {
+                probe(storage.as_ref()).map_err(|e| Error::io("probing the image format", e))?
+            }
+        };
+        let outer = OpenOptions {
+            file_format: None,
+            backing: Backing::Ignore,
+            ..options.clone()
+        };
+        let mut image = Image::open_storage(storage, format, &outer)?;
+        image.chain[0].path = path.to_path_buf();
+        Ok(image)
+    }
+
     /// Opens a single image held by `storage` (memory, a test backend…) in the stated
     /// format. Backing files named by the image are not opened; `options.backing` may
     /// name one explicitly.
@@ -228,11 +267,22 @@ impl Image {
                 };
                 Layer::Qcow2(Box::new(Qcow2::open(storage, header, qopts)?))
             }
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("reading {other} images is not implemented yet"),
-                ))
+            Format::Qcow => {
+                let header = qcow::Header::read(storage.as_ref())?;
+                let key =
+                    (options.passphrase.as_ref()).map(|p| SectorCipher::legacy_aes(p.as_bytes()));
+                let io = !options.metadata_only;
+                Layer::Qcow(Box::new(Qcow::open(
+                    storage,
+                    header,
+                    key,
+                    io,
+                    options.writable,
+                )?))
+            }
+            Format::Cow => {
+                let header = cow::Header::read(storage.as_ref())?;
+                Layer::Cow(Box::new(Cow::open(storage, header, options.writable)?))
             }
         };
         let mut chain = vec![ChainEntry {

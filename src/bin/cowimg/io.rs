@@ -69,6 +69,8 @@ struct OpenChoices {
     protocol: Option<String>,
     /// qcow2 cache options given to `open -o`.
     caches: cowimg::CacheSizes,
+    /// `file.driver=FORMAT`: the file is an image of that format holding this one.
+    file_format: Option<cowimg::Format>,
 }
 
 /// The modes qemu-io checks by name, checked as it does (its words); returns whether
@@ -666,6 +668,7 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Res
         check_protocol(protocol, &path, choices.read_only)?;
     }
     options.locking = !choices.unlocked;
+    options.file_format = options.file_format.or(choices.file_format);
     if choices.caches != cowimg::CacheSizes::default() {
         options.qcow2_caches = choices.caches.clone();
     }
@@ -774,6 +777,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     source.force_share |= flags.has('U');
     let (mut protocol, mut unlocked) = (None, false);
     let mut caches = cowimg::CacheSizes::default();
+    let mut file_format = None;
     for value in flags.values('o') {
         for (key, value) in crate::source::parse_options(value) {
             match key.as_str() {
@@ -785,6 +789,9 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
                 "driver" => source.format = Some(value),
                 "filename" | "file.filename" => path = Some(value),
                 "file.driver" if PROTOCOLS.contains(&value.as_str()) => protocol = Some(value),
+                "file.driver" => file_format = Some(crate::source::format_named(&value)?),
+                "file.file.filename" => path = Some(value),
+                "file.file.driver" if value == "file" => {}
                 "locking" | "file.locking" => unlocked = locking_off(&value)?,
                 key if crate::source::cache_option(&mut caches, key, &value)? => {}
                 key if crate::source::cache_mode_option(key, &value)? => {}
@@ -816,6 +823,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         unlocked,
         protocol,
         caches,
+        file_format,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -854,6 +862,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         unlocked: false,
         protocol: None,
         caches: Default::default(),
+        file_format: None,
     };
     let mut image = match &args.filename {
         Some(name) => Some(open_image(&args.source, name, true, &choices)?),

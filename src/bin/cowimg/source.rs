@@ -214,6 +214,9 @@ impl SourceArgs {
                     "driver" => options.format = Some(format_named(&value)?),
                     "file.filename" | "file" | "filename" => file = Some(value),
                     "file.driver" if value == "file" => {}
+                    "file.driver" => options.file_format = Some(format_named(&value)?),
+                    "file.file.filename" | "file.file" => file = Some(value),
+                    "file.file.driver" if value == "file" => {}
                     "encrypt.key-secret" | "key-secret" => key_secret = Some(value),
                     // The backing node, named as QEMU names its options; its key must be
                     // the image's (one passphrase serves the chain).
