@@ -2292,3 +2292,86 @@ fn nested_formats_are_read_and_written_as_qemu_io_does() {
         assert!(same.contains("identical"), "{format}: {same}");
     }
 }
+
+/// Appends a header extension to a version 3 qcow2 image, moving the backing file name
+/// behind it (what QEMU's test tool does to make a header with a repeated extension).
+fn add_header_extension(path: &str, magic: u32, data: &[u8]) {
+    let mut file = std::fs::read(path).unwrap();
+    let mut at = be32(&file, 100) as usize; // header_length: the extensions follow
+    loop {
+        let (kind, len) = (be32(&file, at as u64), be32(&file, at as u64 + 4) as usize);
+        if kind == 0 {
+            break;
+        }
+        at += 8 + len.next_multiple_of(8);
+    }
+    let name_at = be64(&file, 8) as usize;
+    let name = file[name_at..name_at + be32(&file, 16) as usize].to_vec();
+    let mut tail = magic.to_be_bytes().to_vec();
+    tail.extend((data.len() as u32).to_be_bytes());
+    tail.extend(data);
+    tail.resize(8 + data.len().next_multiple_of(8), 0);
+    tail.extend([0u8; 8]); // the end marker
+    let new_name_at = at + tail.len();
+    tail.extend(&name);
+    file[at..at + tail.len()].copy_from_slice(&tail);
+    file[8..16].copy_from_slice(&(new_name_at as u64).to_be_bytes());
+    std::fs::write(path, file).unwrap();
+}
+
+/// With two backing-format extensions the last one counts, `open -o backing.driver=`
+/// overrides it, and rebase -u writes one extension again, as in qemu-io/qemu-img.
+#[test]
+fn a_repeated_backing_format_extension_reads_as_qemu_reads_it() {
+    let dir = Scratch::new("backing-ext");
+    for name in ["qemu-img", "qemu-io"] {
+        installed_as(&dir, name);
+    }
+    let base = dir.str("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
+    let images = ["ours", "theirs"].map(|who| {
+        let image = dir.str(&format!("{who}.qcow2"));
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &image, "1M",
+        ]);
+        add_header_extension(&image, 0xe279_2aca, b"foo");
+        image
+    });
+    let steps: Vec<(&str, Vec<&str>)> = vec![
+        ("qemu-img", vec!["info"]),
+        ("qemu-io", vec!["-c", "read 0 4k"]),
+        (
+            "qemu-io",
+            vec![
+                "-c",
+                "open -o backing.driver=qcow2 IMAGE",
+                "-c",
+                "read 0 4k",
+            ],
+        ),
+        ("qemu-img", vec!["rebase", "-u", "-b", &base]),
+        ("qemu-img", vec!["rebase", "-u", "-b", &base, "-F", "qcow2"]),
+        ("qemu-io", vec!["-c", "read 0 4k"]),
+        ("qemu-img", vec!["info"]),
+    ];
+    for (program, args) in steps {
+        let said = |tool: &str, image: &str| {
+            let mut all: Vec<String> = args.iter().map(|a| a.replace("IMAGE", image)).collect();
+            if !args.iter().any(|a| a.contains("IMAGE")) {
+                all.push(image.to_string());
+            }
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let (code, out, err) = session(tool, &all, b"");
+            let hide = |lines: Vec<String>| -> Vec<String> {
+                lines
+                    .iter()
+                    .map(|l| l.replace(image, "IMAGE"))
+                    .filter(|l| !l.starts_with("disk size"))
+                    .collect()
+            };
+            (code, hide(out), hide(err))
+        };
+        let ours = said(&dir.str(program), &images[0]);
+        assert_eq!(ours, said(program, &images[1]), "{program} {args:?}");
+    }
+}

@@ -14,6 +14,9 @@ pub enum Backing {
     Follow,
     /// Open no backing file: unallocated ranges read as zeros.
     Ignore,
+    /// Open the backing file the top image names, as this format whatever the header
+    /// says (QEMU's `backing.driver`); the layers below as they name theirs.
+    Format(Format),
     /// Use this file (and format, else probed) as the top image's backing file.
     Override {
         /// The backing file to open instead.
@@ -182,10 +185,12 @@ impl Image {
                     None => None,
                     Some((name, format_name)) => {
                         let name = check_backing_name(&name)?;
-                        let format = match format_name {
-                            None => None,
-                            Some(f) => Some(Format::from_name(&f).ok_or_else(|| {
+                        let format = match (&options.backing, top, format_name) {
+                            (Backing::Format(stated), true, _) => Some(*stated),
+                            (_, _, None) => None,
+                            (_, _, Some(f)) => Some(Format::from_name(&f).ok_or_else(|| {
                                 Error::new(ErrorKind::Unsupported, format!("Unknown driver '{f}'"))
+                                    .context("Could not open backing file")
                             })?),
                         };
                         Some((resolve_backing(&path, &name), format, false))

@@ -183,7 +183,12 @@ impl Header {
 
     /// The payload of the first extension of a known type.
     pub fn extension(&self, kind: ExtensionMagic) -> Option<&Extension> {
-        self.extensions.iter().find(|e| e.magic == kind.value())
+        // A repeated extension: the last one counts, as QEMU reads each over the one
+        // before.
+        self.extensions
+            .iter()
+            .rev()
+            .find(|e| e.magic == kind.value())
     }
 
     /// The backing file format named by its extension.
@@ -336,25 +341,20 @@ fn read_extensions(cluster0: &[u8], start: u64, end: u64) -> Result<Vec<Extensio
 
 impl Header {
     /// Names a new backing file (or none) and its format (or none), replacing the
-    /// backing-format extension as needed. Other extensions are kept as they are.
+    /// backing-format extensions as needed. Other extensions are kept as they are.
     pub fn set_backing(&mut self, name: Option<&str>, format: Option<&str>) {
         self.backing_file = name.map(|n| n.as_bytes().to_vec());
         let magic = ExtensionMagic::BackingFormat.value();
+        // One extension where the first stood (repeats dropped, as QEMU writes one).
         let at = self.extensions.iter().position(|e| e.magic == magic);
-        match (format, at) {
-            (Some(f), Some(i)) => self.extensions[i].data = f.as_bytes().to_vec(),
-            (Some(f), None) => self.extensions.insert(
-                0,
-                Extension {
-                    magic,
-                    offset: 0,
-                    data: f.as_bytes().to_vec(),
-                },
-            ),
-            (None, Some(i)) => {
-                self.extensions.remove(i);
-            }
-            (None, None) => {}
+        self.extensions.retain(|e| e.magic != magic);
+        if let Some(f) = format {
+            let extension = Extension {
+                magic,
+                offset: 0,
+                data: f.as_bytes().to_vec(),
+            };
+            self.extensions.insert(at.unwrap_or(0), extension);
         }
     }
 

@@ -71,6 +71,8 @@ struct OpenChoices {
     caches: cowimg::CacheSizes,
     /// `file.driver=FORMAT`: the file is an image of that format holding this one.
     file_format: Option<cowimg::Format>,
+    /// `backing.driver=FORMAT`: the backing file's format, whatever the header says.
+    backing_format: Option<cowimg::Format>,
 }
 
 /// The modes qemu-io checks by name, checked as it does (its words); returns whether
@@ -669,6 +671,9 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Res
     }
     options.locking = !choices.unlocked;
     options.file_format = options.file_format.or(choices.file_format);
+    if let Some(format) = choices.backing_format {
+        options.backing = cowimg::Backing::Format(format);
+    }
     if choices.caches != cowimg::CacheSizes::default() {
         options.qcow2_caches = choices.caches.clone();
     }
@@ -777,7 +782,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     source.force_share |= flags.has('U');
     let (mut protocol, mut unlocked) = (None, false);
     let mut caches = cowimg::CacheSizes::default();
-    let mut file_format = None;
+    let (mut file_format, mut backing_format) = (None, None);
     for value in flags.values('o') {
         for (key, value) in crate::source::parse_options(value) {
             match key.as_str() {
@@ -791,6 +796,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
                 "file.driver" if PROTOCOLS.contains(&value.as_str()) => protocol = Some(value),
                 "file.driver" => file_format = Some(crate::source::format_named(&value)?),
                 "file.file.filename" => path = Some(value),
+                "backing.driver" => backing_format = Some(crate::source::format_named(&value)?),
                 "file.file.driver" if value == "file" => {}
                 "locking" | "file.locking" => unlocked = locking_off(&value)?,
                 key if crate::source::cache_option(&mut caches, key, &value)? => {}
@@ -824,6 +830,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         protocol,
         caches,
         file_format,
+        backing_format,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -863,6 +870,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         protocol: None,
         caches: Default::default(),
         file_format: None,
+        backing_format: None,
     };
     let mut image = match &args.filename {
         Some(name) => Some(open_image(&args.source, name, true, &choices)?),

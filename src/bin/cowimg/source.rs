@@ -255,11 +255,7 @@ impl SourceArgs {
                         format,
                     }
                 }
-                (None, Some(_)) => {
-                    return Err(bad(
-                        "backing.driver needs backing.file.filename: the backing file to open",
-                    ))
-                }
+                (None, Some(format)) => options.backing = Backing::Format(format),
                 (None, None) => {}
             }
         }
