@@ -162,8 +162,8 @@ pub fn copy_into(
         salvage,
         progress,
         |done, chunk| {
-            if !zero_init && done > next {
-                target.write_zeroes(next, done - next, false)?;
+            if done > next {
+                zero_skipped((image, from), target, (next, done), zero_init, backed)?;
             }
             next = done + chunk.len() as u64;
             // Runs of clusters that need the same are written in one call each (so a
@@ -206,8 +206,42 @@ pub fn copy_into(
             Ok(())
         },
     )?;
-    if !zero_init && len > next {
-        target.write_zeroes(next, len - next, false)?;
+    if len > next {
+        zero_skipped((image, from), target, (next, len), zero_init, backed)?;
+    }
+    Ok(())
+}
+
+/// Makes `[from, to)` of `target` (at `source_from + from` in `source`, which reads
+/// zeros there and whose reader skipped it) read as zeros: written whole unless the
+/// target is zero-initialised. Over a backing file, as qemu-img convert -B writes
+/// them: zeros the source's own top holds are written, and zeros from below it only
+/// where the target reads anything else.
+fn zero_skipped(
+    (source, source_from): (&Image, u64),
+    target: &mut Image,
+    (from, to): (u64, u64),
+    zero_init: bool,
+    backed: bool,
+) -> Result<()> {
+    if !zero_init {
+        return target.write_zeroes(from, to - from, false);
+    }
+    let mut at = from;
+    while backed && at < to {
+        let held = source.block_status(source_from + at, to - at)?;
+        let end = at + held.len;
+        if held.present && held.depth == 0 {
+            target.write_zeroes(at, held.len, false)?;
+        }
+        while !(held.present && held.depth == 0) && at < end {
+            let status = target.block_status(at, end - at)?;
+            if !status.zero {
+                target.write_zeroes(at, status.len, false)?;
+            }
+            at += status.len;
+        }
+        at = end;
     }
     Ok(())
 }

@@ -2375,3 +2375,68 @@ fn a_repeated_backing_format_extension_reads_as_qemu_reads_it() {
         assert_eq!(ours, said(program, &images[1]), "{program} {args:?}");
     }
 }
+
+/// Converting onto a backing file (`-B`) keeps what the source reads as zeros over
+/// that file's data (zero clusters written, not skipped), and writes nothing where
+/// the target reads zeros already: the result reads and maps as qemu-img's.
+#[test]
+fn zeros_over_a_backing_file_survive_convert_b_as_in_qemu_img() {
+    let dir = Scratch::new("convert-b-zeros");
+    installed_as(&dir, "qemu-img");
+    let base = dir.str("base.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &base, "16M"]);
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x11 0 8M", &base]);
+    let top = dir.str("top.qcow2");
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+    ]);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -z 0 3M",
+        "-c",
+        "write -P 0 4M 64k",
+        "-c",
+        "write -z 12M 2M",
+        &top,
+    ]);
+    for extra in [vec![], vec!["-c"]] {
+        let outputs = ["ours", "theirs"].map(|who| {
+            let out = dir.str(&format!("{who}.qcow2"));
+            let program = match who {
+                "ours" => dir.str("qemu-img"),
+                _ => "qemu-img".to_string(),
+            };
+            let mut args = vec!["convert", "-O", "qcow2", "-B", base.as_str(), "-F", "qcow2"];
+            args.extend(&extra);
+            args.extend([top.as_str(), out.as_str()]);
+            run_ok(None, &program, &args);
+            out
+        });
+        let read = qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0 0 3M",
+            "-c",
+            "read -P 0x11 3M 1M",
+            &outputs[0],
+        ]);
+        assert!(!read.contains("verification failed"), "{extra:?}: {read}");
+        let same = qemu_img(&["compare", &outputs[0], &outputs[1]]);
+        assert!(same.contains("identical"), "{extra:?}: {same}");
+        let map = |p: &str| qemu_img(&["map", "--output=json", p]).replace(p, "OUT");
+        let strip = |m: String| {
+            m.lines()
+                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip(map(&outputs[0])),
+            strip(map(&outputs[1])),
+            "{extra:?}"
+        );
+        qemu_img(&["check", &outputs[0]]);
+    }
+}
