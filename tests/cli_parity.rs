@@ -2440,3 +2440,54 @@ fn zeros_over_a_backing_file_survive_convert_b_as_in_qemu_img() {
         qemu_img(&["check", &outputs[0]]);
     }
 }
+
+/// `commit` of zeros releases the base's clusters, as qemu-img's commit does: the base
+/// checks and maps alike afterwards.
+#[test]
+fn committed_zeros_release_the_base_clusters_as_qemu_img() {
+    let dir = Scratch::new("commit-zeros");
+    installed_as(&dir, "qemu-img");
+    let said = ["ours", "theirs"].map(|who| {
+        let (base, top) = (
+            dir.str(&format!("{who}.base")),
+            dir.str(&format!("{who}.top")),
+        );
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            &base,
+            "2M",
+        ]);
+        qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 2M", &base]);
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+        ]);
+        qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -z 0 1M",
+            "-c",
+            "write -P 0 1536k 64k",
+            &top,
+        ]);
+        let program = if who == "ours" {
+            dir.str("qemu-img")
+        } else {
+            "qemu-img".into()
+        };
+        let commit = session(&program, &["commit", &top], b"");
+        let check = session("qemu-img", &["check", &base], b"");
+        let map = qemu_img(&["map", "--output=json", &base]);
+        let map: Vec<String> = map
+            .lines()
+            .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
+            .collect();
+        (commit, check, map)
+    });
+    assert_eq!(said[0], said[1]);
+}

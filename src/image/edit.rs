@@ -154,7 +154,11 @@ impl Image {
         while offset < size {
             let status = self.block_status(offset, size - offset)?;
             let (held, len) = (status.present, status.len);
-            if held {
+            if held && status.zero {
+                // Zeros are committed as zeros, the base's clusters released, as
+                // QEMU's commit writes them.
+                base.write_zeroes(offset, len, true)?;
+            } else if held {
                 let mut at = offset;
                 while at < offset + len {
                     let n = unit.min(offset + len - at) as usize;
