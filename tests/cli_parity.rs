@@ -2491,3 +2491,68 @@ fn committed_zeros_release_the_base_clusters_as_qemu_img() {
     });
     assert_eq!(said[0], said[1]);
 }
+
+/// `rebase -c` writes the clusters it copies compressed, packed as qemu-img packs
+/// them, and a format without compression is refused in qemu-img's words.
+#[test]
+fn rebase_c_compresses_what_it_copies_as_qemu_img() {
+    let dir = Scratch::new("rebase-c");
+    installed_as(&dir, "qemu-img");
+    let raw = dir.str("plain.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &raw, "1M"]);
+    let args = ["rebase", "-c", "-f", "raw", "-b", "", raw.as_str()];
+    assert_eq!(
+        session(&dir.str("qemu-img"), &args, b""),
+        session("qemu-img", &args, b"")
+    );
+    let said = ["ours", "theirs"].map(|who| {
+        let (base, mid, top) = (
+            dir.str(&format!("{who}.base")),
+            dir.str(&format!("{who}.mid")),
+            dir.str(&format!("{who}.top")),
+        );
+        qemu_img(&["create", "-q", "-f", "qcow2", &base, "3M"]);
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &mid,
+        ]);
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "-b", &mid, "-F", "qcow2", &top,
+        ]);
+        qemu_io(&["-f", "qcow2", "-c", "write -c -P 0xaa 0 1M", &base]);
+        qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -c -P 0xbb 1M 1M",
+            "-c",
+            "write -P 0xdd 2M 32767",
+            &mid,
+        ]);
+        qemu_io(&["-f", "qcow2", "-c", "write -c -P 0xcc 2M 64k", &top]);
+        let program = if who == "ours" {
+            dir.str("qemu-img")
+        } else {
+            "qemu-img".into()
+        };
+        let rebase = session(
+            &program,
+            &[
+                "rebase", "-c", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top,
+            ],
+            b"",
+        );
+        let check = session("qemu-img", &["check", &top], b"");
+        let read = qemu_io(&[
+            "-f",
+            "qcow2",
+            "-c",
+            "read -P 0xbb 1M 1M",
+            "-c",
+            "read -P 0xcc 2M 64k",
+            &top,
+        ]);
+        assert!(!read.contains("verification failed"), "{who}: {read}");
+        (rebase, check)
+    });
+    assert_eq!(said[0], said[1]);
+}

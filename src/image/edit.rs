@@ -16,6 +16,17 @@ impl Image {
     /// differs between the current backing chain and `new` (or zeros, for none) is
     /// copied into the top image first; then the header names `new`.
     pub fn rebase(&mut self, name: Option<&str>, new: Option<&Image>) -> Result<()> {
+        self.rebase_compressed(name, new, false)
+    }
+
+    /// [`Image::rebase`], the whole clusters copied written compressed when `compress`
+    /// (qemu-img rebase -c).
+    pub fn rebase_compressed(
+        &mut self,
+        name: Option<&str>,
+        new: Option<&Image>,
+        compress: bool,
+    ) -> Result<()> {
         self.whole_disk("rebase")?;
         let size = self.size();
         // Compare and copy by the top image's clusters, so no more is copied than needed.
@@ -45,7 +56,10 @@ impl Image {
                 }
                 if old_buf[..n] != new_buf[..n] {
                     let data = old_buf[..n].to_vec();
-                    self.write_at(&data, offset)?;
+                    match compress && n as u64 == unit {
+                        true => self.write_compressed(&data, offset)?,
+                        false => self.write_at(&data, offset)?,
+                    }
                 }
                 offset += n as u64;
                 self.report(offset, size);

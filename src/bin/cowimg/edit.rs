@@ -4,7 +4,7 @@ use crate::flags::ProgressArgs;
 use crate::progress::Progress;
 use crate::source::{format_named, parse_options, SourceArgs};
 use cowimg::create::{Compat, KeySlotChange};
-use cowimg::{Backing, Error, ErrorKind, Image, OpenOptions};
+use cowimg::{Backing, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -29,6 +29,9 @@ pub struct RebaseArgs {
     /// The new backing file's format.
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
+    /// Write the clusters copied from the old backing chain compressed.
+    #[arg(short = 'c')]
+    compress: bool,
     #[command(flatten)]
     progress: ProgressArgs,
     /// The image file.
@@ -36,6 +39,22 @@ pub struct RebaseArgs {
 }
 
 pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
+    let compressible = |f: Format| matches!(f, Format::Qcow2 | Format::Qcow);
+    let no_compression = || {
+        Error::new(
+            ErrorKind::Unsupported,
+            "Compression not supported for this file format",
+        )
+    };
+    let stated = args
+        .source
+        .format
+        .as_deref()
+        .map(format_named)
+        .transpose()?;
+    if args.compress && stated.is_some_and(|f| !compressible(f)) {
+        return Err(no_compression());
+    }
     let name = (!args.backing.is_empty()).then_some(args.backing.as_str());
     let format = args
         .backing_format
@@ -55,6 +74,9 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
+    if args.compress && !compressible(image.format()) {
+        return Err(no_compression());
+    }
     let new = match name {
         Some(n) => {
             let path = cowimg::image::resolve_backing(Path::new(&args.filename), n);
@@ -74,7 +96,7 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         cowimg::image::refuse_overwrite(Path::new(&args.filename), &[new])?;
     }
     let bar = watch(&mut image, args.progress.bar());
-    image.rebase(name, new.as_ref())?;
+    image.rebase_compressed(name, new.as_ref(), args.compress)?;
     bar.finish();
     Ok(ExitCode::SUCCESS)
 }
