@@ -2556,3 +2556,49 @@ fn rebase_c_compresses_what_it_copies_as_qemu_img() {
     });
     assert_eq!(said[0], said[1]);
 }
+
+/// qcow2 `preallocation=falloc` reserves the data clusters' blocks, and an external
+/// data file is sized to the disk, as qemu-img creates them (file sizes equal, disk
+/// usage on the same side of the mark).
+#[test]
+fn qcow2_preallocation_and_data_files_are_sized_as_qemu_img_sizes_them() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("prealloc-sizes");
+    installed_as(&dir, "qemu-img");
+    for mode in ["off", "metadata", "falloc", "full"] {
+        for data_file in [false, true] {
+            let made = ["ours", "theirs"].map(|who| {
+                let image = dir.str(&format!("{who}.qcow2"));
+                let data = dir.str(&format!("{who}.data"));
+                let _ = std::fs::remove_file(&data);
+                let mut o = format!("preallocation={mode},extent_size_hint=0");
+                if data_file {
+                    o = format!("data_file={data},{o}");
+                }
+                let program = if who == "ours" {
+                    dir.str("qemu-img")
+                } else {
+                    "qemu-img".into()
+                };
+                run_ok(
+                    None,
+                    &program,
+                    &["create", "-q", "-f", "qcow2", "-o", &o, &image, "16M"],
+                );
+                let files = if data_file {
+                    vec![image, data]
+                } else {
+                    vec![image]
+                };
+                files
+                    .iter()
+                    .map(|f| {
+                        let m = std::fs::metadata(f).unwrap();
+                        (m.len(), m.blocks() * 512 >= 8 << 20)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(made[0], made[1], "{mode} data_file={data_file}");
+        }
+    }
+}

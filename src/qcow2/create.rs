@@ -373,14 +373,11 @@ pub fn create(
     if storage.len().map_err(io("reading the file size"))? < end {
         storage.set_len(end).map_err(io("sizing the image"))?;
     }
+    // The data file covers the whole disk, as QEMU sizes it (sparse unless
+    // preallocated).
     if let Some(d) = data_storage {
-        let want = if opts.data_file_raw || opts.preallocation != Preallocation::Off {
-            size
-        } else {
-            0
-        };
-        if d.len().map_err(io("reading the data file size"))? < want {
-            d.set_len(want).map_err(io("sizing the data file"))?;
+        if d.len().map_err(io("reading the data file size"))? < size {
+            d.set_len(size).map_err(io("sizing the data file"))?;
         }
     }
     header.write_l1_table(storage, l1_at, l1_size as u32)?;
@@ -528,6 +525,12 @@ impl Placement<'_> {
                     run
                 }
             };
+            // falloc: the run's blocks reserved in the file (they read as zeros).
+            if self.opts.preallocation == Preallocation::Falloc {
+                (self.data_storage.unwrap_or(storage))
+                    .zero_range(run, n * cs)
+                    .map_err(io("preallocating"))?;
+            }
             for i in 0..n {
                 let host = run + i * cs;
                 if self.opts.preallocation == Preallocation::Full {
