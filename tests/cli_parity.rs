@@ -2602,3 +2602,39 @@ fn qcow2_preallocation_and_data_files_are_sized_as_qemu_img_sizes_them() {
         }
     }
 }
+
+/// qemu-io's `read -v` dump: a short last line unpadded, only letters and digits shown.
+#[test]
+fn hexdumps_are_qemu_ios() {
+    let dir = Scratch::new("hexdump");
+    installed_as(&dir, "qemu-io");
+    let image = dir.str("h.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &image, "64k"]);
+    qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x21 0 1",
+        "-c",
+        "write -P 0x20 1 1",
+        "-c",
+        "write -P 0x41 2 1",
+        "-c",
+        "write -P 0x7e 3 1",
+        &image,
+    ]);
+    let args = [
+        "-f",
+        "raw",
+        "-c",
+        "read -v 0 5",
+        "-c",
+        "read -v 2 37",
+        "-c",
+        "read -v 65534 2",
+        &image,
+    ];
+    let ours = session(&dir.str("qemu-io"), &args, b"");
+    assert_eq!(ours, session("qemu-io", &args, b""));
+    assert_eq!(ours.1[0], "00000000:  21 20 41 7e 00  ..A..");
+}

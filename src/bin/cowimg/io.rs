@@ -271,18 +271,17 @@ fn offset_len(rest: &[&str]) -> Result<(u64, u64), Error> {
     }
 }
 
+/// qemu-io's `-v` dump: 16 bytes a line, a short last line not padded, and only
+/// letters and digits shown as themselves (everything else a dot).
 fn hexdump(out: &mut String, offset: u64, data: &[u8]) {
     for (i, line) in data.chunks(16).enumerate() {
         let _ = write!(out, "{:08x}:  ", offset + i as u64 * 16);
         for b in line {
             let _ = write!(out, "{b:02x} ");
         }
-        for _ in line.len()..16 {
-            out.push_str("   ");
-        }
         out.push(' ');
         for b in line {
-            out.push(if b.is_ascii_graphic() || *b == b' ' {
+            out.push(if b.is_ascii_alphanumeric() {
                 *b as char
             } else {
                 '.'
