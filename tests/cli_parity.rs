@@ -2198,6 +2198,19 @@ fn blkdebug_without_rules_is_the_image_itself() {
             assert!(!ours.1.iter().any(|l| l.contains("failed")), "{ours:?}");
         }
     }
+    // A blkdebug node over the image format, with its request limits.
+    for command in [
+        "write -P 33 1000 128k",
+        "read -P 33 1000 128k",
+        "write -z 300k 200k",
+    ] {
+        let said = |program: &str, image: &str| {
+            let open = format!("open -o driver=blkdebug,image.driver=qcow2,align=4k,max-transfer=64k blkdebug::{image}");
+            session(program, &[], format!("{open}\n{command}\n").as_bytes())
+        };
+        let ours = said(&dir.str("qemu-io"), &dir.str("ours.qcow2"));
+        assert_eq!(ours, said("qemu-io", &dir.str("theirs.qcow2")), "{command}");
+    }
     let same = qemu_img(&["compare", &dir.str("ours.qcow2"), &dir.str("theirs.qcow2")]);
     assert!(same.contains("identical"), "{same}");
     let rules = dir.str("rules.conf");
@@ -2637,4 +2650,45 @@ fn hexdumps_are_qemu_ios() {
     let ours = session(&dir.str("qemu-io"), &args, b"");
     assert_eq!(ours, session("qemu-io", &args, b""));
     assert_eq!(ours.1[0], "00000000:  21 20 41 7e 00  ..A..");
+}
+
+/// Sizes take their suffix in either case, as qemu_strtosz reads them.
+#[test]
+fn lowercase_size_suffixes_are_qemus() {
+    let dir = Scratch::new("suffixes");
+    for name in ["qemu-img", "qemu-io"] {
+        installed_as(&dir, name);
+    }
+    let cases = [
+        ("qemu-img", vec!["create", "-f", "qcow2", "IMAGE", "1m"]),
+        (
+            "qemu-io",
+            vec![
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 1 64k 64k",
+                "-c",
+                "alloc 0 1m",
+                "-c",
+                "alloc 512k 5p",
+                "IMAGE",
+            ],
+        ),
+    ];
+    for (program, args) in cases {
+        let said = |tool: &str, image: &str| {
+            let args: Vec<String> = args.iter().map(|a| a.replace("IMAGE", image)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = session(tool, &args, b"");
+            (code, out.join("\n").replace(image, "IMAGE"), err)
+        };
+        let ours = said(&dir.str(program), &dir.str("ours.qcow2"));
+        assert_eq!(
+            ours,
+            said(program, &dir.str("theirs.qcow2")),
+            "{program} {args:?}"
+        );
+        assert_eq!(ours.0, Some(0), "{ours:?}");
+    }
 }

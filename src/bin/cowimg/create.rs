@@ -50,9 +50,10 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
         Some(i) => text.split_at(i),
         None => (text, ""),
     };
-    let shift = match unit {
-        "" | "b" | "B" => 0,
-        "k" | "K" => 10,
+    // Suffixes in either case, as qemu_strtosz reads them.
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" => 10,
         "M" => 20,
         "G" => 30,
         "T" => 40,

@@ -783,7 +783,8 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
     let mut caches = cowimg::CacheSizes::default();
     let (mut file_format, mut backing_format) = (None, None);
     for value in flags.values('o') {
-        for (key, value) in crate::source::parse_options(value) {
+        let pairs = crate::source::without_blkdebug_node(crate::source::parse_options(value))?;
+        for (key, value) in pairs {
             match key.as_str() {
                 // A protocol alone reads the bytes as they are: raw.
                 "driver" if PROTOCOLS.contains(&value.as_str()) => {

@@ -208,7 +208,7 @@ impl SourceArgs {
         if self.image_opts || json.is_some() {
             let (mut file, mut backing_file, mut backing_format) = (None, None, None);
             let mut backing_key = None;
-            let pairs = json.unwrap_or_else(|| parse_options(filename));
+            let pairs = without_blkdebug_node(json.unwrap_or_else(|| parse_options(filename)))?;
             for (key, value) in pairs {
                 match key.as_str() {
                     "driver" => options.format = Some(format_named(&value)?),
@@ -329,6 +329,40 @@ pub fn without_blkdebug(name: &str) -> Result<Option<&str>, Error> {
             "blkdebug rules (error injection, request suspension) are not supported",
         )),
     }
+}
+
+/// Options naming a blkdebug node without rules over an image (`driver=blkdebug,
+/// image.driver=qcow2,image.file.filename=…,align=4k`), as the image's own options:
+/// blkdebug without rules passes every request through, only shaping them (its
+/// limits are checked as sizes and dropped). Other options are returned as given;
+/// rules (`config`, `inject-error`, `set-state`…) are left for the caller to refuse.
+pub fn without_blkdebug_node(pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
+    if !pairs.iter().any(|(k, v)| k == "driver" && v == "blkdebug") {
+        return Ok(pairs);
+    }
+    let limits = [
+        "align",
+        "max-transfer",
+        "opt-write-zero",
+        "max-write-zero",
+        "opt-discard",
+        "max-discard",
+    ];
+    let mut out = Vec::new();
+    for (key, value) in pairs {
+        if key == "driver" {
+            continue;
+        }
+        if limits.contains(&key.as_str()) {
+            crate::create::parse_size(&value)?;
+            continue;
+        }
+        match key.strip_prefix("image.") {
+            Some(inner) => out.push((inner.to_string(), value)),
+            None => out.push((key, value)),
+        }
+    }
+    Ok(out)
 }
 
 /// A file name as QEMU shows one given after `file:`: a relative name whose first
