@@ -2692,3 +2692,39 @@ fn lowercase_size_suffixes_are_qemus() {
         assert_eq!(ours.0, Some(0), "{ours:?}");
     }
 }
+
+/// A raw image's `offset`/`size` options window its file, `reopen -o` moves the
+/// window, `reopen -r` makes it read-only, and unchangeable options are refused in
+/// qemu-io's words.
+#[test]
+fn raw_windows_and_reopen_are_qemu_ios() {
+    let dir = Scratch::new("raw-window");
+    installed_as(&dir, "qemu-io");
+    let said = |program: &str, image: &str| {
+        qemu_img(&["create", "-q", "-f", "raw", image, "4k"]);
+        let json = format!("json:{{\"driver\":\"raw\",\"offset\":\"512\",\"size\":\"512\",\"file\":{{\"driver\":\"file\",\"filename\":\"{image}\"}}}}");
+        let input = "write -P 10 0 512\nwrite -P 10 511 2\nreopen -o driver=raw,offset=1536,size=1024\nwrite -P 11 0 1024\nread -P 11 1023 1\nwrite 1024 1\nreopen -r\nwrite 0 1\nreopen -o node-name=x\n";
+        let mut all = session(program, &[&json], input.as_bytes());
+        all.2 = all.2.iter().map(|l| l.replace(image, "IMAGE")).collect();
+        let dump = qemu_io(&[
+            "-f",
+            "raw",
+            "-c",
+            "read -v 508 8",
+            "-c",
+            "read -v 1532 8",
+            "-c",
+            "read -v 2556 8",
+            image,
+        ]);
+        (
+            all,
+            dump.lines()
+                .filter(|l| !l.contains("ops;"))
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let ours = said(&dir.str("qemu-io"), &dir.str("ours.raw"));
+    assert_eq!(ours, said("qemu-io", &dir.str("theirs.raw")));
+}

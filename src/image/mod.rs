@@ -161,6 +161,37 @@ impl Image {
         Ok(())
     }
 
+    /// Shows only `[offset, offset + size)` of a raw image's file (to its end when no
+    /// size), as QEMU's raw `offset` and `size` options do; refused past the file's end
+    /// in QEMU's words.
+    fn select_raw_range(&mut self, offset: u64, size: Option<u64>) -> Result<()> {
+        if self.format() != Format::Raw {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!(
+                    "Block format '{}' does not support the option 'offset'",
+                    self.format()
+                ),
+            ));
+        }
+        let file = self.top().size();
+        if offset > file {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("offset ({offset}) cannot be greater than size of file ({file})"),
+            ));
+        }
+        let size = size.unwrap_or(file - offset);
+        if offset.checked_add(size).is_none_or(|end| end > file) {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                format!("The sum of offset ({offset}) and size ({size}) is greater than the file size ({file})"),
+            ));
+        }
+        self.window = Some((offset, size));
+        Ok(())
+    }
+
     /// Refuses what changes the whole image while a partition is selected.
     pub(crate) fn whole_disk(&self, what: &str) -> Result<()> {
         match self.window {
@@ -170,6 +201,11 @@ impl Image {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Whether the image was opened for writing.
+    pub fn is_writable(&self) -> bool {
+        self.options.writable
     }
 
     /// The image's format (the top file's).

@@ -48,6 +48,9 @@ pub struct OpenOptions {
     /// The file named is itself an image of this format, whose guest disk holds the
     /// top image (QEMU's `file.driver=FORMAT`); None: a plain file.
     pub file_format: Option<Format>,
+    /// A raw image's disk as a part of its file: QEMU raw's `offset` and `size` (None:
+    /// to the file's end).
+    pub raw_range: Option<(u64, Option<u64>)>,
     /// The longest chain accepted, the top image included.
     pub max_chain_length: usize,
     /// Open for metadata only (what `info` needs): no key or data file required.
@@ -127,6 +130,7 @@ impl Default for OpenOptions {
             l2_cache_bytes: 4 << 20,
             qcow2_caches: Default::default(),
             file_format: None,
+            raw_range: None,
             max_chain_length: 64,
             metadata_only: false,
             writable: false,
@@ -199,12 +203,16 @@ impl Image {
             };
             chain.push(entry);
         }
-        Ok(Image {
+        let mut image = Image {
             chain,
             progress: None,
             window: None,
             options: options.clone(),
-        })
+        };
+        if let Some((offset, size)) = options.raw_range {
+            image.select_raw_range(offset, size)?;
+        }
+        Ok(image)
     }
 
     /// Opens the image held in the guest disk of the `inner`-format image at `path`

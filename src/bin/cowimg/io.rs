@@ -73,6 +73,8 @@ struct OpenChoices {
     file_format: Option<cowimg::Format>,
     /// `backing.driver=FORMAT`: the backing file's format, whatever the header says.
     backing_format: Option<cowimg::Format>,
+    /// A raw image's `offset` and `size`, as `reopen -o` changed them.
+    raw_range: Option<(u64, Option<u64>)>,
 }
 
 /// The modes qemu-io checks by name, checked as it does (its words); returns whether
@@ -118,6 +120,8 @@ fn check_modes(
 struct Opened {
     image: Image,
     discard_ignored: bool,
+    /// How it was opened, for `reopen`.
+    how: (SourceArgs, String, bool, OpenChoices),
 }
 
 /// qemu-io's `cvtstr`: "4 KiB", "1.500 MiB", "512 bytes".
@@ -306,6 +310,11 @@ fn run_command(
     let Some((&name, args)) = words.split_first() else {
         return Ok(());
     };
+    // A command that writes, on an image opened read-only: refused before it runs.
+    let writes = ["write", "w", "aio_write", "writev", "discard", "d", "aio_discard", "truncate", "t"];
+    if writes.contains(&name) && !image.is_writable() {
+        return Err(Error::new(ErrorKind::BadArgument, READ_ONLY));
+    }
     // Wrong arguments: qemu-io answers with the command's one-line usage.
     dispatch(image, discard_ignored, name, args, out, failed).map_err(|e| {
         match (e.message() == WRONG_ARGUMENTS, usage(name)) {
@@ -314,6 +323,9 @@ fn run_command(
         }
     })
 }
+
+/// What qemu-io says of a write to an image opened read-only.
+const READ_ONLY: &str = "Block node is read-only";
 
 /// What a command says when it did not get the words it takes.
 const WRONG_ARGUMENTS: &str = "expected an offset and a length";
@@ -653,7 +665,60 @@ fn open_image(
     Ok(Opened {
         image,
         discard_ignored: choices.discard_ignored,
+        how: (source.clone(), filename.to_string(), named, choices.clone()),
     })
+}
+
+/// `reopen [-r|-w] [-c cache] [-o options]`: the image closed and opened again as it
+/// was, read-only or writable as asked, with a raw image's `offset` and `size`
+/// changed; other options cannot change here (there is no running guest to keep).
+fn reopen_command(open: Opened, args: &[&str]) -> (Option<Opened>, Result<(), Error>) {
+    let (source, filename, named, mut choices) = open.how.clone();
+    let parsed = split_args(args, "co").and_then(|(flags, rest)| {
+        if !rest.is_empty() || (flags.has('r') && flags.has('w')) {
+            return Err(Error::new(ErrorKind::BadArgument, WRONG_ARGUMENTS));
+        }
+        check_modes(flags.value('c'), None, None)?;
+        if flags.has('r') || flags.has('w') {
+            choices.read_only = flags.has('r');
+        }
+        let (mut offset, mut size) = choices
+            .raw_range
+            .map_or((None, None), |(o, s)| (Some(o), s));
+        for value in flags.values('o') {
+            for (key, value) in crate::source::parse_options(value) {
+                match key.as_str() {
+                    "offset" => offset = Some(crate::create::parse_size(&value)?),
+                    "size" => size = Some(crate::create::parse_size(&value)?),
+                    "driver"
+                        if Some(open.image.format())
+                            == crate::source::format_named(&value).ok() => {}
+                    other => {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            format!("Cannot change the option '{other}'"),
+                        ))
+                    }
+                }
+            }
+        }
+        if offset.is_some() || size.is_some() {
+            choices.raw_range = Some((offset.unwrap_or(0), size));
+        }
+        Ok(())
+    });
+    if let Err(e) = parsed {
+        return (Some(open), Err(e));
+    }
+    let mut open = open;
+    if let Err(e) = open.image.flush() {
+        return (Some(open), Err(e));
+    }
+    drop(open);
+    match open_image(&source, &filename, named, &choices) {
+        Ok(again) => (Some(again), Ok(())),
+        Err(e) => (None, Err(e)),
+    }
 }
 
 /// The chain `open_image` opens, its failures in cowimg's words.
@@ -670,6 +735,7 @@ fn open_chain(source: &SourceArgs, filename: &str, choices: &OpenChoices) -> Res
     }
     options.locking = !choices.unlocked;
     options.file_format = options.file_format.or(choices.file_format);
+    options.raw_range = choices.raw_range.or(options.raw_range);
     if let Some(format) = choices.backing_format {
         options.backing = cowimg::Backing::Format(format);
     }
@@ -831,6 +897,7 @@ fn open_command(source: &SourceArgs, args: &[&str]) -> Result<Opened, Error> {
         caches,
         file_format,
         backing_format,
+        raw_range: None,
     };
     let path = path.ok_or_else(|| {
         Error::new(
@@ -871,6 +938,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         caches: Default::default(),
         file_format: None,
         backing_format: None,
+        raw_range: None,
     };
     let mut image = match &args.filename {
         Some(name) => Some(open_image(&args.source, name, true, &choices)?),
@@ -892,7 +960,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         let words: Vec<&str> = command.split_whitespace().collect();
         // qemu-io reports open's failures with its name, other commands' without.
-        let opening = words.first() == Some(&"open");
+        let opening = matches!(words.first(), Some(&"open" | &"reopen"));
         let result = match (words.split_first(), image.as_mut()) {
             (Some((&"open", rest)), None) => {
                 open_command(&args.source, rest).map(|opened| image = Some(opened))
@@ -905,6 +973,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 let flushed = open.image.flush();
                 image = None;
                 flushed
+            }
+            (Some((&"reopen", rest)), Some(_)) => {
+                let (again, result) = match image.take() {
+                    Some(open) => reopen_command(open, rest),
+                    None => (None, Ok(())),
+                };
+                image = again;
+                result
             }
             (Some(_), None) => Err(Error::new(
                 ErrorKind::BadArgument,
@@ -921,7 +997,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         };
         crate::print_out(&out);
         match result {
-            Err(e) if opening => {
+            Err(e) if opening || e.message() == READ_ONLY => {
                 failed = true;
                 complain!("{}", crate::shown(&e));
             }

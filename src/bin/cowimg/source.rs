@@ -208,10 +208,15 @@ impl SourceArgs {
         if self.image_opts || json.is_some() {
             let (mut file, mut backing_file, mut backing_format) = (None, None, None);
             let mut backing_key = None;
+            let (mut raw_offset, mut raw_size) = (None, None);
             let pairs = without_blkdebug_node(json.unwrap_or_else(|| parse_options(filename)))?;
             for (key, value) in pairs {
                 match key.as_str() {
+                    // The file protocol alone reads the bytes as they are: raw.
+                    "driver" if value == "file" => options.format = Some(Format::Raw),
                     "driver" => options.format = Some(format_named(&value)?),
+                    "offset" => raw_offset = Some(crate::create::parse_size(&value)?),
+                    "size" => raw_size = Some(crate::create::parse_size(&value)?),
                     "file.filename" | "file" | "filename" => file = Some(value),
                     "file.driver" if value == "file" => {}
                     "file.driver" => options.file_format = Some(format_named(&value)?),
@@ -237,6 +242,9 @@ impl SourceArgs {
                 }
             }
             path = PathBuf::from(file.ok_or_else(|| bad("Parameter 'file.filename' is required"))?);
+            if raw_offset.is_some() || raw_size.is_some() {
+                options.raw_range = Some((raw_offset.unwrap_or(0), raw_size));
+            }
             match (&key_secret, backing_key) {
                 (Some(id), Some(other)) if *id != other => {
                     return Err(Error::new(
