@@ -2728,3 +2728,44 @@ fn raw_windows_and_reopen_are_qemu_ios() {
     let ours = said(&dir.str("qemu-io"), &dir.str("ours.raw"));
     assert_eq!(ours, said("qemu-io", &dir.str("theirs.raw")));
 }
+
+/// `detect-zeroes` turns writes of zeros into zero writes (unmapping with
+/// `discard=unmap`), and refuses unmap without it, as qemu-io does.
+#[test]
+fn detect_zeroes_is_qemus() {
+    let dir = Scratch::new("detect-zeroes");
+    installed_as(&dir, "qemu-io");
+    for opts in [
+        "detect-zeroes=on",
+        "discard=unmap,detect-zeroes=unmap",
+        "detect-zeroes=unmap",
+        "discard=ignore,detect-zeroes=unmap",
+        "detect-zeroes=off",
+    ] {
+        let said = |program: &str, image: &str| {
+            qemu_img(&["create", "-q", "-f", "qcow2", image, "1M"]);
+            qemu_io(&["-f", "qcow2", "-c", "write -P 1 0 128k", image]);
+            let spec = format!("driver=qcow2,file.filename={image},{opts}");
+            let (code, out, err) = session(
+                program,
+                &[
+                    "--image-opts",
+                    "-c",
+                    "write -P 0 0 64k",
+                    "-c",
+                    "write -P 0 256k 64k",
+                    &spec,
+                ],
+                b"",
+            );
+            let map = qemu_img(&["map", "--output=json", image]);
+            let map: Vec<String> = map
+                .lines()
+                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
+                .collect();
+            (code, out, err, map)
+        };
+        let ours = said(&dir.str("qemu-io"), &dir.str("ours.qcow2"));
+        assert_eq!(ours, said("qemu-io", &dir.str("theirs.qcow2")), "{opts}");
+    }
+}

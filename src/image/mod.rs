@@ -288,6 +288,11 @@ impl Image {
 
     /// Writes `buf` at guest offset `offset` of the top image.
     pub fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        if let Some(unmap) = self.options.detect_zeroes {
+            if crate::copy::is_zero(buf) {
+                return self.write_zeroes(offset, buf.len() as u64, unmap);
+            }
+        }
         self.on_range(offset, buf.len() as u64, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, below),
             Layer::Qcow(q) => q.write_at(offset, buf, below),

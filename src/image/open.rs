@@ -51,6 +51,9 @@ pub struct OpenOptions {
     /// A raw image's disk as a part of its file: QEMU raw's `offset` and `size` (None:
     /// to the file's end).
     pub raw_range: Option<(u64, Option<u64>)>,
+    /// QEMU's `detect-zeroes`: writes of nothing but zeros become zero writes (None:
+    /// off; Some(true): and may release the space, `unmap`).
+    pub detect_zeroes: Option<bool>,
     /// The longest chain accepted, the top image included.
     pub max_chain_length: usize,
     /// Open for metadata only (what `info` needs): no key or data file required.
@@ -131,6 +134,7 @@ impl Default for OpenOptions {
             qcow2_caches: Default::default(),
             file_format: None,
             raw_range: None,
+            detect_zeroes: None,
             max_chain_length: 64,
             metadata_only: false,
             writable: false,

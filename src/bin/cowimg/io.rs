@@ -311,7 +311,17 @@ fn run_command(
         return Ok(());
     };
     // A command that writes, on an image opened read-only: refused before it runs.
-    let writes = ["write", "w", "aio_write", "writev", "discard", "d", "aio_discard", "truncate", "t"];
+    let writes = [
+        "write",
+        "w",
+        "aio_write",
+        "writev",
+        "discard",
+        "d",
+        "aio_discard",
+        "truncate",
+        "t",
+    ];
     if writes.contains(&name) && !image.is_writable() {
         return Err(Error::new(ErrorKind::BadArgument, READ_ONLY));
     }

@@ -209,12 +209,15 @@ impl SourceArgs {
             let (mut file, mut backing_file, mut backing_format) = (None, None, None);
             let mut backing_key = None;
             let (mut raw_offset, mut raw_size) = (None, None);
+            let (mut detect_zeroes, mut discard) = (None, None);
             let pairs = without_blkdebug_node(json.unwrap_or_else(|| parse_options(filename)))?;
             for (key, value) in pairs {
                 match key.as_str() {
                     // The file protocol alone reads the bytes as they are: raw.
                     "driver" if value == "file" => options.format = Some(Format::Raw),
                     "driver" => options.format = Some(format_named(&value)?),
+                    "detect-zeroes" => detect_zeroes = Some(value),
+                    "discard" => discard = Some(value),
                     "offset" => raw_offset = Some(crate::create::parse_size(&value)?),
                     "size" => raw_size = Some(crate::create::parse_size(&value)?),
                     "file.filename" | "file" | "filename" => file = Some(value),
@@ -242,6 +245,8 @@ impl SourceArgs {
                 }
             }
             path = PathBuf::from(file.ok_or_else(|| bad("Parameter 'file.filename' is required"))?);
+            options.detect_zeroes =
+                detect_zeroes_mode(detect_zeroes.as_deref(), discard.as_deref())?;
             if raw_offset.is_some() || raw_size.is_some() {
                 options.raw_range = Some((raw_offset.unwrap_or(0), raw_size));
             }
@@ -371,6 +376,28 @@ pub fn without_blkdebug_node(pairs: Vec<(String, String)>) -> Result<Vec<(String
         }
     }
     Ok(out)
+}
+
+/// QEMU's `detect-zeroes` (off, on, unmap) with its `discard` (ignore, unmap), checked
+/// as QEMU checks them: None off, Some(unmap).
+fn detect_zeroes_mode(detect: Option<&str>, discard: Option<&str>) -> Result<Option<bool>, Error> {
+    // qemu-io opens with discard=unmap unless told otherwise.
+    let unmap_allowed = match discard {
+        Some("ignore" | "off") => false,
+        None | Some("unmap" | "on") => true,
+        Some(other) => return Err(bad(format!("Invalid discard option: '{other}'"))),
+    };
+    match detect {
+        None | Some("off") => Ok(None),
+        Some("on") => Ok(Some(false)),
+        Some("unmap") if unmap_allowed => Ok(Some(true)),
+        Some("unmap") => Err(bad(
+            "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap",
+        )),
+        Some(other) => Err(bad(format!(
+            "Parameter 'detect-zeroes' does not accept value '{other}'"
+        ))),
+    }
 }
 
 /// A file name as QEMU shows one given after `file:`: a relative name whose first
