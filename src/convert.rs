@@ -39,6 +39,9 @@ pub struct ConvertOptions {
     /// With `existing`: the target reads as zeros already (`--target-is-zero`), so
     /// zeros need not be written.
     pub target_is_zero: bool,
+    /// Runs of zeros at least this long are left unwritten (qemu-img's `-S`, 4 KiB by
+    /// default); 0 writes every byte, zeros as data.
+    pub sparse_size: u64,
 }
 
 impl ConvertOptions {
@@ -53,6 +56,7 @@ impl ConvertOptions {
             salvage: false,
             existing: false,
             target_is_zero: false,
+            sparse_size: SPARSE as u64,
         }
     }
 
@@ -70,6 +74,8 @@ impl ConvertOptions {
         existing: bool;
         /// The existing target reads as zeros already.
         target_is_zero: bool;
+        /// Runs of zeros at least this long stay holes (0: everything written).
+        sparse_size: u64;
         }
         optional {
         /// The passphrase of an encrypted target.
@@ -200,7 +206,7 @@ fn to_image(
         (0, size),
         &mut target,
         cs,
-        (options.compress, zero_init),
+        (options.compress, zero_init, options.sparse_size == 0),
         salvage,
         progress,
     )?;
@@ -229,7 +235,8 @@ fn to_raw(
     let mut offset = 0;
     while offset < size {
         let len = match source.block_status(offset, (size - offset).min(CHUNK)) {
-            Ok(status) if status.zero => status.len,
+            // -S 0: zeros are written too.
+            Ok(status) if status.zero && options.sparse_size > 0 => status.len,
             Ok(status) => {
                 push_piece(&mut pieces, offset, status.len);
                 status.len
@@ -259,8 +266,9 @@ fn to_raw(
                         break;
                     };
                     let chunk = &mut buf[..len as usize];
-                    let result = read_into(source, salvage, chunk, at)
-                        .and_then(|()| write_sparse(&out, chunk, at).map_err(writing));
+                    let result = read_into(source, salvage, chunk, at).and_then(|()| {
+                        write_sparse(&out, chunk, at, options.sparse_size).map_err(writing)
+                    });
                     progress(len);
                     if let Err(e) = result {
                         failed
@@ -294,15 +302,20 @@ fn push_piece(pieces: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
     }
 }
 
-/// Writes `data` at `offset`, leaving aligned all-zero blocks unwritten.
-fn write_sparse(out: &FileStorage, data: &[u8], offset: u64) -> std::io::Result<()> {
+/// Writes `data` at `offset`, leaving aligned all-zero blocks of `sparse` bytes
+/// unwritten (every byte written when `sparse` is 0).
+fn write_sparse(out: &FileStorage, data: &[u8], offset: u64, sparse: u64) -> std::io::Result<()> {
+    if sparse == 0 {
+        return out.write_at(data, offset);
+    }
+    let block = sparse as usize;
     let mut start = None;
-    for (i, block) in data.chunks(SPARSE).enumerate() {
-        let zero = is_zero(block);
+    for (i, piece) in data.chunks(block).enumerate() {
+        let zero = is_zero(piece);
         match (zero, start) {
-            (false, None) => start = Some(i * SPARSE),
+            (false, None) => start = Some(i * block),
             (true, Some(s)) => {
-                out.write_at(&data[s..i * SPARSE], offset + s as u64)?;
+                out.write_at(&data[s..i * block], offset + s as u64)?;
                 start = None;
             }
             _ => {}

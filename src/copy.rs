@@ -126,7 +126,8 @@ enum Need {
 
 /// Copies the `(from, len)` bytes of `image` to the start of `target`, whose clusters
 /// of `cs` bytes read as zeros (when `zero_init`; else zeros are written too), or as its
-/// backing file gives them: only
+/// backing file gives them (with `zeros_as_data`, zeros are written as data, all
+/// allocated): only
 /// clusters that read otherwise are written, plainly or, with `compress`, compressed
 /// (zeros over backing data are written as zeros). `progress` hears of every byte
 /// done, written or skipped. With `salvage`, what cannot be read is copied as zeros
@@ -136,7 +137,7 @@ pub fn copy_into(
     (from, len): (u64, u64),
     target: &mut Image,
     cs: u64,
-    (compress, zero_init): (bool, bool),
+    (compress, zero_init, zeros_as_data): (bool, bool, bool),
     salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -162,7 +163,9 @@ pub fn copy_into(
         salvage,
         progress,
         |done, chunk| {
-            if done > next {
+            if done > next && zeros_as_data {
+                write_zero_data(target, next, done - next)?;
+            } else if done > next {
                 zero_skipped((image, from), target, (next, done), zero_init, backed)?;
             }
             next = done + chunk.len() as u64;
@@ -184,6 +187,7 @@ pub fn copy_into(
                             Need::Data
                         }
                     }
+                    Some(_) if zeros_as_data => Need::Data,
                     Some(c) if is_zero(c) && zero_init => Need::Nothing,
                     Some(c) if is_zero(c) => Need::Zeros,
                     Some(_) => Need::Data,
@@ -206,10 +210,17 @@ pub fn copy_into(
             Ok(())
         },
     )?;
-    if len > next {
+    if len > next && zeros_as_data {
+        write_zero_data(target, next, len - next)?;
+    } else if len > next {
         zero_skipped((image, from), target, (next, len), zero_init, backed)?;
     }
     Ok(())
+}
+
+/// Zeros written into `target` as data (qemu-img convert -S 0: everything allocated).
+fn write_zero_data(target: &mut Image, offset: u64, len: u64) -> Result<()> {
+    crate::image::write_zero_buffers(offset, len, |at, zeros| target.write_at(zeros, at))
 }
 
 /// Makes `[from, to)` of `target` (at `source_from + from` in `source`, which reads

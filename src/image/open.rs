@@ -51,6 +51,9 @@ pub struct OpenOptions {
     /// A raw image's disk as a part of its file: QEMU raw's `offset` and `size` (None:
     /// to the file's end).
     pub raw_range: Option<(u64, Option<u64>)>,
+    /// QEMU's `null-co` driver: no file is opened; the image is a raw disk of this
+    /// size that reads as zeros and drops writes.
+    pub null_size: Option<u64>,
     /// QEMU's `detect-zeroes`: writes of nothing but zeros become zero writes (None:
     /// off; Some(true): and may release the space, `unmap`).
     pub detect_zeroes: Option<bool>,
@@ -135,6 +138,7 @@ impl Default for OpenOptions {
             file_format: None,
             raw_range: None,
             detect_zeroes: None,
+            null_size: None,
             max_chain_length: 64,
             metadata_only: false,
             writable: false,
@@ -152,6 +156,15 @@ impl Image {
         let path = path.as_ref();
         if let Some(inner) = options.file_format {
             return Image::open_nested(path, inner, options);
+        }
+        if let Some(size) = options.null_size {
+            let storage = Arc::new(crate::storage::NullStorage::new(size));
+            let options = OpenOptions {
+                null_size: None,
+                backing: Backing::Ignore,
+                ..options.clone()
+            };
+            return Image::open_storage(storage, Format::Raw, &options);
         }
         let mut chain: Vec<ChainEntry> = Vec::new();
         let mut seen = HashSet::new();

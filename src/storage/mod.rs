@@ -5,6 +5,7 @@ mod fault;
 mod file;
 pub mod lock;
 mod memory;
+mod null;
 #[cfg(feature = "remote")]
 pub mod remote;
 
@@ -12,6 +13,7 @@ pub use fault::{Fault, FaultStorage};
 pub use file::FileStorage;
 pub use lock::{Access, LockConflict};
 pub use memory::MemoryStorage;
+pub use null::NullStorage;
 
 use std::io;
 

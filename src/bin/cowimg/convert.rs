@@ -48,6 +48,10 @@ pub struct Args {
     /// With -n: the output reads as zeros already, so zeros are not written.
     #[arg(long = "target-is-zero")]
     target_is_zero: bool,
+    /// Runs of zeros at least this long (a multiple of 512, up to 16 MiB) stay holes;
+    /// 0 writes them all (the output fully allocated).
+    #[arg(short = 'S', value_name = "SPARSE_SIZE")]
+    sparse_size: Option<String>,
     /// Accepted for qemu-img's sake; they tune how qemu-img schedules its I/O and
     /// change nothing in the output: -T (source cache mode), -W (out-of-order writes),
     /// -m (requests in flight: cowimg uses one worker per core), -C (copy offloading).
@@ -75,6 +79,18 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         .salvage(args.salvage)
         .existing(args.existing)
         .target_is_zero(args.target_is_zero);
+    if let Some(text) = &args.sparse_size {
+        let size = crate::create::parse_size(text)
+            .ok()
+            .filter(|n| n % 512 == 0 && *n <= 16 << 20)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadArgument,
+                    "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).",
+                )
+            })?;
+        options.sparse_size = size;
+    }
     if matches!(args.coroutines, Some(0) | Some(17..)) {
         return Err(Error::new(
             ErrorKind::BadArgument,

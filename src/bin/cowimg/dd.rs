@@ -135,7 +135,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         (from, size),
         &mut target,
         cs,
-        (false, zero_init),
+        (false, zero_init, false),
         None,
         &|_| {},
     )?;

@@ -210,11 +210,16 @@ impl SourceArgs {
             let mut backing_key = None;
             let (mut raw_offset, mut raw_size) = (None, None);
             let (mut detect_zeroes, mut discard) = (None, None);
+            let mut null = false;
             let pairs = without_blkdebug_node(json.unwrap_or_else(|| parse_options(filename)))?;
             for (key, value) in pairs {
                 match key.as_str() {
                     // The file protocol alone reads the bytes as they are: raw.
                     "driver" if value == "file" => options.format = Some(Format::Raw),
+                    "driver" if value == "null-co" || value == "null-aio" => null = true,
+                    // null-co's zeros are always zeros (QEMU's default leaves them
+                    // unspecified); its latency is not simulated.
+                    "read-zeroes" | "latency-ns" if null => {}
                     "driver" => options.format = Some(format_named(&value)?),
                     "detect-zeroes" => detect_zeroes = Some(value),
                     "discard" => discard = Some(value),
@@ -243,6 +248,11 @@ impl SourceArgs {
                     }
                     _ => return Err(bad(format!("Invalid parameter '{key}'"))),
                 }
+            }
+            if null {
+                options.format = Some(Format::Raw);
+                options.null_size = Some(raw_size.take().unwrap_or(1 << 30));
+                file = file.or(Some(String::new()));
             }
             path = PathBuf::from(file.ok_or_else(|| bad("Parameter 'file.filename' is required"))?);
             options.detect_zeroes =
