@@ -2823,3 +2823,60 @@ fn convert_sparse_sizes_and_null_sources_are_qemu_imgs() {
         }
     }
 }
+
+/// Growing an overlay whose last cluster is partial keeps what the backing file gives
+/// before the old end (a data bug: the backing file was not opened, the cluster read
+/// as zeros), and qcow2 resize preallocation allocates the grown range, so writing it
+/// later does not grow the file: as qemu-img resize does.
+#[test]
+fn resize_keeps_backing_data_and_preallocates_as_qemu_img() {
+    let dir = Scratch::new("resize-backing");
+    installed_as(&dir, "qemu-img");
+    let base = dir.str("base.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &base, "128k"]);
+    qemu_io(&["-f", "raw", "-c", "write -P 1 0 128k", &base]);
+    for prealloc in ["off", "metadata", "full"] {
+        let said = ["ours", "theirs"].map(|who| {
+            let image = dir.str(&format!("{who}.qcow2"));
+            qemu_img(&[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                &base,
+                "-o",
+                "cluster_size=64k",
+                &image,
+                "31k",
+            ]);
+            let program = if who == "ours" {
+                dir.str("qemu-img")
+            } else {
+                "qemu-img".into()
+            };
+            let p = format!("--preallocation={prealloc}");
+            let resize = session(&program, &["resize", "-f", "qcow2", &p, &image, "96k"], b"");
+            let read = qemu_io(&[
+                "-f",
+                "qcow2",
+                "-c",
+                "read -P 1 0 31k",
+                "-c",
+                "read -P 0 31k 65k",
+                &image,
+            ]);
+            assert!(
+                !read.contains("verification failed"),
+                "{who} {prealloc}: {read}"
+            );
+            let before = std::fs::metadata(&image).unwrap().len();
+            qemu_io(&["-f", "qcow2", "-c", "write -P 7 64k 32k", &image]);
+            let grew = std::fs::metadata(&image).unwrap().len() > before;
+            (resize, grew)
+        });
+        assert_eq!(said[0], said[1], "{prealloc}");
+    }
+}

@@ -26,7 +26,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let mut image = args.source.open_writable(&args.filename, Backing::Ignore)?;
+    // The backing chain is opened, as qemu-img opens it: a partial last cluster that
+    // grows keeps what the backing file gives for its first part.
+    let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
     let current = image.size();
     let (sign, number) = match args.size.as_bytes().first() {
         Some(b'+') => (1i8, &args.size[1..]),
@@ -59,6 +61,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     let prealloc = match args.preallocation.as_deref() {
         None | Some("off") => false,
         Some("falloc" | "full") if image.format() == cowimg::Format::Raw => true,
+        // qcow2: the new clusters allocated with zeros written into them, for every
+        // mode (metadata and falloc too: the space is taken, as full takes it).
+        Some("metadata" | "falloc" | "full") if image.format() == cowimg::Format::Qcow2 => true,
         Some(mode @ ("metadata" | "falloc" | "full")) => {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -77,8 +82,14 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     };
     image.resize(new_size)?;
     if prealloc && new_size > current {
-        // The new range written out (raw writes real zeros), as preallocation=full.
-        image.write_zeroes(current, new_size - current, false)?;
+        // The new range written out as zeros, as preallocation=full writes it.
+        let zeros = vec![0u8; (new_size - current).min(1 << 20) as usize];
+        let mut at = current;
+        while at < new_size {
+            let n = (new_size - at).min(zeros.len() as u64) as usize;
+            image.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
     }
     image.flush()?;
     if !args.quiet {
