@@ -2880,3 +2880,79 @@ fn resize_keeps_backing_data_and_preallocates_as_qemu_img() {
         assert_eq!(said[0], said[1], "{prealloc}");
     }
 }
+
+/// The magics of a version 3 qcow2 header's extensions, in order.
+fn extension_magics(path: &str) -> Vec<u32> {
+    let file = std::fs::read(path).unwrap();
+    let mut at = be32(&file, 100) as u64;
+    let mut out = Vec::new();
+    while be32(&file, at) != 0 {
+        out.push(be32(&file, at));
+        at += 8 + (be32(&file, at + 4) as u64).next_multiple_of(8);
+    }
+    out
+}
+
+/// A LUKS qcow2 image's crypto extension precedes the feature table, as qemu-img
+/// writes them, and check names an --image-opts image by its option string.
+#[test]
+fn luks_header_extensions_and_check_names_are_qemu_imgs() {
+    let dir = Scratch::new("luks-exts");
+    installed_as(&dir, "qemu-img");
+    let secret = "secret,id=sec0,data=123456";
+    let images = ["ours", "theirs"].map(|who| {
+        let image = dir.str(&format!("{who}.qcow2"));
+        let program = if who == "ours" {
+            dir.str("qemu-img")
+        } else {
+            "qemu-img".into()
+        };
+        run_ok(
+            None,
+            &program,
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "--object",
+                secret,
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+                &image,
+                "1M",
+            ],
+        );
+        image
+    });
+    assert_eq!(extension_magics(&images[0]), extension_magics(&images[1]));
+    for image in &images {
+        // Without its crypto extension the image cannot be opened.
+        let mut file = std::fs::read(image).unwrap();
+        let at = be32(&file, 100) as usize;
+        assert_eq!(be32(&file, at as u64), 0x0537_be77, "crypto header first");
+        let len = 8 + (be32(&file, at as u64 + 4) as usize).next_multiple_of(8);
+        // Zeros in its place end the extension list there.
+        file[at..at + len].fill(0);
+        std::fs::write(image, &file).unwrap();
+    }
+    let said = |program: &str, image: &str| {
+        let spec = format!("file.filename={image},encrypt.key-secret=sec0");
+        let (code, out, err) = session(
+            program,
+            &["check", "--object", secret, "--image-opts", &spec],
+            b"",
+        );
+        (
+            code,
+            out,
+            err.iter()
+                .map(|l| l.replace(image, "IMAGE"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        said(&dir.str("qemu-img"), &images[0]),
+        said("qemu-img", &images[1])
+    );
+}

@@ -400,11 +400,17 @@ fn add_luks_header(
     let clusters = length.div_ceil(cs);
     let offset = refcounts.alloc(storage, clusters)?;
     LuksVolume::format(storage, offset, luks, true)?;
-    header.extensions.push(Extension {
+    // Before the feature table, where QEMU writes it.
+    let table = ExtensionMagic::FeatureTable.value();
+    let at = (header.extensions.iter())
+        .position(|e| e.magic == table)
+        .unwrap_or(header.extensions.len());
+    let crypto = Extension {
         magic: ExtensionMagic::FullDiskEncryption.value(),
         offset: 0,
         data: CryptoExtension { offset, length }.to_bytes(),
-    });
+    };
+    header.extensions.insert(at, crypto);
     storage
         .write_at(&header.to_cluster()?, 0)
         .map_err(io("writing the header"))?;

@@ -84,7 +84,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if e.message().starts_with("Could not open '") {
             e
         } else {
-            let shown = cowimg::storage::display_url(&path.to_string_lossy());
+            // Named as it was given (an --image-opts string too), as qemu-img names it.
+            let shown = cowimg::storage::display_url(&args.filename);
             e.context(format_args!("Could not open '{shown}'"))
         }
     })?);
