@@ -2956,3 +2956,63 @@ fn luks_header_extensions_and_check_names_are_qemu_imgs() {
         said("qemu-img", &images[1])
     );
 }
+
+/// Rebase writes zeros as zero clusters where no old backing file reached, and as
+/// data where an old backing file read zeros: the overlay maps as qemu-img's does.
+#[test]
+fn rebase_writes_zeros_as_qemu_img_writes_them() {
+    let dir = Scratch::new("rebase-zeros");
+    installed_as(&dir, "qemu-img");
+    for with_old in [false, true] {
+        let said = ["ours", "theirs"].map(|who| {
+            let p = |n: &str| dir.str(&format!("{who}.{n}"));
+            qemu_img(&["create", "-q", "-f", "qcow2", &p("old"), "384k"]);
+            qemu_img(&["create", "-q", "-f", "qcow2", &p("new"), "384k"]);
+            qemu_io(&[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x11 0 64k",
+                "-c",
+                "write -P 0x11 128k 64k",
+                "-c",
+                "write -P 0x11 256k 64k",
+                &p("new"),
+            ]);
+            match with_old {
+                true => qemu_img(&[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    &p("old"),
+                    "-F",
+                    "qcow2",
+                    &p("top"),
+                    "384k",
+                ]),
+                false => qemu_img(&["create", "-q", "-f", "qcow2", &p("top"), "384k"]),
+            };
+            qemu_io(&["-f", "qcow2", "-c", "write -P 0x22 0 128k", &p("top")]);
+            let program = if who == "ours" {
+                dir.str("qemu-img")
+            } else {
+                "qemu-img".into()
+            };
+            let new = p("new");
+            let rebase = session(
+                &program,
+                &["rebase", "-b", &new, "-F", "qcow2", &p("top")],
+                b"",
+            );
+            let map = qemu_img(&["map", "--output=json", &p("top")]);
+            let map: Vec<String> = map
+                .lines()
+                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
+                .collect();
+            (rebase, map)
+        });
+        assert_eq!(said[0], said[1], "old backing: {with_old}");
+    }
+}

@@ -56,9 +56,14 @@ impl Image {
                 }
                 if old_buf[..n] != new_buf[..n] {
                     let data = old_buf[..n].to_vec();
-                    match compress && n as u64 == unit {
-                        true => self.write_compressed(&data, offset)?,
-                        false => self.write_at(&data, offset)?,
+                    // Where no old backing file reaches (none, or past its end), the
+                    // zeros are written as zeros (a zero cluster), as qemu-img rebase
+                    // writes them; what an old backing file gave is written as data.
+                    let absent = self.chain.get(1).is_none_or(|b| offset >= b.layer.size());
+                    match (absent, compress && n as u64 == unit) {
+                        (true, _) => self.write_zeroes(offset, n as u64, false)?,
+                        (false, true) => self.write_compressed(&data, offset)?,
+                        (false, false) => self.write_at(&data, offset)?,
                     }
                 }
                 offset += n as u64;
