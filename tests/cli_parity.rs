@@ -31,6 +31,24 @@ fn installed_as(dir: &Scratch, name: &str) -> String {
     dir.str(name)
 }
 
+/// `name` (qemu-img, qemu-io) as `who` runs it: "ours" the cowimg installed in `dir`
+/// under that name, anyone else QEMU's own.
+fn tool(dir: &Scratch, who: &str, name: &str) -> String {
+    match who {
+        "ours" => dir.str(name),
+        _ => name.to_string(),
+    }
+}
+
+/// qemu-img map's JSON lines for `path` without host offsets (they follow the order
+/// in which clusters were allocated).
+fn map_without_offsets(path: &str) -> Vec<String> {
+    let map = qemu_img(&["map", "--output=json", path]).replace(path, "IMAGE");
+    map.lines()
+        .map(|l| l.split(", \"offset\"").next().unwrap_or(l).to_string())
+        .collect()
+}
+
 fn session(program: &str, args: &[&str], input: &[u8]) -> Session {
     use std::io::Write as _;
     use std::process::Stdio;
@@ -2417,10 +2435,7 @@ fn zeros_over_a_backing_file_survive_convert_b_as_in_qemu_img() {
     for extra in [vec![], vec!["-c"]] {
         let outputs = ["ours", "theirs"].map(|who| {
             let out = dir.str(&format!("{who}.qcow2"));
-            let program = match who {
-                "ours" => dir.str("qemu-img"),
-                _ => "qemu-img".to_string(),
-            };
+            let program = tool(&dir, who, "qemu-img");
             let mut args = vec!["convert", "-O", "qcow2", "-B", base.as_str(), "-F", "qcow2"];
             args.extend(&extra);
             args.extend([top.as_str(), out.as_str()]);
@@ -2439,17 +2454,8 @@ fn zeros_over_a_backing_file_survive_convert_b_as_in_qemu_img() {
         assert!(!read.contains("verification failed"), "{extra:?}: {read}");
         let same = qemu_img(&["compare", &outputs[0], &outputs[1]]);
         assert!(same.contains("identical"), "{extra:?}: {same}");
-        let map = |p: &str| qemu_img(&["map", "--output=json", p]).replace(p, "OUT");
-        let strip = |m: String| {
-            m.lines()
-                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            strip(map(&outputs[0])),
-            strip(map(&outputs[1])),
-            "{extra:?}"
-        );
+        let maps = outputs.each_ref().map(|o| map_without_offsets(o));
+        assert_eq!(maps[0], maps[1], "{extra:?}");
         qemu_img(&["check", &outputs[0]]);
     }
 }
@@ -2488,18 +2494,10 @@ fn committed_zeros_release_the_base_clusters_as_qemu_img() {
             "write -P 0 1536k 64k",
             &top,
         ]);
-        let program = if who == "ours" {
-            dir.str("qemu-img")
-        } else {
-            "qemu-img".into()
-        };
+        let program = tool(&dir, who, "qemu-img");
         let commit = session(&program, &["commit", &top], b"");
         let check = session("qemu-img", &["check", &base], b"");
-        let map = qemu_img(&["map", "--output=json", &base]);
-        let map: Vec<String> = map
-            .lines()
-            .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
-            .collect();
+        let map = map_without_offsets(&base);
         (commit, check, map)
     });
     assert_eq!(said[0], said[1]);
@@ -2542,11 +2540,7 @@ fn rebase_c_compresses_what_it_copies_as_qemu_img() {
             &mid,
         ]);
         qemu_io(&["-f", "qcow2", "-c", "write -c -P 0xcc 2M 64k", &top]);
-        let program = if who == "ours" {
-            dir.str("qemu-img")
-        } else {
-            "qemu-img".into()
-        };
+        let program = tool(&dir, who, "qemu-img");
         let rebase = session(
             &program,
             &[
@@ -2588,11 +2582,7 @@ fn qcow2_preallocation_and_data_files_are_sized_as_qemu_img_sizes_them() {
                 if data_file {
                     o = format!("data_file={data},{o}");
                 }
-                let program = if who == "ours" {
-                    dir.str("qemu-img")
-                } else {
-                    "qemu-img".into()
-                };
+                let program = tool(&dir, who, "qemu-img");
                 run_ok(
                     None,
                     &program,
@@ -2758,11 +2748,7 @@ fn detect_zeroes_is_qemus() {
                 ],
                 b"",
             );
-            let map = qemu_img(&["map", "--output=json", image]);
-            let map: Vec<String> = map
-                .lines()
-                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
-                .collect();
+            let map = map_without_offsets(image);
             (code, out, err, map)
         };
         let ours = said(&dir.str("qemu-io"), &dir.str("ours.qcow2"));
@@ -2852,11 +2838,7 @@ fn resize_keeps_backing_data_and_preallocates_as_qemu_img() {
                 &image,
                 "31k",
             ]);
-            let program = if who == "ours" {
-                dir.str("qemu-img")
-            } else {
-                "qemu-img".into()
-            };
+            let program = tool(&dir, who, "qemu-img");
             let p = format!("--preallocation={prealloc}");
             let resize = session(&program, &["resize", "-f", "qcow2", &p, &image, "96k"], b"");
             let read = qemu_io(&[
@@ -2902,11 +2884,7 @@ fn luks_header_extensions_and_check_names_are_qemu_imgs() {
     let secret = "secret,id=sec0,data=123456";
     let images = ["ours", "theirs"].map(|who| {
         let image = dir.str(&format!("{who}.qcow2"));
-        let program = if who == "ours" {
-            dir.str("qemu-img")
-        } else {
-            "qemu-img".into()
-        };
+        let program = tool(&dir, who, "qemu-img");
         run_ok(
             None,
             &program,
@@ -2995,22 +2973,14 @@ fn rebase_writes_zeros_as_qemu_img_writes_them() {
                 false => qemu_img(&["create", "-q", "-f", "qcow2", &p("top"), "384k"]),
             };
             qemu_io(&["-f", "qcow2", "-c", "write -P 0x22 0 128k", &p("top")]);
-            let program = if who == "ours" {
-                dir.str("qemu-img")
-            } else {
-                "qemu-img".into()
-            };
+            let program = tool(&dir, who, "qemu-img");
             let new = p("new");
             let rebase = session(
                 &program,
                 &["rebase", "-b", &new, "-F", "qcow2", &p("top")],
                 b"",
             );
-            let map = qemu_img(&["map", "--output=json", &p("top")]);
-            let map: Vec<String> = map
-                .lines()
-                .map(|l| l.split(", \"offset\"").next().unwrap_or(l).into())
-                .collect();
+            let map = map_without_offsets(&p("top"));
             (rebase, map)
         });
         assert_eq!(said[0], said[1], "old backing: {with_old}");
