@@ -2986,3 +2986,28 @@ fn rebase_writes_zeros_as_qemu_img_writes_them() {
         assert_eq!(said[0], said[1], "old backing: {with_old}");
     }
 }
+
+/// `rebase -u -F host_device` records the protocol driver's name, as qemu-img does:
+/// the header clusters come out byte for byte the same.
+#[test]
+fn unsafe_rebase_records_protocol_drivers_as_qemu_img() {
+    let dir = Scratch::new("rebase-driver");
+    installed_as(&dir, "qemu-img");
+    let headers = ["ours", "theirs"].map(|who| {
+        let image = dir.str(&format!("{who}.qcow2"));
+        qemu_img(&["create", "-q", "-f", "qcow2", &image, "64M"]);
+        let program = tool(&dir, who, "qemu-img");
+        let args = [
+            "rebase",
+            "-u",
+            "-b",
+            "/some/backing/file/path",
+            "-F",
+            "host_device",
+            &image,
+        ];
+        let said = session(&program, &args, b"");
+        (said, std::fs::read(&image).unwrap()[..4096].to_vec())
+    });
+    assert_eq!(headers[0], headers[1]);
+}

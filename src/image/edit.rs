@@ -7,9 +7,14 @@ use crate::create::Compat;
 impl Image {
     /// Names another backing file in the header, touching no data (`rebase -u`).
     pub fn set_backing(&mut self, name: Option<&str>, format: Option<Format>) -> Result<()> {
+        self.set_backing_driver(name, format.map(Format::name))
+    }
+
+    /// [`Image::set_backing`] with the backing format named by a QEMU driver name, one
+    /// cowimg need not open (`host_device`, as qemu-img rebase -u records it).
+    pub fn set_backing_driver(&mut self, name: Option<&str>, driver: Option<&str>) -> Result<()> {
         self.whole_disk("rebase")?;
-        self.top_qcow2("a backing file")?
-            .set_backing(name, format.map(Format::name))
+        self.top_qcow2("a backing file")?.set_backing(name, driver)
     }
 
     /// Safe rebase: every range the top image does not hold itself and whose content

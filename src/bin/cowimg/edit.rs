@@ -56,21 +56,31 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
         return Err(no_compression());
     }
     let name = (!args.backing.is_empty()).then_some(args.backing.as_str());
-    let format = args
-        .backing_format
-        .as_deref()
-        .map(format_named)
-        .transpose()?;
-    if let (Some(n), None) = (name, format) {
+    if let (Some(n), None) = (name, &args.backing_format) {
         // As qemu-img: a backing file named without its format is never recorded.
         return Err(Error::new(
             ErrorKind::BadArgument,
             format!("Could not change the backing file to '{n}': backing format must be specified"),
         ));
     }
+    // -u records the name alone, so a protocol driver (host_device…) may be named too,
+    // as qemu-img records it; everything else must be a format cowimg opens.
+    let protocol = (args.backing_format.as_deref())
+        .filter(|d| args.unsafe_rebase && ["file", "host_device", "host_cdrom"].contains(d));
+    let format = match protocol {
+        Some(_) => None,
+        None => args
+            .backing_format
+            .as_deref()
+            .map(format_named)
+            .transpose()?,
+    };
     if args.unsafe_rebase {
         let mut image = args.source.open_writable(&args.filename, Backing::Ignore)?;
-        image.set_backing(name, format)?;
+        match protocol {
+            Some(driver) => image.set_backing_driver(name, Some(driver))?,
+            None => image.set_backing(name, format)?,
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
