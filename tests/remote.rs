@@ -689,3 +689,30 @@ fn a_server_that_stops_mid_read_gives_a_clear_error_not_a_hang() {
         );
     }
 }
+
+/// COWIMG_REMOTE_TIMEOUT and COWIMG_REMOTE_RETRIES that do not parse, or lie outside
+/// their range, are refused by name before any request (never silently defaulted).
+#[test]
+fn bad_remote_settings_are_refused_by_name() {
+    let url = "http://127.0.0.1:9/disk.qcow2";
+    for (name, value) in [
+        ("COWIMG_REMOTE_TIMEOUT", "abc"),
+        ("COWIMG_REMOTE_TIMEOUT", "0"),
+        ("COWIMG_REMOTE_TIMEOUT", "7200"),
+        ("COWIMG_REMOTE_RETRIES", "2.5"),
+        ("COWIMG_REMOTE_RETRIES", "-1"),
+        ("COWIMG_REMOTE_RETRIES", "21"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+            .args(["info", url])
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{name} must be")) && err.contains(&format!("'{value}'")),
+            "{err}"
+        );
+    }
+}

@@ -84,18 +84,34 @@ struct Patience {
 }
 
 impl Patience {
-    fn from_env() -> Patience {
-        let number = |name: &str| std::env::var(name).ok()?.trim().parse::<f64>().ok();
-        let timeout = number("COWIMG_REMOTE_TIMEOUT")
-            .filter(|t| t.is_finite() && *t > 0.0)
-            .unwrap_or(30.0);
-        let retries = number("COWIMG_REMOTE_RETRIES")
-            .filter(|r| r.is_finite() && *r >= 0.0)
-            .map_or(3, |r| r.min(20.0) as u32);
-        Patience {
-            timeout: Duration::from_secs_f64(timeout.min(3600.0)),
-            retries,
-        }
+    /// The settings from the environment; a value set but not understood is refused by
+    /// its variable's name (never silently replaced by the default).
+    fn from_env() -> io::Result<Patience> {
+        let setting = |name: &str, ok: &dyn Fn(f64) -> bool, wanted: &str| match std::env::var(name)
+        {
+            Err(_) => Ok(None),
+            Ok(text) => match text.trim().parse::<f64>() {
+                Ok(v) if ok(v) => Ok(Some(v)),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} must be {wanted} (it is '{text}')"),
+                )),
+            },
+        };
+        let timeout = setting(
+            "COWIMG_REMOTE_TIMEOUT",
+            &|t| t.is_finite() && t > 0.0 && t <= 3600.0,
+            "a number of seconds above 0, at most 3600",
+        )?;
+        let retries = setting(
+            "COWIMG_REMOTE_RETRIES",
+            &|r| r.fract() == 0.0 && (0.0..=20.0).contains(&r),
+            "a whole number from 0 to 20",
+        )?;
+        Ok(Patience {
+            timeout: Duration::from_secs_f64(timeout.unwrap_or(30.0)),
+            retries: retries.map_or(3, |r| r as u32),
+        })
     }
 }
 
@@ -128,7 +144,7 @@ impl RemoteStorage {
         let parsed = Url::parse(url).map_err(|e| fail(format!("invalid URL '{shown}': {e}")))?;
         let (scheme, path) = ObjectStoreScheme::parse(&parsed)
             .map_err(|e| fail(format!("unsupported URL '{shown}': {e}")))?;
-        let patience = Patience::from_env();
+        let patience = Patience::from_env()?;
         // Set key by key: a whole `ClientOptions` would drop what the environment set
         // (AWS_ALLOW_HTTP, proxies).
         use object_store::ClientConfigKey as Key;
