@@ -2693,7 +2693,7 @@ fn raw_windows_and_reopen_are_qemu_ios() {
     let said = |program: &str, image: &str| {
         qemu_img(&["create", "-q", "-f", "raw", image, "4k"]);
         let json = format!("json:{{\"driver\":\"raw\",\"offset\":\"512\",\"size\":\"512\",\"file\":{{\"driver\":\"file\",\"filename\":\"{image}\"}}}}");
-        let input = "write -P 10 0 512\nwrite -P 10 511 2\nreopen -o driver=raw,offset=1536,size=1024\nwrite -P 11 0 1024\nread -P 11 1023 1\nwrite 1024 1\nreopen -r\nwrite 0 1\nreopen -o node-name=x\n";
+        let input = "write -P 10 0 512\nwrite -P 10 511 2\nreopen -o driver=raw,offset=8192\nread -P 10 0 512\nreopen -o driver=raw,offset=1536,size=1024\nwrite -P 11 0 1024\nread -P 11 1023 1\nwrite 1024 1\nreopen -r\nwrite 0 1\nreopen -o node-name=x\n";
         let mut all = session(program, &[&json], input.as_bytes());
         all.2 = all.2.iter().map(|l| l.replace(image, "IMAGE")).collect();
         let dump = qemu_io(&[

@@ -178,7 +178,9 @@ impl Image {
         if offset > file {
             return Err(Error::new(
                 ErrorKind::BadArgument,
-                format!("offset ({offset}) cannot be greater than size of file ({file})"),
+                format!(
+                    "Offset ({offset}) cannot be greater than size of the containing file ({file})"
+                ),
             ));
         }
         let size = size.unwrap_or(file - offset);

@@ -684,6 +684,7 @@ fn open_image(
 /// changed; other options cannot change here (there is no running guest to keep).
 fn reopen_command(open: Opened, args: &[&str]) -> (Option<Opened>, Result<(), Error>) {
     let (source, filename, named, mut choices) = open.how.clone();
+    let before = choices.clone();
     let parsed = split_args(args, "co").and_then(|(flags, rest)| {
         if !rest.is_empty() || (flags.has('r') && flags.has('w')) {
             return Err(Error::new(ErrorKind::BadArgument, WRONG_ARGUMENTS));
@@ -725,9 +726,18 @@ fn reopen_command(open: Opened, args: &[&str]) -> (Option<Opened>, Result<(), Er
         return (Some(open), Err(e));
     }
     drop(open);
-    match open_image(&source, &filename, named, &choices) {
+    // A reopen that fails leaves the image open as it was, as qemu-io leaves it, and
+    // says why in reopen's words (no "can't open").
+    let opened = |choices: &OpenChoices| {
+        open_chain(&source, &filename, choices).map(|image| Opened {
+            image,
+            discard_ignored: choices.discard_ignored,
+            how: (source.clone(), filename.clone(), named, choices.clone()),
+        })
+    };
+    match opened(&choices) {
         Ok(again) => (Some(again), Ok(())),
-        Err(e) => (None, Err(e)),
+        Err(e) => (opened(&before).ok(), Err(e)),
     }
 }
 
