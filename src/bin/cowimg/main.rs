@@ -29,6 +29,7 @@ mod nbd;
 mod partitions;
 mod progress;
 mod resize;
+mod shell;
 mod snapshot;
 mod source;
 
@@ -91,6 +92,10 @@ enum Command {
     Partitions(partitions::Args),
     /// Mount the guest disk (and each snapshot) as files through FUSE.
     Mount(mount::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Write man pages (this program's and one per subcommand) into a folder.
+    Manpages(shell::ManpagesArgs),
 }
 
 /// The name this program goes by: qemu-img, qemu-io or qemu-nbd when installed as
@@ -158,10 +163,9 @@ pub fn print_out(text: &str) {
     }
 }
 
-fn main() -> ExitCode {
-    // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
-    // found corruption.
-    // A repeated option takes its last value, as getopt gives it to qemu-img.
+/// The command line's definition under this program's name, with getopt's rule that a
+/// repeated option takes its last value (what parsing, completions and man pages share).
+pub fn command_line() -> clap::Command {
     let names: Vec<String> = Cli::command()
         .get_subcommands()
         .map(|s| s.get_name().to_string())
@@ -173,6 +177,13 @@ fn main() -> ExitCode {
     for name in names {
         command = command.mut_subcommand(name, |s| s.args_override_self(true));
     }
+    command
+}
+
+fn main() -> ExitCode {
+    // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
+    // found corruption.
+    let command = command_line();
     let cli = match command
         .try_get_matches_from(arguments())
         .and_then(|m| Cli::from_arg_matches(&m))
@@ -205,6 +216,8 @@ fn main() -> ExitCode {
         Command::Measure(args) => measure::run(&args),
         Command::Dd(args) => dd::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Completions(args) => shell::completions(&args),
+        Command::Manpages(args) => shell::manpages(&args),
     };
     match result {
         Ok(code) => code,
