@@ -3011,3 +3011,51 @@ fn unsafe_rebase_records_protocol_drivers_as_qemu_img() {
     });
     assert_eq!(headers[0], headers[1]);
 }
+
+/// `help` lists qemu-io's own synopsis line for every command we run (no command it
+/// lacks), `help NAME` starts with that line, an unknown topic fails, `quit` ends the
+/// session without a last prompt, and `sigraise` ends the program by that signal.
+#[test]
+fn io_help_quit_and_sigraise_are_qemu_ios() {
+    let dir = Scratch::new("io-help");
+    let image = dir.str("h.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let listing = |program: &str| session(program, &["-c", "help"], b"");
+    let ours = listing(&installed_as(&dir, "qemu-io"));
+    let theirs = listing("qemu-io");
+    assert_eq!((ours.0, &ours.2), (theirs.0, &theirs.2));
+    let commands: Vec<&String> = ours.1.iter().filter(|l| l.contains(" -- ")).collect();
+    assert!(commands.len() >= 20, "{:?}", ours.1);
+    for line in &ours.1 {
+        assert!(theirs.1.contains(line), "qemu-io's help lacks {line:?}");
+    }
+    for line in commands {
+        let name = line.split_whitespace().next().unwrap();
+        let first = |program: &str| session(program, &["-c", &format!("help {name}")], b"").1;
+        assert_eq!(
+            first(&dir.str("qemu-io"))[0],
+            first("qemu-io")[0],
+            "help {name}"
+        );
+    }
+    let script = "help nosuch\nhelp sleep\nq\nread 0 512\n";
+    for args in [
+        vec![image.as_str()],
+        vec!["-c", "help nosuch", "-c", "read 0 1", &image],
+    ] {
+        let input = if args.len() == 1 {
+            script.as_bytes()
+        } else {
+            b""
+        };
+        assert_eq!(
+            session(&dir.str("qemu-io"), &args, input),
+            session("qemu-io", &args, input),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        session(&dir.str("qemu-io"), &["-c", "sigraise 15", &image], b""),
+        session("qemu-io", &["-c", "sigraise 15", &image], b""),
+    );
+}

@@ -327,8 +327,8 @@ fn run_command(
     }
     // Wrong arguments: qemu-io answers with the command's one-line usage.
     dispatch(image, discard_ignored, name, args, out, failed).map_err(|e| {
-        match (e.message() == WRONG_ARGUMENTS, usage(name)) {
-            (true, Some(usage)) => Error::new(ErrorKind::BadArgument, usage),
+        match (e.message() == WRONG_ARGUMENTS, crate::io_help::find(name)) {
+            (true, Some(command)) => Error::new(ErrorKind::BadArgument, command.synopsis),
             _ => e,
         }
     })
@@ -339,21 +339,6 @@ const READ_ONLY: &str = "Block node is read-only";
 
 /// What a command says when it did not get the words it takes.
 const WRONG_ARGUMENTS: &str = "expected an offset and a length";
-
-/// qemu-io's usage line of a command taking an offset and a length (by any of its
-/// names), as `help` lists it.
-fn usage(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "read" | "r" => "read [-abCqrv] [-P pattern [-s off] [-l len]] off len -- reads a number of bytes at a specified offset",
-        "readv" => "readv [-Cqrv] [-P pattern] off len [len..] -- reads a number of bytes at a specified offset",
-        "write" | "w" => "write [-bcCfnqruz] [-P pattern | -s source_file] off len -- writes a number of bytes at a specified offset",
-        "writev" => "writev [-Cfqr] [-P pattern] off len [len..] -- writes a number of bytes at a specified offset",
-        "aio_read" => "aio_read [-Ciqrv] [-P pattern] off len [len..] -- asynchronously reads a number of bytes",
-        "aio_write" => "aio_write [-Cfiqruz] [-P pattern] off len [len..] -- asynchronously writes a number of bytes",
-        "discard" | "d" => "discard [-Cq] off len -- discards a number of bytes at a specified offset",
-        _ => return None,
-    })
-}
 
 /// Runs the command `name` with its `args`.
 fn dispatch(
@@ -430,6 +415,19 @@ fn dispatch(
             Ok(())
         }
         "map" => map(image, out),
+        "sigraise" => {
+            let [signal] = args else {
+                return Err(Error::new(ErrorKind::BadArgument, WRONG_ARGUMENTS));
+            };
+            let signal = i32::try_from(number(signal)?).map_err(|_| {
+                Error::new(ErrorKind::BadArgument, format!("invalid signal: {signal}"))
+            })?;
+            crate::print_out(out);
+            out.clear();
+            // SAFETY: raise(3) takes any number; an unknown one fails with EINVAL.
+            unsafe { libc::raise(signal) };
+            Ok(())
+        }
         "abort" => {
             crate::print_out(out);
             std::process::abort();
@@ -973,6 +971,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     } else {
         Box::new(args.commands.iter().cloned())
     };
+    let mut quit = false;
     for command in from_stdin {
         let mut out = String::new();
         if interactive {
@@ -982,6 +981,22 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         // qemu-io reports open's failures with its name, other commands' without.
         let opening = matches!(words.first(), Some(&"open" | &"reopen"));
         let result = match (words.split_first(), image.as_mut()) {
+            (Some((&("help" | "?"), rest)), _) => match crate::io_help::help(rest.first().copied())
+            {
+                Some(text) => {
+                    out.push_str(&text);
+                    Ok(())
+                }
+                None => Err(Error::new(
+                    ErrorKind::BadArgument,
+                    format!("command {} not found", rest[0]),
+                )),
+            },
+            (Some((&("quit" | "q"), _)), _) => {
+                crate::print_out(&out);
+                quit = true;
+                break;
+            }
             (Some((&"open", rest)), None) => {
                 open_command(&args.source, rest).map(|opened| image = Some(opened))
             }
@@ -1036,7 +1051,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             Ok(()) => {}
         }
     }
-    if interactive {
+    if interactive && !quit {
         crate::print_out("qemu-io> ");
     }
     if let Some(open) = image.as_mut() {

@@ -22,6 +22,7 @@ mod human;
 mod info;
 mod inspect;
 mod io;
+mod io_help;
 mod map;
 mod measure;
 mod mount;
