@@ -3059,3 +3059,89 @@ fn io_help_quit_and_sigraise_are_qemu_ios() {
         session("qemu-io", &["-c", "sigraise 15", &image], b""),
     );
 }
+
+/// `-o help` and `-o ?` list a format's options as qemu-img lists them (with the file
+/// protocol's when the target is named; amend's for amend), option lists qemu-img
+/// refuses are refused in its words, and a missing file name is reported as it reports
+/// it: the same output and exit code from both, command by command.
+#[test]
+fn option_help_and_option_lists_are_qemu_imgs() {
+    let dir = Scratch::new("option-help");
+    let ours = installed_as(&dir, "qemu-img");
+    let image = dir.str("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let out = dir.str("out.img");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["create", "-f", "qcow2", "-o", "help"],
+        vec!["create", "-f", "qcow2", "-o", "?", &out, "1M"],
+        vec![
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k,help",
+            &out,
+            "1M",
+        ],
+        vec![
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            "-o",
+            "help",
+            &out,
+        ],
+        vec!["create", "-f", "qcow", "-o", "help"],
+        vec!["create", "-f", "qcow", "-o", "help", &out],
+        vec!["create", "-f", "luks", "-o", "help"],
+        vec!["create", "-f", "raw", "-o", "help", &out],
+        vec!["create", "-o", "help"],
+        vec!["create", "-f", "bochs", "-o", "help"],
+        vec![
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "backing_file=x,",
+            "-o",
+            "help",
+            &out,
+        ],
+        vec!["create", "-f", "qcow2", "-o", ",help", &out],
+        vec!["create", "-f", "qcow2", "-o", ",,", "-o", "help", &out],
+        vec!["create", "-f", "qcow2"],
+        vec!["convert", "-O", "qcow2", "-o", "help"],
+        vec!["convert", "-O", "qcow2", "-o", "help", &image],
+        vec!["convert", "-O", "qcow2", "-o", "help", &image, &out],
+        vec!["convert", "-o", "help"],
+        vec!["convert", "-O", "bochs", "-o", "help"],
+        vec!["convert", "-O", "qcow2", &image],
+        vec!["convert", "-C", "-S", "4k", "-O", "qcow2", &image, &out],
+        vec![
+            "convert",
+            "-C",
+            "-c",
+            "--salvage",
+            "-O",
+            "qcow2",
+            &image,
+            &out,
+        ],
+        vec!["convert", "-C", "--salvage", "-O", "qcow2", &image, &out],
+        vec!["amend", "-f", "qcow2", "-o", "help", &image],
+        vec!["amend", "-o", "?", &image],
+        vec!["amend", "-f", "qcow2", "-o", "help"],
+        vec!["amend", "-f", "luks", "-o", "help"],
+        vec!["amend", "-o", "help"],
+        vec!["amend", "-f", "raw", "-o", "help", &image],
+        vec!["amend", "-f", "bochs", "-o", "help"],
+    ];
+    for args in cases {
+        let theirs = session("qemu-img", &args, b"");
+        let mine = session(&ours, &args, b"");
+        assert_eq!(mine, theirs, "{args:?}");
+        assert!(!std::path::Path::new(&out).exists(), "{args:?} wrote {out}");
+    }
+}

@@ -4,7 +4,7 @@
 use crate::create::{apply_options, key_secret};
 use crate::flags::PartitionArgs;
 use crate::progress::Progress;
-use crate::source::{format_named, SnapshotSourceArgs, TargetArgs};
+use crate::source::{SnapshotSourceArgs, TargetArgs};
 use cowimg::convert::{convert, ConvertOptions};
 use cowimg::{CreateOptions, Error, ErrorKind, Format};
 use std::path::Path;
@@ -64,14 +64,43 @@ pub struct Args {
     #[arg(short = 'C', hide = true)]
     copy_offloading: bool,
     /// Input image.
-    filename: String,
+    filename: Option<String>,
     /// Output file.
-    output: String,
+    output: Option<String>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let target = format_named(&args.target.output_format)?;
-    let mut image = args.input.open(&args.filename)?;
+    crate::option_help::check_option_lists(&args.target.options)?;
+    if crate::option_help::wants_help(&args.target.options) {
+        let help =
+            crate::option_help::create_help(&args.target.output_format, args.output.is_some())?;
+        crate::print_out(&help);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (Some(filename), Some(output)) = (args.filename.as_deref(), args.output.as_deref()) else {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Must specify image file name",
+        ));
+    };
+    let target = crate::option_help::creatable(&args.target.output_format)?;
+    // Copy offloading (-C) copies ranges as they are: nothing to compress, no zeros to
+    // find, no read errors to step over; qemu-img refuses the mix in this order.
+    if args.copy_offloading {
+        let refusal = if args.compress {
+            Some("Cannot enable copy offloading when -c is used")
+        } else if args.sparse_size.is_some() {
+            Some("Cannot enable copy offloading when -S is used")
+        } else if args.salvage {
+            Some("Cannot use copy offloading in salvaging mode")
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Err(Error::new(ErrorKind::BadArgument, refusal));
+        }
+    }
+    let mut image = args.input.open(filename)?;
     args.partition.apply(&mut image)?;
     let mut options = ConvertOptions::new(target)
         .compress(args.compress)
@@ -131,9 +160,16 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         options = options.create(create);
     }
     let progress = Progress::new(args.progress && !args.quiet, image.size());
-    let unreadable = convert(&image, Path::new(&args.output), &options, &|n| {
+    let unreadable = convert(&image, Path::new(output), &options, &|n| {
         progress.advance(n)
-    })?;
+    })
+    .map_err(
+        |e| match e.message().starts_with("Could not open backing file") {
+            // The new output could not be opened over its backing file.
+            true => e.context(format!("Could not open '{output}'")),
+            false => e,
+        },
+    )?;
     progress.finish();
     for r in &unreadable {
         complain!(

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long = "object", value_name = "OBJECTDEF")]
     objects: Vec<String>,
     /// The new image.
-    filename: String,
+    filename: Option<String>,
     /// Virtual size, with an optional k, M, G, T, P or E suffix.
     size: Option<String>,
 }
@@ -244,7 +244,22 @@ pub fn key_secret(texts: &[String]) -> Option<String> {
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
-    let format = format_named(&args.format)?;
+    crate::option_help::check_option_lists(&args.options)?;
+    if crate::option_help::wants_help(&args.options) {
+        let help = crate::option_help::create_help(&args.format, args.filename.is_some())?;
+        crate::print_out(&help);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(filename) = args.filename.as_deref() else {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!(
+                "Expecting image file name\nTry '{} create --help' for more info",
+                crate::program()
+            ),
+        ));
+    };
+    let format = crate::option_help::creatable(&args.format)?;
     let mut opts = CreateOptions::default()
         .backing_file(args.backing.clone())
         .backing_format(args.backing_format.clone());
@@ -273,17 +288,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     apply_options(&options, format, &mut opts, &mut size, Some(&secrets))?;
     // `file:NAME` is the file NAME (its own colons included); messages keep the name
     // as given.
-    let target = Path::new(
-        args.filename
-            .strip_prefix("file:")
-            .unwrap_or(&args.filename),
-    );
+    let target = Path::new(filename.strip_prefix("file:").unwrap_or(filename));
     if let Some(backing) = &opts.backing_file {
         let path = cowimg::image::resolve_backing(target, backing);
         let refuse = |what: &str| {
             Err(Error::new(
                 ErrorKind::BadArgument,
-                format!("{}: {what}", args.filename),
+                format!("{filename}: {what}"),
             ))
         };
         if opts.backing_format.is_none() && format != Format::Cow {
@@ -351,13 +362,13 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 .map(|f| ("backing_fmt".into(), f.clone())),
         );
         given.extend(options.iter().flat_map(|t| parse_options(t)));
-        crate::print_out(&formatting_line(&args.filename, format, &given, opts.size));
+        crate::print_out(&formatting_line(filename, format, &given, opts.size));
     }
     // The format's own refusals name the image first, as qemu-img's do; failures to
     // make the file name it themselves.
     cowimg::create::create_file(format, target, &opts, cow_version).map_err(|e| {
         match e.kind() {
-            ErrorKind::BadArgument | ErrorKind::Unsupported => e.context(&args.filename),
+            ErrorKind::BadArgument | ErrorKind::Unsupported => e.context(filename),
             _ => e,
         }
     })?;
@@ -432,7 +443,8 @@ fn formatting_line(
     fields.push(("extent_size_hint".into(), hint));
     let shown: Vec<String> = fields
         .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        // A comma in a value is shown escaped, as it would be given.
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", v.replace(',', ",,"))))
         .collect();
     format!(
         "Formatting '{filename}', fmt={format} {}\n",

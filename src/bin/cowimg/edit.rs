@@ -188,10 +188,38 @@ pub struct AmendArgs {
     #[arg(long = "force")]
     force: bool,
     /// The image file.
-    filename: String,
+    filename: Option<String>,
 }
 
 pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
+    crate::option_help::check_option_lists(&args.options)?;
+    let help = crate::option_help::wants_help(&args.options);
+    let filename = match (args.filename.as_deref(), &args.source.format) {
+        (Some(name), _) => name,
+        (None, Some(format)) if help => {
+            crate::print_out(&crate::option_help::amend_help(format)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        (None, _) => {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Expecting one image file name",
+            ))
+        }
+    };
+    if help {
+        let format = match &args.source.format {
+            Some(format) => format.clone(),
+            None => args
+                .source
+                .open_metadata(filename)?
+                .format()
+                .name()
+                .to_string(),
+        };
+        crate::print_out(&crate::option_help::amend_help(&format)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut compat = None;
     let mut lazy = None;
     let mut slots: Option<KeySlotChange> = None;
@@ -294,7 +322,7 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             }
         }
     }
-    let mut image = args.source.open_writable(&args.filename, Backing::Follow)?;
+    let mut image = args.source.open_writable(filename, Backing::Follow)?;
     // Named after the image opened, as QEMU's driver checks it.
     let compat = compat
         .map(|name| {

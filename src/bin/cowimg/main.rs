@@ -27,6 +27,7 @@ mod map;
 mod measure;
 mod mount;
 mod nbd;
+mod option_help;
 mod partitions;
 mod progress;
 mod resize;

@@ -182,6 +182,14 @@ impl SourceArgs {
         opened(filename, Image::open(&path, &options))
     }
 
+    /// Opens the image's own headers only (no backing file, no data), to learn what it
+    /// is.
+    pub fn open_metadata(&self, filename: &str) -> Result<Image, Error> {
+        let (path, options) = self.resolve(filename)?;
+        let options = options.backing(Backing::Ignore).metadata_only(true);
+        opened(filename, Image::open(&path, &options))
+    }
+
     /// The path to open and the options to open it with.
     pub fn resolve(&self, filename: &str) -> Result<(PathBuf, OpenOptions), Error> {
         let secrets = self.secrets()?;
