@@ -113,6 +113,6 @@ pub use create::{Compat, CreateOptions, Preallocation};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Backing, BlockStatus, Image, ImageReader, ImageWriter, OpenOptions};
 pub use probe::{probe, Format};
-pub use qcow2::{CacheSizes, Snapshot, SnapshotRef};
+pub use qcow2::{BitmapContent, CacheSizes, Snapshot, SnapshotRef};
 pub use secret::Secret;
 pub use shared::SharedImage;

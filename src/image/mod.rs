@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod edit;
+pub use edit::BitmapChange;
 mod layer;
 mod nested;
 mod open;

@@ -358,6 +358,35 @@ impl Header {
         }
     }
 
+    /// Names a new bitmap directory (or none), marking the bitmaps consistent (or
+    /// clearing the mark). A new extension goes after the feature table, where QEMU
+    /// writes it.
+    pub(crate) fn set_bitmaps(&mut self, bitmaps: Option<&BitmapsExtension>) {
+        let magic = ExtensionMagic::Bitmaps.value();
+        let at = self.extensions.iter().position(|e| e.magic == magic);
+        self.extensions.retain(|e| e.magic != magic);
+        let consistent = crate::format::qcow2::autoclear::BITMAPS;
+        if let Some(v3) = &mut self.v3 {
+            match bitmaps {
+                Some(_) => v3.autoclear_features |= consistent,
+                None => v3.autoclear_features &= !consistent,
+            }
+        }
+        if let Some(ext) = bitmaps {
+            let after_table = self
+                .extensions
+                .iter()
+                .position(|e| e.magic == ExtensionMagic::FeatureTable.value())
+                .map_or(self.extensions.len(), |i| i + 1);
+            let extension = Extension {
+                magic,
+                offset: 0,
+                data: ext.to_bytes(),
+            };
+            self.extensions.insert(at.unwrap_or(after_table), extension);
+        }
+    }
+
     /// Cluster 0 as this header describes it: the fixed fields (version 2 or 3), the
     /// header bytes cowimg does not know, every extension (unknown ones included), the
     /// end marker, then the backing file name.

@@ -53,6 +53,9 @@ pub struct Qcow2 {
     pub(super) barriers: bool,
     /// The dirty bit was set by this handle (lazy refcounts) and is cleared on close.
     pub(super) marked_dirty: bool,
+    /// Persistent bitmaps, once a change needed them (see `bitmap_writer.rs`); stored
+    /// back at close.
+    pub(super) held_bitmaps: Option<super::bitmap_writer::HeldBitmaps>,
 }
 
 /// Which state of the image a handle reads. The active state's L1 table and size are
@@ -107,24 +110,38 @@ impl Qcow2 {
 
 impl Drop for Qcow2 {
     /// A clean close: held metadata is written and, unless barriers are off (cache
-    /// mode unsafe), flushed (errors are lost here: callers who care flush first); what
-    /// a lazy-refcounts writer marked dirty is marked clean again (refcounts are always
-    /// kept exact, so nothing needs rebuilding).
+    /// mode unsafe), flushed; bitmaps are stored back; what a lazy-refcounts writer
+    /// marked dirty is marked clean again (refcounts are always kept exact, so nothing
+    /// needs rebuilding). Errors are lost here: callers who care call `close`.
     fn drop(&mut self) {
-        if self.refcounts().is_none() || self.write_back().and_then(|()| self.sync()).is_err() {
-            return;
+        let _ = self.close();
+    }
+}
+
+impl Qcow2 {
+    /// A clean close (what dropping does, with its failure reported): held metadata
+    /// written and synced, bitmaps stored back, the dirty bit of lazy refcounts
+    /// cleared. Nothing is left to do afterwards, so a second call (the drop) is free.
+    pub fn close(&mut self) -> Result<()> {
+        if self.refcounts().is_none() {
+            return Ok(());
         }
+        self.write_back()?;
+        self.sync()?;
+        self.store_bitmaps()?;
         if self.marked_dirty {
             let bits = self.header.incompatible_features() & !incompatible::DIRTY;
-            if self.storage.flush().is_ok()
-                && self
-                    .header
-                    .write_incompatible_features(self.storage.as_ref(), bits)
-                    .is_ok()
-            {
-                let _ = self.storage.flush();
-            }
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flushing the image", e))?;
+            self.header
+                .write_incompatible_features(self.storage.as_ref(), bits)?;
+            self.marked_dirty = false;
+            self.storage
+                .flush()
+                .map_err(|e| Error::io("flushing the image", e))?;
         }
+        Ok(())
     }
 }
 

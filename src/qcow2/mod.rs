@@ -1,5 +1,6 @@
 //! qcow2, versions 2 and 3.
 
+pub mod bitmap_writer;
 pub mod bitmaps;
 pub(crate) mod carve;
 pub mod check;
@@ -21,6 +22,7 @@ pub mod write;
 mod writeback;
 mod zeros;
 
+pub use bitmap_writer::BitmapContent;
 pub use header::Header;
 pub use layer::Qcow2;
 pub use open::{CacheSizes, Qcow2Options, SnapshotRef};

@@ -212,6 +212,7 @@ impl Qcow2 {
             writer,
             barriers: options.barriers,
             marked_dirty: false,
+            held_bitmaps: None,
             header,
         })
     }
@@ -437,10 +438,11 @@ fn open_writer(storage: &dyn Storage, header: &mut Header, snapshot: bool) -> Re
             "a snapshot can only be opened read-only",
         ));
     }
-    // Bits of features a writer must keep up to date: cowimg keeps none but the
-    // raw data file, so the rest are cleared before anything is written.
+    // Bits of features a writer must keep up to date: cowimg keeps the bitmaps (see
+    // `bitmap_writer.rs`) and the raw data file, so the rest are cleared before
+    // anything is written.
     let autoclear_now = header.autoclear_features();
-    let keep = autoclear_now & autoclear::DATA_FILE_RAW;
+    let keep = autoclear_now & (autoclear::DATA_FILE_RAW | autoclear::BITMAPS);
     if autoclear_now != keep {
         header.write_autoclear_features(storage, keep)?;
     }

@@ -373,6 +373,7 @@ impl Qcow2 {
     /// Writes `data` at guest offset `guest`. `below` supplies backing data for the
     /// parts of newly allocated clusters that `data` does not cover.
     pub fn write_at(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
+        self.track_change(guest, data.len() as u64)?;
         self.write_within(guest, data, below, self.size())
     }
 
@@ -559,6 +560,7 @@ impl Qcow2 {
     /// A cluster that does not shrink is written normally, as QEMU does.
     pub fn write_compressed(&mut self, guest: u64, data: &[u8], below: &Below) -> Result<()> {
         self.is_writable()?;
+        self.track_change(guest, data.len() as u64)?;
         let cs = self.cs();
         // A short final piece is allowed in the image's last cluster; the rest of that
         // cluster reads as zeros.

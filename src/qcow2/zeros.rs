@@ -28,6 +28,7 @@ impl Qcow2 {
     /// is released. Everything else is written as explicit zeros.
     pub fn write_zeroes(&mut self, guest: u64, len: u64, unmap: bool, below: &Below) -> Result<()> {
         self.is_writable()?;
+        self.track_change(guest, len)?;
         let cs = self.cs();
         let unit = if self.geometry.extended_l2 {
             cs / 32
@@ -151,6 +152,7 @@ impl Qcow2 {
     /// it has no backing file and keeps them when it has one.
     pub fn discard(&mut self, guest: u64, len: u64, below: &Below) -> Result<()> {
         self.is_writable()?;
+        self.track_change(guest, len)?;
         let cs = self.cs();
         let (first, last) = self.whole_units(guest, len, cs);
         if first >= last {

@@ -9,6 +9,7 @@ macro_rules! complain {
 }
 
 mod bench;
+mod bitmap;
 mod carve;
 mod check;
 mod compare;
@@ -64,6 +65,8 @@ enum Command {
     Snapshot(snapshot::Args),
     /// Change qcow2 options of an existing image: compat, lazy_refcounts.
     Amend(edit::AmendArgs),
+    /// Add, remove, clear, enable, disable or merge persistent bitmaps (qcow2 v3).
+    Bitmap(bitmap::Args),
     /// Check an image's metadata, and repair it with -r.
     Check(check::Args),
     /// Compare the guest content of two images.
@@ -186,11 +189,11 @@ fn main() -> ExitCode {
     // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
     // found corruption.
     let command = command_line();
-    let cli = match command
+    let parsed = command
         .try_get_matches_from(arguments())
-        .and_then(|m| Cli::from_arg_matches(&m))
-    {
-        Ok(cli) => cli,
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
@@ -202,6 +205,11 @@ fn main() -> ExitCode {
         Command::Resize(args) => resize::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Amend(args) => edit::amend(&args),
+        // Its actions run in command-line order, which only the matches keep.
+        Command::Bitmap(args) => match matches.subcommand_matches("bitmap") {
+            Some(m) => bitmap::run(&args, m),
+            None => Ok(ExitCode::FAILURE),
+        },
         Command::Check(args) => check::run(&args),
         Command::Commit(args) => edit::commit(&args),
         Command::Compare(args) => compare::run(&args),

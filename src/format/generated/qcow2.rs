@@ -1482,6 +1482,30 @@ pub const MAX_SNAPSHOTS: u32 = 65536;
 /// QEMU's largest snapshot table: 64 MiB.
 pub const MAX_SNAPSHOT_TABLE_BYTES: u64 = 67108864;
 
+/// Bitmap directory entry flag: a writer had the bitmap open and did not store it back; its bits cannot be trusted.
+pub const BITMAP_IN_USE: u32 = 1;
+
+/// Bitmap directory entry flag: the bitmap is enabled, marked by every guest write.
+pub const BITMAP_AUTO: u32 = 2;
+
+/// QEMU's smallest bitmap granularity: 512 bytes per bit.
+pub const MIN_BITMAP_GRANULARITY_BITS: u32 = 9;
+
+/// QEMU's largest bitmap granularity: 2 GiB per bit.
+pub const MAX_BITMAP_GRANULARITY_BITS: u32 = 31;
+
+/// QEMU's longest bitmap name, in bytes.
+pub const MAX_BITMAP_NAME_LEN: u32 = 1023;
+
+/// QEMU's largest bitmap table: 2^27 entries.
+pub const MAX_BITMAP_TABLE_ENTRIES: u64 = 134217728;
+
+/// QEMU's largest bitmap data, in bytes (512 MiB), however granular.
+pub const MAX_BITMAP_BYTES: u64 = 536870912;
+
+/// QEMU's most persistent bitmaps in one image.
+pub const MAX_BITMAPS: u32 = 65535;
+
 /// Bits of the `incompatible_features` header field.
 pub mod incompatible {
     /// "dirty bit": Refcounts may be stale (lazy refcounts were on); a writable open rebuilds them.
