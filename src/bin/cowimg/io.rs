@@ -1004,11 +1004,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
                 ErrorKind::BadArgument,
                 "file open already, try 'help close'",
             )),
-            (Some((&"close", _)), Some(open)) => {
-                let flushed = open.image.flush();
-                image = None;
-                flushed
-            }
+            (Some((&"close", _)), Some(_)) => match image.take() {
+                Some(open) => open.image.close(),
+                None => Ok(()),
+            },
             (Some((&"reopen", rest)), Some(_)) => {
                 let (again, result) = match image.take() {
                     Some(open) => reopen_command(open, rest),
@@ -1054,8 +1053,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     if interactive && !quit {
         crate::print_out("qemu-io> ");
     }
-    if let Some(open) = image.as_mut() {
-        open.image.flush()?;
+    // Closed, not just dropped: what closing stores (bitmaps) can fail, and says so.
+    if let Some(open) = image {
+        open.image.close()?;
     }
     Ok(if failed {
         ExitCode::FAILURE

@@ -91,7 +91,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             at += n as u64;
         }
     }
-    image.flush()?;
+    image.close()?;
     if !args.quiet {
         crate::print_out("Image resized.\n");
     }
