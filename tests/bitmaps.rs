@@ -254,3 +254,87 @@ fn resize_keeps_bitmaps_and_reading_changes_nothing() {
     cowimg(&["io", "-r", "-c", "read 0 1M", &ours]);
     assert!(std::fs::read(&ours).unwrap() == before);
 }
+
+/// `convert --bitmaps` copies every bitmap (granularity, state, bits) as qemu-img's does;
+/// an inconsistent one stops it unless `--skip-broken-bitmaps` leaves it out with a
+/// warning; sources and targets without bitmaps are refused in qemu-img's words.
+#[test]
+fn convert_bitmaps_copies_them_as_qemu_img_does() {
+    let dir = Scratch::new("bitmaps-convert");
+    let img = dir.str("qemu-img");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_cowimg"), &img).unwrap();
+    let source = dir.str("source.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &source, "32M"]);
+    qemu_img(&["bitmap", "--add", "-g", "8k", &source, "on"]);
+    qemu_img(&["bitmap", "--add", "--disable", &source, "off"]);
+    qemu_io(&["-c", "write 3M 100k", "-c", "write 20M 1k", &source]);
+    qemu_img(&["bitmap", "--enable", &source, "off"]);
+    qemu_io(&["-c", "write 30M 64k", &source]);
+    let broken = dir.str("broken.qcow2");
+    std::fs::copy(&source, &broken).unwrap();
+    let killed = run(
+        "qemu-io",
+        &["-c", "write 0 4k", "-c", "sigraise 9", &broken],
+    );
+    assert_eq!(killed.0, None);
+    let raw = dir.str("plain.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &raw, "32M"]);
+
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["convert", "--bitmaps", "-O", "qcow2", &source, "OUT"],
+        vec!["convert", "--bitmaps", "-O", "qcow2", &broken, "OUT"],
+        vec![
+            "convert",
+            "--bitmaps",
+            "--skip-broken-bitmaps",
+            "-O",
+            "qcow2",
+            &broken,
+            "OUT",
+        ],
+        vec![
+            "convert",
+            "--skip-broken-bitmaps",
+            "-O",
+            "qcow2",
+            &source,
+            "OUT",
+        ],
+        vec!["convert", "--bitmaps", "-O", "raw", &source, "OUT"],
+        vec![
+            "convert",
+            "--bitmaps",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            &raw,
+            "OUT",
+        ],
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let mut outcomes = Vec::new();
+        for (tool, name) in [(img.as_str(), "ours"), ("qemu-img", "theirs")] {
+            let out = dir.str(&format!("{name}{i}.qcow2"));
+            let args: Vec<&str> = case
+                .iter()
+                .map(|a| if *a == "OUT" { out.as_str() } else { a })
+                .collect();
+            let ran = run(tool, &args);
+            let listing = match ran.0 {
+                Some(0) => {
+                    assert_eq!(run("qemu-img", &["check", &out]).0, Some(0));
+                    let ranges: Vec<_> = ["on", "off"]
+                        .iter()
+                        .filter(|b| listed(&out).contains(&format!("name: {b}")))
+                        .map(|b| dirty_ranges(&dir, &out, b))
+                        .collect();
+                    (listed(&out), ranges)
+                }
+                _ => Default::default(),
+            };
+            outcomes.push((ran.0, ran.2.replace(&out, "OUT"), listing));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "{case:?}");
+    }
+}

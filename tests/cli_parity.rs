@@ -3145,3 +3145,74 @@ fn option_help_and_option_lists_are_qemu_imgs() {
         assert!(!std::path::Path::new(&out).exists(), "{args:?} wrote {out}");
     }
 }
+
+/// Every option qemu-img 10's `SUB --help` lists, short and long spelling, is one this
+/// program takes under the same spellings (installed as qemu-img): none is refused as
+/// unknown, and our help gives the short and the long spelling to the same option.
+#[test]
+fn every_option_qemu_img_help_lists_is_taken_in_both_spellings() {
+    let dir = Scratch::new("long-options");
+    let ours = installed_as(&dir, "qemu-img");
+    let subcommands = [
+        "amend", "bench", "bitmap", "check", "commit", "compare", "convert", "create", "dd",
+        "info", "map", "measure", "snapshot", "rebase", "resize",
+    ];
+    let mut missing = Vec::new();
+    for sub in subcommands {
+        let theirs = session("qemu-img", &[sub, "--help"], b"").1;
+        let help = session(&ours, &[sub, "--help"], b"").1;
+        for line in &theirs {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (short, long, rest) = match words.as_slice() {
+                [s, l, rest @ ..] if s.len() == 3 && s.starts_with('-') && l.starts_with("--") => {
+                    (Some(&s[..2]), *l, rest)
+                }
+                [l, rest @ ..] if l.starts_with("--") && l.len() > 2 => (None, *l, rest),
+                _ => continue,
+            };
+            let long = long.trim_end_matches(',');
+            if long == "--help" {
+                continue;
+            }
+            // A value follows the spelling in the help (FMT, "human|json", …).
+            let value = rest
+                .first()
+                .filter(|w| !w.starts_with('-') && !w.starts_with('('));
+            let refused = |args: &[&str]| {
+                let (_, out, err) = session(&ours, args, b"");
+                let text = format!("{}\n{}", out.join("\n"), err.join("\n"));
+                text.contains("unexpected argument") || text.contains("unrecognized")
+            };
+            let spelled: Vec<String> = match value {
+                Some(_) => vec![format!("{long}=x")],
+                None => vec![long.to_string()],
+            };
+            let mut args = vec![sub];
+            args.extend(spelled.iter().map(String::as_str));
+            if refused(&args) {
+                missing.push(format!("{sub} {long}"));
+                continue;
+            }
+            if let Some(short) = short {
+                // Our help's entry for the short spelling names the long one too.
+                let entry: Vec<&String> = help
+                    .iter()
+                    .skip_while(|l| !l.trim_start().starts_with(&format!("{short},")))
+                    .take_while(|l| !l.trim().is_empty())
+                    .collect();
+                // (A spelling of theirs may be an abbreviation: amend's "--progres".)
+                let names_long = entry.first().is_some_and(|first| first.contains(long))
+                    || entry
+                        .iter()
+                        .any(|l| l.contains("[alias") && l.contains(&long[2..]));
+                if !names_long {
+                    missing.push(format!("{sub} {short}/{long}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not taken as qemu-img takes them: {missing:?}"
+    );
+}

@@ -353,6 +353,15 @@ impl Image {
         }
     }
 
+    /// The top image's persistent bitmaps as its directory lists them (none for formats
+    /// without them).
+    pub fn bitmaps(&self) -> Result<Vec<crate::info::Bitmap>> {
+        match self.chain.first().map(|e| &e.layer) {
+            Some(Layer::Qcow2(q)) => crate::qcow2::bitmaps::read_directory(q.storage(), q.header()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The bits of the top image's persistent bitmap `name` (as this handle holds them,
     /// with its own writes marked).
     pub fn bitmap_content(&self, name: &str) -> Result<BitmapContent> {

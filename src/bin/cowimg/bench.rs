@@ -36,6 +36,9 @@ pub struct Args {
     /// Asynchronous I/O backend: threads is what cowimg has.
     #[arg(short = 'i', long = "aio", default_value = "threads")]
     aio: String,
+    /// The same as `-i native`.
+    #[arg(short = 'n', long = "native")]
+    native: bool,
     /// Write instead of read.
     #[arg(short = 'w', long = "write")]
     write: bool,
@@ -115,10 +118,15 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         _ => return Err(bad("Invalid cache mode")),
     };
-    if args.aio != "threads" {
+    let aio = if args.native {
+        "native"
+    } else {
+        args.aio.as_str()
+    };
+    if aio != "threads" {
         return Err(Error::new(
             ErrorKind::Unsupported,
-            format!("aio={} is not supported; cowimg uses threads", args.aio),
+            format!("aio={aio} is not supported; cowimg uses threads"),
         ));
     }
 

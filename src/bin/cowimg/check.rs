@@ -14,8 +14,11 @@ pub struct Args {
     #[command(flatten)]
     report: ReportArgs,
     /// Repair: leaks, or all.
-    #[arg(short = 'r', value_name = "leaks|all", value_parser = ["leaks", "all"])]
+    #[arg(short = 'r', long = "repair", value_name = "leaks|all", value_parser = ["leaks", "all"])]
     repair: Option<String>,
+    /// Cache mode of the image (see `flags::CACHE_MODES`).
+    #[arg(short = 'T', long = "cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    cache: Option<String>,
     /// -p: a progress bar (over the active L2 tables); -q: quiet.
     #[command(flatten)]
     progress: ProgressArgs,

@@ -10,14 +10,20 @@ pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
     /// Format of the second image.
-    #[arg(short = 'F', value_name = "FMT")]
+    #[arg(short = 'F', long = "b-format", value_name = "FMT")]
     second_format: Option<String>,
     /// Strict: images of different sizes are different.
-    #[arg(short = 's')]
+    #[arg(short = 's', long = "strict")]
     strict: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Show progress (accepted; the comparison prints no bar).
+    #[arg(short = 'p', long = "progress")]
+    progress: bool,
+    /// Cache mode of both images (see `flags::CACHE_MODES`).
+    #[arg(short = 'T', long = "cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    cache: Option<String>,
     /// The first image.
     first: String,
     /// The second image.

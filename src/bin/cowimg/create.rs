@@ -12,22 +12,27 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// Image format.
-    #[arg(short = 'f', value_name = "FMT", default_value = "raw")]
+    #[arg(
+        short = 'f',
+        long = "format",
+        value_name = "FMT",
+        default_value = "raw"
+    )]
     format: String,
     /// Format options, as qemu-img: cluster_size=65536,compat=1.1,…
-    #[arg(short = 'o', value_name = "OPTIONS")]
+    #[arg(short = 'o', long = "options", value_name = "OPTIONS")]
     options: Vec<String>,
     /// Backing file.
-    #[arg(short = 'b', value_name = "BACKING_FILE")]
+    #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
     backing: Option<String>,
     /// Backing file format.
-    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     backing_format: Option<String>,
     /// Do not open the backing file (the size must then be given).
-    #[arg(short = 'u')]
+    #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_backing: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// A secret: secret,id=ID,data=TEXT or secret,id=ID,file=PATH.
     #[arg(long = "object", value_name = "OBJECTDEF")]

@@ -10,9 +10,23 @@ use std::process::ExitCode;
 
 /// A progress bar (when `enabled`) that follows the image's long operation.
 fn watch(image: &mut Image, enabled: bool) -> Progress {
+    watch_at_rate(image, enabled, crate::throttle::Throttle::new(None).ok())
+}
+
+/// `watch`, the operation also held to `throttle`'s rate (commit -r).
+fn watch_at_rate(
+    image: &mut Image,
+    enabled: bool,
+    throttle: Option<crate::throttle::Throttle>,
+) -> Progress {
     let bar = Progress::new(enabled, image.size());
     let shown = bar.clone();
-    image.on_progress(move |done, total| shown.set(done, total));
+    image.on_progress(move |done, total| {
+        shown.set(done, total);
+        if let Some(t) = &throttle {
+            t.reached(done);
+        }
+    });
     bar
 }
 
@@ -21,17 +35,23 @@ pub struct RebaseArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// Only rewrite the backing file name (no data is compared or copied).
-    #[arg(short = 'u')]
+    #[arg(short = 'u', long = "backing-unsafe")]
     unsafe_rebase: bool,
     /// The new backing file ("" for none).
-    #[arg(short = 'b', value_name = "BACKING_FILE")]
+    #[arg(short = 'b', long = "backing", value_name = "BACKING_FILE")]
     backing: String,
     /// The new backing file's format.
-    #[arg(short = 'F', value_name = "BACKING_FMT")]
+    #[arg(short = 'F', long = "backing-format", value_name = "BACKING_FMT")]
     backing_format: Option<String>,
     /// Write the clusters copied from the old backing chain compressed.
-    #[arg(short = 'c')]
+    #[arg(short = 'c', long = "compress")]
     compress: bool,
+    /// Cache mode of the image (see `flags::CACHE_MODES`).
+    #[arg(short = 't', long = "cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    cache: Option<String>,
+    /// Cache mode of the backing files.
+    #[arg(short = 'T', long = "backing-cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    backing_cache: Option<String>,
     #[command(flatten)]
     progress: ProgressArgs,
     /// The image file.
@@ -116,14 +136,20 @@ pub struct CommitArgs {
     #[command(flatten)]
     source: SourceArgs,
     /// Keep the image's data after committing it (do not empty it).
-    #[arg(short = 'd')]
+    #[arg(short = 'd', long = "drop")]
     keep: bool,
+    /// Cache mode of the image (see `flags::CACHE_MODES`).
+    #[arg(short = 't', long = "cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    cache: Option<String>,
+    /// Bytes per second for the block job qemu-img runs; cowimg copies at full speed.
+    #[arg(short = 'r', long = "rate", value_name = "RATE")]
+    rate: Option<String>,
     /// The backing file's format, when the image does not record it (qcow, cow).
     #[arg(short = 'F', value_name = "BACKING_FMT")]
     backing_format: Option<String>,
     /// The image to commit into, anywhere in the backing chain (default: the backing
     /// file); committing through several layers keeps the image as it is (-d).
-    #[arg(short = 'b', value_name = "BASE")]
+    #[arg(short = 'b', long = "base", value_name = "BASE")]
     base: Option<String>,
     #[command(flatten)]
     progress: ProgressArgs,
@@ -157,7 +183,8 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
             }
         }
     }
-    let bar = watch(&mut image, args.progress.bar());
+    let throttle = crate::throttle::Throttle::new(args.rate.as_deref())?;
+    let bar = watch_at_rate(&mut image, args.progress.bar(), Some(throttle));
     // qemu-img's -b implies -d, even naming the backing file itself.
     image.commit_into(depth, args.keep || args.base.is_some(), format)?;
     bar.finish();
@@ -175,14 +202,17 @@ pub struct AmendArgs {
     /// encrypt.state=active|inactive, encrypt.new-secret=ID, encrypt.old-secret=ID,
     /// encrypt.keyslot=N, encrypt.iter-time=MS (a luks image: the same without
     /// "encrypt.").
-    #[arg(short = 'o', value_name = "OPTIONS", required = true)]
+    #[arg(short = 'o', long = "options", value_name = "OPTIONS", required = true)]
     options: Vec<String>,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// Show progress (an amend here is one step).
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
+    /// Cache mode of the image (see `flags::CACHE_MODES`).
+    #[arg(short = 't', long = "cache", value_name = "CACHE", value_parser = crate::flags::CACHE_MODES)]
+    cache: Option<String>,
     /// Allow what cannot be undone: overwriting an active LUKS key slot, erasing the
     /// last ones.
     #[arg(long = "force")]

@@ -19,10 +19,10 @@ impl OutputArgs {
 #[derive(clap::Args)]
 pub struct ProgressArgs {
     /// Show a progress bar.
-    #[arg(short = 'p')]
+    #[arg(short = 'p', long = "progress")]
     progress: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
 }
 
@@ -32,6 +32,17 @@ impl ProgressArgs {
         self.progress && !self.quiet
     }
 }
+
+/// The cache modes qemu-img takes for `-t`/`-T`. They change how QEMU flushes, never
+/// what lands in the image; cowimg writes and flushes the same way under each.
+pub const CACHE_MODES: [&str; 6] = [
+    "none",
+    "off",
+    "writeback",
+    "writethrough",
+    "directsync",
+    "unsafe",
+];
 
 /// `--partition N`: one partition of the guest disk instead of the whole disk.
 #[derive(clap::Args)]

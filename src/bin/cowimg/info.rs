@@ -13,7 +13,7 @@ pub struct Args {
     #[command(flatten)]
     report: ReportArgs,
     /// Show every image of the backing chain.
-    #[arg(long = "backing-chain")]
+    #[arg(short = 'b', long = "backing-chain")]
     backing_chain: bool,
     /// Also print every header field as parsed (cowimg only).
     #[arg(long)]

@@ -35,6 +35,7 @@ mod resize;
 mod shell;
 mod snapshot;
 mod source;
+mod throttle;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::Write;
@@ -168,19 +169,22 @@ pub fn print_out(text: &str) {
     }
 }
 
-/// The command line's definition under this program's name, with getopt's rule that a
-/// repeated option takes its last value (what parsing, completions and man pages share).
+/// The command line's definition under this program's name, with getopt's rules: a
+/// repeated option takes its last value, a long option may be abbreviated (what
+/// parsing, completions and man pages share).
 pub fn command_line() -> clap::Command {
     let names: Vec<String> = Cli::command()
         .get_subcommands()
         .map(|s| s.get_name().to_string())
         .collect();
+    // getopt_long also takes any unambiguous beginning of a long option (--progres).
     let mut command = Cli::command()
         .name(program())
         .bin_name(program())
         .args_override_self(true);
     for name in names {
-        command = command.mut_subcommand(name, |s| s.args_override_self(true));
+        command =
+            command.mut_subcommand(name, |s| s.args_override_self(true).infer_long_args(true));
     }
     command
 }

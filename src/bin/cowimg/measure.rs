@@ -16,7 +16,7 @@ pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
     /// Measure an empty image of this size instead of an existing image.
-    #[arg(long = "size", value_name = "SIZE")]
+    #[arg(short = 's', long = "size", value_name = "SIZE")]
     size: Option<String>,
     #[command(flatten)]
     output: OutputArgs,

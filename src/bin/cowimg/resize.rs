@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long)]
     shrink: bool,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// How to allocate a grown raw image: off, falloc or full (written as zeros).
     #[arg(long = "preallocation", value_name = "PREALLOC")]

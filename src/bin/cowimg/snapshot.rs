@@ -10,19 +10,19 @@ pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
     /// List the snapshots.
-    #[arg(short = 'l')]
+    #[arg(short = 'l', long = "list")]
     list: bool,
     /// Create a snapshot with this name.
-    #[arg(short = 'c', value_name = "SNAPSHOT")]
+    #[arg(short = 'c', long = "create", value_name = "SNAPSHOT")]
     create: Option<String>,
     /// Make this snapshot (id or name) the current state.
-    #[arg(short = 'a', value_name = "SNAPSHOT")]
+    #[arg(short = 'a', long = "apply", value_name = "SNAPSHOT")]
     apply: Option<String>,
     /// Delete the snapshot of this name (qemu-img takes no ID here).
-    #[arg(short = 'd', value_name = "SNAPSHOT")]
+    #[arg(short = 'd', long = "delete", value_name = "SNAPSHOT")]
     delete: Option<String>,
     /// Quiet.
-    #[arg(short = 'q')]
+    #[arg(short = 'q', long = "quiet")]
     quiet: bool,
     /// The image file.
     filename: String,

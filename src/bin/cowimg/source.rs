@@ -13,14 +13,16 @@ pub const PASSPHRASE_ENV: &str = "COWIMG_PASSPHRASE";
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SourceArgs {
-    /// Image format (qcow2, qcow, cow, raw); probed when absent.
-    #[arg(short = 'f', value_name = "FMT")]
+    /// Image format (qcow2, qcow, cow, raw); probed when absent. (convert's
+    /// --source-format and compare's --a-format are its other spellings.)
+    #[arg(short = 'f', long = "format", value_name = "FMT",
+          visible_aliases = ["source-format", "a-format"])]
     pub format: Option<String>,
     /// A secret: secret,id=ID,data=TEXT or secret,id=ID,file=PATH.
     #[arg(long = "object", value_name = "OBJECTDEF")]
     pub objects: Vec<String>,
     /// The filename is an option list: driver=qcow2,file.filename=PATH,encrypt.key-secret=ID.
-    #[arg(long = "image-opts")]
+    #[arg(long = "image-opts", visible_alias = "source-image-opts")]
     pub image_opts: bool,
     /// Read the image whatever other processes do to it: take no lock that keeps a
     /// writer out (read-only use only).
@@ -433,10 +435,15 @@ fn unambiguous(name: &str) -> String {
 #[derive(clap::Args, Clone, Debug)]
 pub struct TargetArgs {
     /// Output format: raw, qcow2 (or qcow, for convert).
-    #[arg(short = 'O', value_name = "OUTPUT_FMT", default_value = "raw")]
+    #[arg(
+        short = 'O',
+        long = "target-format",
+        value_name = "OUTPUT_FMT",
+        default_value = "raw"
+    )]
     pub output_format: String,
     /// Output options, as for create: cluster_size=…,compat=…,compression_type=…
-    #[arg(short = 'o', value_name = "OPTIONS")]
+    #[arg(short = 'o', long = "target-options", value_name = "OPTIONS")]
     pub options: Vec<String>,
 }
 
@@ -446,7 +453,12 @@ pub struct SnapshotSourceArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// Read an internal snapshot: snapshot.id=ID or snapshot.name=NAME (or a bare id or name).
-    #[arg(short = 'l', value_name = "SNAPSHOT")]
+    #[arg(
+        short = 'l',
+        long = "snapshot",
+        visible_alias = "source-snapshot",
+        value_name = "SNAPSHOT"
+    )]
     pub snapshot: Option<String>,
 }
 
