@@ -3216,3 +3216,143 @@ fn every_option_qemu_img_help_lists_is_taken_in_both_spellings() {
         "not taken as qemu-img takes them: {missing:?}"
     );
 }
+
+/// `amend` of the refcount width (both ways, with QEMU's refusals: a refcount the new
+/// width cannot hold, compat=0.10 with a width other than 16), of the data file's name
+/// and raw flag, and of the backing file (only as it is): the same exit codes and
+/// messages as qemu-img's on copies of one image, the same refcount width afterwards,
+/// a clean `qemu-img check`, the same guest data. Create's option refusals too.
+#[test]
+fn amend_refcount_bits_data_file_and_create_refusals_are_qemu_imgs() {
+    let dir = Scratch::new("amend-refcounts");
+    let ours = installed_as(&dir, "qemu-img");
+    let bits = |image: &str| {
+        qemu_img(&["info", image])
+            .lines()
+            .find(|l| l.contains("refcount bits"))
+            .map(str::to_string)
+    };
+    let (a, b) = (dir.str("a.qcow2"), dir.str("b.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &a, "64M"]);
+    qemu_io(&["-c", "write -P 7 16M 32M", &a]);
+    std::fs::copy(&a, &b).unwrap();
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["amend", "-o", "refcount_bits=1", "IMG"],
+        vec!["amend", "-o", "refcount_bits=64", "IMG"],
+        vec!["amend", "-o", "compat=0.10", "IMG"],
+        vec!["amend", "-o", "compat=0.10,refcount_bits=16", "IMG"],
+        vec!["amend", "-o", "refcount_bits=8", "IMG"],
+        vec!["amend", "-o", "compat=1.1", "IMG"],
+        vec!["amend", "-o", "refcount_bits=32,compat=0.10", "IMG"],
+        vec!["amend", "-o", "refcount_bits=3", "IMG"],
+        vec!["snapshot", "-c", "foo", "IMG"],
+        vec!["amend", "-o", "refcount_bits=1", "IMG"],
+        vec!["amend", "-o", "refcount_bits=2", "IMG"],
+        vec!["amend", "-o", "data_file=x.raw", "IMG"],
+        vec!["amend", "-o", "data_file_raw=on", "IMG"],
+        vec!["amend", "-o", "data_file_raw=off", "IMG"],
+        vec!["amend", "-o", "backing_file=other.qcow2", "IMG"],
+    ];
+    for step in &steps {
+        let run = |tool: &str, image: &str| {
+            let args: Vec<&str> = step
+                .iter()
+                .map(|w| if *w == "IMG" { image } else { w })
+                .collect();
+            let (code, out, err) = session(tool, &args, b"");
+            let err: Vec<String> = err.iter().map(|l| l.replace(image, "IMG")).collect();
+            (
+                code,
+                out,
+                err,
+                bits(image),
+                session("qemu-img", &["check", image], b"").0,
+            )
+        };
+        assert_eq!(run(&ours, &a), run("qemu-img", &b), "{step:?}");
+        assert_eq!(qemu_img(&["compare", &a, &b]), "Images are identical.\n");
+    }
+    assert_eq!(bits(&a).as_deref(), Some("    refcount bits: 2"));
+
+    // An image with an external data file: renamed, its raw flag cleared.
+    let (c, d) = (dir.str("c.qcow2"), dir.str("d.qcow2"));
+    for (image, data) in [(&c, "c.data"), (&d, "d.data")] {
+        let opts = format!("data_file={},data_file_raw=on", dir.str(data));
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &opts, image, "1M"]);
+    }
+    for step in [
+        vec!["amend", "-o", "data_file_raw=off", "IMG"],
+        vec!["amend", "-o", "data_file_raw=on", "IMG"],
+        vec!["amend", "-o", "data_file=renamed.data", "IMG"],
+    ] {
+        let run = |tool: &str, image: &str| {
+            let args: Vec<&str> = step
+                .iter()
+                .map(|w| if *w == "IMG" { image } else { w })
+                .collect();
+            let (code, _, err) = session(tool, &args, b"");
+            let info = qemu_img(&["info", "-U", image]).replace(image, "IMG");
+            let info: Vec<String> = info
+                .lines()
+                .filter(|l| l.contains("data file") || l.contains("raw"))
+                .map(|l| l.replace("c.data", "X").replace("d.data", "X"))
+                .collect();
+            (
+                code,
+                err.iter()
+                    .map(|l| l.replace(image, "IMG"))
+                    .collect::<Vec<_>>(),
+                info,
+            )
+        };
+        assert_eq!(run(&ours, &c), run("qemu-img", &d), "{step:?}");
+    }
+
+    // Create's option refusals name the image, some after the Formatting line.
+    let target = dir.str("new.qcow2");
+    for opts in [
+        "refcount_bits=0",
+        "refcount_bits=42",
+        "refcount_bits=-1",
+        "refcount_bits=abc",
+        "compat=0.10,refcount_bits=1",
+        "compat=0.10,lazy_refcounts=on",
+        "compat=0.10,extended_l2=on",
+        "compat=0.10,compression_type=zstd",
+        "compat=9",
+        "lazy_refcounts=maybe",
+        "nonsense=1",
+    ] {
+        let args = ["create", "-f", "qcow2", "-o", opts, &target, "1M"];
+        let mine = session(&ours, &args, b"");
+        let _ = std::fs::remove_file(&target);
+        let theirs = session("qemu-img", &args, b"");
+        let _ = std::fs::remove_file(&target);
+        assert_eq!(mine, theirs, "{opts}");
+    }
+}
+
+/// Usage errors in getopt's words with qemu-img's pointer to its help: an unknown long
+/// or short option, an option missing its value (either spelling), an unknown command,
+/// no command at all; exit code 1 for each, as qemu-img's.
+#[test]
+fn usage_errors_are_qemu_imgs() {
+    let dir = Scratch::new("usage-errors");
+    let ours = installed_as(&dir, "qemu-img");
+    for args in [
+        &["info", "--foo", "x"][..],
+        &["info", "-z", "x"],
+        &["info", "-f"],
+        &["info", "--format"],
+        &["convert", "-O"],
+        &["check", "--repair"],
+        &["frob"],
+        &[],
+    ] {
+        assert_eq!(
+            session(&ours, args, b""),
+            session("qemu-img", args, b""),
+            "{args:?}"
+        );
+    }
+}

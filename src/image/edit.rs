@@ -245,6 +245,23 @@ impl Image {
         })
     }
 
+    /// `amend -o refcount_bits=N`: the top qcow2 image's refcount entry width.
+    pub fn amend_refcount_bits(&mut self, bits: u32) -> Result<()> {
+        self.whole_disk("amend")?;
+        let q = self.top_qcow2("refcount_bits")?;
+        q.change_refcount_bits(bits)?;
+        q.flush()
+    }
+
+    /// `amend -o data_file=NAME,data_file_raw=off`: the top qcow2 image's external data
+    /// file name (empty: none recorded) and its raw flag (which can only be cleared).
+    pub fn amend_data_file(&mut self, name: Option<&str>, raw: Option<bool>) -> Result<()> {
+        self.whole_disk("amend")?;
+        let q = self.top_qcow2("data_file")?;
+        q.amend_data_file(name, raw)?;
+        q.flush()
+    }
+
     /// Completes the snapshot table entries of a version 3 qcow2 image whose extra data
     /// lacks the disk size (what `check -r all` repairs as "snapshot table entry N is
     /// incomplete"), rewriting the table as QEMU does. Returns the indices completed.

@@ -50,6 +50,12 @@ impl ChainEntry {
     pub fn format(&self) -> Format {
         self.layer.format()
     }
+
+    /// The backing file as its header names it (not resolved), and the backing format
+    /// if the header names one.
+    pub fn backing_name(&self) -> Option<(String, Option<String>)> {
+        self.layer.backing_name()
+    }
 }
 
 /// What a range is, as `qemu-img map` reports it.

@@ -225,21 +225,21 @@ impl CreateOptions {
         if self.version == 2 {
             if self.refcount_bits != 16 {
                 return Err(bad(
-                    "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+                    "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)",
                 ));
             }
             if self.lazy_refcounts {
-                return Err(bad("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(bad("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.extended_l2 {
-                return Err(bad("Extended L2 entries are only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(bad("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.compression != Compression::Deflate {
-                return Err(bad("Compression type selection is only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+                return Err(bad("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
             }
             if self.data_file.is_some() {
                 return Err(bad(
-                    "External data files are only supported with compatibility level 1.1 and above",
+                    "External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)",
                 ));
             }
         } else if self.version != 3 {

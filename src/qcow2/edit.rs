@@ -141,35 +141,180 @@ impl Qcow2 {
         if self.header.version() < 3 {
             return Ok(());
         }
-        let refuse = |what: &str| {
-            Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("Cannot downgrade an image with {what}"),
-            ))
-        };
+        // QEMU's checks, in its order and words.
+        let refuse = |what: String| Err(Error::new(ErrorKind::Unsupported, what));
         if self.header.refcount_order() != 4 {
-            return refuse("refcount_bits other than 16");
+            return refuse("compat=0.10 requires refcount_bits=16".into());
         }
-        if self.geometry.extended_l2 {
-            return refuse("extended L2 entries");
+        if self.header.incompatible_features() & incompatible::DATA_FILE != 0 {
+            return refuse("Cannot downgrade an image with a data file".into());
         }
-        if self.header.compression_type() != 0 {
-            return refuse("a compression type other than zlib");
-        }
-        if self.data_file.is_some() {
-            return refuse("an external data file");
-        }
-        if self.header.incompatible_features() & !(incompatible::DIRTY | incompatible::CORRUPT) != 0
+        let size = self.header.common.size;
+        if self
+            .snapshots
+            .iter()
+            .any(|s| s.vm_state_size > u64::from(u32::MAX) || s.disk_size != size)
         {
-            return refuse("incompatible features set");
+            return refuse("Internal snapshots prevent downgrade of image".into());
+        }
+        let blocking = self.header.incompatible_features()
+            & !(incompatible::DIRTY | incompatible::CORRUPT | incompatible::COMPRESSION);
+        if blocking != 0 {
+            return refuse(format!(
+                "Cannot downgrade an image with incompatible features {blocking:#x} set"
+            ));
         }
         self.write_back()?;
         self.expand_zero_clusters(below)?;
+        // A zstd image without compressed clusters can say zlib (version 2's only one).
+        if self.header.compression_type() != 0 && self.has_compressed_clusters()? {
+            return refuse(
+                "Cannot downgrade an image with zstd compression type and existing compressed clusters"
+                    .into(),
+            );
+        }
         self.rewrite_header(|h| {
             h.common.version = 2;
             h.v3 = None;
             h.compression = None;
             h.unknown_fields.clear();
+            Ok(())
+        })
+    }
+
+    /// Whether the active state maps any compressed cluster.
+    fn has_compressed_clusters(&self) -> Result<bool> {
+        for &e in &self.l1 {
+            let l2 = L1Entry::from_raw(e).l2_offset();
+            if l2 == 0 {
+                continue;
+            }
+            let table = self.l2_table(l2)?;
+            let step = if self.geometry.extended_l2 { 2 } else { 1 };
+            let compressed = table.iter().step_by(step).any(|&raw| {
+                matches!(
+                    ClusterEntry::decode(raw, self.geometry, false),
+                    ClusterEntry::Compressed { .. }
+                )
+            });
+            if compressed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Changes the refcount entry width (amend's `refcount_bits`): every cluster keeps
+    /// its refcount, in new structures written past the end of the file; one header
+    /// write then switches width and table together, and the old structures are free
+    /// space. A refcount the new width cannot hold stops it first, as in QEMU.
+    pub fn change_refcount_bits(&mut self, bits: u32) -> Result<()> {
+        if bits == 0 || bits > 64 || !bits.is_power_of_two() {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "Refcount width must be a power of two and may not exceed 64 bits",
+            ));
+        }
+        let order = bits.trailing_zeros();
+        if order == self.header.refcount_order() {
+            return Ok(());
+        }
+        if self.header.version() < 3 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+            ));
+        }
+        self.editable()?;
+        self.sync_files()?;
+        let cs = self.cs();
+        let storage = self.storage.clone();
+        let file_len = storage
+            .len()
+            .map_err(|e| Error::io("reading the image size", e))?;
+        let clusters = file_len.div_ceil(cs);
+        let rc = self.refcounts_mut()?;
+        let old: Vec<u64> = (0..u64::from(rc.table_clusters()))
+            .map(|i| rc.table_offset() + i * cs)
+            .chain(rc.blocks())
+            .collect();
+        let mut counts = Vec::with_capacity(clusters as usize);
+        for c in 0..clusters {
+            counts.push(rc.get(storage.as_ref(), c)?);
+        }
+        for at in old {
+            if let Some(count) = counts.get_mut((at / cs) as usize) {
+                *count = 0;
+            }
+        }
+        let max = u64::MAX >> (64 - bits);
+        if let Some((c, &v)) = counts.iter().enumerate().find(|(_, &v)| v > max) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "Cannot decrease refcount entry width to {bits} bits: Cluster at offset {:#x} has a refcount of {v}",
+                    c as u64 * cs
+                ),
+            ));
+        }
+        let (table_at, table_clusters, _, _) = super::refcount::write_structures(
+            storage.as_ref(),
+            self.header.cluster_bits(),
+            order,
+            &counts,
+            clusters,
+        )?;
+        self.rewrite_header(|h| {
+            if let Some(v3) = &mut h.v3 {
+                v3.refcount_order = order;
+            }
+            h.common.refcount_table_offset = table_at;
+            h.common.refcount_table_clusters = table_clusters;
+            Ok(())
+        })?;
+        self.compressed_tail = None;
+        self.writer = super::layer::Writer::Open(super::refcount::Refcounts::load(
+            storage.as_ref(),
+            self.header.cluster_bits(),
+            order,
+            table_at,
+            table_clusters,
+        )?);
+        Ok(())
+    }
+
+    /// Renames the external data file (amend's `data_file`; an empty name removes the
+    /// name, leaving it to be given at open) and clears `data_file_raw` when asked: an
+    /// image that does not have the bit cannot be given it.
+    pub fn amend_data_file(&mut self, name: Option<&str>, raw: Option<bool>) -> Result<()> {
+        let has_data_file = self.header.incompatible_features() & incompatible::DATA_FILE != 0;
+        if name.is_some() && !has_data_file {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "data-file can only be set for images that use an external data file",
+            ));
+        }
+        let is_raw =
+            self.header.autoclear_features() & crate::format::qcow2::autoclear::DATA_FILE_RAW != 0;
+        if raw == Some(true) && !is_raw {
+            return Err(Error::new(
+                ErrorKind::BadArgument,
+                "data-file-raw cannot be set on existing images",
+            ));
+        }
+        if name.is_none() && raw.is_none_or(|r| r == is_raw) {
+            return Ok(());
+        }
+        self.editable()?;
+        self.rewrite_header(|h| {
+            if raw == Some(false) {
+                if let Some(v3) = &mut h.v3 {
+                    v3.autoclear_features &= !crate::format::qcow2::autoclear::DATA_FILE_RAW;
+                }
+            }
+            if let Some(name) = name {
+                h.set_data_file(Some(name).filter(|n| !n.is_empty()));
+            }
             Ok(())
         })
     }

@@ -358,6 +358,21 @@ impl Header {
         }
     }
 
+    /// Names the external data file (or no name: it is then given at open).
+    pub(crate) fn set_data_file(&mut self, name: Option<&str>) {
+        let magic = ExtensionMagic::DataFile.value();
+        let at = self.extensions.iter().position(|e| e.magic == magic);
+        self.extensions.retain(|e| e.magic != magic);
+        if let Some(name) = name {
+            let extension = Extension {
+                magic,
+                offset: 0,
+                data: name.as_bytes().to_vec(),
+            };
+            self.extensions.insert(at.unwrap_or(0), extension);
+        }
+    }
+
     /// Names a new bitmap directory (or none), marking the bitmaps consistent (or
     /// clearing the mark). A new extension goes after the feature table, where QEMU
     /// writes it.

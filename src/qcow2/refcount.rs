@@ -175,6 +175,75 @@ pub(super) fn write_then_flush(
         .map_err(|e| Error::io(format!("flushing {what}"), e))
 }
 
+/// New refcount structures (blocks, then the table) holding `counts` (one per cluster,
+/// each fitting `1 << order` bits), written from cluster `floor` or after the last
+/// cluster in use, whichever is later, counting themselves; on disk and flushed, not
+/// yet named by the header. Returns where the table is, its clusters, and the byte
+/// range the structures take.
+pub(super) fn write_structures(
+    storage: &dyn Storage,
+    cluster_bits: u32,
+    order: u32,
+    counts: &[u64],
+    floor: u64,
+) -> Result<(u64, u32, u64, u64)> {
+    let cs = 1u64 << cluster_bits;
+    let entries_per_block = (cs * 8) >> order;
+    let used = counts
+        .iter()
+        .rposition(|r| *r > 0)
+        .map_or(1, |i| i as u64 + 1)
+        .max(floor);
+    // Blocks and table go after everything in use; they must count themselves too.
+    let (mut blocks, mut table_clusters);
+    let mut total = used;
+    loop {
+        blocks = total.div_ceil(entries_per_block);
+        table_clusters = (blocks * 8).div_ceil(cs);
+        let need = used + blocks + table_clusters;
+        if need <= total {
+            break;
+        }
+        total = need;
+    }
+    let start = used;
+    let mut counts = counts.to_vec();
+    counts.resize(total as usize, 0);
+    for c in start..start + blocks + table_clusters {
+        counts[c as usize] = 1;
+    }
+    let mut table = vec![0u8; (table_clusters * cs) as usize];
+    for b in 0..blocks {
+        let block_at = (start + b) * cs;
+        table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&block_at.to_be_bytes());
+        let mut block = vec![0u8; cs as usize];
+        for k in 0..entries_per_block {
+            let c = b * entries_per_block + k;
+            let Some(&v) = counts.get(c as usize) else {
+                break;
+            };
+            if v != 0 {
+                set_entry(1 << order, &mut block, k, v);
+            }
+        }
+        storage
+            .write_at(&block, block_at)
+            .map_err(|e| Error::io("writing a new refcount block", e))?;
+    }
+    let table_at = (start + blocks) * cs;
+    write_then_flush(
+        storage,
+        &[(&table, table_at)],
+        "the new refcount structures",
+    )?;
+    Ok((
+        table_at,
+        table_clusters as u32,
+        start * cs,
+        (start + blocks + table_clusters) * cs,
+    ))
+}
+
 /// The length of the table's prefix holding every nonzero entry.
 fn used_len(table: &[u64]) -> usize {
     table.iter().rposition(|&e| e != 0).map_or(0, |i| i + 1)

@@ -77,13 +77,13 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
     Ok(v as u64)
 }
 
-fn flag(value: &str) -> Result<bool, Error> {
+fn flag(key: &str, value: &str) -> Result<bool, Error> {
     match value {
         "on" | "true" | "yes" | "" => Ok(true),
         "off" | "false" | "no" => Ok(false),
         _ => Err(Error::new(
             ErrorKind::BadArgument,
-            format!("Parameter expects 'on' or 'off', got '{value}'"),
+            format!("Parameter '{key}' expects 'on' or 'off'"),
         )),
     }
 }
@@ -130,9 +130,14 @@ pub fn apply_options(
                 }
                 "cluster_size" => opts.cluster_size = parse_size(&value)?,
                 "refcount_bits" => {
-                    opts.refcount_bits = value
-                        .parse()
-                        .map_err(|_| Error::new(ErrorKind::BadArgument, "Invalid refcount_bits"))?
+                    // A number out of range is refused by creation itself, in its words.
+                    let bits: i64 = value.parse().map_err(|_| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            "Parameter 'refcount_bits' expects a number",
+                        )
+                    })?;
+                    opts.refcount_bits = u32::try_from(bits).unwrap_or(0)
                 }
                 "backing_file" => opts.backing_file = Some(value),
                 "backing_fmt" => opts.backing_format = Some(value),
@@ -159,8 +164,8 @@ pub fn apply_options(
                         )
                     })?
                 }
-                "lazy_refcounts" => opts.lazy_refcounts = flag(&value)?,
-                "extended_l2" => opts.extended_l2 = flag(&value)?,
+                "lazy_refcounts" => opts.lazy_refcounts = flag(&key, &value)?,
+                "extended_l2" => opts.extended_l2 = flag(&key, &value)?,
                 "compression_type" => {
                     opts.compression = Compression::from_name(&value).ok_or_else(|| {
                         Error::new(
@@ -170,7 +175,7 @@ pub fn apply_options(
                     })?
                 }
                 "data_file" => opts.data_file = Some(value),
-                "data_file_raw" => opts.data_file_raw = flag(&value)?,
+                "data_file_raw" => opts.data_file_raw = flag(&key, &value)?,
                 // The file system's extent size hint: how it lays the file out, which
                 // changes no byte of the image here.
                 "extent_size_hint" => {
@@ -290,7 +295,30 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         options.push(rest.join(","));
     }
     let secrets = crate::source::secrets_of(&args.objects)?;
-    apply_options(&options, format, &mut opts, &mut size, Some(&secrets))?;
+    // An unknown compat level is refused after the Formatting line, as qemu-img's
+    // driver refuses it (other option errors come first, naming the image).
+    let bad_compat = options
+        .iter()
+        .flat_map(|t| parse_options(t))
+        .rfind(|(k, _)| k == "compat")
+        .map(|(_, v)| v)
+        .filter(|v| !matches!(v.as_str(), "0.10" | "v2" | "1.1" | "v3"));
+    let applied: Vec<String> = match bad_compat {
+        Some(_) => options
+            .iter()
+            .map(|t| {
+                crate::source::split_options(t)
+                    .into_iter()
+                    .filter(|p| !p.starts_with("compat="))
+                    .map(|p| p.replace(',', ",,"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect(),
+        None => options.clone(),
+    };
+    apply_options(&applied, format, &mut opts, &mut size, Some(&secrets))
+        .map_err(|e| e.context(filename))?;
     // `file:NAME` is the file NAME (its own colons included); messages keep the name
     // as given.
     let target = Path::new(filename.strip_prefix("file:").unwrap_or(filename));
@@ -368,6 +396,12 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         );
         given.extend(options.iter().flat_map(|t| parse_options(t)));
         crate::print_out(&formatting_line(filename, format, &given, opts.size));
+    }
+    if let Some(level) = bad_compat {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            format!("{filename}: Parameter 'version' does not accept value '{level}'"),
+        ));
     }
     // The format's own refusals name the image first, as qemu-img's do; failures to
     // make the file name it themselves.

@@ -255,6 +255,8 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
     let mut slots: Option<KeySlotChange> = None;
     let mut size = None;
     let mut state_given = false;
+    let (mut refcount_bits, mut data_file, mut data_file_raw) = (None, None, None);
+    let (mut backing_file, mut backing_fmt): (Option<String>, Option<String>) = (None, None);
     let secrets = args.source.secrets()?;
     let secret = |id: &str| {
         secrets
@@ -319,17 +321,11 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
                 "compat" => compat = Some(value),
                 "lazy_refcounts" => lazy = Some(matches!(value.as_str(), "on" | "true" | "yes")),
                 "size" => size = Some(crate::create::parse_size(&value)?),
-                "backing_file" | "backing_fmt" => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.",
-                    ))
-                }
+                "backing_file" => backing_file = Some(value),
+                "backing_fmt" => backing_fmt = Some(value),
+                "data_file" => data_file = Some(value),
                 "data_file_raw" => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "data-file-raw cannot be set on existing images",
-                    ))
+                    data_file_raw = Some(matches!(value.as_str(), "on" | "true" | "yes"))
                 }
                 "cluster_size" => {
                     return Err(Error::new(
@@ -338,10 +334,16 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
                     ))
                 }
                 "refcount_bits" => {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "Changing the refcount width is not supported by cowimg",
-                    ))
+                    let bits = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|b| b.is_power_of_two() && *b <= 64);
+                    refcount_bits = Some(bits.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::BadArgument,
+                            "Refcount width must be a power of two and may not exceed 64 bits",
+                        )
+                    })?);
                 }
                 other => {
                     return Err(Error::new(
@@ -364,13 +366,43 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
             })
         })
         .transpose()?;
-    if compat.is_some() || lazy.is_some() {
-        image.amend(compat, lazy)?;
+    // QEMU's order: upgrade, (key slots,) refcount width, data file, the backing file
+    // check, lazy refcounts, size, downgrade last.
+    if compat == Some(Compat::V1_1) {
+        image.amend(compat, None)?;
     }
+    if let Some(bits) = refcount_bits {
+        if compat == Some(Compat::V0_10) && bits != 16 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+            ));
+        }
+        image.amend_refcount_bits(bits)?;
+    }
+    if data_file.is_some() || data_file_raw.is_some() {
+        image.amend_data_file(data_file.as_deref(), data_file_raw)?;
+    }
+    if backing_file.is_some() || backing_fmt.is_some() {
+        let (name, format) = image.chain()[0].backing_name().unzip();
+        if backing_file != name || backing_fmt != format.flatten() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.",
+            ));
+        }
+    }
+    if lazy.is_some() {
+        image.amend(None, lazy)?;
+    }
+
     // As qemu-img: size= resizes either way, no --shrink asked.
     if let Some(size) = size {
         image.resize(size)?;
         image.flush()?;
+    }
+    if compat == Some(Compat::V0_10) {
+        image.amend(compat, None)?;
     }
     if let Some(change) = &slots {
         if !state_given {

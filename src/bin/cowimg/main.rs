@@ -189,6 +189,63 @@ pub fn command_line() -> clap::Command {
     command
 }
 
+/// A usage error as QEMU's tool says it, when installed as one (getopt's words, then
+/// where help is); None to let clap say it.
+fn qemu_usage_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let program = program();
+    if program == "cowimg" {
+        return None;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    // qemu-img's messages name the subcommand; qemu-io's and qemu-nbd's have none.
+    let (who, help) = match (program, args.get(1)) {
+        ("qemu-img", Some(sub)) if !sub.starts_with('-') => (
+            format!("{program} {sub}"),
+            format!("Try '{program} {sub} --help' for more info"),
+        ),
+        _ => (
+            program.to_string(),
+            format!("Try '{program} --help' for more info"),
+        ),
+    };
+    let context = |kind: ContextKind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let line = match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let arg = context(ContextKind::InvalidArg)?;
+            match arg.strip_prefix("--") {
+                Some(_) => format!("{who}: unrecognized option '{arg}'"),
+                None => format!("{who}: invalid option -- '{}'", arg.trim_start_matches('-')),
+            }
+        }
+        ErrorKind::InvalidValue if context(ContextKind::InvalidValue).as_deref() == Some("") => {
+            // The option as typed last: its short letter, or its long name.
+            let typed = args.last().cloned().unwrap_or_default();
+            match typed.strip_prefix("--") {
+                Some(long) => format!("{who}: option '--{long}' requires an argument"),
+                None => format!(
+                    "{who}: option requires an argument -- '{}'",
+                    typed.trim_start_matches('-')
+                ),
+            }
+        }
+        ErrorKind::InvalidSubcommand => {
+            let sub = context(ContextKind::InvalidSubcommand)?;
+            return Some(format!(
+                "{program}: Command not found: {sub}\nTry '{program} --help' for more info"
+            ));
+        }
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            format!("{program}: Not enough arguments")
+        }
+        _ => return None,
+    };
+    Some(format!("{line}\n{help}"))
+}
+
 fn main() -> ExitCode {
     // A usage error exits 1, as qemu-img's do: 2 would tell a script that `check`
     // found corruption.
@@ -199,7 +256,12 @@ fn main() -> ExitCode {
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,
         Err(e) => {
-            let _ = e.print();
+            match qemu_usage_error(&e) {
+                Some(text) => eprintln!("{text}"),
+                None => {
+                    let _ = e.print();
+                }
+            }
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };

@@ -7,7 +7,7 @@ use super::{io, Pass, Repair};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::qcow2::incompatible;
 use crate::qcow2::header::Header;
-use crate::qcow2::refcount::{set_entry, write_then_flush, Refcounts};
+use crate::qcow2::refcount::Refcounts;
 use crate::storage::Storage;
 
 /// Clears the dirty and corrupt bits once an image is clean.
@@ -185,58 +185,17 @@ fn compare(
 /// Writes new refcount structures computed from `refs` after the last cluster in use
 /// and switches the header to them. Returns where they start and end.
 fn rebuild(storage: &dyn Storage, header: &mut Header, refs: &[u32]) -> Result<(u64, u64)> {
-    let cs = header.cluster_size();
-    let order = header.refcount_order();
-    let entries_per_block = (cs * 8) >> order;
-    let used = refs
-        .iter()
-        .rposition(|r| *r > 0)
-        .map_or(1, |i| i as u64 + 1);
-    // Blocks and table go after everything in use; they must count themselves too.
-    let (mut blocks, mut table_clusters);
-    let mut total = used;
-    loop {
-        blocks = total.div_ceil(entries_per_block);
-        table_clusters = (blocks * 8).div_ceil(cs);
-        let need = used + blocks + table_clusters;
-        if need <= total {
-            break;
-        }
-        total = need;
-    }
-    let start = used;
-    let mut counts = refs.to_vec();
-    counts.resize(total as usize, 0);
-    for c in start..start + blocks + table_clusters {
-        counts[c as usize] = 1;
-    }
-    let mut table = vec![0u8; (table_clusters * cs) as usize];
-    for b in 0..blocks {
-        let block_at = (start + b) * cs;
-        table[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&block_at.to_be_bytes());
-        let mut block = vec![0u8; cs as usize];
-        for k in 0..entries_per_block {
-            let c = b * entries_per_block + k;
-            let Some(&v) = counts.get(c as usize) else {
-                break;
-            };
-            if v != 0 {
-                set_entry(1 << order, &mut block, k, u64::from(v));
-            }
-        }
-        storage
-            .write_at(&block, block_at)
-            .map_err(io("writing a rebuilt refcount block"))?;
-    }
-    let table_at = (start + blocks) * cs;
-    write_then_flush(
+    let counts: Vec<u64> = refs.iter().map(|&r| u64::from(r)).collect();
+    let (table_at, table_clusters, start, end) = crate::qcow2::refcount::write_structures(
         storage,
-        &[(&table, table_at)],
-        "the rebuilt refcount structures",
+        header.cluster_bits(),
+        header.refcount_order(),
+        &counts,
+        0,
     )?;
-    header.write_refcount_table(storage, table_at, table_clusters as u32)?;
+    header.write_refcount_table(storage, table_at, table_clusters)?;
     storage.flush().map_err(io("flushing the header"))?;
-    Ok((start * cs, (start + blocks + table_clusters) * cs))
+    Ok((start, end))
 }
 
 /// As QEMU, before a qcow2 image with the dirty bit is written to: its refcounts may be
