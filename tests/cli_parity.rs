@@ -3356,3 +3356,57 @@ fn usage_errors_are_qemu_imgs() {
         );
     }
 }
+
+/// `-p` installed as qemu-img prints qemu-img's lines on standard output: "(0.00/100%)"
+/// first, then percentages at least a whole step apart, always rising, each ended by a
+/// carriage return, 100% twice and a newline at the end, exactly as qemu-img frames
+/// its own (where the steps fall depends on how each tool walks the image).
+#[test]
+fn progress_lines_are_qemu_imgs() {
+    let dir = Scratch::new("progress-lines");
+    let ours = installed_as(&dir, "qemu-img");
+    let source = dir.str("p.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &source, "128M"]);
+    qemu_io(&[
+        "-c",
+        "write 0 1M",
+        "-c",
+        "write 2M 1M",
+        "-c",
+        "write 32M 1M",
+        &source,
+    ]);
+    let lines = |tool: &str, out: &str| {
+        let stdout = run_ok(None, tool, &["convert", "-p", "-O", "qcow2", &source, out]);
+        assert!(stdout.ends_with("\r\n"), "{stdout:?}");
+        let percents: Vec<f64> = stdout
+            .trim_end_matches('\n')
+            .split_terminator('\r')
+            .map(|l| {
+                let number = l
+                    .strip_prefix("    (")
+                    .and_then(|l| l.strip_suffix("/100%)"))
+                    .unwrap_or_else(|| panic!("{tool}: {l:?}"));
+                assert_eq!(number.split('.').nth(1).map(str::len), Some(2), "{l:?}");
+                number.parse().unwrap()
+            })
+            .collect();
+        percents
+    };
+    let (mine, theirs) = (
+        lines(&ours, &dir.str("a.qcow2")),
+        lines("qemu-img", &dir.str("b.qcow2")),
+    );
+    for p in [&mine, &theirs] {
+        assert_eq!(p.first(), Some(&0.0));
+        assert_eq!(&p[p.len() - 2..], [100.0, 100.0]);
+        assert!(p.windows(2).all(|w| w[1] >= w[0]), "{p:?}");
+        assert!(
+            p[..p.len() - 1]
+                .windows(2)
+                .all(|w| w[1] - w[0] >= 1.0 || w[1] == 100.0),
+            "{p:?}"
+        );
+    }
+    assert!(mine.len() > 3);
+}
