@@ -94,7 +94,24 @@ pub fn convert(
     options: &ConvertOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Unreadable>> {
-    refuse_overwrite(out, &[source])?;
+    convert_concatenated(&[source], out, options, progress)
+}
+
+/// [`convert`] of several images, one after the other on the new disk (qemu-img
+/// convert with several sources): its size is the sum of theirs.
+pub fn convert_concatenated(
+    sources: &[&Image],
+    out: &Path,
+    options: &ConvertOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Unreadable>> {
+    refuse_overwrite(out, sources)?;
+    if sources.len() > 1 && options.create.backing_file.is_some() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Having a backing file for the target makes no sense when concatenating multiple input images",
+        ));
+    }
     if options.target_is_zero && !options.existing {
         return Err(Error::new(
             ErrorKind::BadArgument,
@@ -106,11 +123,11 @@ pub fn convert(
     let s = salvage.as_ref();
     let result = match options.format {
         Format::Raw if !options.compress && !options.existing => {
-            to_raw(source, out, options, s, progress)
+            to_raw(sources, out, options, s, progress)
         }
-        Format::Raw if !options.compress => to_image(source, out, options, s, progress),
-        Format::Qcow2 | Format::Qcow => to_image(source, out, options, s, progress),
-        Format::Luks if !options.compress => to_image(source, out, options, s, progress),
+        Format::Raw if !options.compress => to_image(sources, out, options, s, progress),
+        Format::Qcow2 | Format::Qcow => to_image(sources, out, options, s, progress),
+        Format::Luks if !options.compress => to_image(sources, out, options, s, progress),
         Format::Raw | Format::Luks => Err(Error::new(
             ErrorKind::BadArgument,
             "Compression not supported for this file format",
@@ -132,14 +149,15 @@ pub fn convert(
 /// left unallocated (a luks volume has none: they are written), the rest written (or
 /// compressed).
 fn to_image(
-    source: &Image,
+    sources: &[&Image],
     out: &Path,
     options: &ConvertOptions,
     salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let mut opts = options.create.clone();
-    opts.size = source.size();
+    let total: u64 = sources.iter().map(|s| s.size()).sum();
+    opts.size = total;
     // A LUKS target opens with the passphrase it was made with.
     let passphrase = match &opts.encryption {
         Encryption::Luks(luks) => Some(luks.passphrase.clone()),
@@ -182,7 +200,7 @@ fn to_image(
         .barriers(false)
         .passphrase(passphrase);
     let mut target = Image::open(out, &target_options)?;
-    if target.size() < source.size() {
+    if target.size() < total {
         return Err(Error::new(
             ErrorKind::BadArgument,
             "output file is smaller than input file",
@@ -200,58 +218,125 @@ fn to_image(
         (Format::Qcow, Some(cs)) => cs,
         _ => opts.cluster_size,
     };
-    let size = source.size();
-    copy_into(
-        source,
-        (0, size),
-        &mut target,
-        cs,
-        (options.compress, zero_init, options.sparse_size == 0),
-        salvage,
-        progress,
-    )?;
+    // Compressed clusters are whole target clusters: sources that do not meet at
+    // cluster boundaries are stitched together cluster by cluster.
+    let mut starts = sources.iter().scan(0, |at, s| {
+        let start = *at;
+        *at += s.size();
+        Some(start)
+    });
+    if options.compress && starts.any(|start| start % cs != 0) {
+        stitch_compressed(sources, &mut target, cs, zero_init, progress)?;
+        if options.flush {
+            target.flush()?;
+        }
+        return Ok(());
+    }
+    let mut base = 0;
+    for source in sources {
+        let size = source.size();
+        copy_into(
+            source,
+            (0, size),
+            (&mut target, base),
+            cs,
+            (options.compress, zero_init, options.sparse_size),
+            salvage,
+            progress,
+        )?;
+        base += size;
+    }
     if options.flush {
         target.flush()?;
     }
     Ok(())
 }
 
+/// Writes the concatenation of `sources` into `target` one cluster of `cs` bytes at a
+/// time, compressed (zero clusters skipped where the target reads zeros already): for
+/// sources whose boundaries fall inside target clusters.
+fn stitch_compressed(
+    sources: &[&Image],
+    target: &mut Image,
+    cs: u64,
+    zero_init: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let total: u64 = sources.iter().map(|s| s.size()).sum();
+    let mut buf = vec![0u8; cs as usize];
+    let mut at = 0;
+    while at < total {
+        let len = cs.min(total - at);
+        let cluster = &mut buf[..len as usize];
+        // Fill the cluster from every source it spans.
+        let (mut filled, mut base) = (0u64, 0u64);
+        for source in sources {
+            let size = source.size();
+            let (from, to) = (at + filled, at + len);
+            if from < base + size && to > base {
+                let n = (base + size).min(to) - from;
+                let piece = &mut cluster[filled as usize..(filled + n) as usize];
+                source.read_at(piece, from - base)?;
+                filled += n;
+            }
+            base += size;
+            if filled == len {
+                break;
+            }
+        }
+        if !is_zero(cluster) {
+            target.write_compressed(cluster, at)?;
+        } else if !zero_init {
+            target.write_zeroes(at, len, false)?;
+        }
+        progress(len);
+        at += len;
+    }
+    Ok(())
+}
+
 /// A raw file with the source's content, written by one worker per core.
 fn to_raw(
-    source: &Image,
+    sources: &[&Image],
     out_path: &Path,
     options: &ConvertOptions,
     salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
     let out = create_locked_file(out_path)?;
-    let size = source.size();
-    out.set_len(size)
+    let total: u64 = sources.iter().map(|s| s.size()).sum();
+    out.set_len(total)
         .map_err(|e| Error::io("sizing the output", e))?;
-    crate::raw::allocate_first_block(&out, size)?;
+    crate::raw::allocate_first_block(&out, total)?;
 
-    // Plan from metadata alone: the pieces that are not known zeros.
+    // Plan from metadata alone: the pieces that are not known zeros, by source and
+    // offset in it, and where the source starts in the output.
     let mut pieces = Vec::new();
-    let mut offset = 0;
-    while offset < size {
-        let len = match source.block_status(offset, (size - offset).min(CHUNK)) {
-            // -S 0: zeros are written too.
-            Ok(status) if status.zero && options.sparse_size > 0 => status.len,
-            Ok(status) => {
-                push_piece(&mut pieces, offset, status.len);
-                status.len
-            }
-            // Salvaging: what cannot be told is read (and salvaged) as data.
-            Err(_) if salvage.is_some() => {
-                let len = (size - offset).min(CHUNK);
-                push_piece(&mut pieces, offset, len);
-                len
-            }
-            Err(e) => return Err(e),
-        };
-        offset += len;
+    let mut base = 0;
+    for (which, source) in sources.iter().enumerate() {
+        let size = source.size();
+        let mut offset = 0;
+        while offset < size {
+            let len = match source.block_status(offset, (size - offset).min(CHUNK)) {
+                // -S 0: zeros are written too.
+                Ok(status) if status.zero && options.sparse_size > 0 => status.len,
+                Ok(status) => {
+                    push_piece(&mut pieces, (which, base), offset, status.len);
+                    status.len
+                }
+                // Salvaging: what cannot be told is read (and salvaged) as data.
+                Err(_) if salvage.is_some() => {
+                    let len = (size - offset).min(CHUNK);
+                    push_piece(&mut pieces, (which, base), offset, len);
+                    len
+                }
+                Err(e) => return Err(e),
+            };
+            offset += len;
+        }
+        base += size;
     }
-    progress(size - pieces.iter().map(|&(_, len)| len).sum::<u64>());
+    progress(total - pieces.iter().map(|&(_, _, len)| len).sum::<u64>());
     let writing = |e| Error::io(format!("writing '{}'", out_path.display()), e);
     // Copy them with one worker per core, as qemu-img keeps several requests in flight.
     let next = AtomicUsize::new(0);
@@ -262,12 +347,12 @@ fn to_raw(
                 let mut buf = vec![0u8; CHUNK as usize];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(at, len)) = pieces.get(i) else {
+                    let Some(&((which, base), at, len)) = pieces.get(i) else {
                         break;
                     };
                     let chunk = &mut buf[..len as usize];
-                    let result = read_into(source, salvage, chunk, at).and_then(|()| {
-                        write_sparse(&out, chunk, at, options.sparse_size).map_err(writing)
+                    let result = read_into(sources[which], salvage, chunk, at).and_then(|()| {
+                        write_sparse(&out, chunk, base + at, options.sparse_size).map_err(writing)
                     });
                     progress(len);
                     if let Err(e) = result {
@@ -292,13 +377,17 @@ fn to_raw(
     Ok(())
 }
 
-/// Adds `(offset, len)` to the planned pieces, joined to the last one while they stay
-/// within one `CHUNK`: runs of single compressed clusters then go out as few large
-/// writes rather than one per cluster.
-fn push_piece(pieces: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
+/// A planned piece: (the source and where it starts in the output), the offset in the
+/// source, the length.
+type Piece = ((usize, u64), u64, u64);
+
+/// Adds `(offset, len)` of a source to the planned pieces, joined to the last one (of
+/// the same source) while they stay within one `CHUNK`: runs of single compressed
+/// clusters then go out as few large writes rather than one per cluster.
+fn push_piece(pieces: &mut Vec<Piece>, source: (usize, u64), offset: u64, len: u64) {
     match pieces.last_mut() {
-        Some((at, n)) if *at + *n == offset && *n + len <= CHUNK => *n += len,
-        _ => pieces.push((offset, len)),
+        Some((s, at, n)) if *s == source && *at + *n == offset && *n + len <= CHUNK => *n += len,
+        _ => pieces.push((source, offset, len)),
     }
 }
 

@@ -124,20 +124,20 @@ enum Need {
     Data,
 }
 
-/// Copies the `(from, len)` bytes of `image` to the start of `target`, whose clusters
+/// Copies the `(from, len)` bytes of `image` to `target` from byte `to`, whose clusters
 /// of `cs` bytes read as zeros (when `zero_init`; else zeros are written too), or as its
-/// backing file gives them (with `zeros_as_data`, zeros are written as data, all
-/// allocated): only
-/// clusters that read otherwise are written, plainly or, with `compress`, compressed
-/// (zeros over backing data are written as zeros). `progress` hears of every byte
+/// backing file gives them: only clusters that read otherwise are written, plainly or,
+/// with `compress`, compressed (zeros over backing data are written as zeros). With
+/// `sparse` 0 zeros are written as data (all allocated); else a zero cluster stays a
+/// hole only inside an all-zero aligned block of `sparse` bytes (qemu-img's -S). `progress` hears of every byte
 /// done, written or skipped. With `salvage`, what cannot be read is copied as zeros
 /// and recorded there.
 pub fn copy_into(
     image: &Image,
     (from, len): (u64, u64),
-    target: &mut Image,
+    (target, to): (&mut Image, u64),
     cs: u64,
-    (compress, zero_init, zeros_as_data): (bool, bool, bool),
+    (compress, zero_init, sparse): (bool, bool, u64),
     salvage: Option<&Salvage>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -150,6 +150,11 @@ pub fn copy_into(
         (CHUNK, workers())
     };
     let backed = target.chain().len() > 1;
+    // -S 0: zeros written as data. Otherwise a zero cluster stays a hole only where the
+    // whole `sparse`-byte block (aligned on the target) holding it is zeros, as
+    // qemu-img decides (compression ignores it, as qemu-img's does).
+    let zeros_as_data = sparse == 0;
+    let block = if compress { 0 } else { sparse.max(cs) };
     let mut below = vec![0u8; cs_us];
     let range = (from, len);
     // Where the pieces read so far end: the wholly zero ones between are skipped by the
@@ -164,9 +169,9 @@ pub fn copy_into(
         progress,
         |done, chunk| {
             if done > next && zeros_as_data {
-                write_zero_data(target, next, done - next)?;
+                write_zero_data(target, to + next, done - next, (compress, cs))?;
             } else if done > next {
-                zero_skipped((image, from), target, (next, done), zero_init, backed)?;
+                zero_skipped((image, from), (target, to), (next, done), zero_init, backed)?;
             }
             next = done + chunk.len() as u64;
             // Runs of clusters that need the same are written in one call each (so a
@@ -178,7 +183,7 @@ pub fn copy_into(
                     None => Need::Nothing,
                     Some(c) if backed => {
                         let now = &mut below[..c.len()];
-                        target.read_at(now, done + (i * cs_us) as u64)?;
+                        target.read_at(now, to + done + (i * cs_us) as u64)?;
                         if now == c {
                             Need::Nothing
                         } else if is_zero(c) {
@@ -188,6 +193,17 @@ pub fn copy_into(
                         }
                     }
                     Some(_) if zeros_as_data => Need::Data,
+                    Some(c) if is_zero(c) && zero_init && block > cs => {
+                        // The block around this cluster, within this chunk.
+                        let at = to + done + (i * cs_us) as u64;
+                        let start = (at - at % block).max(to + done) - (to + done);
+                        let end = (at - at % block + block - (to + done)).min(chunk.len() as u64);
+                        if is_zero(&chunk[start as usize..end as usize]) {
+                            Need::Nothing
+                        } else {
+                            Need::Data
+                        }
+                    }
                     Some(c) if is_zero(c) && zero_init => Need::Nothing,
                     Some(c) if is_zero(c) => Need::Zeros,
                     Some(_) => Need::Data,
@@ -197,7 +213,7 @@ pub fn copy_into(
                 }
                 if let Some((first, kind)) = run.take() {
                     let bytes = &chunk[first * cs_us..(i * cs_us).min(chunk.len())];
-                    let at = done + (first * cs_us) as u64;
+                    let at = to + done + (first * cs_us) as u64;
                     match kind {
                         Need::Zeros => target.write_zeroes(at, bytes.len() as u64, false)?,
                         Need::Data if compress => target.write_compressed(bytes, at)?,
@@ -211,44 +227,63 @@ pub fn copy_into(
         },
     )?;
     if len > next && zeros_as_data {
-        write_zero_data(target, next, len - next)?;
+        write_zero_data(target, to + next, len - next, (compress, cs))?;
     } else if len > next {
-        zero_skipped((image, from), target, (next, len), zero_init, backed)?;
+        zero_skipped((image, from), (target, to), (next, len), zero_init, backed)?;
     }
     Ok(())
 }
 
-/// Zeros written into `target` as data (qemu-img convert -S 0: everything allocated).
-fn write_zero_data(target: &mut Image, offset: u64, len: u64) -> Result<()> {
-    crate::image::write_zero_buffers(offset, len, |at, zeros| target.write_at(zeros, at))
+/// Zeros written into `target` as data (qemu-img convert -S 0: everything allocated),
+/// compressed cluster by cluster with `compress` (of `cs`-byte clusters), as qemu-img
+/// -c -S 0 writes them.
+fn write_zero_data(
+    target: &mut Image,
+    offset: u64,
+    len: u64,
+    (compress, cs): (bool, u64),
+) -> Result<()> {
+    if !compress {
+        return crate::image::write_zero_buffers(offset, len, |at, zeros| {
+            target.write_at(zeros, at)
+        });
+    }
+    let zeros = vec![0u8; cs as usize];
+    let mut at = offset;
+    while at < offset + len {
+        let n = (cs - at % cs).min(offset + len - at);
+        target.write_compressed(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
 }
 
-/// Makes `[from, to)` of `target` (at `source_from + from` in `source`, which reads
-/// zeros there and whose reader skipped it) read as zeros: written whole unless the
-/// target is zero-initialised. Over a backing file, as qemu-img convert -B writes
-/// them: zeros the source's own top holds are written, and zeros from below it only
-/// where the target reads anything else.
+/// Makes `[from, to)` of the copy (at `source_from + from` in `source`, which reads
+/// zeros there and whose reader skipped it; at `base + from` in `target`) read as
+/// zeros: written whole unless the target is zero-initialised. Over a backing file, as
+/// qemu-img convert -B writes them: zeros the source's own top holds are written, and
+/// zeros from below it only where the target reads anything else.
 fn zero_skipped(
     (source, source_from): (&Image, u64),
-    target: &mut Image,
+    (target, base): (&mut Image, u64),
     (from, to): (u64, u64),
     zero_init: bool,
     backed: bool,
 ) -> Result<()> {
     if !zero_init {
-        return target.write_zeroes(from, to - from, false);
+        return target.write_zeroes(base + from, to - from, false);
     }
     let mut at = from;
     while backed && at < to {
         let held = source.block_status(source_from + at, to - at)?;
         let end = at + held.len;
         if held.present && held.depth == 0 {
-            target.write_zeroes(at, held.len, false)?;
+            target.write_zeroes(base + at, held.len, false)?;
         }
         while !(held.present && held.depth == 0) && at < end {
-            let status = target.block_status(at, end - at)?;
+            let status = target.block_status(base + at, end - at)?;
             if !status.zero {
-                target.write_zeroes(at, status.len, false)?;
+                target.write_zeroes(base + at, status.len, false)?;
             }
             at += status.len;
         }

@@ -5,7 +5,7 @@ use crate::create::{apply_options, key_secret};
 use crate::flags::PartitionArgs;
 use crate::progress::Progress;
 use crate::source::{SnapshotSourceArgs, TargetArgs};
-use cowimg::convert::{convert, ConvertOptions};
+use cowimg::convert::{convert_concatenated, ConvertOptions};
 use cowimg::image::BitmapChange;
 use cowimg::{Backing, CreateOptions, Error, ErrorKind, Format, Image, OpenOptions};
 use std::path::Path;
@@ -79,21 +79,20 @@ pub struct Args {
     /// The output name is an option list (driver=FMT,file.filename=PATH); needs -n.
     #[arg(long = "target-image-opts")]
     target_image_opts: bool,
-    /// Input image.
-    filename: Option<String>,
-    /// Output file.
-    output: Option<String>,
+    /// Input images (several are concatenated), then the output file.
+    #[arg(value_name = "FILENAME")]
+    files: Vec<String>,
 }
 
 pub fn run(args: &Args) -> Result<ExitCode, Error> {
     crate::option_help::check_option_lists(&args.target.options)?;
     if crate::option_help::wants_help(&args.target.options) {
         let help =
-            crate::option_help::create_help(&args.target.output_format, args.output.is_some())?;
+            crate::option_help::create_help(&args.target.output_format, args.files.len() > 1)?;
         crate::print_out(&help);
         return Ok(ExitCode::SUCCESS);
     }
-    let (Some(filename), Some(output)) = (args.filename.as_deref(), args.output.as_deref()) else {
+    let (Some((output, inputs)), true) = (args.files.split_last(), args.files.len() > 1) else {
         return Err(Error::new(
             ErrorKind::BadArgument,
             "Must specify image file name",
@@ -152,11 +151,40 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
             return Err(Error::new(ErrorKind::BadArgument, refusal));
         }
     }
-    let mut image = args.input.open(filename)?;
-    if args.bitmaps {
-        check_bitmaps(&image, target, args.skip_broken_bitmaps)?;
+    let backing_option = args
+        .target
+        .options
+        .iter()
+        .flat_map(|t| crate::source::parse_options(t))
+        .any(|(k, _)| k == "backing_file");
+    if inputs.len() > 1 && (args.backing.is_some() || backing_option) {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Having a backing file for the target makes no sense when concatenating multiple input images",
+        ));
     }
-    args.partition.apply(&mut image)?;
+    if inputs.len() > 1 && args.input.snapshot.is_some() {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "No support for concatenating multiple snapshot",
+        ));
+    }
+    if inputs.len() > 1 && args.bitmaps {
+        return Err(Error::new(
+            ErrorKind::BadArgument,
+            "Copying bitmaps only possible with single source",
+        ));
+    }
+    let mut images = Vec::new();
+    for name in inputs {
+        let mut image = args.input.open(name)?;
+        args.partition.apply(&mut image)?;
+        images.push(image);
+    }
+    let image = &images[0];
+    if args.bitmaps {
+        check_bitmaps(image, target, args.skip_broken_bitmaps)?;
+    }
     let mut options = ConvertOptions::new(target)
         .compress(args.compress)
         .flush(args.cache != "unsafe")
@@ -197,7 +225,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         if let Some(f) = &args.backing_format {
             create.backing_format = Some(f.clone());
         }
-        if create.backing_file.is_some() && create.backing_format.is_none() {
+        // (Only a target being created records its backing file.)
+        if create.backing_file.is_some() && create.backing_format.is_none() && !args.existing {
             return Err(Error::new(
                 ErrorKind::BadArgument,
                 "Use of backing file requires explicit backing format",
@@ -214,8 +243,10 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         options = options.create(create);
     }
-    let progress = Progress::new(args.progress && !args.quiet, image.size());
-    let unreadable = convert(&image, Path::new(output), &options, &|n| {
+    let total = images.iter().map(Image::size).sum();
+    let progress = Progress::new(args.progress && !args.quiet, total);
+    let sources: Vec<&Image> = images.iter().collect();
+    let unreadable = convert_concatenated(&sources, Path::new(output), &options, &|n| {
         progress.advance(n);
         throttle.advance(n);
     })
@@ -228,7 +259,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     )?;
     progress.finish();
     if args.bitmaps {
-        copy_bitmaps(&image, output)?;
+        copy_bitmaps(image, output)?;
     }
     for r in &unreadable {
         complain!(

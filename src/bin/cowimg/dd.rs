@@ -133,9 +133,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     copy_into(
         &image,
         (from, size),
-        &mut target,
+        (&mut target, 0),
         cs,
-        (false, zero_init, false),
+        (false, zero_init, cs),
         None,
         &|_| {},
     )?;

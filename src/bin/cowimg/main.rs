@@ -214,8 +214,9 @@ fn qemu_usage_error(e: &clap::Error) -> Option<String> {
         _ => None,
     };
     let line = match e.kind() {
+        // (A word that is no option is an extra file name: clap words that one.)
         ErrorKind::UnknownArgument => {
-            let arg = context(ContextKind::InvalidArg)?;
+            let arg = context(ContextKind::InvalidArg).filter(|a| a.starts_with('-'))?;
             match arg.strip_prefix("--") {
                 Some(_) => format!("{who}: unrecognized option '{arg}'"),
                 None => format!("{who}: invalid option -- '{}'", arg.trim_start_matches('-')),
