@@ -3440,57 +3440,33 @@ fn convert_concatenates_and_keeps_sparse_blocks_as_qemu_img() {
         &small,
         "64M",
     ]);
-    qemu_io(&[
-        "-c",
-        "write -P 0 0 64k",
-        "-c",
-        "write 0 1k",
-        "-c",
-        "write 8k 1k",
-        "-c",
-        "write 17k 1k",
-        &small,
-    ]);
+    let writes = "write -P 0 0 64k|write 0 1k|write 8k 1k|write 17k 1k";
+    for command in writes.split('|') {
+        qemu_io(&["-c", command, &small]);
+    }
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let cases: Vec<Vec<&str>> = vec![
-        vec!["convert", "-O", "raw", p[0], p[1], p[2]],
-        vec!["convert", "-O", "qcow2", p[0], p[1], p[2]],
-        vec!["convert", "-c", "-O", "qcow2", p[0], p[1], p[2]],
-        vec![
-            "convert", "-O", "qcow2", "-B", p[0], "-F", "qcow2", p[1], p[2],
-        ],
-        vec![
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=1k",
-            "-S",
-            "4k",
-            &small,
-        ],
-        vec![
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=1k",
-            "-S",
-            "8k",
-            &small,
-        ],
-        vec![
-            "convert",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=1k",
-            "-c",
-            "-S",
-            "0",
-            &small,
-        ],
-    ];
+    // Each case's words; "P1".."P3" and "SMALL" stand for the sources.
+    let cases: Vec<Vec<&str>> = [
+        "-O raw P1 P2 P3",
+        "-O qcow2 P1 P2 P3",
+        "-c -O qcow2 P1 P2 P3",
+        "-O qcow2 -B P1 -F qcow2 P2 P3",
+        "-O qcow2 -o cluster_size=1k -S 4k SMALL",
+        "-O qcow2 -o cluster_size=1k -S 8k SMALL",
+        "-O qcow2 -o cluster_size=1k -c -S 0 SMALL",
+    ]
+    .iter()
+    .map(|case| {
+        let words = case.split_whitespace().map(|w| match w {
+            "P1" => p[0],
+            "P2" => p[1],
+            "P3" => p[2],
+            "SMALL" => small.as_str(),
+            w => w,
+        });
+        std::iter::once("convert").chain(words).collect()
+    })
+    .collect();
     for case in cases {
         let outcome = |tool: &str, out: &str| {
             let mut args = case.clone();

@@ -340,46 +340,47 @@ fn read_extensions(cluster0: &[u8], start: u64, end: u64) -> Result<Vec<Extensio
 }
 
 impl Header {
-    /// Names a new backing file (or none) and its format (or none), replacing the
-    /// backing-format extensions as needed. Other extensions are kept as they are.
-    pub fn set_backing(&mut self, name: Option<&str>, format: Option<&str>) {
-        self.backing_file = name.map(|n| n.as_bytes().to_vec());
-        let magic = ExtensionMagic::BackingFormat.value();
-        // One extension where the first stood (repeats dropped, as QEMU writes one).
+    /// Replaces every extension of `kind` by one holding `data` (or by none), where the
+    /// first stood or, when there was none, at the index `new_at` gives.
+    fn replace_extension(
+        &mut self,
+        kind: ExtensionMagic,
+        data: Option<Vec<u8>>,
+        new_at: impl FnOnce(&[Extension]) -> usize,
+    ) {
+        let magic = kind.value();
         let at = self.extensions.iter().position(|e| e.magic == magic);
         self.extensions.retain(|e| e.magic != magic);
-        if let Some(f) = format {
+        if let Some(data) = data {
+            let at = at.unwrap_or_else(|| new_at(&self.extensions));
             let extension = Extension {
                 magic,
                 offset: 0,
-                data: f.as_bytes().to_vec(),
+                data,
             };
-            self.extensions.insert(at.unwrap_or(0), extension);
+            self.extensions.insert(at, extension);
         }
+    }
+
+    /// Names a new backing file (or none) and its format (or none), replacing the
+    /// backing-format extensions as needed (repeats dropped, as QEMU writes one).
+    /// Other extensions are kept as they are.
+    pub fn set_backing(&mut self, name: Option<&str>, format: Option<&str>) {
+        self.backing_file = name.map(|n| n.as_bytes().to_vec());
+        let data = format.map(|f| f.as_bytes().to_vec());
+        self.replace_extension(ExtensionMagic::BackingFormat, data, |_| 0);
     }
 
     /// Names the external data file (or no name: it is then given at open).
     pub(crate) fn set_data_file(&mut self, name: Option<&str>) {
-        let magic = ExtensionMagic::DataFile.value();
-        let at = self.extensions.iter().position(|e| e.magic == magic);
-        self.extensions.retain(|e| e.magic != magic);
-        if let Some(name) = name {
-            let extension = Extension {
-                magic,
-                offset: 0,
-                data: name.as_bytes().to_vec(),
-            };
-            self.extensions.insert(at.unwrap_or(0), extension);
-        }
+        let data = name.map(|n| n.as_bytes().to_vec());
+        self.replace_extension(ExtensionMagic::DataFile, data, |_| 0);
     }
 
     /// Names a new bitmap directory (or none), marking the bitmaps consistent (or
     /// clearing the mark). A new extension goes after the feature table, where QEMU
     /// writes it.
     pub(crate) fn set_bitmaps(&mut self, bitmaps: Option<&BitmapsExtension>) {
-        let magic = ExtensionMagic::Bitmaps.value();
-        let at = self.extensions.iter().position(|e| e.magic == magic);
-        self.extensions.retain(|e| e.magic != magic);
         let consistent = crate::format::qcow2::autoclear::BITMAPS;
         if let Some(v3) = &mut self.v3 {
             match bitmaps {
@@ -387,19 +388,14 @@ impl Header {
                 None => v3.autoclear_features &= !consistent,
             }
         }
-        if let Some(ext) = bitmaps {
-            let after_table = self
-                .extensions
+        let after_table = |extensions: &[Extension]| {
+            extensions
                 .iter()
                 .position(|e| e.magic == ExtensionMagic::FeatureTable.value())
-                .map_or(self.extensions.len(), |i| i + 1);
-            let extension = Extension {
-                magic,
-                offset: 0,
-                data: ext.to_bytes(),
-            };
-            self.extensions.insert(at.unwrap_or(after_table), extension);
-        }
+                .map_or(extensions.len(), |i| i + 1)
+        };
+        let data = bitmaps.map(|ext| ext.to_bytes());
+        self.replace_extension(ExtensionMagic::Bitmaps, data, after_table);
     }
 
     /// Cluster 0 as this header describes it: the fixed fields (version 2 or 3), the

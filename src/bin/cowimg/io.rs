@@ -91,16 +91,7 @@ fn check_modes(
         )
     };
     if let Some(c) = cache {
-        if ![
-            "none",
-            "off",
-            "writeback",
-            "writethrough",
-            "directsync",
-            "unsafe",
-        ]
-        .contains(&c)
-        {
+        if !crate::flags::CACHE_MODES.contains(&c) {
             return Err(invalid("cache", c));
         }
     }
