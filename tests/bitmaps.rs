@@ -338,3 +338,58 @@ fn convert_bitmaps_copies_them_as_qemu_img_does() {
         assert_eq!(outcomes[0], outcomes[1], "{case:?}");
     }
 }
+
+/// The first bitmap's table offset, read from the image by hand: the bitmaps extension
+/// in cluster 0, then the directory's first entry.
+fn first_table(image: &str) -> u64 {
+    let bytes = std::fs::read(image).unwrap();
+    let mut at = be32(&bytes, 100) as usize; // header_length: extensions follow
+    loop {
+        let magic = be32(&bytes, at as u64);
+        let len = be32(&bytes, at as u64 + 4) as usize;
+        if magic == 0x2385_2875 {
+            let directory = be64(&bytes, at as u64 + 8 + 16);
+            return be64(&bytes, directory);
+        }
+        assert_ne!(magic, 0, "no bitmaps extension");
+        at += 8 + len.next_multiple_of(8);
+    }
+}
+
+/// A hostile bitmap table (reserved bits set, a data cluster past the end of the file)
+/// stops a write before anything changes, with an error naming the bitmap and the
+/// entry; reading the image is unaffected.
+#[test]
+fn a_damaged_bitmap_table_stops_writes_and_names_the_entry() {
+    let dir = Scratch::new("bitmaps-damaged");
+    for (what, entry) in [
+        ("reserved bits", 0x0000_0000_0000_0002u64),
+        ("past the end", 0x0000_7fff_ffff_0000u64),
+    ] {
+        let image = dir.str("damaged.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", &image, "16M"]);
+        qemu_img(&["bitmap", "--add", &image, "b0"]);
+        qemu_io(&["-c", "write 0 64k", &image]);
+        let table = first_table(&image);
+        let mut bytes = std::fs::read(&image).unwrap();
+        bytes[table as usize..table as usize + 8].copy_from_slice(&entry.to_be_bytes());
+        std::fs::write(&image, &bytes).unwrap();
+
+        let out = Command::new(env!("CARGO_BIN_EXE_cowimg"))
+            .args(["io", "-c", "write 1M 4k", &image])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains("bitmap 'b0'") && err.contains("table entry 0"),
+            "{what}: {err}"
+        );
+        assert!(
+            std::fs::read(&image).unwrap() == bytes,
+            "{what}: the image changed"
+        );
+        cowimg(&["io", "-r", "-c", "read -P 0xcd 0 64k", &image]);
+    }
+}
