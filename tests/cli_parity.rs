@@ -3486,3 +3486,27 @@ fn convert_concatenates_and_keeps_sparse_blocks_as_qemu_img() {
         let _ = (std::fs::remove_file(&a), std::fs::remove_file(&b));
     }
 }
+
+/// `--version` (and -V) installed as a QEMU tool begins as that tool's line does, with
+/// the QEMU release cowimg follows, so that scripts reading the version find it; the
+/// trace option qemu-img takes before its command is accepted.
+#[test]
+fn version_lines_are_qemus() {
+    let dir = Scratch::new("versions");
+    for tool in ["qemu-img", "qemu-io", "qemu-nbd"] {
+        let ours = installed_as(&dir, tool);
+        for flag in ["--version", "-V"] {
+            let first = |program: &str| {
+                let out = run_ok(None, program, &[flag]);
+                let line = out.lines().next().unwrap_or_default().to_string();
+                // Up to the release: "qemu-img version 10.0.2", "qemu-nbd 10.0.2".
+                line.split(" (").next().unwrap_or_default().to_string()
+            };
+            assert_eq!(first(&ours), first(tool), "{tool} {flag}");
+        }
+    }
+    let image = dir.str("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
+    let ours = run_ok(None, &dir.str("qemu-img"), &["-T", "foo", "info", &image]);
+    assert!(ours.contains("virtual size: 1 MiB"), "{ours}");
+}

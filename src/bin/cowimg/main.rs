@@ -48,9 +48,17 @@ use std::process::ExitCode;
     about = "Inspect, check and convert qcow2, qcow, cow and raw disk images"
 )]
 struct Cli {
+    /// QEMU's trace options (qemu-img -T before the command): accepted, nothing is
+    /// traced.
+    #[arg(short = 'T', long = "trace", value_name = "OPTIONS")]
+    trace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The QEMU release whose tools cowimg stands in for: what `--version` reports when
+/// installed as one of them (scripts read the version to know what the tool can do).
+const QEMU_VERSION: &str = "10.0.2";
 
 #[derive(Subcommand)]
 enum Command {
@@ -182,6 +190,26 @@ pub fn command_line() -> clap::Command {
         .name(program())
         .bin_name(program())
         .args_override_self(true);
+    if program() != "cowimg" {
+        // "qemu-img version 10.0.2 (cowimg 0.1.0)" as qemu-img and qemu-io say theirs;
+        // qemu-nbd's line has no "version".
+        let word = if program() == "qemu-nbd" {
+            ""
+        } else {
+            "version "
+        };
+        command = command
+            .version(format!(
+                "{word}{QEMU_VERSION} (cowimg {})",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .propagate_version(true);
+        // qemu-io and qemu-nbd are their subcommand: it goes by the program's name.
+        for implied in ["io", "nbd"] {
+            command =
+                command.mut_subcommand(implied, |s| s.display_name(program()).bin_name(program()));
+        }
+    }
     for name in names {
         command =
             command.mut_subcommand(name, |s| s.args_override_self(true).infer_long_args(true));
