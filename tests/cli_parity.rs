@@ -3509,4 +3509,31 @@ fn version_lines_are_qemus() {
     qemu_img(&["create", "-q", "-f", "qcow2", &image, "1M"]);
     let ours = run_ok(None, &dir.str("qemu-img"), &["-T", "foo", "info", &image]);
     assert!(ours.contains("virtual size: 1 MiB"), "{ours}");
+
+    // --help ends with the formats, as qemu-img's does: each of ours is one of QEMU's
+    // (UML cow aside, which QEMU dropped), and the ones scripts look for are there.
+    let formats = |program: &str| -> Vec<String> {
+        let help = run_ok(None, program, &["--help"]);
+        let section = help
+            .split("Supported image formats:")
+            .nth(1)
+            .unwrap_or_default();
+        section
+            .split("\n\n")
+            .find(|s| !s.trim().is_empty())
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let (mine, theirs) = (formats(&dir.str("qemu-img")), formats("qemu-img"));
+    for f in &mine {
+        assert!(
+            theirs.contains(f) || f == "cow",
+            "{f} is not one of QEMU's {theirs:?}"
+        );
+    }
+    for f in ["qcow2", "qcow", "raw", "luks", "file"] {
+        assert!(mine.iter().any(|m| m == f), "{f} missing from {mine:?}");
+    }
 }

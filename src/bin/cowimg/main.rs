@@ -45,7 +45,9 @@ use std::process::ExitCode;
 #[command(
     name = "cowimg",
     version,
-    about = "Inspect, check and convert qcow2, qcow, cow and raw disk images"
+    about = "Inspect, check and convert qcow2, qcow, cow and raw disk images",
+    // The section qemu-img's help ends with, which scripts read to learn the formats.
+    after_help = "Supported image formats:\n\n  cow file host_cdrom host_device http https luks null-aio null-co qcow qcow2 raw"
 )]
 struct Cli {
     /// QEMU's trace options (qemu-img -T before the command): accepted, nothing is
