@@ -356,7 +356,9 @@ impl Qcow2 {
     }
 
     fn write_bitmaps(&mut self, held: &HeldBitmaps) -> Result<()> {
-        if held.list.is_empty() && held.old_directory.is_none() {
+        // Nothing to store; or the image became version 2 (amend compat=0.10), which
+        // has no consistency bit to keep bitmaps by: QEMU drops them then too.
+        if (held.list.is_empty() && held.old_directory.is_none()) || self.header.version() < 3 {
             return Ok(());
         }
         self.write_back()?;
