@@ -244,9 +244,7 @@ fn write_zero_data(
     (compress, cs): (bool, u64),
 ) -> Result<()> {
     if !compress {
-        return crate::image::write_zero_buffers(offset, len, |at, zeros| {
-            target.write_at(zeros, at)
-        });
+        return target.write_zeros_as_data(offset, len);
     }
     let zeros = vec![0u8; cs as usize];
     let mut at = offset;

@@ -302,6 +302,17 @@ impl Image {
                 return self.write_zeroes(offset, buf.len() as u64, unmap);
             }
         }
+        self.write_data(buf, offset)
+    }
+
+    /// Writes zeros over `[offset, offset + len)` as data: allocated, never zero flags
+    /// (what preallocation=full and convert -S 0 write), whatever detect-zeroes says.
+    pub fn write_zeros_as_data(&mut self, offset: u64, len: u64) -> Result<()> {
+        write_zero_buffers(offset, len, |at, zeros| self.write_data(zeros, at))
+    }
+
+    /// `write_at` without detect-zeroes: the bytes go to the top image as data.
+    fn write_data(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.on_range(offset, buf.len() as u64, |top, below, offset| match top {
             Layer::Qcow2(q) => q.write_at(offset, buf, below),
             Layer::Qcow(q) => q.write_at(offset, buf, below),

@@ -83,13 +83,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     image.resize(new_size)?;
     if prealloc && new_size > current {
         // The new range written out as zeros, as preallocation=full writes it.
-        let zeros = vec![0u8; (new_size - current).min(1 << 20) as usize];
-        let mut at = current;
-        while at < new_size {
-            let n = (new_size - at).min(zeros.len() as u64) as usize;
-            image.write_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
+        image.write_zeros_as_data(current, new_size - current)?;
     }
     image.close()?;
     if !args.quiet {
