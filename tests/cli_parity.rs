@@ -3537,3 +3537,62 @@ fn version_lines_are_qemus() {
         assert!(mine.iter().any(|m| m == f), "{f} missing from {mine:?}");
     }
 }
+
+/// Installed as qemu-img, `--help` has qemu-img's layout: the top level lists every
+/// command qemu-img lists ("name - what it does") between the same section headings;
+/// each command's help has qemu-img's headings, its usage line naming the command, and
+/// every option spelled as qemu-img spells it ("-f, --format FMT").
+#[test]
+fn help_texts_have_qemu_imgs_layout() {
+    let dir = Scratch::new("help-layout");
+    let ours = installed_as(&dir, "qemu-img");
+    let headings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with(' ') && l.ends_with(':') && !l.ends_with(".  Usage:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let top = |program: &str| run_ok(None, program, &["--help"]);
+    let (mine, theirs) = (top(&ours), top("qemu-img"));
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("  ")?
+                    .split_once(" - ")
+                    .map(|(c, _)| c.to_string())
+            })
+            .collect()
+    };
+    for command in commands(&theirs) {
+        assert!(
+            commands(&mine).contains(&command),
+            "{command} missing:\n{mine}"
+        );
+    }
+    assert!(headings(&mine).contains(&"Supported image formats:".to_string()));
+    for sub in commands(&theirs) {
+        let help = |program: &str| run_ok(None, program, &[sub.as_str(), "--help"]);
+        let (mine, theirs) = (help(&ours), help("qemu-img"));
+        assert_eq!(headings(&mine), headings(&theirs), "{sub}");
+        assert!(
+            mine.contains(&format!("  qemu-img {sub} ")),
+            "{sub}:\n{mine}"
+        );
+        let spelled = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("  -") && !l.starts_with("  --") && l.contains(", --"))
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        for option in spelled(&theirs) {
+            // (amend's "--progres" is qemu-img's own spelling of --progress; a long
+            // spelling may be another's alias, listed with it.)
+            let found = spelled(&mine).iter().any(|o| o.starts_with(&option));
+            let long = option.split_whitespace().nth(1).unwrap_or_default();
+            let aliased = mine
+                .lines()
+                .any(|l| l.contains("[alias") && l.contains(long));
+            assert!(found || aliased, "{sub}: {option} missing:\n{mine}");
+        }
+    }
+}

@@ -31,6 +31,7 @@ mod nbd;
 mod option_help;
 mod partitions;
 mod progress;
+mod qemu_help;
 mod resize;
 mod shell;
 mod snapshot;
@@ -74,7 +75,8 @@ enum Command {
     Resize(resize::Args),
     /// List, create, apply or delete internal snapshots.
     Snapshot(snapshot::Args),
-    /// Change qcow2 options of an existing image: compat, lazy_refcounts.
+    /// Change options of an existing image: compat, lazy_refcounts, refcount_bits,
+    /// data_file, size, LUKS key slots.
     Amend(edit::AmendArgs),
     /// Add, remove, clear, enable, disable or merge persistent bitmaps (qcow2 v3).
     Bitmap(bitmap::Args),
@@ -286,6 +288,20 @@ fn main() -> ExitCode {
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
         Ok(parsed) => parsed,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp && program() != "cowimg" => {
+            // QEMU's layout: the subcommand typed (qemu-img), or the implied one.
+            let args: Vec<String> = std::env::args().collect();
+            let sub = match program() {
+                "qemu-io" => Some("io"),
+                "qemu-nbd" => Some("nbd"),
+                _ => args
+                    .get(1)
+                    .map(String::as_str)
+                    .filter(|a| !a.starts_with('-')),
+            };
+            print_out(&qemu_help::render(command_line(), sub));
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             match qemu_usage_error(&e) {
                 Some(text) => eprintln!("{text}"),
