@@ -218,7 +218,19 @@ pub fn command_line() -> clap::Command {
         command =
             command.mut_subcommand(name, |s| s.args_override_self(true).infer_long_args(true));
     }
-    command
+    // bitmap's -F is --source-format: there -f has no other spellings.
+    command.mut_subcommand("bitmap", |s| s.mut_arg("format", |a| a.visible_alias(None)))
+}
+
+#[cfg(test)]
+mod definition_tests {
+    /// clap's own checks of the whole definition (unique names, spellings, …): they run
+    /// only in debug builds and only for the subcommand parsed, so a conflict elsewhere
+    /// would hide until that subcommand is used.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::command_line().debug_assert();
+    }
 }
 
 /// A usage error as QEMU's tool says it, when installed as one (getopt's words, then
