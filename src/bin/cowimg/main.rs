@@ -222,17 +222,6 @@ pub fn command_line() -> clap::Command {
     command.mut_subcommand("bitmap", |s| s.mut_arg("format", |a| a.visible_alias(None)))
 }
 
-#[cfg(test)]
-mod definition_tests {
-    /// clap's own checks of the whole definition (unique names, spellings, …): they run
-    /// only in debug builds and only for the subcommand parsed, so a conflict elsewhere
-    /// would hide until that subcommand is used.
-    #[test]
-    fn the_command_line_definition_is_consistent() {
-        super::command_line().debug_assert();
-    }
-}
-
 /// A usage error as QEMU's tool says it, when installed as one (getopt's words, then
 /// where help is); None to let clap say it.
 fn qemu_usage_error(e: &clap::Error) -> Option<String> {
@@ -360,5 +349,16 @@ fn main() -> ExitCode {
             complain!("{}", shown(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod definition_tests {
+    /// clap's own checks of the whole definition (unique names, spellings, …): they run
+    /// only in debug builds and only for the subcommand parsed, so a conflict elsewhere
+    /// would hide until that subcommand is used.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::command_line().debug_assert();
     }
 }
