@@ -3596,3 +3596,57 @@ fn help_texts_have_qemu_imgs_layout() {
         }
     }
 }
+
+/// A cluster referenced more often than the refcount width can count: check reports
+/// each reference past the widest refcount as an error, with qemu-img's pointer to
+/// amend, and repairs nothing, as qemu-img does; snapshot creation that would overflow
+/// fails naming the snapshot.
+#[test]
+fn refcount_overflow_is_checked_as_qemu_img_checks_it() {
+    let dir = Scratch::new("refcount-overflow");
+    let ours = installed_as(&dir, "qemu-img");
+    let runs = |tool: &str, name: &str| {
+        let image = dir.str(name);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=1",
+            &image,
+            "64M",
+        ]);
+        qemu_io(&["-c", "write 0 64k", &image]);
+        // The L2 table is at 0x40000, the data cluster at 0x50000: a second entry points
+        // at that cluster too.
+        let mut bytes = std::fs::read(&image).unwrap();
+        bytes[0x40008..0x40010].copy_from_slice(&0x8000_0000_0005_0000u64.to_be_bytes());
+        std::fs::write(&image, bytes).unwrap();
+        let plain = session(tool, &["check", &image], b"");
+        let repair = session(tool, &["check", "-r", "all", &image], b"");
+        let (code, _, err) = session(tool, &["snapshot", "-c", "s", &image], b"");
+        (
+            plain,
+            repair,
+            code,
+            err.first()
+                .map(|l| l.split(": ").take(2).collect::<Vec<_>>().join(": ")),
+        )
+    };
+    let mine = runs(&ours, "a.qcow2");
+    let theirs = runs("qemu-img", "b.qcow2");
+    let strip = |s: (Option<i32>, Vec<String>, Vec<String>), name: &str| {
+        let path = dir.str(name);
+        (
+            s.0,
+            s.1.iter()
+                .map(|l| l.replace(&path, "IMG"))
+                .collect::<Vec<_>>(),
+            s.2,
+        )
+    };
+    assert_eq!(strip(mine.0, "a.qcow2"), strip(theirs.0, "b.qcow2"));
+    assert_eq!(strip(mine.1, "a.qcow2"), strip(theirs.1, "b.qcow2"));
+    assert_eq!((mine.2, mine.3), (theirs.2, theirs.3));
+}

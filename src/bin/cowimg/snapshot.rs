@@ -52,7 +52,9 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
     }
     let mut image = crate::source::opened(&args.filename, Image::open(&path, &options))?;
     if let Some(name) = &args.create {
-        image.snapshot_create(name)?;
+        image
+            .snapshot_create(name)
+            .map_err(|e| e.context(format_args!("Could not create snapshot '{name}'")))?;
     } else if let Some(name) = &args.apply {
         image
             .snapshot_apply(name)

@@ -118,9 +118,20 @@ impl Pass<'_> {
             ));
             return;
         }
+        // A count stops at the widest refcount the image can store: each reference past
+        // it is an error of its own, as QEMU counts them (amend can widen the entries).
+        let bits = 1u32 << self.header.refcount_order();
+        let max = u64::from(u32::MAX).min(u64::MAX >> (64 - bits.min(64)));
         for c in first..=last {
-            self.refs[c as usize] =
-                self.refs[c as usize].saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            let now = u64::from(self.refs[c as usize]);
+            let over = (now + n).saturating_sub(max);
+            for _ in 0..over.min(n) {
+                self.error(format!(
+                    "ERROR: overflow cluster offset={:#x}\nUse qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
+                    c * self.cs
+                ));
+            }
+            self.refs[c as usize] = (now + n).min(max) as u32;
         }
     }
 

@@ -134,9 +134,6 @@ fn compare(
                 continue;
             }
         };
-        if refs > max {
-            p.error(format!("ERROR: overflow cluster offset={:#x}", i * p.cs));
-        }
         if rc > 0 || refs > 0 {
             highest = i + 1;
         }
