@@ -169,19 +169,17 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Before a resize to `new_size`: every bitmap must be consistent (QEMU resizes them
-    /// all); bits past a shrunk end are cleared.
-    pub(super) fn resize_bitmaps(&mut self, new_size: u64) -> Result<()> {
+    /// Before a resize: every bitmap must be consistent (QEMU resizes them all). Their
+    /// bits past the end are dropped when they are stored, at the size the disk has
+    /// then, so a resize that fails loses no bit.
+    pub(super) fn resize_bitmaps(&mut self) -> Result<()> {
         if self.held_bitmaps.is_none() && !self.has_stored_bitmaps() {
             return Ok(());
         }
-        for b in &mut self.held_bitmaps()?.list {
-            let Some(bits) = &mut b.bits else {
-                return Err(inconsistent(&b.name));
-            };
-            bits.clear_from(new_size.div_ceil(1 << b.granularity_bits));
+        match self.held_bitmaps()?.list.iter().find(|b| b.bits.is_none()) {
+            Some(b) => Err(inconsistent(&b.name)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn held(&mut self, name: &str) -> Result<&mut Held> {
@@ -430,9 +428,11 @@ impl Qcow2 {
         self.sync()
     }
 
-    /// Writes one bitmap's data clusters and table; returns where the table is and its
-    /// entry count.
+    /// Writes one bitmap's data clusters and table (its bits past the disk's end
+    /// dropped); returns where the table is and its entry count.
     fn store_table(&mut self, b: &Held, bits: &Bits, size: u64) -> Result<(u64, u32)> {
+        let mut bits = bits.clone();
+        bits.clear_from(size.div_ceil(1 << b.granularity_bits));
         let cs = self.cs();
         let entries = table_entries(size, b.granularity_bits, cs);
         if entries > MAX_BITMAP_TABLE_ENTRIES || entries * cs > MAX_BITMAP_BYTES {

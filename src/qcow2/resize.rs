@@ -61,7 +61,7 @@ impl Qcow2 {
     /// new range read as zeros; shrinking releases every cluster past the new end.
     pub fn resize(&mut self, new_size: u64, below: &Below) -> Result<()> {
         self.editable()?;
-        self.resize_bitmaps(new_size)?;
+        self.resize_bitmaps()?;
         if new_size % 512 != 0 {
             return Err(Error::new(
                 ErrorKind::BadArgument,
