@@ -128,6 +128,8 @@ pub fn rebase(args: &RebaseArgs) -> Result<ExitCode, Error> {
     let bar = watch(&mut image, args.progress.bar());
     image.rebase_compressed(name, new.as_ref(), args.compress)?;
     bar.finish();
+    // Closed, not dropped: what closing stores (bitmaps) can fail, and says so.
+    image.close()?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,6 +190,7 @@ pub fn commit(args: &CommitArgs) -> Result<ExitCode, Error> {
     // qemu-img's -b implies -d, even naming the backing file itself.
     image.commit_into(depth, args.keep || args.base.is_some(), format)?;
     bar.finish();
+    image.close()?;
     if !args.progress.quiet {
         crate::print_out("Image committed.\n");
     }
@@ -413,5 +416,6 @@ pub fn amend(args: &AmendArgs) -> Result<ExitCode, Error> {
         }
         image.change_key_slots(change)?;
     }
+    image.close()?;
     Ok(ExitCode::SUCCESS)
 }

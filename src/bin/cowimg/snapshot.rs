@@ -83,6 +83,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Error> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    image.flush()?;
+    // Closed, not dropped: what closing stores (bitmaps) can fail, and says so.
+    image.close()?;
     Ok(ExitCode::SUCCESS)
 }
